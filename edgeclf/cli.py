@@ -1,0 +1,302 @@
+"""The ``edgeclf`` command line: parses, calls the library, renders with rich.
+
+User errors (:class:`edgeclf.errors.EdgeclfError`) end in one red line on
+stderr and exit code 1; ``--json`` prints exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgeclf.errors import EdgeclfError
+
+app = typer.Typer(
+    name="edgeclf",
+    help="From a folder of labelled images to a calibrated classifier running inside an edge device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Audit and split image folders.", no_args_is_help=True)
+profiles_app = typer.Typer(help="Hardware profiles: the devices edgeclf builds for.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(profiles_app, name="profiles")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")]
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields a ``(done, total)`` callback."""
+    if not enabled or not err.is_terminal:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield update
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _render_audit(report: Any, out_dir: Path | None) -> None:
+    t = Table(title=f"{report.data_dir}: {report.num_images:,} images in {len(report.classes)} classes")
+    t.add_column("class")
+    t.add_column("images", justify="right")
+    t.add_column("share", justify="right")
+    for c in report.classes:
+        share = c.images / report.num_images if report.num_images else 0.0
+        t.add_row(c.name, f"{c.images:,}", f"{share:.1%}")
+    out.print(t)
+    ratio = f"{report.imbalance_ratio:.2f}" if report.imbalance_ratio is not None else "n/a"
+    out.print(f"imbalance ratio (largest / smallest class): [bold]{ratio}[/]")
+    out.print(f"modes: {report.modes}   formats: {report.formats}")
+    if report.sizes:
+        s = report.sizes
+        out.print(f"sizes: width {s.width_min}..{s.width_max} (median {s.width_median:g}), "
+                  f"height {s.height_min}..{s.height_max} (median {s.height_median:g}), "
+                  f"{s.distinct_sizes} distinct, most common {s.most_common_size}")
+    n_exact = sum(len(e.paths) - 1 for e in report.exact_duplicates)
+    out.print(f"exact duplicates: {len(report.exact_duplicates)} sets ({n_exact} redundant files); "
+              f"near-duplicate pairs (pHash <= {report.near_duplicate_max_bits} bits): {len(report.near_duplicates)}; "
+              f"label conflicts: [bold]{report.label_conflicts}[/]")
+    for title, items, style in (("unreadable (skipped)", report.unreadable, "red"),
+                                ("warnings", report.warnings, "yellow"),
+                                ("ignored", report.ignored, "dim")):
+        if items:
+            out.print(f"[{style}]{title}: {len(items)}[/]")
+            for p in items[:20]:
+                out.print(f"  [{style}]{p.path}[/]: {p.reason}")
+            if len(items) > 20:
+                out.print(f"  ... {len(items) - 20} more in audit.json")
+    if report.empty_classes:
+        out.print(f"[red]empty classes: {', '.join(report.empty_classes)}[/]")
+    if out_dir is not None:
+        out.print(f"wrote {out_dir / 'audit.json'} and {len(report.sample_grids)} sample grids in {out_dir / 'samples'}")
+
+
+@data_app.command("audit")
+def data_audit(
+    data_dir: Annotated[Path, typer.Argument(help="ImageFolder tree: one sub-folder per class.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write audit.json and samples/<class>.png here.")] = None,
+    near_dup_bits: Annotated[int | None, typer.Option(help="Max pHash Hamming distance (of 64 bits) for near-duplicates.")] = None,
+    grid: Annotated[int, typer.Option(help="Images per class in each sample grid.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed for choosing sample-grid images.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classes, counts, imbalance, unreadable files, modes and sizes, duplicates, label conflicts."""
+    from edgeclf.data.audit import audit
+
+    with _progress("decoding + hashing", not as_json) as cb:
+        report = audit(data_dir, out_dir, near_duplicate_bits=near_dup_bits, grid_per_class=grid, seed=seed, progress=cb)
+    if as_json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        _render_audit(report, out_dir)
+
+
+def _split_summary(result: Any, cfg: Any, fingerprint: str, manifest: Path, data_dir: Path, bits: int) -> dict[str, Any]:
+    from edgeclf.data.manifest import SPLITS
+
+    labels = sorted({r.label for r in result.rows})
+    counts = {s: {lab: 0 for lab in labels} for s in SPLITS}
+    for r in result.rows:
+        counts[r.split][r.label] += 1
+    return {
+        "manifest": str(manifest),
+        "data_dir": str(data_dir),
+        "fingerprint": fingerprint,
+        "images": len(result.rows),
+        "seed": cfg.seed,
+        "fractions": {"val": cfg.val, "test": cfg.test},
+        "near_duplicate_max_bits": bits,
+        "counts": counts,
+        "groups": len({r.group for r in result.rows}),
+        "dropped_classes": result.dropped_classes,
+        "cross_split_duplicate_pairs": result.leaked_pairs,
+        "naive_random_split_duplicate_pairs": result.naive_leaked_pairs,
+    }
+
+
+def run_split(data_dir: Path, manifest: Path, cfg: Any, near_dup_bits: int | None, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    """Index, split and write the manifest plus its summary (``<manifest>.summary.json``)."""
+    from edgeclf._io import write_json
+    from edgeclf.data._index import NEAR_DUPLICATE_BITS, index_dataset
+    from edgeclf.data.manifest import write_manifest
+    from edgeclf.data.split import make_split, read_extra_columns
+
+    cfg.validate()
+    bits = NEAR_DUPLICATE_BITS if near_dup_bits is None else near_dup_bits
+    index = index_dataset(data_dir, near_duplicate_bits=bits, progress=progress)
+    cols, extra = read_extra_columns(data_dir)
+    result = make_split(index, cfg, extra)
+    fingerprint = write_manifest(manifest, result.rows, cols)
+    summary = _split_summary(result, cfg, fingerprint, manifest, data_dir, bits)
+    write_json(manifest.with_name(manifest.stem + ".summary.json"), summary)
+    return summary
+
+
+def _render_split(summary: dict[str, Any]) -> None:
+    counts = summary["counts"]
+    labels = list(next(iter(counts.values())).keys())
+    t = Table(title=f"{summary['manifest']}: {summary['images']:,} images, {summary['groups']:,} duplicate-free groups")
+    t.add_column("class")
+    for s in counts:
+        t.add_column(s, justify="right")
+    for lab in labels:
+        t.add_row(lab, *(f"{counts[s][lab]:,}" for s in counts))
+    t.add_row("[bold]total", *(f"[bold]{sum(counts[s].values()):,}" for s in counts))
+    out.print(t)
+    for cls, why in summary["dropped_classes"].items():
+        out.print(f"[yellow]dropped {cls}[/]: {why}")
+    out.print(f"near-duplicate pairs across splits: [bold green]{summary['cross_split_duplicate_pairs']}[/] "
+              f"(a naive random split would have leaked {summary['naive_random_split_duplicate_pairs']})")
+    out.print(f"data set fingerprint: [bold]{summary['fingerprint']}[/]")
+
+
+@data_app.command("split")
+def data_split(
+    data_dir: Annotated[Path, typer.Argument(help="ImageFolder tree: one sub-folder per class.")],
+    manifest: Annotated[Path, typer.Option("--out", help="Manifest CSV to write (path,label,sha256,group,split).")],
+    val: Annotated[float, typer.Option(help="Fraction of each class for validation.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of each class for the test set.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the group order; same seed, same manifest.")] = 0,
+    drop_small_classes: Annotated[bool, typer.Option(help="Leave out classes too small for every split instead of failing.")] = False,
+    near_dup_bits: Annotated[int | None, typer.Option(help="Max pHash Hamming distance (of 64 bits) for near-duplicates.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stratified, duplicate-grouped train/val/test split; writes the manifest and its fingerprint."""
+    from edgeclf.data.split import SplitConfig
+
+    cfg = SplitConfig(val=val, test=test, seed=seed, drop_small_classes=drop_small_classes)
+    with _progress("decoding + hashing", not as_json) as cb:
+        summary = run_split(data_dir, manifest, cfg, near_dup_bits, cb)
+    if as_json:
+        _print_json(summary)
+    else:
+        _render_split(summary)
+
+
+@data_app.command("elpv")
+def data_elpv(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to lay the elpv data set out in (one sub-folder per class).")],
+) -> None:
+    """Lay out the elpv solar-cell data set (PyPI elpv-dataset) as an ImageFolder tree."""
+    from edgeclf.data.datasets import materialize_elpv
+
+    path = materialize_elpv(out_dir)
+    out.print(f"elpv data set ready in {path}")
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+@profiles_app.command("list")
+def profiles_list(as_json: JsonOpt = False) -> None:
+    """The built-in hardware profiles."""
+    from edgeclf.profiles import list_profiles, load_profile
+
+    rows = [load_profile(name).summary().model_dump(mode="json") for name in list_profiles()]
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title="hardware profiles")
+    for col in rows[0] if rows else []:
+        t.add_column(col.replace("_", " "))
+    for r in rows:
+        t.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in r.values()))
+    out.print(t)
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="A built-in profile name, or the path of a profile YAML file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Every field of one hardware profile (validated)."""
+    from edgeclf.profiles import load_profile
+
+    prof = load_profile(name)
+    doc = prof.model_dump(mode="json")
+    if as_json:
+        _print_json(doc)
+        return
+    import yaml
+
+    out.print(f"[bold]{prof.name}[/]: {prof.device}")
+    out.print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its data, audit and manifest.")] = Path("demo-out"),
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job on the embedded default data set (elpv, installed from PyPI): audit + split."""
+    from edgeclf.data.audit import audit
+    from edgeclf.data.datasets import materialize_elpv
+    from edgeclf.data.split import SplitConfig
+
+    data_dir = materialize_elpv(out_dir / "data" / "elpv")
+    with _progress("audit: decoding + hashing", not as_json) as cb:
+        report = audit(data_dir, out_dir / "audit", progress=cb)
+    with _progress("split: decoding + hashing", not as_json) as cb:
+        summary = run_split(data_dir, out_dir / "splits.csv", SplitConfig(), None, cb)
+    if as_json:
+        _print_json({"audit": report.model_dump(mode="json"), "split": summary})
+        return
+    _render_audit(report, out_dir / "audit")
+    _render_split(summary)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the edgeclf version and exit.")] = False,
+) -> None:
+    if version:
+        from edgeclf import __version__
+
+        out.print(f"edgeclf {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors become one red line, never a traceback.
+
+    Usage errors (missing argument, bad option) are reported by typer itself
+    with exit code 2; :class:`EdgeclfError` from the library exits 1.
+    """
+    try:
+        app(args=argv)
+    except EdgeclfError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Shared fixtures: synthetic images made here, real data sets from ../shared when present."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"real data set {name} not available (expected at ../shared/datasets/{name})")
+    return path
+
+
+def blob_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
+    """A smooth random image: distinct per seed under a perceptual hash, robust to re-encoding."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    im = Image.fromarray(small, "RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return im.convert(mode) if mode != "RGB" else im
+
+
+def save(im: Image.Image, path: Path, **kw: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, **kw)
+    return path
+
+
+def png_bomb(path: Path, width: int = 60_000, height: int = 60_000) -> Path:
+    """A tiny valid PNG whose header claims ``width`` x ``height`` pixels."""
+    small = Path(str(path) + ".src.png")
+    Image.new("L", (4, 4)).save(small)
+    data = bytearray(small.read_bytes())
+    small.unlink()
+    # IHDR chunk: 8-byte signature, 4 length, 4 type, then width/height; CRC over type+data.
+    ihdr_start = 8 + 4
+    data[ihdr_start + 4 : ihdr_start + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr_start : ihdr_start + 4 + 13])) & 0xFFFFFFFF
+    data[ihdr_start + 17 : ihdr_start + 21] = struct.pack(">I", crc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_clean_dataset(root: Path, classes: dict[str, int], start_seed: int = 0) -> Path:
+    """An ImageFolder tree of distinct blob images: ``{class: count}``."""
+    seed = start_seed
+    for cls, n in classes.items():
+        for i in range(n):
+            save(blob_image(seed), root / cls / f"{cls}_{i:03d}.png")
+            seed += 1
+    return root
+
+
+@pytest.fixture
+def clean_dataset(tmp_path: Path) -> Path:
+    return make_clean_dataset(tmp_path / "data", {"cat": 12, "dog": 10, "fox": 8})
