@@ -140,20 +140,16 @@ def _split_summary(result: Any, cfg: Any, fingerprint: str, manifest: Path, data
     }
 
 
-def run_split(data_dir: Path, manifest: Path, cfg: Any, near_dup_bits: int | None, progress: Callable[[int, int], None]) -> dict[str, Any]:
-    """Index, split and write the manifest plus its summary (``<manifest>.summary.json``)."""
+def run_split(index: Any, manifest: Path, cfg: Any) -> dict[str, Any]:
+    """Split an indexed data set; write the manifest plus its summary (``<manifest>.summary.json``)."""
     from edgeclf._io import write_json
-    from edgeclf.data._index import NEAR_DUPLICATE_BITS, index_dataset
     from edgeclf.data.manifest import write_manifest
     from edgeclf.data.split import make_split, read_extra_columns
 
-    cfg.validate()
-    bits = NEAR_DUPLICATE_BITS if near_dup_bits is None else near_dup_bits
-    index = index_dataset(data_dir, near_duplicate_bits=bits, progress=progress)
-    cols, extra = read_extra_columns(data_dir)
+    cols, extra = read_extra_columns(index.root)
     result = make_split(index, cfg, extra)
     fingerprint = write_manifest(manifest, result.rows, cols)
-    summary = _split_summary(result, cfg, fingerprint, manifest, data_dir, bits)
+    summary = _split_summary(result, cfg, fingerprint, manifest, index.root, index.near_duplicate_bits)
     write_json(manifest.with_name(manifest.stem + ".summary.json"), summary)
     return summary
 
@@ -188,11 +184,15 @@ def data_split(
     as_json: JsonOpt = False,
 ) -> None:
     """Stratified, duplicate-grouped train/val/test split; writes the manifest and its fingerprint."""
+    from edgeclf.data._index import NEAR_DUPLICATE_BITS, index_dataset
     from edgeclf.data.split import SplitConfig
 
     cfg = SplitConfig(val=val, test=test, seed=seed, drop_small_classes=drop_small_classes)
+    cfg.validate()
+    bits = NEAR_DUPLICATE_BITS if near_dup_bits is None else near_dup_bits
     with _progress("decoding + hashing", not as_json) as cb:
-        summary = run_split(data_dir, manifest, cfg, near_dup_bits, cb)
+        index = index_dataset(data_dir, near_duplicate_bits=bits, progress=cb)
+    summary = run_split(index, manifest, cfg)
     if as_json:
         _print_json(summary)
     else:
@@ -258,15 +258,16 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """The main job on the embedded default data set (elpv, installed from PyPI): audit + split."""
-    from edgeclf.data.audit import audit
+    from edgeclf.data._index import index_dataset
+    from edgeclf.data.audit import audit_index
     from edgeclf.data.datasets import materialize_elpv
     from edgeclf.data.split import SplitConfig
 
     data_dir = materialize_elpv(out_dir / "data" / "elpv")
-    with _progress("audit: decoding + hashing", not as_json) as cb:
-        report = audit(data_dir, out_dir / "audit", progress=cb)
-    with _progress("split: decoding + hashing", not as_json) as cb:
-        summary = run_split(data_dir, out_dir / "splits.csv", SplitConfig(), None, cb)
+    with _progress("decoding + hashing", not as_json) as cb:
+        index = index_dataset(data_dir, progress=cb)
+    report = audit_index(index, out_dir / "audit")
+    summary = run_split(index, out_dir / "splits.csv", SplitConfig())
     if as_json:
         _print_json({"audit": report.model_dump(mode="json"), "split": summary})
         return

@@ -197,6 +197,11 @@ def audit(
     """Audit ``data_dir``; with ``out_dir``, write ``audit.json`` and ``samples/<class>.png`` there."""
     kwargs = {} if near_duplicate_bits is None else {"near_duplicate_bits": near_duplicate_bits}
     index = index_dataset(Path(data_dir), progress=progress, **kwargs)
+    return audit_index(index, out_dir, grid_per_class, seed)
+
+
+def audit_index(index: DatasetIndex, out_dir: Path | None = None, grid_per_class: int = 16, seed: int = 0) -> AuditReport:
+    """The audit of an already indexed data set (so a split can reuse the same index)."""
     report = build_report(index)
     if out_dir is not None:
         out_dir = Path(out_dir)
