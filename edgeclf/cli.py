@@ -249,6 +249,99 @@ def profiles_show(
     out.print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
 
 
+# ----------------------------------------------------------------------------- models + training
+
+
+@app.command("backbones")
+def backbones(as_json: JsonOpt = False) -> None:
+    """Supported backbones: architecture, weight source, input size, size, FLOPs, ImageNet top-1."""
+    from edgeclf.models import list_backbones
+
+    infos = list_backbones()
+    if as_json:
+        _print_json([i.to_dict() for i in infos])
+        return
+    t = Table(title="backbones")
+    for col in ("name", "weights", "input", "interp", "params (M)", "GFLOPs", "ImageNet top-1"):
+        t.add_column(col, justify="right" if col[0] in "pGI" else "left")
+    for i in infos:
+        t.add_row(i.name + (" [bold](default)[/]" if i.default else ""), i.weight_package or "hub / --weights",
+                  f"{i.input_size}", i.interpolation, f"{i.params_m:.2f}", f"{i.gflops:.2f}",
+                  f"{i.imagenet_top1:.1f}" if i.imagenet_top1 else "?")
+    out.print(t)
+
+
+@app.command("train")
+def train_cmd(
+    run_dir: Annotated[Path, typer.Option("--out", help="Run directory to create (or continue with --resume).")],
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="Split manifest from `edgeclf data split`.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="ImageFolder tree: audit + split it into RUN_DIR/splits.csv first.")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder the manifest paths are relative to.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone name (see `edgeclf backbones`).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Pretrained weights file (.pth/.safetensors) for the backbone.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (after the linear probe).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input resolution; default: the backbone's native one.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for everything.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML recipe; flags override it.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in RUN_DIR.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Baselines, linear probe on frozen features, then fine-tuning with early stopping on val macro-F1."""
+    from edgeclf.train import load_config, train
+
+    if (manifest is None) == (data is None) and not resume:
+        raise typer.BadParameter("pass exactly one of --manifest and --data")
+    if data is not None and manifest is None:
+        from edgeclf.data._index import index_dataset
+        from edgeclf.data.split import SplitConfig
+
+        manifest = run_dir / "splits.csv"
+        if not (resume and manifest.is_file()):
+            with _progress("decoding + hashing", not as_json) as cb:
+                index = index_dataset(data, progress=cb)
+            summary = run_split(index, manifest, SplitConfig(seed=seed or 0))
+            if not as_json:
+                _render_split(summary)
+    overrides = {"data.manifest": manifest, "data.root": data_root, "data.workers": workers,
+                 "model.backbone": backbone, "model.weights": weights, "model.image_size": image_size,
+                 "finetune.epochs": epochs, "batch_size": batch_size, "seed": seed}
+    if resume and manifest is None and (run_dir / "config.yaml").is_file():
+        import yaml
+
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["config"]
+        cfg = load_config(None, {**{k: v for k, v in _flatten(stored).items()}, **{k: v for k, v in overrides.items() if v is not None}})
+    else:
+        cfg = load_config(config, overrides)
+    log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
+    with _progress("training", True) as cb:
+        result = train(cfg, run_dir, resume=resume, log=log, progress=lambda label, d, t: cb(d, t))
+    m = result.metrics
+    if as_json:
+        _print_json(m)
+        return
+    t = Table(title=f"{run_dir}: validation (test split untouched)")
+    for col in ("model", "accuracy", "macro-F1"):
+        t.add_column(col)
+    for name, bm in m["baselines"].items():
+        t.add_row(name.replace("_", " "), f"{bm['accuracy']:.4f}", f"{bm['macro_f1']:.4f}")
+    if m["finetuned"]:
+        f = m["finetuned"]
+        t.add_row(f"[bold]fine-tuned (epoch {f['epoch']})", f"[bold]{f['accuracy']:.4f}", f"[bold]{f['macro_f1']:.4f}")
+    out.print(t)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
 # ----------------------------------------------------------------------------- demo
 
 

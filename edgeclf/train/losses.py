@@ -1,0 +1,64 @@
+"""Losses for imbalanced data: class-weighted cross-entropy and focal loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeclf.errors import DataError
+
+
+def class_weights(counts: list[int], mode: str, beta: float = 0.999) -> torch.Tensor | None:
+    """Per-class loss weights, normalised to mean 1 over the classes.
+
+    * ``inverse``: ``1 / n_c``;
+    * ``effective``: ``(1 - beta) / (1 - beta ** n_c)`` — the "effective number of
+      samples" of Cui et al., CVPR 2019;
+    * ``none``: ``None`` (plain cross-entropy).
+    """
+    if mode == "none":
+        return None
+    if any(n <= 0 for n in counts):
+        raise DataError(f"every class needs training images to weight the loss; counts are {counts}")
+    n = torch.tensor(counts, dtype=torch.float64)
+    if mode == "inverse":
+        w = 1.0 / n
+    elif mode == "effective":
+        w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    else:
+        raise ValueError(f"unknown class weighting {mode!r}")
+    return (w * len(counts) / w.sum()).to(torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., 2017): ``-alpha_y (1 - p_y)^gamma log p_y``, mean over the batch.
+
+    With ``label_smoothing`` the log-likelihood term is taken against the smoothed
+    target, as in ``F.cross_entropy``; the modulating factor uses the true class.
+    """
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1)
+        ce = F.nll_loss(logp, target, reduction="none")
+        if self.label_smoothing:
+            smooth = -logp.mean(dim=1)
+            ce = (1 - self.label_smoothing) * ce + self.label_smoothing * smooth
+        pt = logp.gather(1, target[:, None]).squeeze(1).exp()
+        loss = (1 - pt).pow(self.gamma) * ce
+        if self.weight is not None:
+            w = self.weight[target]
+            return (loss * w).sum() / w.sum()
+        return loss.mean()
+
+
+def build_loss(kind: str, weight: torch.Tensor | None, label_smoothing: float, focal_gamma: float) -> nn.Module:
+    if kind == "focal":
+        return FocalLoss(focal_gamma, weight, label_smoothing)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)

@@ -1,0 +1,111 @@
+"""Training building blocks against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeclf.errors import ConfigError, DataError
+from edgeclf.preprocess import PreprocessSpec
+from edgeclf.train.config import load_config
+from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset
+from edgeclf.train.losses import FocalLoss, class_weights
+from edgeclf.train.schedule import lr_factor
+from tests.conftest import blob_image, save
+
+SPEC = PreprocessSpec(resize_size=40, crop_size=32, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def test_inverse_and_effective_class_weights() -> None:
+    w = class_weights([10, 30, 60], "inverse")
+    raw = np.array([1 / 10, 1 / 30, 1 / 60])
+    assert w.tolist() == pytest.approx((raw * 3 / raw.sum()).tolist(), rel=1e-6)
+    beta = 0.9
+    e = class_weights([10, 30, 60], "effective", beta)
+    raw_e = np.array([(1 - beta) / (1 - beta**n) for n in (10, 30, 60)])
+    assert e.tolist() == pytest.approx((raw_e * 3 / raw_e.sum()).tolist(), rel=1e-6)
+    assert class_weights([5, 5], "none") is None
+    with pytest.raises(DataError):
+        class_weights([5, 0], "inverse")
+
+
+def test_focal_loss_hand_computed() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([0, 0])
+    p = torch.softmax(logits, 1)[:, 0]
+    expected = (-(1 - p) ** 2 * torch.log(p)).mean()
+    assert float(FocalLoss(2.0)(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+    # gamma 0 is cross-entropy; weights act like F.cross_entropy's
+    w = torch.tensor([1.0, 3.0])
+    t2 = torch.tensor([0, 1])
+    assert float(FocalLoss(0.0, w)(logits, t2)) == pytest.approx(float(F.cross_entropy(logits, t2, weight=w)), rel=1e-6)
+    assert float(FocalLoss(0.0, None, 0.1)(logits, t2)) == pytest.approx(
+        float(F.cross_entropy(logits, t2, label_smoothing=0.1)), rel=1e-6)
+
+
+def test_schedule_warmup_peak_end() -> None:
+    total, warm = 100, 10
+    assert lr_factor(0, total, warm) == pytest.approx(1 / 11)
+    assert lr_factor(9, total, warm) == pytest.approx(10 / 11)
+    assert lr_factor(10, total, warm) == pytest.approx(1.0)
+    mid = lr_factor(55, total, warm, min_ratio=0.0)
+    assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(100, total, warm, min_ratio=0.01) == pytest.approx(0.01)
+    assert lr_factor(10 + 25, total, warm, "step", step_every=20, gamma=0.1) == pytest.approx(0.1)
+
+
+def test_sampler_depends_only_on_seed_and_epoch_and_shards_cover_everything() -> None:
+    targets = [0] * 30 + [1] * 7
+    a, b = EpochSampler(targets, 5), EpochSampler(targets, 5)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert list(a) == list(b)
+    b.set_epoch(4)
+    assert list(a) != list(b)
+    shards = [EpochSampler(targets, 5, rank=r, world_size=2) for r in range(2)]
+    for s in shards:
+        s.set_epoch(3)
+    seen = [i for s in shards for _, i in s]
+    assert set(seen) == set(range(37)) and len(shards[0]) == len(shards[1]) == 19
+    bal = EpochSampler(targets, 1, balanced=True)
+    draws = [i for _ in range(20) for _, i in (bal.set_epoch(_), list(bal))[1]]
+    frac_minority = np.mean([targets[i] for i in draws])
+    assert 0.4 < frac_minority < 0.6
+
+
+def test_cache_and_dataset(tmp_path: Path) -> None:
+    from edgeclf.data.manifest import ManifestRow
+
+    img = save(blob_image(1, 50), tmp_path / "d" / "a" / "x.png")
+    row = ManifestRow(path="a/x.png", label="a", sha256="0" * 64, group="g", split="train")
+    cache = DecodeCache(tmp_path / "cache", SPEC)
+    arr = cache.get(img, row.sha256)
+    assert arr.shape == (40, 40, 3) and arr.dtype == np.uint8
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    img.unlink()  # served from the cache now
+    assert np.array_equal(cache.get(img, row.sha256), arr)
+    ds = ManifestDataset([row], tmp_path / "d", ["a"], SPEC, cache, load_config().augment, seed=0)
+    x1, y = ds[(2, 0)]
+    x2, _ = ds[(2, 0)]
+    x3, _ = ds[(3, 0)]
+    assert x1.shape == (3, 32, 32) and y == 0
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    ev, _ = ds[0]  # evaluation item: exact spec centre crop
+    assert torch.equal(ev, torch.from_numpy(arr[4:36, 4:36]).permute(2, 0, 1))
+
+
+def test_config_overrides_and_errors(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune:\n  epochs: 3\n  lr: 0.01\nbatch_size: 8\n")
+    cfg = load_config(recipe, {"finetune.epochs": 5})
+    assert (cfg.finetune.epochs, cfg.finetune.lr, cfg.batch_size) == (5, 0.01, 8)
+    recipe.write_text("finetune:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="finetune.epochz"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(None, {"batch_size": 0})
