@@ -351,9 +351,11 @@ class Trainer:
         loader = self._loader(Subset(ds, idx), self.cfg.batch_size * 2)
         outs = []
         for x, _ in loader:
+            # fp32 on purpose: validation numbers must be those of the model that gets exported
             x = normalize_batch(x.to(self.device, non_blocking=True), ds.spec)
-            with _autocast(self.amp, self.device):
-                out = model.forward_head(model.forward_features(x), pre_logits=True) if features else model(x)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model.forward_head(model.forward_features(x), pre_logits=True) if features else model(x)
             outs.append(out.float().cpu())
         mine = torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
         parts = _gather((idx, mine), self.dist)
@@ -473,6 +475,8 @@ class Trainer:
         weight = class_weights(counts, cfg.loss.class_weights, cfg.loss.effective_beta)
         loss_fn = build_loss(cfg.loss.type, weight, cfg.loss.label_smoothing, cfg.loss.focal_gamma).to(self.device)
         model.to(self.device)
+        if self.device.type == "cpu":  # oneDNN's fast path for depthwise convs: ~1.5x here
+            model = model.to(memory_format=torch.channels_last)
         tb = _TB(self.run_dir / "tensorboard" if self.dist.main else None)
 
         # baselines: majority class (from train) on val
@@ -506,8 +510,6 @@ class Trainer:
         set_trainable(model, ft.unfreeze)
         if ft.batchnorm == "frozen":
             apply_bn_policy(model, "frozen")
-        if self.device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)
         sampler = EpochSampler(train_ds.targets, cfg.seed, cfg.loss.balanced_sampler, self.dist.rank, self.dist.world_size)
         loader = self._loader(train_ds, cfg.batch_size, sampler=sampler)
         steps_per_epoch = len(loader)
