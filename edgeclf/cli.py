@@ -7,6 +7,7 @@ stderr and exit code 1; ``--json`` prints exactly one JSON document on stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -318,6 +319,8 @@ def train_cmd(
     with _progress("training", True) as cb:
         result = train(cfg, run_dir, resume=resume, log=log, progress=lambda label, d, t: cb(d, t))
     m = result.metrics
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     if as_json:
         _print_json(m)
         return
