@@ -191,7 +191,9 @@ def test_lite0_package_weights_recognise_real_daisies() -> None:
     load_pretrained(model, info)
     size = info.input_size
     resample = Image.Resampling.BICUBIC
-    arrays = [np.asarray(Image.open(f).convert("RGB").resize((size, size), resample), np.float32) for f in files]
+    arrays = [
+        np.asarray(Image.open(f).convert("RGB").resize((size, size), resample), np.float32) for f in files
+    ]
     batch = torch.from_numpy(np.stack(arrays) / 255.0).permute(0, 3, 1, 2).float()
     batch = (batch - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
     with torch.no_grad():

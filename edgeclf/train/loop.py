@@ -455,7 +455,7 @@ class Trainer:
         model, weights_report = create_model(cfg.model.backbone, len(classes), weights=cfg.model.weights,
                                              source=cfg.model.weights_source, drop_rate=cfg.model.drop_rate)
         spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, cfg.model.image_size)
-        if info.bn_folded and cfg.finetune.batchnorm == "train":
+        if weights_report.bn_folded and cfg.finetune.batchnorm == "train":
             self.log("[yellow]warning:[/] these weights have batch-norm folded into the convolutions; "
                      "finetune.batchnorm=train will disturb them (frozen_stats is the safe choice)")
         resolved = {
