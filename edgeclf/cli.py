@@ -302,6 +302,9 @@ def train_cmd(
         if not (resume and manifest.is_file()):
             with _progress("decoding + hashing", not as_json) as cb:
                 index = index_dataset(data, progress=cb)
+            from edgeclf.data.audit import audit_index
+
+            audit_index(index, run_dir / "audit")
             summary = run_split(index, manifest, SplitConfig(seed=seed or 0))
             if not as_json:
                 _render_split(summary)
@@ -343,6 +346,46 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{k}"] = v
     return flat
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    split: Annotated[str, typer.Option(help="val, or test (once per model: see --allow-test-reuse).")] = "val",
+    allow_test_reuse: Annotated[bool, typer.Option(help="Evaluate the test split again; every output is marked as reused.")] = False,
+    robustness: Annotated[bool, typer.Option(help="Run the corruption suite.")] = True,
+    robustness_images: Annotated[int, typer.Option(help="Images (sampled) for the corruption suite.")] = 300,
+    explain: Annotated[bool, typer.Option(help="Embeddings projection and Grad-CAM figures.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Metrics, confusion, mistakes, calibration, robustness, embeddings, Grad-CAM, slices, HTML report."""
+    from edgeclf.evaluate.run import evaluate
+
+    log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
+    with _progress("evaluating", True) as cb:
+        m = evaluate(run_dir, split, allow_test_reuse, robustness, explain, robustness_images, log=log,
+                     progress=lambda label, d, t: cb(d, t))
+    if as_json:
+        _print_json(m)
+        return
+    t = Table(title=f"{run_dir} — {split}{' (TEST REUSED)' if m['test_reused'] else ''}")
+    t.add_column("class")
+    for col in ("precision", "recall", "F1", "support"):
+        t.add_column(col, justify="right")
+    for c, v in m["per_class"].items():
+        t.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    out.print(t)
+    cal = m["calibration"]
+    out.print(f"accuracy {m['accuracy']:.4f} · balanced {m['balanced_accuracy']:.4f} · macro-F1 [bold]{m['macro_f1']:.4f}[/] · "
+              f"weighted-F1 {m['weighted_f1']:.4f}")
+    out.print(f"calibration: T = {cal['temperature']:.3f} (fitted on val); ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}; "
+              f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
+    for g, v in m["verdict"]["gates"].items():
+        out.print(f"  {'[green]pass[/]' if v['passed'] else '[red]FAIL[/]'}  {g}: {v['rule']}")
+    out.print(f"report: {run_dir / 'report' / 'index.html'}")
 
 
 # ----------------------------------------------------------------------------- demo

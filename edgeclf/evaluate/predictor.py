@@ -1,0 +1,112 @@
+"""The "predict function" every evaluation runs against.
+
+A :class:`Predictor` maps decoded images (H x W x 3 uint8 RGB, any size) to
+logits; it owns its preprocessing. The eager PyTorch model is one predictor,
+each exported artifact (ONNX Runtime, OpenVINO, the C++ runtime) is another,
+so metrics, calibration and the robustness suite run unchanged on all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from edgeclf.data.manifest import Manifest, read_manifest
+from edgeclf.errors import ConfigError
+from edgeclf.preprocess import PreprocessSpec, preprocess
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    classes: list[str]
+    spec: PreprocessSpec
+
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits, shape (len(images), len(classes)), float32."""
+        ...
+
+
+class TorchPredictor:
+    """The eager model in fp32, fed through the reference preprocessing."""
+
+    def __init__(self, model: nn.Module, spec: PreprocessSpec, classes: list[str], batch_size: int = 64) -> None:
+        self.model = model.eval()
+        self.spec = spec
+        self.classes = classes
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        outs = []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images[i : i + self.batch_size]]))
+            outs.append(self.model(x.contiguous(memory_format=torch.channels_last)).float().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
+
+    @torch.no_grad()
+    def features_and_logits(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Penultimate-layer (pooled, pre-logits) features and logits."""
+        feats, logits = [], []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images[i : i + self.batch_size]]))
+            f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            feats.append(f.float().numpy())
+            logits.append(self.model.get_classifier()(f).float().numpy())
+        return np.concatenate(feats), np.concatenate(logits)
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    model: nn.Module
+    spec: PreprocessSpec
+    classes: list[str]
+    manifest: Manifest
+    data_root: Path
+    config: dict
+    checkpoint_sha256: str
+    best_epoch: int
+
+    def predictor(self, batch_size: int = 64) -> TorchPredictor:
+        return TorchPredictor(self.model, self.spec, self.classes, batch_size)
+
+
+def load_run(run_dir: Path, checkpoint: str = "best.pt") -> LoadedRun:
+    """The model of a training run (best checkpoint), its preprocessing, classes and data."""
+    from edgeclf._io import sha256_file
+    from edgeclf.models import create_model
+    from edgeclf.train.loop import load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir} is not a training run directory (no config.yaml); run `edgeclf train` first")
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    ck_path = run_dir / "checkpoints" / checkpoint
+    ck = load_checkpoint(ck_path)
+    classes = list(ck["classes"])
+    model, _ = create_model(ck["backbone"], len(classes), source="none",
+                            drop_rate=float(cfg["config"]["model"]["drop_rate"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    model = model.to(memory_format=torch.channels_last)
+    manifest_path = Path(cfg["config"]["data"]["manifest"])
+    manifest = read_manifest(manifest_path)
+    data_root = Path(cfg["run"]["data_root"])
+    return LoadedRun(run_dir=run_dir, model=model, spec=PreprocessSpec.from_dict(ck["preprocess"]), classes=classes,
+                     manifest=manifest, data_root=data_root, config=cfg, checkpoint_sha256=sha256_file(ck_path),
+                     best_epoch=int(ck["epoch"]) + 1)
+
+
+def load_images(root: Path, paths: Sequence[str]) -> list[np.ndarray]:
+    """Decode images by edgeclf's rules to H x W x 3 uint8 arrays."""
+    from edgeclf.data._image import load_rgb
+
+    return [np.asarray(load_rgb(Path(root) / p)) for p in paths]

@@ -1,0 +1,249 @@
+"""``edgeclf evaluate RUN_DIR --split val|test``: everything a ship / no-ship decision needs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclf._io import write_json
+from edgeclf.errors import ConfigError
+from edgeclf.evaluate.calibration import calibration_summary, fit_temperature, plot_reliability
+from edgeclf.evaluate.figures import plot_confusion, plot_mistakes, top_mistakes, write_mistakes_csv
+from edgeclf.evaluate.ledger import check_and_record, read_ledger
+from edgeclf.evaluate.metrics import OVERFIT_GAP, confused_pairs, full_metrics, softmax
+from edgeclf.evaluate.predictor import LoadedRun, load_images, load_run
+
+Log = Callable[[str], None]
+
+#: Shorter-side buckets for the automatic "image size" slice.
+SIZE_BUCKETS = ((0, 128, "<128 px"), (128, 256, "128-255 px"), (256, 512, "256-511 px"), (512, 10**9, ">=512 px"))
+
+#: Verdict gates, each with the reason for its value.
+GATES = {
+    # A model that cannot beat a linear classifier on frozen features did not learn anything from fine-tuning.
+    "beats_linear_probe": "fine-tuned macro-F1 >= linear-probe macro-F1 (on validation)",
+    # Predicting the majority class is the floor every model must clear by a wide margin.
+    "beats_majority": "macro-F1 above the majority-class baseline",
+    # See OVERFIT_GAP.
+    "no_overfitting": f"train macro-F1 - validation macro-F1 <= {OVERFIT_GAP:.2f}",
+    # After temperature scaling, probabilities should be trustworthy to a few points: 5 % ECE is the
+    # level Guo et al. report for calibrated CNNs on small benchmarks.
+    "calibrated": "ECE after temperature scaling <= 0.05",
+    # Test used once, or its numbers are validation numbers.
+    "test_touched_once": "the test split was evaluated at most once",
+}
+MAX_ECE = 0.05
+
+
+@dataclass
+class SplitData:
+    paths: list[str]
+    y: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray
+    rows: list[Any]
+
+
+class Evaluation:
+    def __init__(self, run_dir: Path, log: Log | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.run: LoadedRun = load_run(run_dir)
+        self.run_dir = Path(run_dir)
+        self.log = log or (lambda s: None)
+        self.progress = progress
+        self.cache_dir = self.run_dir / "eval" / "cache"
+
+    def split_data(self, split: str) -> SplitData:
+        """Logits + features of a split, cached per checkpoint hash (decoding is the slow part)."""
+        rows = self.run.manifest.split_rows(split)
+        if not rows:
+            raise ConfigError(f"the manifest has no '{split}' images")
+        idx = {c: i for i, c in enumerate(self.run.classes)}
+        unknown = sorted({r.label for r in rows} - set(idx))
+        if unknown:
+            raise ConfigError(f"the '{split}' split has classes the model was not trained on: {', '.join(unknown)}")
+        paths = [r.path for r in rows]
+        y = np.array([idx[r.label] for r in rows])
+        cache = self.cache_dir / f"{split}-{self.run.checkpoint_sha256[:16]}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                if list(z["paths"]) == paths:
+                    return SplitData(paths, y, z["logits"], z["features"], rows)
+        self.log(f"predicting {len(paths)} {split} images with the eager model (fp32)")
+        pred = self.run.predictor()
+        feats, logits = [], []
+        step = 64
+        for i in range(0, len(paths), step):
+            f, lg = pred.features_and_logits(load_images(self.run.data_root, paths[i : i + step]))
+            feats.append(f)
+            logits.append(lg)
+            if self.progress:
+                self.progress(f"predict {split}", min(i + step, len(paths)), len(paths))
+        data = SplitData(paths, y, np.concatenate(logits), np.concatenate(feats), rows)
+        from edgeclf._io import atomic_open
+
+        with atomic_open(cache, "wb") as fobj:
+            np.savez(fobj, paths=np.array(paths), logits=data.logits, features=data.features)
+        return data
+
+    def temperature(self) -> dict[str, Any]:
+        """Fit (or read) the temperature on validation logits; stored in RUN_DIR/calibration.json."""
+        path = self.run_dir / "calibration.json"
+        if path.is_file():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("checkpoint_sha256") == self.run.checkpoint_sha256:
+                return stored
+        val = self.split_data("val")
+        t = fit_temperature(val.logits, val.y)
+        summary = calibration_summary(val.logits, val.y, t)
+        stored = {"temperature": t, "fitted_on": "val", "checkpoint_sha256": self.run.checkpoint_sha256,
+                  "val_nll_before": summary["nll_before"], "val_nll_after": summary["nll_after"],
+                  "val_ece_before": summary["ece_before"], "val_ece_after": summary["ece_after"]}
+        write_json(path, stored)
+        return stored
+
+    def slices(self, data: SplitData, probs: np.ndarray) -> dict[str, list[dict[str, Any]]]:
+        """Metrics by each extra manifest column and by image-size bucket."""
+        from PIL import Image
+
+        groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for i, r in enumerate(data.rows):
+            for col, val in r.extra.items():
+                groups[col][val or "(empty)"].append(i)
+            try:
+                with Image.open(self.run.data_root / r.path) as im:
+                    short = min(im.size)
+            except OSError:
+                continue
+            label = next(lab for lo, hi, lab in SIZE_BUCKETS if lo <= short < hi)
+            groups["image_size"][label].append(i)
+        out: dict[str, list[dict[str, Any]]] = {}
+        pred = probs.argmax(1)
+        from sklearn.metrics import f1_score
+
+        for col, vals in groups.items():
+            rows = []
+            for val, idx in sorted(vals.items()):
+                ii = np.array(idx)
+                rows.append({"value": val, "n": len(idx), "accuracy": float((pred[ii] == data.y[ii]).mean()),
+                             "macro_f1": float(f1_score(data.y[ii], pred[ii], labels=list(range(len(self.run.classes))),
+                                                        average="macro", zero_division=0))})
+            out[col] = rows
+        return out
+
+    def evaluate(self, split: str, allow_test_reuse: bool = False, robustness: bool = True,
+                 robustness_max_images: int = 300, explain: bool = True, seed: int = 0) -> dict[str, Any]:
+        if split not in ("val", "test"):
+            raise ConfigError(f"--split must be val or test, got {split!r}")
+        reused = False
+        if split == "test":
+            # the ledger is checked and written before a single test image is predicted
+            reused = check_and_record(self.run_dir, self.run.checkpoint_sha256, self.run.manifest.fingerprint,
+                                      allow_test_reuse)
+        classes = self.run.classes
+        calib = self.temperature()
+        temp = float(calib["temperature"])
+        data = self.split_data(split)
+        probs = softmax(data.logits, temp)
+        fig_dir = self.run_dir / "report" / "figures" / split
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        tag = f"{split}{' (TEST REUSED)' if reused else ''}"
+
+        metrics = full_metrics(data.y, probs, classes)
+        metrics["confused_pairs"] = confused_pairs(metrics["confusion_matrix"], classes)
+        cal = calibration_summary(data.logits, data.y, temp)
+        metrics["calibration"] = {k: v for k, v in cal.items() if not k.startswith("reliability")}
+        plot_confusion(metrics["confusion_matrix"], metrics["confusion_matrix_normalized"], classes,
+                       fig_dir / "confusion.png", f"confusion matrix, {tag}")
+        plot_reliability(cal, fig_dir / "reliability.png", f"reliability, {tag} (temperature fitted on val)")
+        mistakes = top_mistakes(data.paths, data.y, probs, classes)
+        write_mistakes_csv(top_mistakes(data.paths, data.y, probs, classes, top=len(data.paths)), fig_dir / "mistakes.csv")
+        mistake_imgs = dict(zip([m["path"] for m in mistakes], load_images(self.run.data_root, [m["path"] for m in mistakes])))
+        plot_mistakes(mistakes, mistake_imgs, fig_dir / "mistakes.png", f"most confident mistakes, {tag}")
+        metrics["top_mistakes"] = mistakes[:10]
+        metrics["slices"] = self.slices(data, probs)
+
+        # side by side: train, val (and test when this is the test evaluation)
+        side: dict[str, dict[str, float]] = {}
+        for s in ["train", "val"] + (["test"] if split == "test" else []):
+            d = data if s == split else self.split_data(s)
+            m = full_metrics(d.y, softmax(d.logits, temp), classes, top_ks=())
+            side[s] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+        gap = side["train"]["macro_f1"] - side["val"]["macro_f1"]
+        metrics["train_vs_heldout"] = {"splits": side, "train_minus_val_macro_f1": gap, "overfitting": gap > OVERFIT_GAP}
+
+        train_metrics = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        baselines = train_metrics.get("baselines", {})
+        metrics["baselines"] = baselines
+
+        if robustness:
+            metrics["robustness"] = self._robustness(data, fig_dir, tag, robustness_max_images, seed)
+        if explain:
+            metrics["figures_extra"] = self._explain(data, probs, fig_dir, tag, seed)
+
+        verdict = self._verdict(split, metrics, baselines, side, reused)
+        metrics.update({"split": split, "test_reused": reused, "temperature": temp, "verdict": verdict,
+                        "model_sha256": self.run.checkpoint_sha256, "best_epoch": self.run.best_epoch,
+                        "dataset_fingerprint": self.run.manifest.fingerprint, "classes": classes})
+        write_json(self.run_dir / "eval" / split / "metrics.json", metrics)
+        train_metrics.setdefault("evaluation", {})[split] = {
+            k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict")}
+        train_metrics["evaluation"][split]["ece_after"] = metrics["calibration"]["ece_after"]
+        train_metrics["calibration"] = {k: v for k, v in calib.items()}
+        write_json(self.run_dir / "metrics.json", train_metrics)
+        from edgeclf.evaluate.report import write_report
+
+        write_report(self.run_dir)
+        return metrics
+
+    def _robustness(self, data: SplitData, fig_dir: Path, tag: str, max_images: int, seed: int) -> dict[str, Any]:
+        from edgeclf.evaluate.robustness import plot_robustness, run_robustness
+
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(len(data.paths), min(max_images, len(data.paths)), replace=False))
+        images = load_images(self.run.data_root, [data.paths[i] for i in idx])
+        self.log(f"robustness suite on {len(idx)} images")
+        res = run_robustness(self.run.predictor(), images, data.y[idx], seed=seed)
+        plot_robustness({"eager fp32": res}, fig_dir / "robustness.png", f"macro-F1 under corruption, {tag}")
+        return {"images": int(len(idx)), **res.to_dict()}
+
+    def _explain(self, data: SplitData, probs: np.ndarray, fig_dir: Path, tag: str, seed: int) -> dict[str, str]:
+        from edgeclf.evaluate.embeddings import export_projector, plot_embeddings, project_2d
+        from edgeclf.evaluate.explain import gradcam_grid
+
+        xy, method = project_2d(data.features, seed=seed)
+        plot_embeddings(xy, data.y, self.run.classes, fig_dir / "embeddings.png", f"penultimate-layer features, {tag}", method)
+        export_projector(data.features, data.y, self.run.classes, data.paths, self.run_dir / "tensorboard" / f"projector-{fig_dir.name}")
+        pred = probs.argmax(1)
+        rng = np.random.default_rng(seed)
+        right = np.nonzero(pred == data.y)[0]
+        wrong = np.nonzero(pred != data.y)[0]
+        pick = np.concatenate([rng.permutation(right)[:8], rng.permutation(wrong)[:8]]).astype(int)
+        imgs = load_images(self.run.data_root, [data.paths[i] for i in pick])
+        gradcam_grid(self.run.model, self.run.spec, self.run.classes, imgs, data.y[pick], pred[pick],
+                     probs[pick, pred[pick]], fig_dir / "gradcam.png", f"Grad-CAM: 8 correct, 8 wrong, {tag}")
+        return {"embeddings": method}
+
+    def _verdict(self, split: str, m: dict[str, Any], baselines: dict[str, Any], side: dict[str, Any], reused: bool) -> dict[str, Any]:
+        checks = {}
+        probe = baselines.get("linear_probe", {}).get("macro_f1")
+        checks["beats_linear_probe"] = probe is None or side["val"]["macro_f1"] >= probe
+        major = baselines.get("majority_class", {}).get("macro_f1")
+        checks["beats_majority"] = major is None or m["macro_f1"] > major
+        checks["no_overfitting"] = not m["train_vs_heldout"]["overfitting"]
+        checks["calibrated"] = m["calibration"]["ece_after"] <= MAX_ECE
+        checks["test_touched_once"] = not reused and len(read_ledger(self.run_dir)) <= 1
+        return {"gates": {k: {"passed": bool(v), "rule": GATES[k]} for k, v in checks.items()},
+                "passed": all(checks.values())}
+
+
+def evaluate(run_dir: Path, split: str, allow_test_reuse: bool = False, robustness: bool = True,
+             explain: bool = True, robustness_max_images: int = 300, log: Log | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Evaluate a training run on ``split``; write figures, metrics and the HTML report."""
+    return Evaluation(run_dir, log, progress).evaluate(split, allow_test_reuse, robustness, robustness_max_images, explain)
