@@ -70,3 +70,49 @@ def test_ledger_refuses_reuse(tmp_path: Path) -> None:
     assert check_and_record(tmp_path, "abc", "sha256:x", allow_reuse=True) is True
     entries = read_ledger(tmp_path)
     assert [e["reuse"] for e in entries] == [False, True] and entries[0]["model_sha256"] == "abc"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeclf.data._index import index_dataset
+    from edgeclf.data.manifest import write_manifest
+    from edgeclf.data.split import SplitConfig, make_split
+    from edgeclf.train import load_config, train
+    from tests.conftest import make_clean_dataset
+
+    base = tmp_path_factory.mktemp("evalrun")
+    root = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
+    m = base / "splits.csv"
+    write_manifest(m, make_split(index_dataset(root, workers=1), SplitConfig(val=0.2, test=0.2)).rows)
+    (base / "splits.summary.json").write_text(json.dumps({"data_dir": str(root)}))
+    cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(base / "cache"),
+                             "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8, "amp": "off"})
+    train(cfg, base / "run")
+    return base / "run"
+
+
+def test_evaluate_val_then_test_once_and_report(tiny_run: Path) -> None:
+    from edgeclf.evaluate import evaluate
+
+    m = evaluate(tiny_run, "val", robustness_max_images=6)
+    assert m["split"] == "val" and not m["test_reused"]
+    assert set(m["verdict"]["gates"]) >= {"beats_linear_probe", "calibrated", "test_touched_once"}
+    cal = json.loads((tiny_run / "calibration.json").read_text())
+    assert cal["fitted_on"] == "val" and cal["temperature"] > 0
+    for fig in ("confusion", "reliability", "mistakes", "robustness", "embeddings", "gradcam"):
+        assert (tiny_run / "report" / "figures" / "val" / f"{fig}.png").is_file(), fig
+    assert (tiny_run / "report" / "figures" / "val" / "mistakes.csv").read_text().startswith("path,true,predicted")
+    assert m["robustness"]["rows"] and "image_size" in m["slices"]
+    t = evaluate(tiny_run, "test", robustness=False, explain=False)
+    assert t["temperature"] == m["temperature"]  # fitted on val, reused for test
+    assert set(t["train_vs_heldout"]["splits"]) == {"train", "val", "test"}
+    from edgeclf.evaluate.ledger import TestReuseError
+
+    with pytest.raises(TestReuseError):
+        evaluate(tiny_run, "test", robustness=False, explain=False)
+    again = evaluate(tiny_run, "test", allow_test_reuse=True, robustness=False, explain=False)
+    assert again["test_reused"] and not again["verdict"]["gates"]["test_touched_once"]["passed"]
+    html = (tiny_run / "report" / "index.html").read_text(encoding="utf-8")
+    assert "TEST SPLIT REUSED" in html and "data:image/png;base64," in html and "Verdict" in html
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["evaluation"]) == {"val", "test"} and metrics["baselines"]

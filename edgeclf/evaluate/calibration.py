@@ -62,7 +62,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    temp = float(log_t.exp())
+    temp = float(log_t.detach().exp())
     return temp if np.isfinite(temp) and temp > 0 else 1.0
 
 

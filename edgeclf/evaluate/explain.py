@@ -20,6 +20,7 @@ prediction is right and red when it is wrong.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,13 +82,20 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | None = None,
         x: the preprocessed input, any memory format.
         target_class: the class to explain; None = the predicted class.
         layer: the module whose output is explained; None = the last feature
-            map (the output of ``model.forward_features``).
+            map (the output of ``model.forward_features``), or for a timm ViT
+            that classifies from its class token, ``model.blocks[-1].norm1``.
 
     Returns:
         H x W float32 in [0, 1] (all zeros when no location supports the class).
     """
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ConfigError(f"grad_cam expects one image as a 1 x 3 x H x W tensor, got shape {tuple(x.shape)}")
+    if layer is None and getattr(model, "global_pool", None) == "token" and hasattr(model, "blocks"):
+        # a ViT that classifies from its class token: the final patch tokens get no gradient, so
+        # explain the input of the last block's attention (the usual ViT Grad-CAM layer)
+        layer = getattr(model.blocks[-1], "norm1", None)
+        if layer is None:
+            raise ConfigError("this transformer pools its class token; pass layer= (a module whose output is the patch tokens)")
     was_training = model.training
     model.eval()
     size = (int(x.shape[2]), int(x.shape[3]))
@@ -175,13 +183,14 @@ def image_grid(tiles: Sequence[np.ndarray], captions: Sequence[str], path: Path,
     else:
         cols = max(1, min(cols, n))
         rows = (n + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.5), squeeze=False)
+        width = max(2.6 * cols, 6.5)  # room for the title even with one tile
+        fig, axes = plt.subplots(rows, cols, figsize=(width, 2.9 * rows + 0.5), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for i, (ax, tile) in enumerate(zip(axes.flat, tiles)):
             ax.imshow(tile)
             ax.set_title(captions[i], fontsize=8, color=colors[i] if colors else "black")
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle("\n".join(textwrap.wrap(title, width=int(width * 11))), fontsize=11)
     with warnings.catch_warnings(), atomic_open(path, "wb") as f:
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # CJK class or file names
         fig.tight_layout()
