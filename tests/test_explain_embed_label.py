@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from edgeclf.data.manifest import Manifest, ManifestRow
+import edgeclf.evaluate.labeling as labeling
 from edgeclf.errors import ConfigError, DataError
 from edgeclf.evaluate.embeddings import export_projector, plot_embeddings, project_2d
 from edgeclf.evaluate.explain import grad_cam, gradcam_grid, model_view, overlay, sample_correct_and_wrong
@@ -290,8 +291,9 @@ def _gaussian_classes(per_class: int = 20, d: int = 16, seed: int = 0) -> tuple[
     return (centers[y] + rng.normal(0.0, 1.0, (len(y), d))).astype(np.float32), y
 
 
-@pytest.mark.parametrize("per_class, d", [(20, 16), (50, 200)])  # 200-d: reduced by PCA first
-def test_oof_suspects_flags_a_flipped_label(per_class: int, d: int) -> None:
+@pytest.mark.parametrize("per_class, d", [(20, 16), (40, 100)])  # 100-d: reduced to 64 by PCA first
+def test_oof_suspects_flags_a_flipped_label(per_class: int, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(labeling, "AUDIT_PCA_DIMS", 64)
     x, y = _gaussian_classes(per_class, d)
     y_noisy = y.copy()
     y_noisy[5] = 2  # a class-0 point labelled class 2
