@@ -388,6 +388,80 @@ def evaluate_cmd(
     out.print(f"report: {run_dir / 'report' / 'index.html'}")
 
 
+label_app = typer.Typer(help="Label assistance: what to label next, which labels look wrong.", no_args_is_help=True)
+app.add_typer(label_app, name="label")
+
+
+def _run_temperature(run_dir: Path) -> float:
+    path = run_dir / "calibration.json"
+    if path.is_file():
+        return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+    return 1.0
+
+
+@label_app.command("suggest")
+def label_suggest(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    unlabeled_dir: Annotated[Path, typer.Argument(help="Folder of unlabelled images (searched recursively).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write suggestions.csv and the grid (default: UNLABELED_DIR/edgeclf-suggestions).")] = None,
+    top_k: Annotated[int, typer.Option(help="Labels listed per image.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predicted label + calibrated confidence per image, most uncertain first (label those next)."""
+    from edgeclf.evaluate.labeling import suggest_labels
+    from edgeclf.evaluate.predictor import load_run
+
+    out_dir = out_dir or unlabeled_dir / "edgeclf-suggestions"
+    temp = _run_temperature(run_dir)
+    with _progress("predicting", not as_json) as cb:
+        res = suggest_labels(load_run(run_dir), unlabeled_dir, out_dir, temperature=temp, top_k=top_k, progress=cb)
+    rows = [{"rank": s.rank, "path": s.path, "suggested_label": s.suggested_label, "confidence": s.confidence,
+             "margin": s.margin, "top_k": [list(t) for t in s.top_k]} for s in res.suggestions]
+    if as_json:
+        _print_json({"temperature": temp, "suggestions": rows, "skipped": [vars(p) for p in res.skipped],
+                     "csv": str(res.csv_path), "grid": str(res.grid_path)})
+        return
+    t = Table(title=f"{len(rows)} images, most uncertain first (temperature {temp:.3f})")
+    for col in ("rank", "path", "suggested", "confidence", "margin"):
+        t.add_column(col, justify="right" if col in ("rank", "confidence", "margin") else "left")
+    for r in rows[:20]:
+        t.add_row(str(r["rank"]), r["path"], r["suggested_label"], f"{r['confidence']:.3f}", f"{r['margin']:.3f}")
+    out.print(t)
+    if res.skipped:
+        out.print(f"[yellow]{len(res.skipped)} unreadable images skipped[/] (see {res.skipped_csv_path})")
+    out.print(f"wrote {res.csv_path} and {res.grid_path}")
+
+
+@label_app.command("audit")
+def label_audit(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write label_audit.csv/png (default: RUN_DIR/label-audit).")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds for out-of-fold predictions.")] = 5,
+    threshold: Annotated[float, typer.Option(help="Flag when another class gets at least this out-of-fold probability.")] = 0.7,
+    as_json: JsonOpt = False,
+) -> None:
+    """Likely-mislabelled training images: out-of-fold predictions that confidently disagree with the label."""
+    from edgeclf.evaluate.labeling import audit_labels
+    from edgeclf.evaluate.predictor import load_run
+
+    out_dir = out_dir or run_dir / "label-audit"
+    with _progress("features", not as_json) as cb:
+        res = audit_labels(load_run(run_dir), out_dir, folds=folds, threshold=threshold, progress=cb)
+    rows = [vars(s) for s in res.suspects]
+    if as_json:
+        _print_json({"folds": res.folds, "grouped": res.grouped, "images": res.n_images, "suspects": rows,
+                     "csv": str(res.csv_path), "grid": str(res.grid_path)})
+        return
+    t = Table(title=f"{len(rows)} suspects among {res.n_images} training images ({res.folds}-fold, "
+                    f"{'grouped' if res.grouped else 'not grouped'}, threshold {threshold})")
+    for col in ("path", "given", "suggested", "p(suggested)", "p(given)"):
+        t.add_column(col)
+    for r in rows[:25]:
+        t.add_row(r["path"], r["given_label"], r["suggested_label"], f"{r['p_suggested']:.3f}", f"{r['p_given']:.3f}")
+    out.print(t)
+    out.print(f"wrote {res.csv_path} and {res.grid_path}")
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -21,7 +21,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("cmd", [[], ["data"], ["data", "audit"], ["data", "split"], ["data", "elpv"],
-                                 ["profiles"], ["profiles", "list"], ["profiles", "show"], ["demo"]])
+                                 ["profiles"], ["profiles", "list"], ["profiles", "show"], ["demo"],
+                                 ["backbones"], ["train"], ["evaluate"], ["label"], ["label", "suggest"],
+                                 ["label", "audit"]])
 def test_every_command_has_help(cmd: list[str]) -> None:
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output

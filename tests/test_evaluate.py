@@ -116,3 +116,27 @@ def test_evaluate_val_then_test_once_and_report(tiny_run: Path) -> None:
     assert "TEST SPLIT REUSED" in html and "data:image/png;base64," in html and "Verdict" in html
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert set(metrics["evaluation"]) == {"val", "test"} and metrics["baselines"]
+
+
+def test_label_commands_through_cli(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgeclf.cli import app
+    from tests.conftest import blob_image, save
+
+    unl = tmp_path / "unlabeled"
+    for i in range(3):
+        save(blob_image(500 + i), unl / f"u{i}.png")
+    (unl / "broken.jpg").write_bytes(b"not a jpeg")
+    res = CliRunner().invoke(app, ["label", "suggest", str(tiny_run), str(unl), "--out", str(tmp_path / "sug"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [s["rank"] for s in doc["suggestions"]] == [1, 2, 3]
+    margins = [s["margin"] for s in doc["suggestions"]]
+    assert margins == sorted(margins)  # most uncertain first
+    assert [p["path"] for p in doc["skipped"]] == ["broken.jpg"]
+    assert (tmp_path / "sug" / "suggestions.csv").is_file() and (tmp_path / "sug" / "most_uncertain.png").is_file()
+    res = CliRunner().invoke(app, ["label", "audit", str(tiny_run), "--out", str(tmp_path / "aud"), "--folds", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["images"] > 0 and (tmp_path / "aud" / "label_audit.csv").is_file()
