@@ -462,6 +462,82 @@ def label_audit(
     out.print(f"wrote {res.csv_path} and {res.grid_path}")
 
 
+# ----------------------------------------------------------------------------- export + predict
+
+
+def _csv_list(v: str | None) -> list[str] | None:
+    return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to create.")],
+    formats: Annotated[str | None, typer.Option(help="Comma list of onnx,openvino,torchscript,tensorrt (default: all, or the profile's).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Comma list of fp32,fp16,int8 (default: all, or the profile's).")] = None,
+    profile: Annotated[str | None, typer.Option(help="Target hardware profile: picks formats/precisions, recorded in the bundle.")] = None,
+    calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate int8.")] = 128,
+    calibration_method: Annotated[str, typer.Option(help="ONNX Runtime int8 calibration: minmax, entropy or percentile.")] = "minmax",
+    allow_failed: Annotated[bool, typer.Option(help="Exit 0 even if some artifact failed its gate (it is still not shipped).")] = False,
+    robustness: Annotated[bool, typer.Option(help="Run the corruption suite on eager vs the best int8 artifact.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export, quantize and hold every artifact to its parity gate; write a self-describing bundle."""
+    from edgeclf.export.pipeline import ExportFailed, export_run
+
+    if calibration_method not in ("minmax", "entropy", "percentile"):
+        raise typer.BadParameter("--calibration-method must be minmax, entropy or percentile")
+    log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
+    failure: ExportFailed | None = None
+    try:
+        res = export_run(run_dir, out_dir, _csv_list(formats), _csv_list(precision), profile, calibration_images,
+                         calibration_method, allow_failed, robustness, log=log)
+        rows = res.rows
+    except ExportFailed as e:
+        failure = e
+        rows = json.loads((out_dir / "parity.json").read_text(encoding="utf-8"))["table"] if (out_dir / "parity.json").is_file() else []
+    if as_json:
+        _print_json({"bundle": str(out_dir), "table": rows, "failed": str(failure) if failure else None})
+    else:
+        t = Table(title=f"{out_dir}: parity on validation")
+        for col in ("format", "precision", "status", "size MB", "macro-F1", "Δ vs eager", "agreement", "ms/img"):
+            t.add_column(col, justify="left" if col in ("format", "precision", "status") else "right")
+        fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+        for r in rows:
+            style = {"ok": "green", "reference": "bold"}.get(r["status"], "red" if r["status"] != "skipped" else "yellow")
+            t.add_row(r["format"], r["precision"], f"[{style}]{r['status']}[/]", fmt(r.get("size_mb"), ".2f"),
+                      fmt(r.get("macro_f1"), ".4f"), fmt(r.get("delta_macro_f1"), "+.4f"), fmt(r.get("agreement"), ".4f"),
+                      fmt(r.get("ms_per_image"), ".2f"))
+        out.print(t)
+        for r in rows:
+            if r.get("error") and r["status"] != "ok":
+                out.print(f"  [yellow]{r['format']}/{r['precision']}[/]: {r['error']}")
+    if failure is not None:
+        raise failure
+
+
+@app.command("predict")
+def predict_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory from `edgeclf export`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Labels per image.")] = 5,
+    runtime: Annotated[str | None, typer.Option(help="Force a runtime: onnxruntime, openvino, torch, tensorrt.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Calibrated top-k labels for each image, on the fastest artifact available here."""
+    from edgeclf.predict import BundleClassifier
+
+    clf = BundleClassifier(bundle, runtime)
+    preds = clf.classify(images, top_k)
+    art = f"{clf.artifact.format}/{clf.artifact.precision}"
+    if as_json:
+        _print_json({"artifact": art, "predictions": [{"image": str(p), **pr.to_dict()} for p, pr in zip(images, preds)]})
+        return
+    for p, pr in zip(images, preds):
+        out.print(f"[bold]{p}[/]: " + ", ".join(f"{lab} {prob:.3f}" for lab, prob in zip(pr.labels, pr.probabilities)))
+    err.print(f"(artifact {art}, temperature {clf.manifest.temperature:.3f})")
+
+
 # ----------------------------------------------------------------------------- demo
 
 

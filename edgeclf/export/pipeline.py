@@ -1,0 +1,264 @@
+"""``edgeclf export RUN_DIR --out BUNDLE``: every format and precision, each held to its parity gate."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclf._io import write_json
+from edgeclf.errors import ConfigError, EdgeclfError
+from edgeclf.export.bundle import (
+    MIN_RUNTIME_VERSION,
+    PARITY,
+    SCHEMA_VERSION,
+    ArtifactEntry,
+    BundleManifest,
+    file_entry,
+    model_card_json,
+    write_manifest,
+)
+from edgeclf.export.parity import ParityResult, run_parity
+
+Log = Callable[[str], None]
+
+DEFAULT_FORMATS = ("onnx", "openvino", "torchscript", "tensorrt")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+RUNTIME_TO_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torchscript"}
+
+
+class ExportFailed(EdgeclfError):
+    """At least one artifact failed to export or failed its parity gate."""
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    rows: list[dict[str, Any]]
+    manifest: BundleManifest
+    failed: list[str] = field(default_factory=list)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("edgeclf", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def plan_jobs(formats: list[str] | None, precisions: list[str] | None, profile: Any | None) -> list[tuple[str, str]]:
+    """(format, precision) pairs to build: explicit requests, else the profile's runtimes, else everything."""
+    from edgeclf.export.formats import FORMATS
+
+    if formats is None and profile is not None:
+        formats = sorted({RUNTIME_TO_FORMAT[r.runtime] for r in profile.runtimes if r.runtime in RUNTIME_TO_FORMAT} | {"onnx"})
+    if precisions is None and profile is not None:
+        precisions = sorted({p for r in profile.runtimes for p in r.precisions} | {"fp32"})
+    formats = list(formats or DEFAULT_FORMATS)
+    precisions = list(precisions or DEFAULT_PRECISIONS)
+    for f in formats:
+        if f not in FORMATS:
+            raise ConfigError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
+    for p in precisions:
+        if p not in DEFAULT_PRECISIONS:
+            raise ConfigError(f"unknown precision {p!r}; choose from {', '.join(DEFAULT_PRECISIONS)}")
+    jobs = [(f, p) for f in formats for p in precisions if p in FORMATS[f].precisions]
+    if not jobs:
+        raise ConfigError(f"no format supports the requested precisions {', '.join(precisions)}")
+    if ("onnx", "fp32") not in jobs:  # every other artifact is built from (or next to) the fp32 ONNX
+        jobs.insert(0, ("onnx", "fp32"))
+    return sorted(jobs, key=lambda j: (j != ("onnx", "fp32"), formats.index(j[0]) if j[0] in formats else 0,
+                                       DEFAULT_PRECISIONS.index(j[1])))
+
+
+def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, precisions: list[str] | None = None,
+               profile: str | None = None, calibration_images: int = 128, calibration_method: str = "minmax",
+               allow_failed: bool = False, robustness: bool = True, robustness_images: int = 150,
+               log: Log | None = None) -> ExportResult:
+    from edgeclf.evaluate.predictor import load_images
+    from edgeclf.evaluate.run import Evaluation
+    from edgeclf.export.formats import export_artifact
+    from edgeclf.export.runners import load_runner
+
+    log = log or (lambda s: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir} already exists and is not empty; choose another --out (bundles are never overwritten)")
+    prof = None
+    if profile is not None:
+        from edgeclf.profiles import load_profile
+
+        prof = load_profile(profile)
+    jobs = plan_jobs(formats, precisions, prof)
+
+    ev = Evaluation(Path(run_dir), log)
+    run = ev.run
+    calib = ev.temperature()
+    temperature = float(calib["temperature"])
+    val = ev.split_data("val")
+    log(f"decoding {len(val.paths)} validation images for the parity gates")
+    val_images = load_images(run.data_root, val.paths)
+    train_rows = run.manifest.split_rows("train")
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(train_rows), min(calibration_images, len(train_rows)), replace=False).tolist())
+    calib_paths = [train_rows[i].path for i in pick]
+    calib_imgs = load_images(run.data_root, calib_paths)
+    train_metrics = ev_metrics(Path(run_dir))
+
+    manifest = BundleManifest(
+        schema_version=SCHEMA_VERSION, min_runtime_version=MIN_RUNTIME_VERSION, name=Path(run_dir).name,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), creator=_versions(),
+        labels=run.classes, preprocess=run.spec.to_dict(), temperature=temperature,
+        source_run={"run": Path(run_dir).name, "checkpoint_sha256": run.checkpoint_sha256, "best_epoch": run.best_epoch,
+                    "backbone": run.config["run"]["backbone"]},
+        dataset_fingerprint=run.manifest.fingerprint,
+        calibration_data={"split": "train", "images": len(calib_paths), "seed": 0, "method": calibration_method,
+                          "note": "int8 calibration uses training images only, never validation or test"},
+        metrics=train_metrics, target_profile=prof.name if prof else None,
+    )
+    meta = model_card_json(manifest.model_card())
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    rows: list[dict[str, Any]] = []
+    parity: dict[str, Any] = {"split": "val", "images": len(val.paths), "temperature": temperature, "artifacts": []}
+    entries: list[ArtifactEntry] = []
+    failed: list[str] = []
+    fp32_onnx: Path | None = None
+    eager_row = {"format": "eager (torch)", "precision": "fp32", "status": "reference", "size_mb": None,
+                 "macro_f1": None, "delta_macro_f1": 0.0, "agreement": 1.0, "ms_per_image": None}
+    from edgeclf.train.metrics import classification_metrics
+
+    eager_macro_f1 = classification_metrics(val.y, val.logits.argmax(1), run.classes)["macro_f1"]
+    eager_row["macro_f1"] = eager_macro_f1
+    rows.append(eager_row)
+    runners: dict[str, Any] = {}
+    try:
+        for fmt, prec in jobs:
+            key = f"{fmt}/{prec}"
+            log(f"exporting {key}")
+            attempts: list[dict[str, Any]] = []
+            options: dict[str, Any] = {"calibration_method": calibration_method} if prec == "int8" and fmt == "onnx" else {}
+            while True:
+                art = export_artifact(fmt, prec, run.model, run.spec, work, calib_imgs if prec == "int8" or fmt == "tensorrt" else None,
+                                      meta, options, fp32_onnx=fp32_onnx)
+                if art.status != "ok":
+                    attempts.append({"options": dict(options), "status": art.status, "error": art.error})
+                    break
+                runner = load_runner(work, art, run.spec, run.classes)
+                res, _ = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature)
+                attempts.append({"options": {k: v for k, v in options.items()}, "status": "ok" if res.passed else "parity_failed",
+                                 "parity": res.to_dict()})
+                if res.passed or prec != "int8" or "keep_float" in options:
+                    break
+                # int8 failed its gate: retry once with the sensitive layers kept in float
+                keep = _sensitive_layers(fmt, work, art, fp32_onnx, calib_imgs, run.spec)
+                log(f"  {key} failed its gate ({'; '.join(res.failures)}); retrying with {len(keep)} sensitive layers in float")
+                for f in [art.file, *art.extra_files]:
+                    (work / f).unlink(missing_ok=True)
+                options = {**options, "keep_float": keep}
+            last = attempts[-1]
+            status = last["status"]
+            if fmt == "onnx" and prec == "fp32" and status == "ok":
+                fp32_onnx = work / art.file
+            row = {"format": fmt, "precision": prec, "status": status, "size_mb": None, "macro_f1": None,
+                   "delta_macro_f1": None, "agreement": None, "ms_per_image": None,
+                   "error": last.get("error") or "; ".join(last.get("parity", {}).get("failures", []))}
+            if "parity" in last:
+                p = last["parity"]
+                row.update(macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"], agreement=p["agreement"],
+                           ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"])
+            if status == "ok":
+                row["size_mb"] = sum((work / f).stat().st_size for f in [art.file, *art.extra_files]) / 1e6
+                e = file_entry(work, art.file)
+                entries.append(ArtifactEntry(file=art.file, format=fmt, runtime=art.runtime, precision=prec, sha256=e.sha256,
+                                             size_bytes=e.size_bytes, extra_files=[file_entry(work, f) for f in art.extra_files],
+                                             status="ok", details=art.details))
+                runners[key] = load_runner(work, art, run.spec, run.classes)
+            else:
+                failed.append(f"{key}: {row['error']}")
+                if art.status == "ok" and not (fmt == "onnx" and prec == "fp32"):
+                    for f in [art.file, *art.extra_files]:  # not shipped
+                        (work / f).unlink(missing_ok=True)
+            if art.status == "skipped":
+                row["status"] = "skipped"
+                failed.pop()
+            parity["artifacts"].append({"format": fmt, "precision": prec, "status": row["status"],
+                                        "details": art.details, "attempts": attempts})
+            rows.append(row)
+        if robustness and runners:
+            parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
+        manifest.artifacts = entries
+        manifest.parity = {"gates": _gate_doc(), "summary": [{k: r.get(k) for k in ("format", "precision", "status", "agreement",
+                                                                                       "delta_macro_f1")} for r in rows[1:]]}
+        write_json(work / PARITY, {**parity, "table": rows})
+        write_manifest(work, manifest)
+        if out_dir.exists():
+            out_dir.rmdir()
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    result = ExportResult(out_dir, rows, manifest, failed)
+    if failed and not allow_failed:
+        raise ExportFailed(f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
+                           f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this")
+    return result
+
+
+def ev_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    keep = {"baselines": m.get("baselines"), "finetuned": {k: v for k, v in (m.get("finetuned") or {}).items()
+                                                           if k in ("epoch", "accuracy", "macro_f1", "n")},
+            "evaluation": m.get("evaluation", {})}
+    return keep
+
+
+def _sensitive_layers(fmt: str, work: Path, art: Any, fp32_onnx: Path | None, calib_imgs: list[np.ndarray], spec: Any) -> list[str]:
+    from edgeclf.export.quantize import sensitive_onnx_nodes
+
+    if fp32_onnx is None:
+        return []
+    return sensitive_onnx_nodes(fp32_onnx)
+
+
+def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: int, work: Path, log: Log) -> dict[str, Any]:
+    """Corruption suite on eager and on the best int8 artifact (or best fp32 when no int8 shipped)."""
+    from edgeclf.evaluate.predictor import load_images
+    from edgeclf.evaluate.robustness import compare_robustness, plot_robustness, run_robustness
+
+    pick_key = next((k for k in runners if k.endswith("/int8")), next(iter(runners)))
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(val.paths), min(max_images, len(val.paths)), replace=False))
+    imgs = load_images(ev.run.data_root, [val.paths[i] for i in idx])
+    log(f"robustness suite on {len(idx)} images: eager vs {pick_key}")
+    res = {"eager fp32": run_robustness(ev.run.predictor(), imgs, val.y[idx]),
+           pick_key: run_robustness(runners[pick_key], imgs, val.y[idx])}
+    plot_robustness(res, work / "robustness.png", f"macro-F1 under corruption: eager vs {pick_key}")
+    return {"artifact": pick_key, "images": int(len(idx)), "rows": [r.to_dict() for r in compare_robustness(res)],
+            "mean_corruption_macro_f1": {k: v.mean_corruption_macro_f1 for k, v in res.items()}}
+
+
+def _gate_doc() -> dict[str, Any]:
+    from edgeclf.export import parity as p
+
+    return {"fp32": {"min_agreement": p.FP32_MIN_AGREEMENT, "max_abs_logit_diff": p.FP32_MAX_ABS_LOGIT_DIFF},
+            "fp16": {"min_agreement": p.FP16_MIN_AGREEMENT},
+            "int8": {"max_macro_f1_drop": p.INT8_MAX_MACRO_F1_DROP, "max_class_recall_drop": p.INT8_MAX_CLASS_RECALL_DROP,
+                     "min_agreement": p.INT8_MIN_AGREEMENT}}
+
+
+__all__ = ["ExportFailed", "ExportResult", "ParityResult", "export_run", "plan_jobs"]

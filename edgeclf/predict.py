@@ -1,0 +1,122 @@
+"""``edgeclf.predict(bundle, images)``: calibrated top-k labels from a bundle, on the fastest artifact at hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgeclf.errors import ConfigError, DataError
+from edgeclf.evaluate.metrics import softmax
+from edgeclf.export.bundle import PARITY, BundleManifest, read_bundle
+
+_RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: list[str]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top_k": [{"label": lab, "probability": p} for lab, p in zip(self.labels, self.probabilities)]}
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """Any accepted image to HxWx3 uint8 RGB, with explicit conversions and clear errors."""
+    from edgeclf.data._image import ImageDecodeError, load_rgb, to_rgb
+
+    if isinstance(image, (str, Path)):
+        try:
+            return np.asarray(load_rgb(Path(image)))
+        except ImageDecodeError as e:
+            raise DataError(f"{image}: {e}") from None
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image))
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.size == 0:
+            raise DataError("empty image array")
+        if a.dtype != np.uint8:
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                raise DataError("image array contains NaN or infinity")
+            raise DataError(f"image arrays must be uint8 (0..255), got {a.dtype}; convert explicitly, e.g. "
+                            "(x * 255).round().clip(0, 255).astype(np.uint8)")
+        if a.ndim == 2:  # grayscale
+            return np.repeat(a[:, :, None], 3, axis=2)
+        if a.ndim == 3 and a.shape[2] == 1:
+            return np.repeat(a, 3, axis=2)
+        if a.ndim == 3 and a.shape[2] == 4:  # RGBA: alpha dropped, as the C runtime does
+            return np.ascontiguousarray(a[:, :, :3])
+        if a.ndim == 3 and a.shape[2] == 3:
+            return a
+        raise DataError(f"image arrays must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA); got shape {a.shape}")
+    raise DataError(f"cannot use {type(image).__name__} as an image; pass a path, a PIL image or a uint8 array")
+
+
+def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | None = None) -> Any:
+    """The fastest shipped artifact whose runtime is installed (speed from the parity run), or ``runtime``'s."""
+    speed: dict[tuple[str, str], float] = {}
+    ppath = Path(bundle_dir) / PARITY
+    if ppath.is_file():
+        for row in json.loads(ppath.read_text(encoding="utf-8")).get("table", []):
+            if row.get("ms_per_image") is not None:
+                speed[(row["format"], row["precision"])] = row["ms_per_image"]
+    candidates = [a for a in manifest.artifacts if a.status == "ok"
+                  and importlib.util.find_spec(_RUNTIME_MODULE.get(a.runtime, a.runtime)) is not None]
+    if runtime is not None:
+        candidates = [a for a in candidates if a.runtime == runtime]
+    if not candidates:
+        have = ", ".join(sorted({f"{a.runtime}/{a.precision}" for a in manifest.artifacts})) or "none"
+        raise ConfigError(f"no artifact in {bundle_dir} can run here{f' on {runtime}' if runtime else ''} "
+                          f"(bundle has: {have}); install the runtime or re-export")
+    return min(candidates, key=lambda a: speed.get((a.format, a.precision), float("inf")))
+
+
+class BundleClassifier:
+    """A loaded bundle: ``classify(images, top_k)`` returns calibrated predictions."""
+
+    def __init__(self, bundle_dir: str | Path, runtime: str | None = None, threads: int | None = None) -> None:
+        from edgeclf.export.runners import load_runner
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_bundle(self.bundle_dir, verify=True)
+        self.artifact = choose_artifact(self.bundle_dir, self.manifest, runtime)
+        self.spec = self.manifest.spec()
+        self.labels = self.manifest.labels
+        self.runner = load_runner(self.bundle_dir, self.artifact.model_dump(), self.spec, self.labels, threads=threads)
+
+    def logits(self, images: Sequence[ImageLike]) -> np.ndarray:
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        if len(images) == 0:
+            raise DataError("no images given")
+        return np.asarray(self.runner([to_rgb_array(im) for im in images]), dtype=np.float32)
+
+    def classify(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5) -> list[Prediction]:
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        probs = softmax(self.logits(images), self.manifest.temperature)  # type: ignore[arg-type]
+        k = min(top_k, len(self.labels))
+        out = []
+        for p in probs:
+            order = np.argsort(-p, kind="stable")[:k]
+            out.append(Prediction([self.labels[i] for i in order], [float(p[i]) for i in order]))
+        return out
+
+
+def predict(bundle: str | Path, images: Sequence[ImageLike] | ImageLike, top_k: int = 5, runtime: str | None = None) -> list[Prediction]:
+    """Classify ``images`` (paths, PIL images or uint8 arrays) with a bundle; calibrated top-k per image."""
+    return BundleClassifier(bundle, runtime).classify(images, top_k)
