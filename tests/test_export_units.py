@@ -1,0 +1,104 @@
+"""Parity gates, bundle manifest integrity and predict input validation (no exporter needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeclf.errors import DataError
+from edgeclf.export import parity as P
+from edgeclf.export.bundle import SCHEMA_VERSION, ArtifactEntry, BundleError, BundleManifest, file_entry, read_bundle, write_manifest
+from edgeclf.predict import to_rgb_array
+
+CLASSES = ["a", "b", "c"]
+
+
+def _logits(y: np.ndarray, margin: float = 4.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1, (len(y), 3)).astype(np.float32)
+    z[np.arange(len(y)), y] += margin
+    return z
+
+
+def test_fp32_gate_on_logit_difference_and_agreement() -> None:
+    y = np.repeat([0, 1, 2], 100)
+    eager = _logits(y)
+    ok = P.compare("onnx", "fp32", eager + 1e-5, eager, y, CLASSES, 1.0, 0.1)
+    assert ok.passed and ok.agreement == 1.0 and ok.max_abs_logit_diff == pytest.approx(1e-5, rel=1e-2)
+    bad = P.compare("onnx", "fp32", eager + 0.01, eager, y, CLASSES, 1.0, 0.1)
+    assert not bad.passed and "logit diff" in bad.failures[0]
+
+
+def test_int8_gate_catches_a_rare_class_losing_recall() -> None:
+    y = np.array([0] * 150 + [1] * 140 + [2] * 10)
+    eager = _logits(y, margin=6.0)
+    art = eager.copy()
+    art[290:291, 2] -= 20  # one of ten 'c' images now wrong: recall 1.0 -> 0.9 (agreement still 99.7 %)
+    r = P.compare("onnx", "int8", art, eager, y, CLASSES, 1.0, 0.1)
+    assert r.agreement > P.INT8_MIN_AGREEMENT
+    assert not r.passed and any("recall of 'c'" in f for f in r.failures)
+    fine = P.compare("onnx", "int8", eager + 0.05, eager, y, CLASSES, 1.0, 0.1)
+    assert fine.passed and fine.kl_divergence < 1e-3
+
+
+def _bundle(tmp_path: Path) -> Path:
+    (tmp_path / "model.onnx").write_bytes(b"onnx-bytes")
+    e = file_entry(tmp_path, "model.onnx")
+    m = BundleManifest(schema_version=SCHEMA_VERSION, min_runtime_version="0.1.0", name="t", created="now",
+                       creator={"edgeclf": "0"}, labels=CLASSES,
+                       preprocess={"resize_size": 72, "crop_size": 64, "interpolation": "bilinear",
+                                   "mean": [0.5] * 3, "std": [0.5] * 3},
+                       temperature=1.2, source_run={}, dataset_fingerprint="sha256:x", calibration_data={}, metrics={},
+                       artifacts=[ArtifactEntry(file="model.onnx", format="onnx", runtime="onnxruntime", precision="fp32",
+                                                sha256=e.sha256, size_bytes=e.size_bytes, status="ok")])
+    write_manifest(tmp_path, m)
+    return tmp_path
+
+
+def test_bundle_manifest_is_canonical_and_verified(tmp_path: Path) -> None:
+    b = _bundle(tmp_path)
+    text = (b / "edgeclf.json").read_text(encoding="utf-8")
+    assert json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, indent=2) + "\n" == text
+    assert read_bundle(b).labels == CLASSES
+    (b / "model.onnx").write_bytes(b"onnx-byteZ")  # same size, other content
+    with pytest.raises(BundleError, match="does not match its SHA-256"):
+        read_bundle(b)
+    (b / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        read_bundle(b)
+
+
+def test_bundle_schema_and_damage(tmp_path: Path) -> None:
+    b = _bundle(tmp_path)
+    doc = json.loads((b / "edgeclf.json").read_text())
+    (b / "edgeclf.json").write_text(json.dumps({**doc, "schema_version": "2.0.0"}))
+    with pytest.raises(BundleError, match="not supported"):
+        read_bundle(b)
+    (b / "edgeclf.json").write_text(text := json.dumps(doc)[:-20])
+    assert text
+    with pytest.raises(BundleError, match="not valid JSON"):
+        read_bundle(b)
+    with pytest.raises(BundleError, match="not an edgeclf bundle"):
+        read_bundle(tmp_path / "nowhere")
+
+
+def test_predict_input_validation(tmp_path: Path) -> None:
+    assert to_rgb_array(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+    assert to_rgb_array(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
+    assert to_rgb_array(Image.new("L", (3, 2))).shape == (2, 3, 3)
+    with pytest.raises(DataError, match="uint8"):
+        to_rgb_array(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(DataError, match="NaN"):
+        to_rgb_array(np.full((4, 4, 3), np.nan, np.float32))
+    with pytest.raises(DataError, match="shape"):
+        to_rgb_array(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(DataError, match="empty"):
+        to_rgb_array(np.zeros((0, 4, 3), np.uint8))
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"nope")
+    with pytest.raises(DataError, match="not an image"):
+        to_rgb_array(bad)
