@@ -96,7 +96,11 @@ class BundleClassifier:
         self.artifact = choose_artifact(self.bundle_dir, self.manifest, runtime)
         self.spec = self.manifest.spec()
         self.labels = self.manifest.labels
-        self.runner = load_runner(self.bundle_dir, self.artifact.model_dump(), self.spec, self.labels, threads=threads)
+        a = self.artifact
+        self.runner = load_runner(self.bundle_dir, {"format": a.format, "precision": a.precision, "file": a.file,
+                                                    "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime,
+                                                    "status": "ok", "error": None, "export_seconds": 0.0,
+                                                    "details": a.details}, self.spec, self.labels, threads=threads)
 
     def logits(self, images: Sequence[ImageLike]) -> np.ndarray:
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):

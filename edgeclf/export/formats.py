@@ -1,0 +1,478 @@
+"""Export formats declared as data, and the one wrapper every export goes through.
+
+A format is a :class:`FormatSpec`: its name, the runtime that executes it, its file
+suffix, the precisions it can be exported at and the option keys it accepts. The
+table :data:`FORMATS` is the single source of truth: the CLI lists it, the bundle
+manifest names its entries, and :func:`validate_request` checks a request against
+it before any work starts.
+
+:func:`export_artifact` is the only entry point. It validates the request (raising
+:class:`~edgeclf.errors.ConfigError` for an unknown format, precision or option,
+before any work), then runs the format's exporter inside a private staging folder
+in ``out_dir``, times it, logs to ``logging.getLogger("edgeclf.export")`` and turns
+any failure into ``Artifact(status="export_failed", error=<one line>)``. Files move
+from the staging folder into ``out_dir`` (``os.replace``, the side files first, the
+main file last) only when the exporter finishes, so an interrupted or failed export
+leaves nothing half-written behind.
+
+File names inside a bundle are fixed by format and precision
+(:func:`artifact_file_name`): ``model.onnx``, ``model.int8.onnx``, ``model.ts``,
+``model.fp32.xml`` (+ ``.bin``), ``model.fp16.xml``, ``model.int8.xml``, and for
+TensorRT ``model.<precision>.trt<major.minor>-<gpu>.engine``.
+
+Third-party exporters and quantisers print progress on stdout (ONNX Runtime's
+entropy calibrator, NNCF's progress bars, torch.onnx's dynamo exporter). The CLI
+promises one JSON document on stdout with ``--json``, so every export runs with
+stdout redirected to stderr (Python-level and, where possible, file descriptor 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+from edgeclf.errors import ConfigError
+from edgeclf.preprocess import PreprocessSpec
+
+__all__ = [
+    "FORMATS",
+    "Artifact",
+    "FormatSpec",
+    "Produced",
+    "artifact_file_name",
+    "export_artifact",
+    "validate_request",
+]
+
+log = logging.getLogger("edgeclf.export")
+
+Status = Literal["ok", "export_failed", "skipped"]
+
+# The longest error message kept in an Artifact: one readable line, not a traceback.
+_MAX_ERROR_CHARS = 400
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+OPENVINO_PRESETS = ("performance", "mixed")
+ONNX_EXPORTERS = ("auto", "torchscript", "dynamo")
+TORCHSCRIPT_METHODS = ("trace", "script")
+# ONNX opset floor: 17 is the first opset with LayerNormalization and the newest that
+# TensorRT 8.5/8.6 (JetPack 5) parse; the exporter default. Higher opsets are accepted.
+MIN_ONNX_OPSET = 17
+# Highest opset asked of the exporter; ONNX Runtime 1.16+ and OpenVINO 2023+ read it.
+MAX_ONNX_OPSET = 21
+
+
+def _missing(*modules: str) -> str | None:
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """One export format, as data.
+
+    Attributes:
+        name: Format name used on the command line and in the manifest.
+        runtime: The runtime that executes the artifact.
+        suffix: Suffix of the main file (OpenVINO also writes a ``.bin`` beside the ``.xml``).
+        precisions: Precisions this format can be exported at.
+        options: Option keys accepted at every precision.
+        int8_options: Option keys accepted only when ``precision == "int8"``.
+        requires: Python modules the exporter needs (checked by :meth:`available`).
+        int8_requires: Extra modules needed for int8 export.
+    """
+
+    name: str
+    runtime: str
+    suffix: str
+    precisions: tuple[str, ...]
+    options: tuple[str, ...] = ()
+    int8_options: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    int8_requires: tuple[str, ...] = ()
+
+    def options_for(self, precision: str) -> tuple[str, ...]:
+        """Option keys accepted at ``precision``."""
+        return self.options + (self.int8_options if precision == "int8" else ())
+
+    def available(self, precision: str | None = None) -> tuple[bool, str]:
+        """``(True, "")`` when this machine can export the format (at ``precision``), else ``(False, reason)``.
+
+        TensorRT also needs a CUDA GPU; without TensorRT the exporter still runs and
+        returns a ``skipped`` artifact with the ``trtexec`` command to run on the device.
+        """
+        if self.name == "tensorrt":
+            from edgeclf.export.tensorrt_export import tensorrt_available
+
+            return tensorrt_available()
+        needed = self.requires + (self.int8_requires if precision == "int8" else ())
+        missing = _missing(*needed)
+        if missing is not None:
+            return False, f"{missing} is not installed (needed for {self.name} export)"
+        return True, ""
+
+
+FORMATS: dict[str, FormatSpec] = {
+    spec.name: spec
+    for spec in (
+        FormatSpec(
+            name="onnx",
+            runtime="onnxruntime",
+            suffix=".onnx",
+            precisions=("fp32", "int8"),
+            options=("opset", "exporter", "slim"),
+            int8_options=("calibration_method", "keep_float", "reduce_range"),
+            requires=("onnx", "onnxruntime"),
+            int8_requires=(),
+        ),
+        FormatSpec(
+            name="torchscript",
+            runtime="torch",
+            suffix=".ts",
+            precisions=("fp32",),
+            options=("method",),
+            requires=("torch",),
+        ),
+        FormatSpec(
+            name="openvino",
+            runtime="openvino",
+            suffix=".xml",
+            precisions=("fp32", "fp16", "int8"),
+            options=("opset", "exporter", "slim"),
+            int8_options=("preset", "keep_float"),
+            requires=("openvino", "onnx", "onnxruntime"),
+            int8_requires=("nncf",),
+        ),
+        FormatSpec(
+            name="tensorrt",
+            runtime="tensorrt",
+            suffix=".engine",
+            precisions=("fp32", "fp16", "int8"),
+            options=("opset", "exporter", "slim", "max_batch", "opt_batch", "workspace_mb"),
+            requires=("tensorrt",),
+        ),
+    )
+}
+
+
+@dataclass
+class Artifact:
+    """The outcome of exporting one (format, precision).
+
+    ``file`` and ``extra_files`` are names inside ``out_dir``. Files exist only for
+    what was actually written: ``file`` exists when ``status == "ok"``; for other
+    statuses it is the name the artifact would have had. ``extra_files`` lists only
+    files that were written and left in ``out_dir`` (OpenVINO's ``.bin``; for a
+    skipped TensorRT export the calibration batch ``.npy`` and the ONNX model the
+    ``trtexec`` command reads).
+    """
+
+    format: str
+    precision: str
+    file: str
+    extra_files: list[str]
+    runtime: str
+    status: Status
+    error: str | None
+    export_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (for the manifest)."""
+        d = asdict(self)
+        d["details"] = json.loads(json.dumps(self.details, default=str))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Artifact:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Produced:
+    """What a format exporter hands back to :func:`export_artifact` (names inside its work dir)."""
+
+    file: str
+    extra_files: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    status: Status = "ok"
+    error: str | None = None
+
+
+def artifact_file_name(fmt: str, precision: str) -> str:
+    """The main file name of ``fmt`` at ``precision`` inside a bundle (TensorRT: the generic name)."""
+    if fmt == "onnx":
+        return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+    if fmt == "torchscript":
+        return "model.ts"
+    if fmt == "openvino":
+        return f"model.{precision}.xml"
+    if fmt == "tensorrt":
+        return f"model.{precision}.engine"
+    raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def _check_int(key: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"option {key} must be an integer {bound}, got {value!r}")
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"option {key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _validate_option_values(fmt: str, options: Mapping[str, Any]) -> None:
+    for key, value in options.items():
+        if key == "opset":
+            _check_int(key, value, MIN_ONNX_OPSET, MAX_ONNX_OPSET)
+        elif key == "exporter":
+            _check_choice(key, value, ONNX_EXPORTERS)
+        elif key in ("slim", "reduce_range"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"option {key} must be true or false, got {value!r}")
+        elif key == "calibration_method":
+            _check_choice(key, value, CALIBRATION_METHODS)
+        elif key == "keep_float":
+            if isinstance(value, str) or not isinstance(value, Sequence) or not all(
+                isinstance(v, str) and v for v in value
+            ):
+                raise ConfigError(f"option keep_float must be a list of node names, got {value!r}")
+        elif key == "method":
+            _check_choice(key, value, TORCHSCRIPT_METHODS)
+        elif key == "preset":
+            _check_choice(key, value, OPENVINO_PRESETS)
+        elif key in ("max_batch", "opt_batch"):
+            _check_int(key, value, 1, 4096)
+        elif key == "workspace_mb":
+            _check_int(key, value, 16)
+    if "opt_batch" in options and options["opt_batch"] > options.get("max_batch", 32):
+        raise ConfigError(
+            f"option opt_batch ({options['opt_batch']}) must not exceed max_batch ({options.get('max_batch', 32)})"
+        )
+
+
+def validate_request(
+    fmt: str,
+    precision: str,
+    options: Mapping[str, Any] | None = None,
+    calibration_images: Sequence[np.ndarray] | None = None,
+    metadata_json: str | None = None,
+) -> FormatSpec:
+    """Check a request against :data:`FORMATS`; raise :class:`ConfigError` with the fix if it is not supported.
+
+    Checks the format, the precision, the option keys and values, that int8 has
+    calibration images and that ``metadata_json`` (when given) is a JSON object.
+    Does no work and imports no exporter.
+    """
+    spec = FORMATS.get(fmt)
+    if spec is None:
+        raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if precision not in spec.precisions:
+        raise ConfigError(
+            f"{fmt} cannot be exported at precision {precision!r}; it supports {', '.join(spec.precisions)}"
+        )
+    options = dict(options or {})
+    accepted = spec.options_for(precision)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        where = f"{fmt} {precision}"
+        hint = f"accepted: {', '.join(accepted)}" if accepted else "it takes no options"
+        raise ConfigError(f"option(s) {', '.join(unknown)} not supported for {where}; {hint}")
+    _validate_option_values(fmt, options)
+    if precision == "int8" and not calibration_images:
+        raise ConfigError(f"{fmt} int8 export needs calibration images (got none)")
+    if metadata_json is not None:
+        try:
+            parsed = json.loads(metadata_json)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"metadata_json is not valid JSON: {e}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError("metadata_json must be a JSON object (the bundle manifest)")
+    return spec
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, cut to a readable length."""
+    msg = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything printed to stdout (Python and C level) to stderr for the duration."""
+    saved_fd: int | None = None
+    try:
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):  # no real fd 1 (embedded interpreters)
+        saved_fd = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved_fd is not None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _publish(work: Path, out_dir: Path, names: Sequence[str]) -> None:
+    """Move ``names`` from ``work`` into ``out_dir`` (side files first, main file last)."""
+    for name in names:
+        src = work / name
+        if not src.is_file():
+            raise FileNotFoundError(f"exporter did not write {name}")
+        _fsync(src)
+    moved: list[Path] = []
+    try:
+        for name in names:
+            os.replace(work / name, out_dir / name)
+            moved.append(out_dir / name)
+    except BaseException:
+        for path in moved:  # all or nothing
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _dispatch(fmt: str) -> Any:
+    if fmt == "onnx":
+        from edgeclf.export import onnx_export
+
+        return onnx_export.export
+    if fmt == "torchscript":
+        from edgeclf.export import torchscript_export
+
+        return torchscript_export.export
+    if fmt == "openvino":
+        from edgeclf.export import openvino_export
+
+        return openvino_export.export
+    if fmt == "tensorrt":
+        from edgeclf.export import tensorrt_export
+
+        return tensorrt_export.export
+    raise ConfigError(f"unknown export format {fmt!r}")  # validate_request ran first: unreachable
+
+
+def export_artifact(
+    fmt: str,
+    precision: str,
+    model: nn.Module,
+    spec: PreprocessSpec,
+    out_dir: Path,
+    calibration_images: Sequence[np.ndarray] | None,
+    metadata_json: str,
+    options: dict[str, Any] | None = None,
+    fp32_onnx: Path | None = None,
+) -> Artifact:
+    """Export ``model`` as ``fmt`` at ``precision`` into ``out_dir``.
+
+    Args:
+        fmt: A key of :data:`FORMATS`.
+        precision: One of ``FORMATS[fmt].precisions``.
+        model: The eager classifier (taken to eval mode for the export, mode restored after).
+        spec: Preprocessing; fixes the input size (``spec.crop_size``) and the calibration preprocessing.
+        out_dir: Bundle folder (created if missing).
+        calibration_images: Decoded H x W x 3 uint8 RGB images, needed for int8 (all of them are used).
+        metadata_json: The bundle manifest JSON, embedded where the format allows
+            (ONNX ``metadata_props["edgeclf.meta"]``, OpenVINO ``rt_info["edgeclf.meta"]``,
+            TorchScript extra file ``edgeclf.meta``).
+        options: Format options; see ``FORMATS[fmt].options_for(precision)``.
+        fp32_onnx: An fp32 ONNX model already exported (by this function) to start from,
+            for ONNX int8, OpenVINO and TensorRT; exported on the fly when ``None``.
+
+    Returns:
+        The :class:`Artifact`; ``status`` is ``"export_failed"`` (with a one-line
+        ``error``) when the exporter raised, ``"skipped"`` when the format cannot be
+        built on this machine (TensorRT without TensorRT).
+
+    Raises:
+        ConfigError: Unsupported format, precision or option, int8 without
+            calibration images, or invalid ``metadata_json`` (before any work).
+    """
+    fspec = validate_request(fmt, precision, options, calibration_images, metadata_json)
+    options = dict(options or {})
+    if fp32_onnx is not None and not Path(fp32_onnx).is_file():
+        raise ConfigError(f"fp32 ONNX model {fp32_onnx} does not exist; export onnx fp32 first or pass None")
+    if fmt != "tensorrt":
+        ok, reason = fspec.available(precision)
+        if not ok:
+            raise ConfigError(f"cannot export {fmt} {precision}: {reason}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exporter = _dispatch(fmt)
+    planned = artifact_file_name(fmt, precision)
+    log.info("exporting %s %s", fmt, precision)
+    start = time.perf_counter()
+    modes = {module: module.training for module in model.modules()}
+    work = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-{precision}-", dir=out_dir))
+    try:
+        model.eval()
+        with stdout_to_stderr():
+            produced: Produced = exporter(
+                model=model,
+                spec=spec,
+                work_dir=work,
+                out_dir=out_dir,
+                precision=precision,
+                calibration_images=calibration_images,
+                metadata_json=metadata_json,
+                options=options,
+                fp32_onnx=Path(fp32_onnx) if fp32_onnx is not None else None,
+            )
+        _publish(work, out_dir, [*produced.extra_files, *([produced.file] if produced.status == "ok" else [])])
+    except Exception as e:  # noqa: BLE001 — every failure becomes a recorded, readable status
+        seconds = round(time.perf_counter() - start, 3)
+        log.warning("%s %s export failed: %s", fmt, precision, one_line(e))
+        log.debug("traceback:\n%s", traceback.format_exc())
+        return Artifact(fmt, precision, planned, [], fspec.runtime, "export_failed", one_line(e), seconds, {})
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    if produced.status == "ok":
+        log.info("exported %s %s -> %s in %.1f s", fmt, precision, produced.file, seconds)
+    else:
+        log.warning("%s %s %s: %s", fmt, precision, produced.status, produced.error)
+    return Artifact(
+        format=fmt,
+        precision=precision,
+        file=produced.file,
+        extra_files=list(produced.extra_files),
+        runtime=fspec.runtime,
+        status=produced.status,
+        error=produced.error,
+        export_seconds=round(seconds, 3),
+        details=produced.details,
+    )
