@@ -525,7 +525,7 @@ def predict_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Calibrated top-k labels for each image, on the fastest artifact available here."""
-    from edgeclf.predict import BundleClassifier
+    from edgeclf.inference import BundleClassifier
 
     clf = BundleClassifier(bundle, runtime)
     preds = clf.classify(images, top_k)

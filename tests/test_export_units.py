@@ -12,7 +12,7 @@ from PIL import Image
 from edgeclf.errors import DataError
 from edgeclf.export import parity as P
 from edgeclf.export.bundle import SCHEMA_VERSION, ArtifactEntry, BundleError, BundleManifest, file_entry, read_bundle, write_manifest
-from edgeclf.predict import to_rgb_array
+from edgeclf.inference import to_rgb_array
 
 CLASSES = ["a", "b", "c"]
 

@@ -149,8 +149,11 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             key = f"{fmt}/{prec}"
             log(f"exporting {key}")
             attempts: list[dict[str, Any]] = []
-            options: dict[str, Any] = {"calibration_method": calibration_method} if prec == "int8" and fmt == "onnx" else {}
-            while True:
+            base: dict[str, Any] = {"calibration_method": calibration_method} if prec == "int8" and fmt == "onnx" else {}
+            variants = [base]
+            art = None
+            while variants:
+                options = variants.pop(0)
                 art = export_artifact(fmt, prec, run.model, run.spec, work, calib_imgs if prec == "int8" or fmt == "tensorrt" else None,
                                       meta, options, fp32_onnx=fp32_onnx)
                 if art.status != "ok":
@@ -158,16 +161,22 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                     break
                 runner = load_runner(work, art, run.spec, run.classes)
                 res, _ = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature)
-                attempts.append({"options": {k: v for k, v in options.items()}, "status": "ok" if res.passed else "parity_failed",
+                attempts.append({"options": dict(options), "status": "ok" if res.passed else "parity_failed",
                                  "parity": res.to_dict()})
-                if res.passed or prec != "int8" or "keep_float" in options:
+                if res.passed or prec != "int8":
                     break
-                # int8 failed its gate: retry once with the sensitive layers kept in float
-                keep = _sensitive_layers(fmt, work, art, fp32_onnx, calib_imgs, run.spec)
-                log(f"  {key} failed its gate ({'; '.join(res.failures)}); retrying with {len(keep)} sensitive layers in float")
-                for f in [art.file, *art.extra_files]:
-                    (work / f).unlink(missing_ok=True)
-                options = {**options, "keep_float": keep}
+                if len(attempts) == 1:
+                    # int8 failed its gate: retry with the sensitive layers kept in float, then (ONNX Runtime)
+                    # also with percentile calibration, which clips activation outliers that MinMax keeps
+                    keep = _sensitive_layers(fmt, work, art, fp32_onnx, calib_imgs, run.spec)
+                    variants.append({**base, "keep_float": keep})
+                    if fmt == "onnx" and calibration_method != "percentile":
+                        variants.append({**base, "keep_float": keep, "calibration_method": "percentile"})
+                    log(f"  {key} failed its gate ({'; '.join(res.failures)}); retrying with {len(keep)} sensitive layers in float")
+                if variants:
+                    for f in [art.file, *art.extra_files]:
+                        (work / f).unlink(missing_ok=True)
+            assert art is not None
             last = attempts[-1]
             status = last["status"]
             if fmt == "onnx" and prec == "fp32" and status == "ok":
@@ -228,11 +237,23 @@ def ev_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _sensitive_layers(fmt: str, work: Path, art: Any, fp32_onnx: Path | None, calib_imgs: list[np.ndarray], spec: Any) -> list[str]:
-    from edgeclf.export.quantize import sensitive_onnx_nodes
+    """Layers to keep in float on an int8 retry.
+
+    ONNX Runtime: the first convolution and the classifier, plus the five layers whose
+    float fallback most reduces the logit error in a per-layer sweep (keeping *every*
+    depthwise convolution float measured worse than keeping none on lite0: the extra
+    Q/DQ boundaries cost more than they save). OpenVINO: first conv, classifier and the
+    depthwise convolutions, which NNCF handles well.
+    """
+    from edgeclf.export.quantize import per_layer_error_sweep, sensitive_onnx_nodes
 
     if fp32_onnx is None:
         return []
-    return sensitive_onnx_nodes(fp32_onnx)
+    if fmt != "onnx":
+        return sensitive_onnx_nodes(fp32_onnx)
+    ends = sensitive_onnx_nodes(fp32_onnx, which=("first_conv", "classifier"))
+    swept = per_layer_error_sweep(fp32_onnx, calib_imgs[:32], spec, top=5)
+    return list(dict.fromkeys([*ends, *swept]))
 
 
 def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: int, work: Path, log: Log) -> dict[str, Any]:
