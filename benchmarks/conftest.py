@@ -26,3 +26,16 @@ def shared(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{name} not available at ../shared/datasets")
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bundle", default=None, help="bundle directory to benchmark (from `edgeclf export`)")
+    parser.addoption("--profile", default=None, help="hardware profile name recorded with the results")
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(request: pytest.FixtureRequest) -> Path:
+    b = request.config.getoption("--bundle")
+    if not b:
+        pytest.skip("no --bundle given (pytest benchmarks --benchmark-only --bundle BUNDLE_DIR)")
+    return Path(b)
