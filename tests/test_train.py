@@ -118,7 +118,7 @@ def test_early_stopping_triggers(tiny_manifest: Path, tmp_path: Path) -> None:
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3, "data.workers": 2})
+    cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3})
     full = train(cfg, tmp_path / "full").metrics
 
     real_epoch = Trainer._train_epoch
@@ -201,3 +201,37 @@ def test_ddp_two_cpu_processes(tiny_manifest: Path, tmp_path: Path) -> None:
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["finetuned"]["n"] == len([l for l in tiny_manifest.read_text().splitlines() if l.endswith(",val")])
     shutil.rmtree(tmp_path / "run")
+
+
+def test_resume_after_kill_9_with_workers(tiny_manifest: Path, tmp_path: Path) -> None:
+    """A real ``kill -9`` of `edgeclf train` (2 loader workers) after its first epoch, then --resume."""
+    import signal
+    import time
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"probe": {"epochs": 3}, "finetune": {"epochs": 3, "warmup_epochs": 0.5}, "amp": "off",
+                                      "batch_size": 8, "seed": 1, "model": {"image_size": 64},
+                                      "data": {"cache_dir": str(tmp_path / "cache"), "workers": 2}}))
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "edgeclf.cli", "train", "--manifest", str(tiny_manifest), "--out", str(out),
+                "--config", str(recipe), "--json", *extra]
+
+    full = subprocess.run(cmd(tmp_path / "full"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen(cmd(tmp_path / "cut"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader workers, mid-run
+    proc.wait()
+    assert last.exists(), "the run ended before its first checkpoint"
+    done = load_checkpoint(last)["epoch"] + 1
+    resumed = subprocess.run(cmd(tmp_path / "cut", "--resume"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "images_per_second")} for e in h]  # noqa: E731
+    a, b = json.loads(full.stdout), json.loads(resumed.stdout)
+    assert done < 3 or "resumed" in resumed.stderr
+    assert strip(b["history"]) == strip(a["history"]) and b["finetuned"] == a["finetuned"]

@@ -339,6 +339,9 @@ class Trainer:
         return DataLoader(
             ds if shuffle_items is None else shuffle_items, batch_size=batch, sampler=sampler, num_workers=w,
             pin_memory=self.device.type == "cuda", persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None,
+            # forkserver, not fork: forking a process that has loaded a threaded runtime (OpenVINO's
+            # TBB, ONNX Runtime's pools) can crash; workers start once per loader (persistent)
+            multiprocessing_context="forkserver" if w > 0 else None,
             # its own generator: creating an iterator must not draw from the global RNG that
             # dropout uses, or a resumed run (fresh iterator) would diverge from an uninterrupted one
             generator=torch.Generator().manual_seed(self.cfg.seed),
