@@ -235,3 +235,23 @@ def test_resume_after_kill_9_with_workers(tiny_manifest: Path, tmp_path: Path) -
     a, b = json.loads(full.stdout), json.loads(resumed.stdout)
     assert done < 3 or "resumed" in resumed.stderr
     assert strip(b["history"]) == strip(a["history"]) and b["finetuned"] == a["finetuned"]
+
+
+@pytest.mark.slow
+def test_finetune_lite0_on_trashnet_subset_beats_linear_probe(tmp_path: Path) -> None:
+    """Real data, real ImageNet weights: fine-tuning must beat the linear probe on frozen features."""
+    import numpy as np
+
+    from tests.conftest import shared_dataset
+
+    root = shared_dataset("trashnet-150")
+    index = index_dataset(root)
+    rows = make_split(index, SplitConfig()).rows
+    rng = np.random.default_rng(0)
+    keep = [r for r in rows if r.split != "test" and rng.random() < 0.4]
+    m = tmp_path / "subset.csv"
+    write_manifest(m, keep)
+    cfg = load_config(None, {"data.manifest": m, "data.root": root, "data.cache_dir": str(tmp_path / "cache"),
+                             "model.image_size": 160, "finetune.epochs": 4, "seed": 0})
+    metrics = train(cfg, tmp_path / "run").metrics
+    assert metrics["finetuned"]["macro_f1"] > metrics["baselines"]["linear_probe"]["macro_f1"]
