@@ -132,3 +132,14 @@ def test_extra_columns_round_trip(tmp_path: Path) -> None:
     assert m.extra_columns == ["source"]
     assert {r.extra["source"] for r in m.rows} == {"cam0", "cam1"}
     shutil.rmtree(root)
+
+
+def test_written_files_have_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    from edgeclf._io import atomic_write_text
+
+    atomic_write_text(tmp_path / "x.txt", "hi")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~umask
