@@ -64,3 +64,29 @@ def make_clean_dataset(root: Path, classes: dict[str, int], start_seed: int = 0)
 @pytest.fixture
 def clean_dataset(tmp_path: Path) -> Path:
     return make_clean_dataset(tmp_path / "data", {"cat": 12, "dog": 10, "fox": 8})
+
+
+def make_tiny_manifest(base: Path) -> Path:
+    """3 classes x 10 distinct images, split 60/20/20, with the summary that names the data folder."""
+    import json
+
+    from edgeclf.data._index import index_dataset
+    from edgeclf.data.manifest import write_manifest
+    from edgeclf.data.split import SplitConfig, make_split
+
+    root = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
+    m = base / "splits.csv"
+    write_manifest(m, make_split(index_dataset(root, workers=1), SplitConfig(val=0.2, test=0.2)).rows)
+    (base / "splits.summary.json").write_text(json.dumps({"data_dir": str(root)}))
+    return m
+
+
+def make_tiny_run(base: Path) -> Path:
+    """A trained tiny run (lite0 at 64 px, one fine-tuning epoch) in ``base / "run"``."""
+    from edgeclf.train import load_config, train
+
+    m = make_tiny_manifest(base)
+    cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(base / "cache"),
+                             "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8, "amp": "off"})
+    train(cfg, base / "run")
+    return base / "run"

@@ -74,21 +74,9 @@ def test_ledger_refuses_reuse(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeclf.data._index import index_dataset
-    from edgeclf.data.manifest import write_manifest
-    from edgeclf.data.split import SplitConfig, make_split
-    from edgeclf.train import load_config, train
-    from tests.conftest import make_clean_dataset
+    from tests.conftest import make_tiny_run
 
-    base = tmp_path_factory.mktemp("evalrun")
-    root = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
-    m = base / "splits.csv"
-    write_manifest(m, make_split(index_dataset(root, workers=1), SplitConfig(val=0.2, test=0.2)).rows)
-    (base / "splits.summary.json").write_text(json.dumps({"data_dir": str(root)}))
-    cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(base / "cache"),
-                             "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8, "amp": "off"})
-    train(cfg, base / "run")
-    return base / "run"
+    return make_tiny_run(tmp_path_factory.mktemp("evalrun"))
 
 
 def test_evaluate_val_then_test_once_and_report(tiny_run: Path) -> None:

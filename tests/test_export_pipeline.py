@@ -14,21 +14,11 @@ pytest.importorskip("openvino")
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeclf.data._index import index_dataset
-    from edgeclf.data.manifest import write_manifest
-    from edgeclf.data.split import SplitConfig, make_split
     from edgeclf.export.pipeline import export_run
-    from edgeclf.train import load_config, train
-    from tests.conftest import make_clean_dataset
+    from tests.conftest import make_tiny_run
 
     base = tmp_path_factory.mktemp("export")
-    root = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
-    m = base / "splits.csv"
-    write_manifest(m, make_split(index_dataset(root, workers=1), SplitConfig(val=0.2, test=0.2)).rows)
-    (base / "splits.summary.json").write_text(json.dumps({"data_dir": str(root)}))
-    cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(base / "cache"),
-                             "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8, "amp": "off"})
-    train(cfg, base / "run")
+    make_tiny_run(base)
     res = export_run(base / "run", base / "bundle", formats=["onnx", "openvino", "torchscript", "tensorrt"],
                      precisions=["fp32", "int8"], calibration_images=8, allow_failed=True, robustness=False)
     assert res.bundle_dir == base / "bundle"

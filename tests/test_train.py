@@ -24,11 +24,9 @@ from tests.conftest import REPO, make_clean_dataset
 
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_clean_dataset(tmp_path_factory.mktemp("tiny") / "data", {"a": 10, "b": 10, "c": 10})
-    m = root.parent / "splits.csv"
-    write_manifest(m, make_split(index_dataset(root, workers=1), SplitConfig(val=0.2, test=0.2)).rows)
-    (root.parent / "splits.summary.json").write_text(json.dumps({"data_dir": str(root)}))
-    return m
+    from tests.conftest import make_tiny_manifest
+
+    return make_tiny_manifest(tmp_path_factory.mktemp("tiny"))
 
 
 def tiny_cfg(manifest: Path, tmp: Path, **over: object):
