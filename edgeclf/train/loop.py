@@ -475,7 +475,6 @@ class Trainer:
         cache = DecodeCache(cfg.data.cache_dir or None, spec)
         train_rows, val_rows = manifest.split_rows("train"), manifest.split_rows("val")
         train_ds = ManifestDataset(train_rows, root, classes, spec, cache, cfg.augment, cfg.seed)
-        train_eval_ds = ManifestDataset(train_rows, root, classes, spec, cache, None, cfg.seed)
         val_ds = ManifestDataset(val_rows, root, classes, spec, cache, None, cfg.seed)
         counts = [Counter(train_ds.targets)[i] for i in range(len(classes))]
         weight = class_weights(counts, cfg.loss.class_weights, cfg.loss.effective_beta)
