@@ -538,6 +538,110 @@ def predict_cmd(
     err.print(f"(artifact {art}, temperature {clf.manifest.temperature:.3f})")
 
 
+# ----------------------------------------------------------------------------- registry
+
+registry_app = typer.Typer(help="Bundle versions: add, list, promote, roll back, locate the current one.",
+                           no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+RootOpt = Annotated[Path | None, typer.Option(
+    "--root", envvar="EDGECLF_REGISTRY", show_envvar=True,
+    help="Registry folder (default: $EDGECLF_REGISTRY, else ./edgeclf-registry).")]
+
+
+def _registry(root: Path | None) -> Any:
+    from edgeclf.registry import Registry
+
+    return Registry(root)
+
+
+@registry_app.command("add")
+def registry_add(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory from `edgeclf export`.")],
+    version: Annotated[str | None, typer.Option("--version", help="Version to store it as (MAJOR.MINOR.PATCH); default: next patch.")] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a bundle's hashes and store a copy of it as a new version."""
+    res = _registry(root).add(bundle, version)
+    if as_json:
+        _print_json(res.model_dump(mode="json"))
+        return
+    e = res.entry
+    if res.already_present:
+        out.print(f"{bundle} is already in the registry as version [bold]{e.version}[/] ({e.content_hash[:19]})",
+                  soft_wrap=True)
+        return
+    style = "green" if e.parity.verdict == "passed" else "red"
+    out.print(f"added {e.name} as version [bold]{e.version}[/] ({e.content_hash[:19]}), "
+              f"parity [{style}]{e.parity.verdict}[/]", soft_wrap=True)
+    for f in e.parity.failures:
+        out.print(f"  [red]{f}[/]", soft_wrap=True)
+
+
+@registry_app.command("list")
+def registry_list(root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """Stored versions with content hash, macro-F1, parity verdict and the current marker."""
+    reg = _registry(root)
+    entries = reg.entries()
+    cur = reg.current()
+    current = cur.version if cur else None
+    if as_json:
+        _print_json({"root": str(reg.root.resolve()), "current": current, "stack": cur.stack if cur else [],
+                     "versions": [{**e.model_dump(mode="json"), "current": e.version == current} for e in entries]})
+        return
+    t = Table(title=f"{reg.root}: {len(entries)} version(s)")
+    for col in ("", "version", "hash", "added", "name", "macro-F1", "parity"):
+        t.add_column(col, justify="right" if col == "macro-F1" else "left", no_wrap=col in ("version", "hash", "added"))
+    for e in entries:
+        f1 = "–" if e.metrics.macro_f1 is None else f"{e.metrics.macro_f1:.4f}"
+        style = "green" if e.parity.verdict == "passed" else "red"
+        t.add_row("*" if e.version == current else "", e.version, e.content_hash.removeprefix("sha256:")[:12],
+                  e.added[:16].replace("T", " "), e.name, f1, f"[{style}]{e.parity.verdict}[/]")
+    out.print(t)
+    out.print(f"current: [bold]{current}[/]" if current else "current: none (run `edgeclf registry promote VERSION`)")
+
+
+def _render_change(ch: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(ch.model_dump(mode="json"))
+    elif not ch.changed:
+        out.print(f"{ch.current} is already current", soft_wrap=True)
+    else:
+        out.print(f"current: {ch.previous or 'none'} -> [bold]{ch.current}[/] ({ch.action})", soft_wrap=True)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="A stored version (see `edgeclf registry list`).")],
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Switch the current pointer to VERSION atomically; refused when its parity gates failed."""
+    _render_change(_registry(root).promote(version), as_json)
+
+
+@registry_app.command("rollback")
+def registry_rollback(root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """Switch the current pointer back to the version promoted before it."""
+    _render_change(_registry(root).rollback(), as_json)
+
+
+@registry_app.command("path")
+def registry_path(
+    which: Annotated[str, typer.Argument(help="`current`, or a stored version.")] = "current",
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the folder of the current bundle (or of a version), for scripts."""
+    reg = _registry(root)
+    path = reg.path(which)
+    if as_json:
+        _print_json({"which": which, "version": path.name, "path": str(path)})
+    else:
+        sys.stdout.write(f"{path}\n")  # plain: no wrapping or markup, so scripts can use it as is
+
+
 # ----------------------------------------------------------------------------- demo
 
 
