@@ -11,14 +11,20 @@ spec, with every value fully resolved:
 
    * ``bilinear``: separable linear interpolation, half-pixel centres
      (``src = (dst + 0.5) * in / out - 0.5``, clamped at the borders), no
-     antialias — ``torch.nn.functional.interpolate(mode="bilinear",
-     align_corners=False, antialias=False)``;
+     antialias — the weights of ``torch.nn.functional.interpolate(mode=
+     "bilinear", align_corners=False, antialias=False)``;
    * ``bicubic``: the same with the Keys cubic kernel, ``a = -0.75``
-     (OpenCV's and PyTorch's), border pixels replicated;
+     (OpenCV's and PyTorch's), tap indices clamped to the image (border
+     pixels replicated);
 
-   computed in float32 and stored as uint8 by rounding half to even and
-   clamping to ``[0, 255]`` — the resized image is an 8-bit image, which is
-   what the training cache stores.
+   computed in float32 in one fixed order — per output pixel
+   ``sum_j wy[j] * (sum_k wx[k] * src[y_j, x_k])``, each sum accumulated tap
+   by tap from the first, no fused multiply-add — and stored as uint8 by
+   rounding half to even and clamping to ``[0, 255]`` (the resized image is an
+   8-bit image, which is what the training cache stores). Fixing the order is
+   what lets the C++ runtime reproduce this bit for bit: PyTorch's own
+   bilinear kernel fuses multiply-adds on CPUs that have them, which moves a
+   few pixels per image by one level (bicubic it computes in this order).
 3. **Centre crop** a ``crop_size`` square at offset
    ``((h - crop) // 2, (w - crop) // 2)`` (floor).
 4. **Normalise**: ``(x * scale - mean[c]) / std[c]`` in float32, per RGB channel.
@@ -127,10 +133,43 @@ def resize_uint8(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     oh, ow = resized_shape(h, w, spec.resize_size)
     if (oh, ow) == (h, w):
         return np.ascontiguousarray(rgb)
-    t = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-    out = F.interpolate(t, size=(oh, ow), mode=spec.interpolation, align_corners=False, antialias=False)
-    out = torch.round(out).clamp_(0, 255).to(torch.uint8)
-    return out[0].permute(1, 2, 0).contiguous().numpy()
+    x = rgb.astype(np.float32)
+    yi, yw = _taps(h, oh, spec.interpolation)
+    xi, xw = _taps(w, ow, spec.interpolation)
+    rows = x[:, xi[0], :] * xw[0][None, :, None]
+    for k in range(1, len(xi)):
+        rows += x[:, xi[k], :] * xw[k][None, :, None]
+    out = rows[yi[0]] * yw[0][:, None, None]
+    for k in range(1, len(yi)):
+        out += rows[yi[k]] * yw[k][:, None, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+_F32 = np.float32
+
+
+def _taps(in_size: int, out_size: int, interpolation: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Source indices and float32 weights per output position, tap by tap (see step 2)."""
+    scale = _F32(in_size) / _F32(out_size)
+    real = scale * (np.arange(out_size, dtype=_F32) + _F32(0.5)) - _F32(0.5)
+    if interpolation == "bilinear":
+        real = np.maximum(real, _F32(0))
+        i0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
+        l1 = np.clip(real - i0.astype(_F32), _F32(0), _F32(1))
+        return [i0, np.where(i0 < in_size - 1, i0 + 1, i0)], [_F32(1) - l1, l1]
+    a = _F32(-0.75)
+    i0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
+    t = np.clip(real - i0.astype(_F32), _F32(0), _F32(1))
+
+    def cubic1(v: np.ndarray) -> np.ndarray:
+        return ((a + _F32(2)) * v - (a + _F32(3))) * v * v + _F32(1)
+
+    def cubic2(v: np.ndarray) -> np.ndarray:
+        return ((a * v - _F32(5) * a) * v + _F32(8) * a) * v - _F32(4) * a
+
+    x2 = _F32(1) - t
+    weights = [cubic2(t + _F32(1)), cubic1(t), cubic1(x2), cubic2(x2 + _F32(1))]
+    return [np.clip(i0 - 1 + j, 0, in_size - 1) for j in range(4)], [w.astype(_F32) for w in weights]
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -168,3 +207,42 @@ def normalize_batch(batch_uint8: torch.Tensor, spec: PreprocessSpec) -> torch.Te
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=batch_uint8.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32, device=batch_uint8.device).view(1, 3, 1, 1)
     return (batch_uint8.to(torch.float32) * spec.scale - mean) / std
+
+
+# -- camera pixel formats (the reference for the C runtime's conversions) -------------------
+# BT.601 limited range ("video range") YUV -> RGB in 20-bit fixed point: the integer
+# conversion of OpenCV's COLOR_YUV2RGB_NV12, chroma shared by each 2x2 block.
+_CY, _CUB, _CUG, _CVG, _CVR, _SHIFT = 1220542, 2116026, -409993, -852492, 1673527, 20
+
+
+def nv12_to_rgb(nv12: np.ndarray) -> np.ndarray:
+    """``(h * 3 / 2) x w`` uint8 NV12 (Y plane, then interleaved UV) -> ``h x w x 3`` RGB."""
+    if nv12.dtype != np.uint8 or nv12.ndim != 2 or nv12.shape[0] % 3 or nv12.shape[1] % 2:
+        raise ConfigError(f"expected an (h*3/2) x w uint8 NV12 array with even sizes, got {nv12.dtype} {nv12.shape}")
+    h = nv12.shape[0] // 3 * 2
+    y = nv12[:h].astype(np.int64)
+    uv = nv12[h:].astype(np.int64)
+    u = np.repeat(np.repeat(uv[:, 0::2], 2, axis=0), 2, axis=1) - 128
+    v = np.repeat(np.repeat(uv[:, 1::2], 2, axis=0), 2, axis=1) - 128
+    yy = np.maximum(y - 16, 0) * _CY
+    half = 1 << (_SHIFT - 1)
+    r = (yy + half + _CVR * v) >> _SHIFT
+    g = (yy + half + _CVG * v + _CUG * u) >> _SHIFT
+    b = (yy + half + _CUB * u) >> _SHIFT
+    return np.clip(np.stack([r, g, b], axis=2), 0, 255).astype(np.uint8)
+
+
+def rgb_to_nv12(rgb: np.ndarray) -> np.ndarray:
+    """``h x w x 3`` RGB (even sizes) -> NV12 (BT.601 limited range); for making test frames."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] % 2 or rgb.shape[1] % 2:
+        raise ConfigError(f"expected an h x w x 3 uint8 array with even sizes, got {rgb.dtype} {rgb.shape}")
+    x = rgb.astype(np.float64)
+    y = 16 + 0.256788 * x[..., 0] + 0.504129 * x[..., 1] + 0.097906 * x[..., 2]
+    u = 128 - 0.148223 * x[..., 0] - 0.290993 * x[..., 1] + 0.439216 * x[..., 2]
+    v = 128 + 0.439216 * x[..., 0] - 0.367788 * x[..., 1] - 0.071427 * x[..., 2]
+    h, w = rgb.shape[:2]
+    ub = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    vb = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    uv = np.stack([ub, vb], axis=2).reshape(h // 2, w)
+    out = np.concatenate([y, uv], axis=0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

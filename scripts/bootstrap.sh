@@ -5,8 +5,11 @@
 # What it does, in order:
 #   1. a virtual environment with Python >= 3.10 in .venv (override: EDGECLF_VENV);
 #   2. torch first, pinned by constraints.txt, so no later dependency can pull a CUDA build;
-#   3. edgeclf itself in editable mode with its dev extras, under the same constraints;
-#   4. the torchvision repair for CPU-only torch (a no-op where torchvision imports).
+#   3. the C++ runtime's inputs: OpenVINO and ONNX Runtime wheels, and the ONNX Runtime and
+#      nlohmann/json headers (scripts/fetch_cpp_deps.sh, into build/deps);
+#   4. edgeclf itself in editable mode with its dev extras — this compiles libedgeclf and the
+#      edgeclf._runtime module — under the same constraints;
+#   5. the torchvision repair for CPU-only torch (a no-op where torchvision imports).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +30,9 @@ pick_python() {
 }
 
 inputs_hash() {
-  cat pyproject.toml constraints.txt CMakeLists.txt scripts/bootstrap.sh scripts/repair_torchvision.py \
-    | sha256sum | cut -d' ' -f1
+  { cat pyproject.toml constraints.txt CMakeLists.txt scripts/bootstrap.sh scripts/repair_torchvision.py \
+        scripts/fetch_cpp_deps.sh
+    find cpp -type f | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1
 }
 
 want="$(inputs_hash)"
@@ -46,9 +50,10 @@ export PIP_CONSTRAINT="$root/constraints.txt"
 
 echo "edgeclf: installing pinned torch" >&2
 "${pip[@]}" install -q "torch==$(sed -n 's/^torch==//p' constraints.txt)"
-echo "edgeclf: installing build tools" >&2
-"${pip[@]}" install -q "scikit-build-core>=0.10" "pybind11>=2.12"
-echo "edgeclf: installing edgeclf (editable) and its dependencies" >&2
+echo "edgeclf: installing build tools and the inference SDKs the C++ runtime builds against" >&2
+"${pip[@]}" install -q "scikit-build-core>=0.10" "pybind11>=2.12" "openvino>=2024.2" "onnxruntime>=1.18"
+scripts/fetch_cpp_deps.sh
+echo "edgeclf: installing edgeclf (editable, C++ runtime included) and its dependencies" >&2
 "${pip[@]}" install -q --no-build-isolation -e ".[dev]"
 "$venv/bin/python" scripts/repair_torchvision.py
 

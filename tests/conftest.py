@@ -90,3 +90,45 @@ def make_tiny_run(base: Path) -> Path:
                              "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8, "amp": "off"})
     train(cfg, base / "run")
     return base / "run"
+
+
+def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = None, interpolation: str = "bicubic",
+                          labels: tuple[str, ...] = ("a", "b", "c"), temperature: float = 1.5,
+                          mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+                          std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> Path:
+    """A small but real bundle: a tiny ONNX classifier (channel means -> linear layer) with a
+    manifest written through the bundle's own model. For runtime tests that need many specs
+    and fast inference, not accuracy."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeclf._io import sha256_file
+    from edgeclf.export.bundle import MIN_RUNTIME_VERSION, SCHEMA_VERSION, ArtifactEntry, BundleManifest, write_manifest
+    from edgeclf.preprocess import PreprocessSpec
+
+    dest.mkdir(parents=True, exist_ok=True)
+    n = len(labels)
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, n], rng.normal(size=3 * n).astype(np.float32).tolist())
+    b = helper.make_tensor("b", TensorProto.FLOAT, [n], rng.normal(size=n).astype(np.float32).tolist())
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["mw"]),
+         helper.make_node("Add", ["mw", "b"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])], [w, b, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(dest / "model.onnx"))
+    spec = PreprocessSpec(resize_size=resize or crop, crop_size=crop, interpolation=interpolation,  # type: ignore[arg-type]
+                          mean=mean, std=std)
+    p = dest / "model.onnx"
+    art = ArtifactEntry(file="model.onnx", format="onnx", runtime="onnxruntime", precision="fp32",
+                        sha256=sha256_file(p), size_bytes=p.stat().st_size, status="ok")
+    manifest = BundleManifest(schema_version=SCHEMA_VERSION, min_runtime_version=MIN_RUNTIME_VERSION, name="synthetic",
+                              created="2026-01-01T00:00:00Z", creator={"edgeclf": "test"}, labels=list(labels),
+                              preprocess=spec.to_dict(), temperature=temperature, source_run={}, dataset_fingerprint="0" * 64,
+                              calibration_data={}, metrics={}, artifacts=[art])
+    write_manifest(dest, manifest)
+    return dest

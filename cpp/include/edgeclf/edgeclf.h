@@ -1,0 +1,207 @@
+/*
+ * edgeclf — the C API of the edgeclf runtime.
+ *
+ * Load a bundle written by `edgeclf export`, hand it raw camera pixels, get calibrated
+ * class probabilities. The bundle's manifest drives everything between the two: colour
+ * conversion, resize, centre crop, normalisation, layout, the inference backend, and the
+ * softmax temperature. The caller never passes mean/std.
+ *
+ * Thread safety: an edgeclf_model is immutable once loaded and may be shared by any number
+ * of threads, while an edgeclf_session is scratch state for one thread at a time — create
+ * one session per thread.
+ *
+ * Conventions
+ *  - Every function that can fail returns an edgeclf_status: EDGECLF_OK (0) or a negative
+ *    code. edgeclf_last_error() then returns a message for the calling thread.
+ *  - Nothing throws or aborts across this boundary: bad input is an error code.
+ *  - Inputs are borrowed for the duration of the call. Outputs are written into
+ *    caller-provided memory, or are objects the caller owns and releases with the matching
+ *    _free function. Every _free function accepts NULL (a no-op).
+ *  - Strings returned as `const char*` are owned by the object they came from and stay valid
+ *    until it is freed.
+ *  - The ABI is append-only: functions and status codes are added, never changed.
+ *
+ * Example
+ *   edgeclf_model* model = NULL; edgeclf_session* session = NULL;
+ *   if (edgeclf_model_load("bundle", NULL, &model) != EDGECLF_OK) { puts(edgeclf_last_error()); return 1; }
+ *   edgeclf_session_create(model, &session);
+ *   edgeclf_image img = {pixels, 640, 480, 640 * 3, EDGECLF_PIXEL_RGB8, NULL, 0};
+ *   edgeclf_class_score top[5]; size_t n = 0;
+ *   edgeclf_classify(session, &img, top, 5, &n);
+ *   const char* label = NULL; edgeclf_model_label(model, top[0].index, &label);
+ *   edgeclf_session_free(session); edgeclf_model_free(model);
+ */
+#ifndef EDGECLF_EDGECLF_H
+#define EDGECLF_EDGECLF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  if defined(EDGECLF_BUILDING)
+#    define EDGECLF_API __declspec(dllexport)
+#  elif defined(EDGECLF_STATIC)
+#    define EDGECLF_API
+#  else
+#    define EDGECLF_API __declspec(dllimport)
+#  endif
+#else
+#  define EDGECLF_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Version of this header's API; compare with edgeclf_api_version() at run time. */
+#define EDGECLF_API_VERSION 1
+
+/* ---- status codes (new codes may be added) ------------------------------------------ */
+typedef int32_t edgeclf_status;
+#define EDGECLF_OK 0
+#define EDGECLF_ERR_INVALID_ARGUMENT (-1)    /* NULL pointer, bad size, stride, capacity, name */
+#define EDGECLF_ERR_IO (-2)                  /* a file could not be read */
+#define EDGECLF_ERR_BUNDLE (-3)              /* malformed manifest or missing artifact */
+#define EDGECLF_ERR_INTEGRITY (-4)           /* an artifact does not match its SHA-256 / size */
+#define EDGECLF_ERR_UNSUPPORTED (-5)         /* schema version, pixel format, precision, ... */
+#define EDGECLF_ERR_BACKEND_UNAVAILABLE (-6) /* backend not built in, or its library missing */
+#define EDGECLF_ERR_BACKEND (-7)             /* the inference library reported an error */
+#define EDGECLF_ERR_OUT_OF_MEMORY (-8)
+#define EDGECLF_ERR_BUFFER_TOO_SMALL (-9)    /* the output buffer cannot hold the result */
+#define EDGECLF_ERR_NOT_FOUND (-10)          /* no such label index, manifest key, ... */
+#define EDGECLF_ERR_INTERNAL (-100)
+
+/* ---- pixel formats -------------------------------------------------------------------- */
+typedef int32_t edgeclf_pixel_format;
+#define EDGECLF_PIXEL_RGB8 1  /* 3 bytes per pixel, R G B */
+#define EDGECLF_PIXEL_BGR8 2  /* 3 bytes per pixel, B G R */
+#define EDGECLF_PIXEL_RGBA8 3 /* 4 bytes per pixel, alpha ignored */
+#define EDGECLF_PIXEL_BGRA8 4 /* 4 bytes per pixel, alpha ignored */
+#define EDGECLF_PIXEL_GRAY8 5 /* 1 byte per pixel, replicated to R = G = B */
+#define EDGECLF_PIXEL_NV12 6  /* Y plane, then interleaved U V at half resolution;
+                                 BT.601 limited range ("video range"), as camera ISPs emit */
+
+/**
+ * An image borrowed for one call. `stride_bytes` is the distance between the starts of two
+ * rows and must be at least width * bytes-per-pixel (padding is allowed).
+ * For NV12, width and height must be even; `data` is the Y plane; the UV plane is at
+ * `uv_data` with `uv_stride_bytes`, or, when `uv_data` is NULL, directly after the Y plane
+ * (data + stride_bytes * height) with the same stride. Other formats ignore the uv fields.
+ */
+typedef struct edgeclf_image {
+  const uint8_t* data;
+  int32_t width;
+  int32_t height;
+  int32_t stride_bytes;
+  edgeclf_pixel_format pixel_format;
+  const uint8_t* uv_data;
+  int32_t uv_stride_bytes;
+} edgeclf_image;
+
+/** One entry of a top-k result: class index (see edgeclf_model_label) and its probability. */
+typedef struct edgeclf_class_score {
+  int32_t index;
+  float probability;
+} edgeclf_class_score;
+
+/** A named file in memory, for edgeclf_model_load_memory. */
+typedef struct edgeclf_file {
+  const char* name; /* the file name as written in the manifest, e.g. "model.onnx" */
+  const void* data;
+  size_t size;
+} edgeclf_file;
+
+typedef struct edgeclf_options edgeclf_options; /* load options; owned by the caller */
+typedef struct edgeclf_model edgeclf_model;     /* immutable, shareable across threads */
+typedef struct edgeclf_session edgeclf_session; /* per-thread scratch; keeps its model alive */
+
+/* ---- versions and errors -------------------------------------------------------------- */
+/** The API version of the library in hand (EDGECLF_API_VERSION of its build). */
+EDGECLF_API int32_t edgeclf_api_version(void);
+/** The library's semantic version, e.g. "0.1.0". Static string. */
+EDGECLF_API const char* edgeclf_version(void);
+/** The backends built into this library, comma-separated, e.g. "onnxruntime,openvino". */
+EDGECLF_API const char* edgeclf_backends(void);
+/** The last error message of the calling thread ("" if none). Valid until the next call
+ *  into edgeclf from the same thread. */
+EDGECLF_API const char* edgeclf_last_error(void);
+/** A static name for a status code, e.g. "EDGECLF_ERR_INTEGRITY". */
+EDGECLF_API const char* edgeclf_status_name(edgeclf_status status);
+
+/* ---- options -------------------------------------------------------------------------- */
+EDGECLF_API edgeclf_status edgeclf_options_create(edgeclf_options** out);
+EDGECLF_API void edgeclf_options_free(edgeclf_options* options);
+/** Intra-op threads of the backend; 0 (default) lets the backend decide. */
+EDGECLF_API edgeclf_status edgeclf_options_set_threads(edgeclf_options* options, int32_t threads);
+/** "auto" (default), "onnxruntime" or "openvino". */
+EDGECLF_API edgeclf_status edgeclf_options_set_backend(edgeclf_options* options, const char* backend);
+/** "cpu" (default), "cuda" or "tensorrt" (ONNX Runtime execution providers), or an OpenVINO
+ *  device name ("CPU", "GPU", "NPU", "AUTO"). */
+EDGECLF_API edgeclf_status edgeclf_options_set_device(edgeclf_options* options, const char* device);
+/** "auto" (default: the fastest artifact recorded by the bundle's parity run), "fp32",
+ *  "fp16" or "int8". */
+EDGECLF_API edgeclf_status edgeclf_options_set_precision(edgeclf_options* options, const char* precision);
+/** Verify every artifact's SHA-256 at load (default 1). Disable only for trusted storage. */
+EDGECLF_API edgeclf_status edgeclf_options_set_verify(edgeclf_options* options, int32_t verify);
+/** Path of the ONNX Runtime shared library to use (default: next to this library, the
+ *  onnxruntime Python package, then the system's libonnxruntime.so.1). */
+EDGECLF_API edgeclf_status edgeclf_options_set_onnxruntime_library(edgeclf_options* options, const char* path);
+
+/* ---- models --------------------------------------------------------------------------- */
+/** Load the bundle in directory `bundle_dir`. `options` may be NULL (defaults).
+ *  On success *out is a new model the caller frees with edgeclf_model_free. */
+EDGECLF_API edgeclf_status edgeclf_model_load(const char* bundle_dir, const edgeclf_options* options,
+                                              edgeclf_model** out);
+/** Load a bundle held in memory: the manifest (edgeclf.json) text and the files it names.
+ *  The buffers are copied as needed; the caller may free them when this returns. */
+EDGECLF_API edgeclf_status edgeclf_model_load_memory(const char* manifest_json, size_t manifest_size,
+                                                     const edgeclf_file* files, size_t file_count,
+                                                     const edgeclf_options* options, edgeclf_model** out);
+EDGECLF_API void edgeclf_model_free(edgeclf_model* model);
+EDGECLF_API edgeclf_status edgeclf_model_num_classes(const edgeclf_model* model, size_t* out);
+EDGECLF_API edgeclf_status edgeclf_model_label(const edgeclf_model* model, int32_t index, const char** out);
+/** The model's input tensor size: channels (3), height and width (the crop size). */
+EDGECLF_API edgeclf_status edgeclf_model_input_shape(const edgeclf_model* model, int32_t* channels,
+                                                     int32_t* height, int32_t* width);
+/** A property of the loaded model: "backend", "device", "artifact" (file name), "format",
+ *  "precision", "name", "schema_version". */
+EDGECLF_API edgeclf_status edgeclf_model_property(const edgeclf_model* model, const char* name, const char** out);
+/** A manifest value by JSON pointer (RFC 6901), e.g. "/preprocess/crop_size" or
+ *  "/metrics/test/macro_f1". Strings are written without quotes, anything else as compact
+ *  JSON, NUL-terminated. *length (may be NULL) receives the length without the NUL; with
+ *  EDGECLF_ERR_BUFFER_TOO_SMALL it receives the length needed. */
+EDGECLF_API edgeclf_status edgeclf_model_manifest_value(const edgeclf_model* model, const char* json_pointer,
+                                                        char* buffer, size_t capacity, size_t* length);
+
+/* ---- sessions ------------------------------------------------------------------------- */
+EDGECLF_API edgeclf_status edgeclf_session_create(const edgeclf_model* model, edgeclf_session** out);
+EDGECLF_API void edgeclf_session_free(edgeclf_session* session);
+
+/** Classify one image: the `capacity` most probable classes, best first, into `top`
+ *  (ties: lower class index first). *count receives min(capacity, classes). */
+EDGECLF_API edgeclf_status edgeclf_classify(edgeclf_session* session, const edgeclf_image* image,
+                                            edgeclf_class_score* top, size_t capacity, size_t* count);
+/** Classify `image_count` images in one backend call. `top` holds image_count * k entries:
+ *  image i's best k at top[i * k]. *count (may be NULL) receives min(k, classes); when k
+ *  exceeds the number of classes, the remaining entries of each row are index -1, p 0. */
+EDGECLF_API edgeclf_status edgeclf_classify_batch(edgeclf_session* session, const edgeclf_image* images,
+                                                  size_t image_count, edgeclf_class_score* top, size_t k,
+                                                  size_t* count);
+/** Calibrated probabilities of every class for `image_count` images, row-major into
+ *  `probabilities` (capacity in floats, at least image_count * classes). */
+EDGECLF_API edgeclf_status edgeclf_probabilities(edgeclf_session* session, const edgeclf_image* images,
+                                                 size_t image_count, float* probabilities, size_t capacity);
+/** The preprocessed input tensor (channels x height x width float32, see
+ *  edgeclf_model_input_shape) exactly as inference sees it. For checking and debugging. */
+EDGECLF_API edgeclf_status edgeclf_preprocess(edgeclf_session* session, const edgeclf_image* image,
+                                              float* tensor, size_t capacity);
+/** Run inference on a tensor already preprocessed (image_count x C x H x W float32) and write
+ *  the raw logits (image_count x classes). For measuring the backend alone. */
+EDGECLF_API edgeclf_status edgeclf_run_tensor(edgeclf_session* session, const float* tensor, size_t image_count,
+                                              float* logits, size_t capacity);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* EDGECLF_EDGECLF_H */

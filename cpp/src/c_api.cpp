@@ -1,0 +1,501 @@
+// The C API: every entry point catches everything and turns it into a status code plus a
+// thread-local message. Nothing throws across this boundary.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <numeric>
+
+#include "internal.hpp"
+
+using edgeclf::Error;
+using edgeclf::fail;
+
+namespace {
+
+thread_local std::string g_last_error;
+
+constexpr size_t kMaxBatch = 4096;
+constexpr uint64_t kMaxManifestBytes = 64ull << 20;
+
+template <class F>
+edgeclf_status guarded(F&& body) noexcept {
+  try {
+    g_last_error.clear();
+    body();
+    return EDGECLF_OK;
+  } catch (const Error& e) {
+    g_last_error = e.what();
+    return e.status();
+  } catch (const std::bad_alloc&) {
+    g_last_error = "out of memory";
+    return EDGECLF_ERR_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    g_last_error = std::string("internal error: ") + e.what();
+    return EDGECLF_ERR_INTERNAL;
+  } catch (...) {
+    g_last_error = "internal error (unknown exception)";
+    return EDGECLF_ERR_INTERNAL;
+  }
+}
+
+void need(const void* p, const char* what) {
+  if (p == nullptr) fail(EDGECLF_ERR_INVALID_ARGUMENT, std::string(what) + " is NULL");
+}
+
+std::shared_ptr<const std::vector<uint8_t>> read_file(const std::string& path, uint64_t limit,
+                                                     edgeclf_status too_large = EDGECLF_ERR_BUNDLE) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) fail(EDGECLF_ERR_BUNDLE, "the bundle is incomplete: cannot open " + path);
+  const std::streamoff size = f.tellg();
+  if (size < 0) fail(EDGECLF_ERR_IO, "cannot read " + path);
+  if (static_cast<uint64_t>(size) > limit)
+    fail(too_large, path + " is larger than edgeclf.json says (tampered with?); re-export the bundle");
+  auto data = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(size));
+  f.seekg(0);
+  if (size > 0 && !f.read(reinterpret_cast<char*>(data->data()), size)) fail(EDGECLF_ERR_IO, "cannot read " + path);
+  return data;
+}
+
+// The fastest artifact of the bundle's parity run (parity.json "table" rows), by (format, precision).
+std::map<std::pair<std::string, std::string>, double> parity_speeds(const std::string& dir) {
+  std::map<std::pair<std::string, std::string>, double> out;
+  std::ifstream f(dir + "/parity.json", std::ios::binary);
+  if (!f) return out;
+  const auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("table") || !j["table"].is_array()) return out;
+  for (const auto& row : j["table"]) {
+    if (row.is_object() && row.contains("format") && row["format"].is_string() && row.contains("precision") &&
+        row["precision"].is_string() && row.contains("ms_per_image") && row["ms_per_image"].is_number())
+      out[{row["format"].get<std::string>(), row["precision"].get<std::string>()}] = row["ms_per_image"].get<double>();
+  }
+  return out;
+}
+
+}  // namespace
+
+struct edgeclf_options {
+  edgeclf::LoadOptions o;
+};
+
+struct ModelImpl {
+  edgeclf::Manifest manifest;
+  edgeclf::Artifact artifact;
+  std::string backend, device;
+  edgeclf::FileMap files;
+  std::unique_ptr<edgeclf::BackendModel> backend_model;
+  std::map<std::string, std::string> properties;
+};
+
+struct edgeclf_model {
+  std::shared_ptr<ModelImpl> impl;
+};
+
+struct edgeclf_session {
+  std::shared_ptr<ModelImpl> model;
+  std::unique_ptr<edgeclf::BackendSession> backend;
+  edgeclf::PreprocessScratch scratch;
+  std::vector<float> input, logits;
+};
+
+namespace {
+
+const char* backend_of(const edgeclf::Artifact& a) {
+  if (a.format == "onnx" && a.runtime == "onnxruntime") return "onnxruntime";
+  if (a.format == "openvino" && a.runtime == "openvino") return "openvino";
+  return nullptr;
+}
+
+const edgeclf::Artifact& choose(const edgeclf::Manifest& m, const edgeclf::LoadOptions& o, const std::string& dir) {
+  std::vector<const edgeclf::Artifact*> c;
+  for (const auto& a : m.artifacts) {
+    const char* b = backend_of(a);
+    if (a.status != "ok" || b == nullptr) continue;
+    if (o.backend != "auto" && o.backend != b) continue;
+    if (o.precision != "auto" && o.precision != a.precision) continue;
+    if (o.backend == "auto" && !(std::string(b) == "onnxruntime" ? edgeclf::onnxruntime_available_in_build()
+                                                                  : edgeclf::openvino_available_in_build()))
+      continue;
+    c.push_back(&a);
+  }
+  if (c.empty()) {
+    std::string have;
+    for (const auto& a : m.artifacts) have += (have.empty() ? "" : ", ") + a.runtime + "/" + a.precision;
+    fail(EDGECLF_ERR_BACKEND_UNAVAILABLE, "no artifact in the bundle matches backend " + o.backend + " and precision " +
+                                              o.precision + " in this build (backends: " + edgeclf_backends() +
+                                              "; bundle has: " + (have.empty() ? "none" : have) + ")");
+  }
+  if (o.precision == "auto" && !dir.empty()) {  // the same rule as edgeclf.predict: fastest measured
+    const auto speed = parity_speeds(dir);
+    auto ms = [&](const edgeclf::Artifact* a) {
+      auto it = speed.find({a->format, a->precision});
+      return it == speed.end() ? 1e300 : it->second;
+    };
+    return **std::min_element(c.begin(), c.end(), [&](auto* x, auto* y) { return ms(x) < ms(y); });
+  }
+  // Otherwise: fp32 before other precisions, then the manifest's order.
+  auto rank = [](const edgeclf::Artifact* a) { return a->precision == "fp32" ? 0 : 1; };
+  return **std::min_element(c.begin(), c.end(), [&](auto* x, auto* y) { return rank(x) < rank(y); });
+}
+
+void verify(const std::string& name, const std::string& sha, uint64_t size, const std::vector<uint8_t>& data) {
+  if (data.size() != size || edgeclf::sha256_hex(data.data(), data.size()) != sha)
+    fail(EDGECLF_ERR_INTEGRITY, "bundle file " + name + " does not match its SHA-256 in edgeclf.json (truncated or "
+                                "tampered with); re-export the bundle");
+}
+
+std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::LoadOptions& o, const std::string& dir,
+                                const edgeclf_file* files, size_t file_count) {
+  auto impl = std::make_shared<ModelImpl>();
+  impl->manifest = edgeclf::parse_manifest(text, size);
+  impl->artifact = choose(impl->manifest, o, dir);
+  const edgeclf::Artifact& a = impl->artifact;
+  std::vector<edgeclf::FileRef> needed{{a.file, a.sha256, a.size_bytes}};
+  needed.insert(needed.end(), a.extra_files.begin(), a.extra_files.end());
+  for (const auto& f : needed) {
+    std::shared_ptr<const std::vector<uint8_t>> data;
+    if (!dir.empty()) {
+      data = read_file(dir + "/" + f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY);
+    } else {
+      for (size_t i = 0; i < file_count; ++i) {
+        need(files[i].name, "file name");
+        if (files[i].data == nullptr && files[i].size > 0) fail(EDGECLF_ERR_INVALID_ARGUMENT, "file data is NULL");
+        if (f.file == files[i].name) {
+          const auto* p = static_cast<const uint8_t*>(files[i].data);
+          data = std::make_shared<std::vector<uint8_t>>(p, p + files[i].size);
+          break;
+        }
+      }
+      if (!data) fail(EDGECLF_ERR_BUNDLE, "bundle file " + f.file + " was not passed to edgeclf_model_load_memory");
+    }
+    if (o.verify) verify(f.file, f.sha256, f.size_bytes, *data);
+    impl->files[f.file] = std::move(data);
+  }
+  const int crop = impl->manifest.spec.crop_size;
+  const size_t classes = impl->manifest.labels.size();
+  impl->backend = backend_of(a);
+  impl->backend_model = impl->backend == "onnxruntime" ? edgeclf::load_onnxruntime(a, impl->files, o, crop, classes)
+                                                       : edgeclf::load_openvino(a, impl->files, o, crop, classes);
+  impl->device = impl->backend_model->device();
+  impl->files.clear();  // the backend holds what it still needs
+  impl->properties = {{"backend", impl->backend},
+                      {"device", impl->device},
+                      {"artifact", a.file},
+                      {"format", a.format},
+                      {"precision", a.precision},
+                      {"name", impl->manifest.name},
+                      {"schema_version", impl->manifest.schema_version}};
+  return impl;
+}
+
+edgeclf_status set_choice(edgeclf_options* options, const char* value, const char* what,
+                          std::initializer_list<const char*> allowed, std::string edgeclf::LoadOptions::*field) {
+  return guarded([&] {
+    need(options, "options");
+    need(value, what);
+    std::string list;
+    for (const char* a : allowed) {
+      if (std::strcmp(a, value) == 0) {
+        options->o.*field = value;
+        return;
+      }
+      list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    fail(EDGECLF_ERR_INVALID_ARGUMENT, std::string(what) + " " + value + " is not one of " + list);
+  });
+}
+
+void softmax_row(const float* logits, size_t n, double temperature, float* out) {
+  double mx = -INFINITY;
+  for (size_t i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(logits[i]) / temperature);
+  double sum = 0;
+  std::vector<double> e(n);
+  for (size_t i = 0; i < n; ++i) sum += e[i] = std::exp(static_cast<double>(logits[i]) / temperature - mx);
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(e[i] / sum);
+}
+
+// Preprocess `count` images into the session's input buffer and run the backend;
+// probabilities (count x classes) into `probs`.
+void infer(edgeclf_session* s, const edgeclf_image* images, size_t count, float* probs) {
+  need(s, "session");
+  need(images, "images");
+  if (count == 0) fail(EDGECLF_ERR_INVALID_ARGUMENT, "image_count is 0");
+  if (count > kMaxBatch) fail(EDGECLF_ERR_INVALID_ARGUMENT, "image_count " + std::to_string(count) + " exceeds " + std::to_string(kMaxBatch));
+  for (size_t i = 0; i < count; ++i) edgeclf::validate_image(&images[i], count == 1 ? static_cast<size_t>(-1) : i);
+  const auto& m = s->model->manifest;
+  const size_t crop = static_cast<size_t>(m.spec.crop_size), per = 3 * crop * crop, classes = m.labels.size();
+  s->input.resize(count * per);
+  s->logits.resize(count * classes);
+  for (size_t i = 0; i < count; ++i) edgeclf::preprocess_image(m.spec, images[i], s->input.data() + i * per, s->scratch);
+  s->backend->run(s->input.data(), count, s->logits.data());
+  for (size_t i = 0; i < count; ++i) {
+    for (size_t k = 0; k < classes; ++k)
+      if (!std::isfinite(s->logits[i * classes + k])) fail(EDGECLF_ERR_BACKEND, "the model produced a non-finite logit");
+    softmax_row(s->logits.data() + i * classes, classes, m.temperature, probs + i * classes);
+  }
+}
+
+void top_k(const float* probs, size_t classes, edgeclf_class_score* out, size_t k) {
+  std::vector<int32_t> order(classes);
+  std::iota(order.begin(), order.end(), 0);
+  const size_t n = std::min(k, classes);
+  std::partial_sort(order.begin(), order.begin() + static_cast<ptrdiff_t>(n), order.end(), [&](int32_t a, int32_t b) {
+    return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+  });
+  for (size_t i = 0; i < k; ++i) out[i] = i < n ? edgeclf_class_score{order[i], probs[order[i]]} : edgeclf_class_score{-1, 0.0f};
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t edgeclf_api_version(void) { return EDGECLF_API_VERSION; }
+const char* edgeclf_version(void) { return EDGECLF_VERSION_STRING; }
+
+const char* edgeclf_backends(void) {
+  static const std::string b = [] {
+    std::string s;
+    if (edgeclf::onnxruntime_available_in_build()) s += "onnxruntime";
+    if (edgeclf::openvino_available_in_build()) s += std::string(s.empty() ? "" : ",") + "openvino";
+    return s;
+  }();
+  return b.c_str();
+}
+
+const char* edgeclf_last_error(void) { return g_last_error.c_str(); }
+
+const char* edgeclf_status_name(edgeclf_status status) {
+  switch (status) {
+    case EDGECLF_OK: return "EDGECLF_OK";
+    case EDGECLF_ERR_INVALID_ARGUMENT: return "EDGECLF_ERR_INVALID_ARGUMENT";
+    case EDGECLF_ERR_IO: return "EDGECLF_ERR_IO";
+    case EDGECLF_ERR_BUNDLE: return "EDGECLF_ERR_BUNDLE";
+    case EDGECLF_ERR_INTEGRITY: return "EDGECLF_ERR_INTEGRITY";
+    case EDGECLF_ERR_UNSUPPORTED: return "EDGECLF_ERR_UNSUPPORTED";
+    case EDGECLF_ERR_BACKEND_UNAVAILABLE: return "EDGECLF_ERR_BACKEND_UNAVAILABLE";
+    case EDGECLF_ERR_BACKEND: return "EDGECLF_ERR_BACKEND";
+    case EDGECLF_ERR_OUT_OF_MEMORY: return "EDGECLF_ERR_OUT_OF_MEMORY";
+    case EDGECLF_ERR_BUFFER_TOO_SMALL: return "EDGECLF_ERR_BUFFER_TOO_SMALL";
+    case EDGECLF_ERR_NOT_FOUND: return "EDGECLF_ERR_NOT_FOUND";
+    case EDGECLF_ERR_INTERNAL: return "EDGECLF_ERR_INTERNAL";
+    default: return "EDGECLF_ERR_UNKNOWN";
+  }
+}
+
+edgeclf_status edgeclf_options_create(edgeclf_options** out) {
+  return guarded([&] {
+    need(out, "out");
+    *out = nullptr;
+    *out = new edgeclf_options();
+  });
+}
+
+void edgeclf_options_free(edgeclf_options* options) { delete options; }
+
+edgeclf_status edgeclf_options_set_threads(edgeclf_options* options, int32_t threads) {
+  return guarded([&] {
+    need(options, "options");
+    if (threads < 0 || threads > 1024) fail(EDGECLF_ERR_INVALID_ARGUMENT, "threads must be 0 (backend default) .. 1024");
+    options->o.threads = threads;
+  });
+}
+
+edgeclf_status edgeclf_options_set_backend(edgeclf_options* options, const char* backend) {
+  return set_choice(options, backend, "backend", {"auto", "onnxruntime", "openvino"}, &edgeclf::LoadOptions::backend);
+}
+
+edgeclf_status edgeclf_options_set_device(edgeclf_options* options, const char* device) {
+  return set_choice(options, device, "device", {"cpu", "cuda", "tensorrt", "CPU", "GPU", "NPU", "AUTO"},
+                    &edgeclf::LoadOptions::device);
+}
+
+edgeclf_status edgeclf_options_set_precision(edgeclf_options* options, const char* precision) {
+  return set_choice(options, precision, "precision", {"auto", "fp32", "fp16", "int8"}, &edgeclf::LoadOptions::precision);
+}
+
+edgeclf_status edgeclf_options_set_verify(edgeclf_options* options, int32_t verify) {
+  return guarded([&] {
+    need(options, "options");
+    options->o.verify = verify != 0;
+  });
+}
+
+edgeclf_status edgeclf_options_set_onnxruntime_library(edgeclf_options* options, const char* path) {
+  return guarded([&] {
+    need(options, "options");
+    need(path, "path");
+    options->o.onnxruntime_library = path;
+  });
+}
+
+edgeclf_status edgeclf_model_load(const char* bundle_dir, const edgeclf_options* options, edgeclf_model** out) {
+  return guarded([&] {
+    need(out, "out");
+    *out = nullptr;
+    need(bundle_dir, "bundle_dir");
+    const edgeclf::LoadOptions o = options ? options->o : edgeclf::LoadOptions{};
+    std::string dir = bundle_dir;
+    if (dir.empty()) fail(EDGECLF_ERR_INVALID_ARGUMENT, "bundle_dir is empty");
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    std::ifstream probe(dir + "/edgeclf.json");
+    if (!probe) fail(EDGECLF_ERR_IO, dir + " is not an edgeclf bundle (no readable edgeclf.json); create one with `edgeclf export`");
+    const auto text = read_file(dir + "/edgeclf.json", kMaxManifestBytes);
+    auto impl = load(reinterpret_cast<const char*>(text->data()), text->size(), o, dir, nullptr, 0);
+    *out = new edgeclf_model{std::move(impl)};
+  });
+}
+
+edgeclf_status edgeclf_model_load_memory(const char* manifest_json, size_t manifest_size, const edgeclf_file* files,
+                                         size_t file_count, const edgeclf_options* options, edgeclf_model** out) {
+  return guarded([&] {
+    need(out, "out");
+    *out = nullptr;
+    need(manifest_json, "manifest_json");
+    if (manifest_size == 0 || manifest_size > kMaxManifestBytes) fail(EDGECLF_ERR_INVALID_ARGUMENT, "manifest_size is 0 or too large");
+    if (file_count > 0) need(files, "files");
+    const edgeclf::LoadOptions o = options ? options->o : edgeclf::LoadOptions{};
+    auto impl = load(manifest_json, manifest_size, o, "", files, file_count);
+    *out = new edgeclf_model{std::move(impl)};
+  });
+}
+
+void edgeclf_model_free(edgeclf_model* model) { delete model; }
+
+edgeclf_status edgeclf_model_num_classes(const edgeclf_model* model, size_t* out) {
+  return guarded([&] {
+    need(model, "model");
+    need(out, "out");
+    *out = model->impl->manifest.labels.size();
+  });
+}
+
+edgeclf_status edgeclf_model_label(const edgeclf_model* model, int32_t index, const char** out) {
+  return guarded([&] {
+    need(model, "model");
+    need(out, "out");
+    *out = nullptr;
+    const auto& labels = model->impl->manifest.labels;
+    if (index < 0 || static_cast<size_t>(index) >= labels.size())
+      fail(EDGECLF_ERR_NOT_FOUND, "label index " + std::to_string(index) + " is not in 0.." + std::to_string(labels.size() - 1));
+    *out = labels[static_cast<size_t>(index)].c_str();
+  });
+}
+
+edgeclf_status edgeclf_model_input_shape(const edgeclf_model* model, int32_t* channels, int32_t* height, int32_t* width) {
+  return guarded([&] {
+    need(model, "model");
+    need(channels, "channels");
+    need(height, "height");
+    need(width, "width");
+    *channels = 3;
+    *height = *width = model->impl->manifest.spec.crop_size;
+  });
+}
+
+edgeclf_status edgeclf_model_property(const edgeclf_model* model, const char* name, const char** out) {
+  return guarded([&] {
+    need(model, "model");
+    need(name, "name");
+    need(out, "out");
+    *out = nullptr;
+    auto it = model->impl->properties.find(name);
+    if (it == model->impl->properties.end()) fail(EDGECLF_ERR_NOT_FOUND, std::string("no model property ") + name);
+    *out = it->second.c_str();
+  });
+}
+
+edgeclf_status edgeclf_model_manifest_value(const edgeclf_model* model, const char* json_pointer, char* buffer,
+                                            size_t capacity, size_t* length) {
+  return guarded([&] {
+    need(model, "model");
+    need(json_pointer, "json_pointer");
+    nlohmann::json::json_pointer ptr;
+    try {
+      ptr = nlohmann::json::json_pointer(json_pointer);
+    } catch (const nlohmann::json::exception& e) {
+      fail(EDGECLF_ERR_INVALID_ARGUMENT, std::string("invalid JSON pointer ") + json_pointer + ": " + e.what());
+    }
+    const auto& raw = model->impl->manifest.raw;
+    if (!raw.contains(ptr)) fail(EDGECLF_ERR_NOT_FOUND, std::string("the manifest has no value at ") + json_pointer);
+    const auto& v = raw.at(ptr);
+    const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+    if (length) *length = text.size();
+    if (buffer == nullptr || capacity < text.size() + 1)
+      fail(EDGECLF_ERR_BUFFER_TOO_SMALL, "the value needs " + std::to_string(text.size() + 1) + " bytes with its NUL");
+    std::memcpy(buffer, text.c_str(), text.size() + 1);
+  });
+}
+
+edgeclf_status edgeclf_session_create(const edgeclf_model* model, edgeclf_session** out) {
+  return guarded([&] {
+    need(out, "out");
+    *out = nullptr;
+    need(model, "model");
+    auto s = std::make_unique<edgeclf_session>();
+    s->model = model->impl;
+    s->backend = model->impl->backend_model->create_session();
+    *out = s.release();
+  });
+}
+
+void edgeclf_session_free(edgeclf_session* session) { delete session; }
+
+edgeclf_status edgeclf_classify(edgeclf_session* session, const edgeclf_image* image, edgeclf_class_score* top,
+                                size_t capacity, size_t* count) {
+  return edgeclf_classify_batch(session, image, 1, top, capacity, count);
+}
+
+edgeclf_status edgeclf_classify_batch(edgeclf_session* session, const edgeclf_image* images, size_t image_count,
+                                      edgeclf_class_score* top, size_t k, size_t* count) {
+  return guarded([&] {
+    need(session, "session");
+    need(top, "top");
+    if (k == 0) fail(EDGECLF_ERR_INVALID_ARGUMENT, "capacity (k) is 0");
+    const size_t classes = session->model->manifest.labels.size();
+    std::vector<float> probs(std::max<size_t>(image_count, 1) * classes);
+    infer(session, images, image_count, probs.data());
+    for (size_t i = 0; i < image_count; ++i) top_k(probs.data() + i * classes, classes, top + i * k, k);
+    if (count) *count = std::min(k, classes);
+  });
+}
+
+edgeclf_status edgeclf_probabilities(edgeclf_session* session, const edgeclf_image* images, size_t image_count,
+                                     float* probabilities, size_t capacity) {
+  return guarded([&] {
+    need(session, "session");
+    need(probabilities, "probabilities");
+    const size_t classes = session->model->manifest.labels.size();
+    if (capacity < image_count * classes)
+      fail(EDGECLF_ERR_BUFFER_TOO_SMALL, "probabilities needs " + std::to_string(image_count * classes) + " floats");
+    infer(session, images, image_count, probabilities);
+  });
+}
+
+edgeclf_status edgeclf_preprocess(edgeclf_session* session, const edgeclf_image* image, float* tensor, size_t capacity) {
+  return guarded([&] {
+    need(session, "session");
+    need(tensor, "tensor");
+    edgeclf::validate_image(image, static_cast<size_t>(-1));
+    const auto& spec = session->model->manifest.spec;
+    const size_t n = 3 * static_cast<size_t>(spec.crop_size) * spec.crop_size;
+    if (capacity < n) fail(EDGECLF_ERR_BUFFER_TOO_SMALL, "tensor needs " + std::to_string(n) + " floats");
+    edgeclf::preprocess_image(spec, *image, tensor, session->scratch);
+  });
+}
+
+edgeclf_status edgeclf_run_tensor(edgeclf_session* session, const float* tensor, size_t image_count, float* logits,
+                                  size_t capacity) {
+  return guarded([&] {
+    need(session, "session");
+    need(tensor, "tensor");
+    need(logits, "logits");
+    if (image_count == 0 || image_count > kMaxBatch) fail(EDGECLF_ERR_INVALID_ARGUMENT, "image_count must be 1.." + std::to_string(kMaxBatch));
+    const size_t classes = session->model->manifest.labels.size();
+    if (capacity < image_count * classes)
+      fail(EDGECLF_ERR_BUFFER_TOO_SMALL, "logits needs " + std::to_string(image_count * classes) + " floats");
+    session->backend->run(tensor, image_count, logits);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,119 @@
+// Internal types of the edgeclf runtime. Nothing here crosses the C API boundary.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "edgeclf/edgeclf.h"
+
+namespace edgeclf {
+
+// Every internal failure is an Error carrying the status the C API returns.
+class Error : public std::runtime_error {
+ public:
+  Error(edgeclf_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  edgeclf_status status() const noexcept { return status_; }
+
+ private:
+  edgeclf_status status_;
+};
+
+[[noreturn]] inline void fail(edgeclf_status status, const std::string& message) { throw Error(status, message); }
+
+// ---- manifest --------------------------------------------------------------------------
+enum class Interpolation { Bilinear, Bicubic };
+
+struct PreprocessSpec {
+  int resize_size = 0;
+  int crop_size = 0;
+  Interpolation interpolation = Interpolation::Bilinear;
+  float mean[3] = {0, 0, 0};
+  float stdev[3] = {1, 1, 1};
+  float scale = 1.0f / 255.0f;
+};
+
+struct FileRef {
+  std::string file;
+  std::string sha256;
+  uint64_t size_bytes = 0;
+};
+
+struct Artifact {
+  std::string file, format, runtime, precision, status;
+  std::string sha256;
+  uint64_t size_bytes = 0;
+  std::vector<FileRef> extra_files;
+};
+
+struct Manifest {
+  nlohmann::json raw;
+  std::string schema_version, name;
+  std::vector<std::string> labels;
+  PreprocessSpec spec;
+  double temperature = 1.0;
+  std::vector<Artifact> artifacts;
+};
+
+// Parse and validate manifest text (throws Error with EDGECLF_ERR_BUNDLE / _UNSUPPORTED).
+Manifest parse_manifest(const char* text, size_t size);
+// "1.2.3" -> {1,2,3}; throws on anything else.
+std::vector<int> parse_semver(const std::string& version, const char* what);
+
+std::string sha256_hex(const void* data, size_t size);
+
+// ---- preprocessing ---------------------------------------------------------------------
+// Scratch reused across calls of one session.
+struct PreprocessScratch {
+  std::vector<uint8_t> rgb_row;   // one converted source row (RGB8)
+  std::vector<float> hrows;       // horizontally resized source rows, crop columns only
+  std::vector<int32_t> xidx, yidx; // tap indices
+  std::vector<float> xw, yw;      // tap weights
+};
+
+// Validate `image` and write the 3 x crop x crop float32 tensor the spec defines to `out`.
+void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, float* out, PreprocessScratch& scratch);
+void validate_image(const edgeclf_image* image, size_t position);
+
+// ---- backends --------------------------------------------------------------------------
+struct LoadOptions {
+  int threads = 0;
+  std::string backend = "auto";
+  std::string device = "cpu";
+  std::string precision = "auto";
+  bool verify = true;
+  std::string onnxruntime_library;
+};
+
+// Per-session inference state (not thread-safe; one per session).
+class BackendSession {
+ public:
+  virtual ~BackendSession() = default;
+  // input: n x 3 x H x W float32; logits: n x classes float32.
+  virtual void run(const float* input, size_t n, float* logits) = 0;
+};
+
+// A loaded artifact (immutable after load; shared by sessions on many threads).
+class BackendModel {
+ public:
+  virtual ~BackendModel() = default;
+  virtual std::unique_ptr<BackendSession> create_session() const = 0;
+  virtual std::string device() const = 0;
+};
+
+using FileMap = std::map<std::string, std::shared_ptr<const std::vector<uint8_t>>>;
+
+bool onnxruntime_available_in_build();
+bool openvino_available_in_build();
+std::unique_ptr<BackendModel> load_onnxruntime(const Artifact& artifact, const FileMap& files, const LoadOptions& options,
+                                               int crop, size_t classes);
+std::unique_ptr<BackendModel> load_openvino(const Artifact& artifact, const FileMap& files, const LoadOptions& options,
+                                            int crop, size_t classes);
+
+}  // namespace edgeclf

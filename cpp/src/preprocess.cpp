@@ -1,0 +1,262 @@
+// The preprocessing spec of edgeclf/preprocess.py, in one fused pass per image.
+//
+// Pixels -> RGB -> resize (shorter side = resize_size; bilinear or bicubic, half-pixel
+// centres, no antialias; float32 arithmetic; rounded half-to-even to uint8) -> centre crop ->
+// (x * scale - mean) / std -> planar NCHW float32.
+//
+// Only the output pixels inside the crop window are computed (every resized pixel depends on
+// its source taps only, so that is exact). The resize is separable and evaluated in the same
+// order as the reference: for each output pixel, out = sum_j wy_j * (sum_k wx_k * src[y_j][x_k]),
+// each sum accumulated tap by tap from the first. The horizontal sums of every source row the
+// crop needs are computed once, then combined vertically. This file is compiled with
+// -ffp-contract=off: fused multiply-adds would change the roundings and so, rarely, a
+// uint8 value of the resized image.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "internal.hpp"
+
+namespace edgeclf {
+namespace {
+
+constexpr int kMaxSide = 1 << 15;  // 32768 pixels a side, far above any camera frame
+
+int bytes_per_pixel(edgeclf_pixel_format f) {
+  switch (f) {
+    case EDGECLF_PIXEL_RGB8:
+    case EDGECLF_PIXEL_BGR8: return 3;
+    case EDGECLF_PIXEL_RGBA8:
+    case EDGECLF_PIXEL_BGRA8: return 4;
+    case EDGECLF_PIXEL_GRAY8:
+    case EDGECLF_PIXEL_NV12: return 1;
+    default: return 0;
+  }
+}
+
+// Output size of the shorter-side resize, exactly as edgeclf.preprocess.resized_shape.
+void resized_shape(int h, int w, int resize, int& oh, int& ow) {
+  if (h <= w) {
+    oh = resize;
+    ow = std::max(1, static_cast<int>(std::floor(static_cast<double>(static_cast<int64_t>(w) * resize) / h + 0.5)));
+  } else {
+    oh = std::max(1, static_cast<int>(std::floor(static_cast<double>(static_cast<int64_t>(h) * resize) / w + 0.5)));
+    ow = resize;
+  }
+}
+
+float cubic1(float x, float a) { return ((a + 2) * x - (a + 3)) * x * x + 1; }
+float cubic2(float x, float a) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; }
+
+// Taps of output positions [first, first + count) of a resize from in_size to out_size:
+// `taps` indices (clamped to the input) and weights per output position.
+void compute_taps(int in_size, int out_size, int first, int count, Interpolation interp, std::vector<int32_t>& idx,
+                  std::vector<float>& wts) {
+  const int taps = interp == Interpolation::Bilinear ? 2 : 4;
+  idx.resize(static_cast<size_t>(count) * taps);
+  wts.resize(static_cast<size_t>(count) * taps);
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  for (int i = 0; i < count; ++i) {
+    const int dst = first + i;
+    float real = scale * (static_cast<float>(dst) + 0.5f) - 0.5f;
+    int32_t* ix = &idx[static_cast<size_t>(i) * taps];
+    float* w = &wts[static_cast<size_t>(i) * taps];
+    if (interp == Interpolation::Bilinear) {
+      if (real < 0.0f) real = 0.0f;
+      const int64_t i0 = std::min(static_cast<int64_t>(std::floor(real)), static_cast<int64_t>(in_size) - 1);
+      const float l1 = std::min(std::max(real - static_cast<float>(i0), 0.0f), 1.0f);
+      ix[0] = static_cast<int32_t>(i0);
+      ix[1] = static_cast<int32_t>(i0 < in_size - 1 ? i0 + 1 : i0);
+      w[0] = 1.0f - l1;
+      w[1] = l1;
+    } else {
+      const int64_t i0 = std::min(static_cast<int64_t>(std::floor(real)), static_cast<int64_t>(in_size) - 1);
+      const float t = std::min(std::max(real - static_cast<float>(i0), 0.0f), 1.0f);
+      const float a = -0.75f;
+      const float x1 = t, x2 = 1.0f - t;
+      w[0] = cubic2(x1 + 1.0f, a);
+      w[1] = cubic1(x1, a);
+      w[2] = cubic1(x2, a);
+      w[3] = cubic2(x2 + 1.0f, a);
+      for (int j = 0; j < 4; ++j) {
+        const int64_t s = std::max<int64_t>(std::min<int64_t>(i0 - 1 + j, in_size - 1), 0);
+        ix[j] = static_cast<int32_t>(s);
+      }
+    }
+  }
+}
+
+// BT.601 limited range YUV -> RGB in 20-bit fixed point (the integer conversion OpenCV's
+// COLOR_YUV2RGB_NV12 uses; edgeclf.preprocess.nv12_to_rgb is the reference).
+inline uint8_t sat8(int v) { return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v)); }
+
+void nv12_row_to_rgb(const uint8_t* yrow, const uint8_t* uvrow, int x0, int x1, uint8_t* rgb) {
+  constexpr int CY = 1220542, CUB = 2116026, CUG = -409993, CVG = -852492, CVR = 1673527, SHIFT = 20;
+  constexpr int HALF = 1 << (SHIFT - 1);
+  for (int x = x0; x <= x1; ++x) {
+    const int yy = std::max(0, static_cast<int>(yrow[x]) - 16) * CY;
+    const int u = static_cast<int>(uvrow[(x & ~1)]) - 128;
+    const int v = static_cast<int>(uvrow[(x & ~1) + 1]) - 128;
+    uint8_t* p = rgb + 3 * (x - x0);
+    p[0] = sat8((yy + HALF + CVR * v) >> SHIFT);
+    p[1] = sat8((yy + HALF + CVG * v + CUG * u) >> SHIFT);
+    p[2] = sat8((yy + HALF + CUB * u) >> SHIFT);
+  }
+}
+
+// Horizontal pass over one source row: out[c * crop + j] = sum_k w[j][k] * src[idx[j][k] * bpp + off[c]].
+template <int TAPS>
+void horizontal(const uint8_t* src, int bpp, const int off[3], const int32_t* idx, const float* w, int crop,
+                float* out) {
+  float* o0 = out;
+  float* o1 = out + crop;
+  float* o2 = out + 2 * crop;
+  for (int j = 0; j < crop; ++j) {
+    const int32_t* ix = idx + j * TAPS;
+    const float* wj = w + j * TAPS;
+    const uint8_t* p = src + static_cast<ptrdiff_t>(ix[0]) * bpp;
+    float r = static_cast<float>(p[off[0]]) * wj[0];
+    float g = static_cast<float>(p[off[1]]) * wj[0];
+    float b = static_cast<float>(p[off[2]]) * wj[0];
+    for (int k = 1; k < TAPS; ++k) {
+      p = src + static_cast<ptrdiff_t>(ix[k]) * bpp;
+      r += static_cast<float>(p[off[0]]) * wj[k];
+      g += static_cast<float>(p[off[1]]) * wj[k];
+      b += static_cast<float>(p[off[2]]) * wj[k];
+    }
+    o0[j] = r;
+    o1[j] = g;
+    o2[j] = b;
+  }
+}
+
+// Vertical pass for one output row and channel: combine TAPS horizontally resized rows,
+// round half to even, clamp to uint8, normalise through the channel's lookup table.
+template <int TAPS>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void vertical(const float* const* rows, const float* w, int crop, const float* lut, float* out) {
+  for (int j = 0; j < crop; ++j) {
+    float v = rows[0][j] * w[0];
+    for (int k = 1; k < TAPS; ++k) v += rows[k][j] * w[k];
+    v = std::nearbyint(v);
+    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+    out[j] = lut[static_cast<int>(v)];
+  }
+}
+
+}  // namespace
+
+void validate_image(const edgeclf_image* image, size_t position) {
+  const std::string where = position == static_cast<size_t>(-1) ? "image" : "image " + std::to_string(position);
+  if (image == nullptr) fail(EDGECLF_ERR_INVALID_ARGUMENT, where + " is NULL");
+  if (image->data == nullptr) fail(EDGECLF_ERR_INVALID_ARGUMENT, where + ": data is NULL");
+  const int bpp = bytes_per_pixel(image->pixel_format);
+  if (bpp == 0)
+    fail(EDGECLF_ERR_UNSUPPORTED, where + ": unknown pixel_format " + std::to_string(image->pixel_format) +
+                                      " (use one of the EDGECLF_PIXEL_* values)");
+  if (image->width <= 0 || image->height <= 0 || image->width > kMaxSide || image->height > kMaxSide)
+    fail(EDGECLF_ERR_INVALID_ARGUMENT, where + ": size " + std::to_string(image->width) + "x" +
+                                           std::to_string(image->height) + " is not in 1.." + std::to_string(kMaxSide));
+  const int64_t row = static_cast<int64_t>(image->width) * bpp;
+  if (image->stride_bytes < row)
+    fail(EDGECLF_ERR_INVALID_ARGUMENT, where + ": stride_bytes " + std::to_string(image->stride_bytes) +
+                                           " is smaller than a row (" + std::to_string(row) + " bytes)");
+  if (image->pixel_format == EDGECLF_PIXEL_NV12) {
+    if (image->width % 2 != 0 || image->height % 2 != 0)
+      fail(EDGECLF_ERR_INVALID_ARGUMENT, where + ": NV12 needs an even width and height, got " +
+                                             std::to_string(image->width) + "x" + std::to_string(image->height));
+    if (image->uv_data != nullptr && image->uv_stride_bytes < image->width)
+      fail(EDGECLF_ERR_INVALID_ARGUMENT, where + ": uv_stride_bytes " + std::to_string(image->uv_stride_bytes) +
+                                             " is smaller than a UV row (" + std::to_string(image->width) + " bytes)");
+  }
+}
+
+void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, float* out, PreprocessScratch& s) {
+  const int h = image.height, w = image.width, crop = spec.crop_size;
+  int oh = 0, ow = 0;
+  resized_shape(h, w, spec.resize_size, oh, ow);
+  if (oh < crop || ow < crop)
+    fail(EDGECLF_ERR_INVALID_ARGUMENT, "cannot crop " + std::to_string(crop) + "x" + std::to_string(crop) +
+                                           " from the resized " + std::to_string(ow) + "x" + std::to_string(oh));
+  const int top = (oh - crop) / 2, left = (ow - crop) / 2;
+  const bool identity = (oh == h && ow == w);  // the reference skips the resize then
+  const Interpolation interp = identity ? Interpolation::Bilinear : spec.interpolation;
+  const int taps = identity ? 1 : (interp == Interpolation::Bilinear ? 2 : 4);
+
+  // Lookup tables: uint8 value -> normalised float, per channel, computed as the reference does.
+  float lut[3][256];
+  for (int c = 0; c < 3; ++c)
+    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) * spec.scale - spec.mean[c]) / spec.stdev[c];
+
+  if (identity) {
+    s.xidx.resize(crop); s.xw.assign(crop, 1.0f); s.yidx.resize(crop); s.yw.assign(crop, 1.0f);
+    for (int i = 0; i < crop; ++i) { s.xidx[i] = left + i; s.yidx[i] = top + i; }
+  } else {
+    compute_taps(w, ow, left, crop, interp, s.xidx, s.xw);
+    compute_taps(h, oh, top, crop, interp, s.yidx, s.yw);
+  }
+  const auto [ymin_it, ymax_it] = std::minmax_element(s.yidx.begin(), s.yidx.end());
+  const auto [xmin_it, xmax_it] = std::minmax_element(s.xidx.begin(), s.xidx.end());
+  const int y0 = *ymin_it, y1 = *ymax_it, x0 = *xmin_it, x1 = *xmax_it;
+  const int nrows = y1 - y0 + 1;
+
+  // Horizontal pass over every source row the crop needs.
+  s.hrows.resize(static_cast<size_t>(nrows) * 3 * crop);
+  const int bpp = bytes_per_pixel(image.pixel_format);
+  int off[3] = {0, 1, 2};
+  switch (image.pixel_format) {
+    case EDGECLF_PIXEL_BGR8:
+    case EDGECLF_PIXEL_BGRA8: off[0] = 2; off[2] = 0; break;
+    case EDGECLF_PIXEL_GRAY8: off[1] = off[2] = 0; break;
+    default: break;
+  }
+  const bool nv12 = image.pixel_format == EDGECLF_PIXEL_NV12;
+  const uint8_t* uv_plane = image.uv_data ? image.uv_data : image.data + static_cast<ptrdiff_t>(image.stride_bytes) * h;
+  const int uv_stride = image.uv_data ? image.uv_stride_bytes : image.stride_bytes;
+  std::vector<int32_t> xshift;
+  const int32_t* xidx = s.xidx.data();
+  if (nv12) {  // convert columns x0..x1 of each row to RGB8 first; taps then index that row buffer
+    s.rgb_row.resize(static_cast<size_t>(x1 - x0 + 1) * 3);
+    xshift.resize(s.xidx.size());
+    for (size_t i = 0; i < s.xidx.size(); ++i) xshift[i] = s.xidx[i] - x0;
+    xidx = xshift.data();
+  }
+  for (int r = 0; r < nrows; ++r) {
+    const int y = y0 + r;
+    const uint8_t* row = image.data + static_cast<ptrdiff_t>(image.stride_bytes) * y;
+    int row_bpp = bpp;
+    if (nv12) {
+      nv12_row_to_rgb(row, uv_plane + static_cast<ptrdiff_t>(uv_stride) * (y / 2), x0, x1, s.rgb_row.data());
+      row = s.rgb_row.data();
+      row_bpp = 3;
+      off[0] = 0; off[1] = 1; off[2] = 2;
+    }
+    float* dst = &s.hrows[static_cast<size_t>(r) * 3 * crop];
+    switch (taps) {
+      case 1: horizontal<1>(row, row_bpp, off, xidx, s.xw.data(), crop, dst); break;
+      case 2: horizontal<2>(row, row_bpp, off, xidx, s.xw.data(), crop, dst); break;
+      default: horizontal<4>(row, row_bpp, off, xidx, s.xw.data(), crop, dst); break;
+    }
+  }
+
+  // Vertical pass, rounding and normalisation, straight into the planar output.
+  const size_t plane = static_cast<size_t>(crop) * crop;
+  for (int i = 0; i < crop; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      const float* rows[4];
+      for (int k = 0; k < taps; ++k)
+        rows[k] = &s.hrows[(static_cast<size_t>(s.yidx[static_cast<size_t>(i) * taps + k] - y0) * 3 + c) * crop];
+      const float* wy = &s.yw[static_cast<size_t>(i) * taps];
+      float* o = out + c * plane + static_cast<size_t>(i) * crop;
+      switch (taps) {
+        case 1: vertical<1>(rows, wy, crop, lut[c], o); break;
+        case 2: vertical<2>(rows, wy, crop, lut[c], o); break;
+        default: vertical<4>(rows, wy, crop, lut[c], o); break;
+      }
+    }
+  }
+}
+
+}  // namespace edgeclf
