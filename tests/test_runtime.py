@@ -1,0 +1,228 @@
+"""The C runtime through its Python module: end-to-end parity with ``edgeclf.predict``,
+every bad bundle refused with a clear error, threads, loading from memory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.cpp
+runtime = pytest.importorskip("edgeclf.runtime")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from tests.conftest import blob_image, make_synthetic_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeclf.export.pipeline import export_run
+    from tests.conftest import make_tiny_run
+
+    base = tmp_path_factory.mktemp("rt")
+    make_tiny_run(base)
+    export_run(base / "run", base / "bundle", formats=["onnx", "openvino"], precisions=["fp32", "int8"],
+               calibration_images=8, allow_failed=True, robustness=False)
+    return base / "bundle"
+
+
+def val_images(bundle: Path) -> list[Path]:
+    import csv
+
+    from edgeclf.export.bundle import read_bundle
+
+    run = Path(read_bundle(bundle).source_run["run_dir"]) if "run_dir" in read_bundle(bundle).source_run else None
+    base = bundle.parent
+    rows = list(csv.DictReader(open(base / "splits.csv")))
+    data = Path(json.loads((base / "splits.summary.json").read_text())["data_dir"])
+    del run
+    return [data / r["path"] for r in rows if r["split"] in ("val", "test")]
+
+
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("openvino", "fp32"),
+                                               ("onnxruntime", "int8"), ("openvino", "int8")])
+def test_top1_and_probabilities_match_python(bundle: Path, backend: str, precision: str) -> None:
+    """C++ end to end (decode in Python, everything else in C++) vs edgeclf.predict on the same artifact."""
+    from edgeclf.export.bundle import read_bundle
+    from edgeclf.inference import BundleClassifier
+
+    m = read_bundle(bundle)
+    art = [a for a in m.artifacts if a.runtime == backend and a.precision == precision]
+    if not art:
+        pytest.skip(f"{backend}/{precision} failed its gate in this tiny export")
+    images = val_images(bundle)
+    assert len(images) >= 10
+    py = BundleClassifier(bundle, runtime=backend)
+    py.artifact = art[0]
+    from edgeclf.export.runners import load_runner
+
+    a = art[0]
+    py.runner = load_runner(bundle, {"format": a.format, "precision": a.precision, "file": a.file,
+                                     "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime,
+                                     "status": "ok", "error": None, "export_seconds": 0.0, "details": a.details},
+                            py.spec, py.labels)
+    want = py.classify(images, top_k=3)
+    with runtime.Classifier(bundle, backend=backend, precision=precision) as clf:
+        assert (clf.backend, clf.precision, clf.artifact) == (backend, precision, a.file)
+        got = clf.classify(images, top_k=3)
+        probs = clf.probabilities(images)
+    assert [g.label for g in got] == [w.label for w in want]  # top-1: 100 %
+    py_probs = np.array([[dict(zip(w.labels, w.probabilities)).get(lab, np.nan) for lab in m.labels] for w in want])
+    mask = ~np.isnan(py_probs)
+    # fp32: same preprocessing bit for bit, same backend -> float32 round-off only.
+    # int8: the same quantized graph; OpenVINO may pick different int8 kernels per batch size.
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    assert np.abs(probs[mask] - py_probs[mask]).max() < tol
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_auto_choice_matches_predict(bundle: Path) -> None:
+    from edgeclf.inference import BundleClassifier
+
+    py = BundleClassifier(bundle)
+    if py.artifact.runtime not in ("onnxruntime", "openvino"):
+        pytest.skip("the fastest artifact here is not one the C runtime runs")
+    with runtime.Classifier(bundle) as clf:
+        assert (clf.backend, clf.precision) == (py.artifact.runtime, py.artifact.precision)
+
+
+def test_classifier_api(bundle: Path, tmp_path: Path) -> None:
+    img = np.asarray(blob_image(1, 90))
+    with runtime.Classifier(bundle, backend="onnxruntime", precision="fp32", threads=1) as clf:
+        assert clf.labels == ["a", "b", "c"] and clf.input_shape == (3, 64, 64)
+        assert json.loads(clf.manifest_value("/labels")) == ["a", "b", "c"]
+        assert clf.manifest_value("/schema_version").startswith("1.")
+        one = clf.classify(img, top_k=10)[0]
+        assert len(one.labels) == 3 and abs(sum(one.probabilities) - 1) < 1e-5
+        # the same frame as BGR, with padded rows, gives the same answer
+        bgr = np.zeros((90, 90 * 3 + 7), np.uint8)[:, : 90 * 3].reshape(90, 90, 3)
+        bgr[...] = img[:, :, ::-1]
+        assert np.allclose(clf.probabilities(bgr, pixel_format="BGR8"), clf.probabilities(img), atol=1e-6)
+        x = clf.preprocess(img)[None]
+        logits = clf.run_tensor(x)
+        from edgeclf.evaluate.metrics import softmax
+
+        t = float(clf.manifest_value("/temperature"))
+        assert np.allclose(softmax(logits, t), clf.probabilities(img), atol=1e-5)
+        with pytest.raises(runtime.RuntimeCallError, match="NV12 needs an even width"):
+            clf.classify(np.zeros((6, 5), np.uint8), pixel_format="NV12")
+        from edgeclf.errors import DataError
+
+        with pytest.raises(DataError):
+            clf.classify(np.zeros((8, 8, 3), np.float32))
+        with pytest.raises(DataError):
+            clf.classify(np.zeros((8, 8, 3), np.uint8), pixel_format="YUYV")
+        with pytest.raises(DataError):
+            clf.classify([])
+    with pytest.raises(Exception, match="closed"):
+        clf.classify(img)
+
+
+def test_threads_share_one_model(bundle: Path) -> None:
+    """8 Python threads, one Classifier (a session per thread): identical to serial."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (70 + i, 90 - i, 3), dtype=np.uint8) for i in range(12)]
+    with runtime.Classifier(bundle, backend="openvino", precision="fp32", threads=1) as clf:
+        serial = clf.probabilities(frames)
+        out: list[np.ndarray | None] = [None] * 8
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                for _ in range(3):
+                    out[i] = np.stack([clf.probabilities(f)[0] for f in frames])
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert not errors
+    for o in out:
+        assert o is not None and np.array_equal(o, serial)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_bundles_are_refused(tmp_path: Path) -> None:
+    good = make_synthetic_bundle(tmp_path / "good")
+    with runtime.Classifier(good) as c:
+        assert c.classify(np.zeros((40, 40, 3), np.uint8))[0].label in ("a", "b", "c")
+
+    tampered = _copy(good, tmp_path / "tampered")
+    data = bytearray((tampered / "model.onnx").read_bytes())
+    data[-5] ^= 0xFF
+    (tampered / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(runtime.RuntimeCallError, match="SHA-256") as e:
+        runtime.Classifier(tampered)
+    assert e.value.status == "EDGECLF_ERR_INTEGRITY"
+    with pytest.raises(runtime.RuntimeCallError) as e:  # unverified: the backend's own error, not a crash
+        runtime.Classifier(tampered, verify=False)
+    assert e.value.status == "EDGECLF_ERR_BACKEND"
+
+    truncated = _copy(good, tmp_path / "truncated")
+    (truncated / "model.onnx").write_bytes((truncated / "model.onnx").read_bytes()[:100])
+    with pytest.raises(runtime.RuntimeCallError, match="SHA-256"):
+        runtime.Classifier(truncated)
+
+    missing = _copy(good, tmp_path / "missing")
+    (missing / "model.onnx").unlink()
+    with pytest.raises(runtime.RuntimeCallError, match="incomplete"):
+        runtime.Classifier(missing)
+
+    for name, edit, pattern in [
+        ("schema", lambda m: m.update(schema_version="2.0.0"), "schema_version"),
+        ("newer", lambda m: m.update(min_runtime_version="99.0.0"), "needs edgeclf runtime"),
+        ("labels", lambda m: m.update(labels=[]), "labels"),
+        ("temperature", lambda m: m.update(temperature=-1), "temperature"),
+        ("spec", lambda m: m["preprocess"].update(layout="NHWC"), "layout"),
+        ("traversal", lambda m: m["artifacts"][0].update(file="../good/model.onnx"), "plain file name"),
+    ]:
+        d = _copy(good, tmp_path / name)
+        m = json.loads((d / "edgeclf.json").read_text())
+        edit(m)
+        (d / "edgeclf.json").write_text(json.dumps(m))
+        with pytest.raises(runtime.RuntimeCallError, match=pattern):
+            runtime.Classifier(d)
+    broken = _copy(good, tmp_path / "broken")
+    (broken / "edgeclf.json").write_text((broken / "edgeclf.json").read_text()[:-40])
+    with pytest.raises(runtime.RuntimeCallError, match="not valid JSON"):
+        runtime.Classifier(broken)
+    with pytest.raises(Exception, match="not a directory"):
+        runtime.Classifier(tmp_path / "nowhere")
+    with pytest.raises(runtime.RuntimeUnavailableError, match="no artifact"):
+        runtime.Classifier(good, backend="openvino")
+
+
+def test_load_from_memory(tmp_path: Path) -> None:
+    from edgeclf import _runtime
+
+    d = make_synthetic_bundle(tmp_path / "b")
+    manifest = (d / "edgeclf.json").read_bytes()
+    model = _runtime.Model(manifest, {"model.onnx": (d / "model.onnx").read_bytes()})
+    s = _runtime.Session(model)
+    img = np.asarray(blob_image(2, 50))
+    with runtime.Classifier(d) as clf:
+        assert np.array_equal(s.probabilities([img]), clf.probabilities(img))
+    with pytest.raises(_runtime.RuntimeLibraryError, match="was not passed"):
+        _runtime.Model(manifest, {})
+    with pytest.raises(_runtime.RuntimeLibraryError, match="SHA-256"):
+        _runtime.Model(manifest, {"model.onnx": b"not a model"})
+
+
+def test_versions() -> None:
+    from edgeclf import _runtime
+
+    assert _runtime.api_version() == _runtime.API_VERSION == 1
+    assert runtime.version() == "0.1.0"
+    assert set(runtime.backends()) == {"onnxruntime", "openvino"}
