@@ -226,3 +226,12 @@ def test_versions() -> None:
     assert _runtime.api_version() == _runtime.API_VERSION == 1
     assert runtime.version() == "0.1.0"
     assert set(runtime.backends()) == {"onnxruntime", "openvino"}
+
+
+def test_export_gates_the_c_runtime(bundle: Path) -> None:
+    """The export's parity table carries the C runtime as one more artifact, gated like the rest."""
+    table = json.loads((bundle / "parity.json").read_text())["table"]
+    rows = {(r["format"], r["precision"]): r for r in table}
+    fp32 = rows[("c-runtime (onnxruntime)", "fp32")]
+    assert fp32["status"] == "ok" and fp32["agreement"] == 1.0 and fp32["delta_macro_f1"] == 0.0
+    assert ("c-runtime (openvino)", "fp32") in rows

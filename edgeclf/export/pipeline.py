@@ -6,7 +6,7 @@ import importlib.metadata as md
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -209,6 +209,11 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         if robustness and runners:
             parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
         manifest.artifacts = entries
+        write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
+        for row in _cpp_runtime_rows(work, entries, val_images, val, run.classes, temperature, log):
+            rows.append(row)
+            if row["status"] == "parity_failed":
+                failed.append(f"{row['format']}/{row['precision']}: {row['error']}")
         manifest.parity = {"gates": _gate_doc(), "summary": [{k: r.get(k) for k in ("format", "precision", "status", "agreement",
                                                                                        "delta_macro_f1")} for r in rows[1:]]}
         write_json(work / PARITY, {**parity, "table": rows})
@@ -224,6 +229,47 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         raise ExportFailed(f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
                            f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this")
     return result
+
+
+def _cpp_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any, classes: list[str],
+                      temperature: float, log: Log) -> list[dict[str, Any]]:
+    """The shipped C runtime gated like one more artifact: for each artifact it can run, the
+    whole C++ path (preprocessing from the manifest + backend) against the eager model."""
+    try:
+        from edgeclf.runtime import Classifier
+    except ImportError:  # pragma: no cover - the runtime is part of every build of edgeclf
+        return []
+    from edgeclf.errors import EdgeclfError
+
+    rows: list[dict[str, Any]] = []
+    for e in entries:
+        if e.runtime not in ("onnxruntime", "openvino"):
+            continue
+        fmt = f"c-runtime ({e.runtime})"
+        row: dict[str, Any] = {"format": fmt, "precision": e.precision, "status": "ok", "size_mb": None, "macro_f1": None,
+                               "delta_macro_f1": None, "agreement": None, "ms_per_image": None, "error": None}
+        try:
+            clf = Classifier(bundle, backend=e.runtime, precision=e.precision)
+        except ImportError as err:
+            rows.append({**row, "status": "skipped", "error": str(err)})
+            continue
+        except EdgeclfError as err:
+            rows.append({**row, "status": "skipped", "error": str(err)})
+            continue
+        log(f"gating the C runtime on {e.runtime}/{e.precision}")
+
+        def predict(batch: Sequence[np.ndarray], clf: Any = clf) -> np.ndarray:
+            out = [clf.run_tensor(np.stack([clf.preprocess(im) for im in batch[i:i + 32]])) for i in range(0, len(batch), 32)]
+            return np.concatenate(out)
+
+        with clf:
+            res, _ = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature)
+        p = res.to_dict()
+        row.update(status="ok" if res.passed else "parity_failed", macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"],
+                   agreement=p["agreement"], ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"],
+                   error="; ".join(res.failures) or None)
+        rows.append(row)
+    return rows
 
 
 def ev_metrics(run_dir: Path) -> dict[str, Any]:
