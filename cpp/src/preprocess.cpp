@@ -104,25 +104,27 @@ void nv12_row_to_rgb(const uint8_t* yrow, const uint8_t* uvrow, int x0, int x1, 
   }
 }
 
-// Horizontal pass over one source row: out[c * crop + j] = sum_k w[j][k] * src[idx[j][k] * bpp + off[c]].
-template <int TAPS>
-void horizontal(const uint8_t* src, int bpp, const int off[3], const int32_t* idx, const float* w, int crop,
-                float* out) {
-  float* o0 = out;
-  float* o1 = out + crop;
-  float* o2 = out + 2 * crop;
+// Horizontal pass over one source row: out[c * crop + j] = sum_k w[j][k] * src[idx[j][k] * BPP + off[c]].
+// Pixel size, channel offsets and tap count are compile-time constants so that the loop
+// unrolls fully; the channel order is folded into R, G, B.
+template <int TAPS, int BPP, int R, int G, int B>
+void horizontal(const uint8_t* __restrict src, const int32_t* __restrict idx, const float* __restrict w, int crop,
+                float* __restrict out) {
+  float* __restrict o0 = out;
+  float* __restrict o1 = out + crop;
+  float* __restrict o2 = out + 2 * crop;
   for (int j = 0; j < crop; ++j) {
     const int32_t* ix = idx + j * TAPS;
     const float* wj = w + j * TAPS;
-    const uint8_t* p = src + static_cast<ptrdiff_t>(ix[0]) * bpp;
-    float r = static_cast<float>(p[off[0]]) * wj[0];
-    float g = static_cast<float>(p[off[1]]) * wj[0];
-    float b = static_cast<float>(p[off[2]]) * wj[0];
+    const uint8_t* p = src + static_cast<ptrdiff_t>(ix[0]) * BPP;
+    float r = static_cast<float>(p[R]) * wj[0];
+    float g = static_cast<float>(p[G]) * wj[0];
+    float b = static_cast<float>(p[B]) * wj[0];
     for (int k = 1; k < TAPS; ++k) {
-      p = src + static_cast<ptrdiff_t>(ix[k]) * bpp;
-      r += static_cast<float>(p[off[0]]) * wj[k];
-      g += static_cast<float>(p[off[1]]) * wj[k];
-      b += static_cast<float>(p[off[2]]) * wj[k];
+      p = src + static_cast<ptrdiff_t>(ix[k]) * BPP;
+      r += static_cast<float>(p[R]) * wj[k];
+      g += static_cast<float>(p[G]) * wj[k];
+      b += static_cast<float>(p[B]) * wj[k];
     }
     o0[j] = r;
     o1[j] = g;
@@ -130,19 +132,30 @@ void horizontal(const uint8_t* src, int bpp, const int off[3], const int32_t* id
   }
 }
 
+template <int BPP, int R, int G, int B>
+void horizontal_any(int taps, const uint8_t* src, const int32_t* idx, const float* w, int crop, float* out) {
+  switch (taps) {
+    case 1: horizontal<1, BPP, R, G, B>(src, idx, w, crop, out); break;
+    case 2: horizontal<2, BPP, R, G, B>(src, idx, w, crop, out); break;
+    default: horizontal<4, BPP, R, G, B>(src, idx, w, crop, out); break;
+  }
+}
+
 // Vertical pass for one output row and channel: combine TAPS horizontally resized rows,
-// round half to even, clamp to uint8, normalise through the channel's lookup table.
+// round half to even, clamp to uint8, normalise ((q * scale - mean) / std, the reference's
+// float32 operations). No table lookups, so the loop vectorises.
 template <int TAPS>
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-void vertical(const float* const* rows, const float* w, int crop, const float* lut, float* out) {
+void vertical(const float* const* rows, const float* w, int crop, float scale, float mean, float stdev,
+              float* __restrict out) {
   for (int j = 0; j < crop; ++j) {
     float v = rows[0][j] * w[0];
     for (int k = 1; k < TAPS; ++k) v += rows[k][j] * w[k];
     v = std::nearbyint(v);
     v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-    out[j] = lut[static_cast<int>(v)];
+    out[j] = (v * scale - mean) / stdev;
   }
 }
 
@@ -185,11 +198,6 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
   const Interpolation interp = identity ? Interpolation::Bilinear : spec.interpolation;
   const int taps = identity ? 1 : (interp == Interpolation::Bilinear ? 2 : 4);
 
-  // Lookup tables: uint8 value -> normalised float, per channel, computed as the reference does.
-  float lut[3][256];
-  for (int c = 0; c < 3; ++c)
-    for (int v = 0; v < 256; ++v) lut[c][v] = (static_cast<float>(v) * spec.scale - spec.mean[c]) / spec.stdev[c];
-
   if (identity) {
     s.xidx.resize(crop); s.xw.assign(crop, 1.0f); s.yidx.resize(crop); s.yw.assign(crop, 1.0f);
     for (int i = 0; i < crop; ++i) { s.xidx[i] = left + i; s.yidx[i] = top + i; }
@@ -204,14 +212,6 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
 
   // Horizontal pass over every source row the crop needs.
   s.hrows.resize(static_cast<size_t>(nrows) * 3 * crop);
-  const int bpp = bytes_per_pixel(image.pixel_format);
-  int off[3] = {0, 1, 2};
-  switch (image.pixel_format) {
-    case EDGECLF_PIXEL_BGR8:
-    case EDGECLF_PIXEL_BGRA8: off[0] = 2; off[2] = 0; break;
-    case EDGECLF_PIXEL_GRAY8: off[1] = off[2] = 0; break;
-    default: break;
-  }
   const bool nv12 = image.pixel_format == EDGECLF_PIXEL_NV12;
   const uint8_t* uv_plane = image.uv_data ? image.uv_data : image.data + static_cast<ptrdiff_t>(image.stride_bytes) * h;
   const int uv_stride = image.uv_data ? image.uv_stride_bytes : image.stride_bytes;
@@ -223,21 +223,21 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
     for (size_t i = 0; i < s.xidx.size(); ++i) xshift[i] = s.xidx[i] - x0;
     xidx = xshift.data();
   }
+  const float* xw = s.xw.data();
   for (int r = 0; r < nrows; ++r) {
     const int y = y0 + r;
     const uint8_t* row = image.data + static_cast<ptrdiff_t>(image.stride_bytes) * y;
-    int row_bpp = bpp;
-    if (nv12) {
-      nv12_row_to_rgb(row, uv_plane + static_cast<ptrdiff_t>(uv_stride) * (y / 2), x0, x1, s.rgb_row.data());
-      row = s.rgb_row.data();
-      row_bpp = 3;
-      off[0] = 0; off[1] = 1; off[2] = 2;
-    }
     float* dst = &s.hrows[static_cast<size_t>(r) * 3 * crop];
-    switch (taps) {
-      case 1: horizontal<1>(row, row_bpp, off, xidx, s.xw.data(), crop, dst); break;
-      case 2: horizontal<2>(row, row_bpp, off, xidx, s.xw.data(), crop, dst); break;
-      default: horizontal<4>(row, row_bpp, off, xidx, s.xw.data(), crop, dst); break;
+    switch (image.pixel_format) {
+      case EDGECLF_PIXEL_RGB8: horizontal_any<3, 0, 1, 2>(taps, row, xidx, xw, crop, dst); break;
+      case EDGECLF_PIXEL_BGR8: horizontal_any<3, 2, 1, 0>(taps, row, xidx, xw, crop, dst); break;
+      case EDGECLF_PIXEL_RGBA8: horizontal_any<4, 0, 1, 2>(taps, row, xidx, xw, crop, dst); break;
+      case EDGECLF_PIXEL_BGRA8: horizontal_any<4, 2, 1, 0>(taps, row, xidx, xw, crop, dst); break;
+      case EDGECLF_PIXEL_GRAY8: horizontal_any<1, 0, 0, 0>(taps, row, xidx, xw, crop, dst); break;
+      default:  // NV12
+        nv12_row_to_rgb(row, uv_plane + static_cast<ptrdiff_t>(uv_stride) * (y / 2), x0, x1, s.rgb_row.data());
+        horizontal_any<3, 0, 1, 2>(taps, s.rgb_row.data(), xidx, xw, crop, dst);
+        break;
     }
   }
 
@@ -251,9 +251,9 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
       const float* wy = &s.yw[static_cast<size_t>(i) * taps];
       float* o = out + c * plane + static_cast<size_t>(i) * crop;
       switch (taps) {
-        case 1: vertical<1>(rows, wy, crop, lut[c], o); break;
-        case 2: vertical<2>(rows, wy, crop, lut[c], o); break;
-        default: vertical<4>(rows, wy, crop, lut[c], o); break;
+        case 1: vertical<1>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
+        case 2: vertical<2>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
+        default: vertical<4>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
       }
     }
   }
