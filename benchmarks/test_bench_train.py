@@ -111,6 +111,7 @@ def plain_timm_epoch(root, rows):
     return time.perf_counter() - t
 
 
+@pytest.mark.heavy
 def test_train_throughput_vs_plain_timm(benchmark, subset) -> None:
     root, rows = subset
     with tempfile.TemporaryDirectory() as cache:

@@ -668,6 +668,133 @@ def demo(
     _render_split(summary)
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+_VERDICT_STYLE = {"fits": "[green]fits[/]", "over": "[bold red]over[/]", "not_checked": "[dim]–[/]"}
+
+
+def _render_bench(rep: Any) -> None:
+    from rich import box
+
+    env, s = rep.environment, rep.settings
+    threads = s.threads if s.threads else "runtime default"
+    start = "frames + preprocessing" if s.include_preprocess else "preprocessed tensor"
+    t = Table(title=f"{rep.bundle.name} ({rep.bundle.input_size} px): latency in ms, {s.rounds} rounds after "
+                    f"{s.warmup} warm-up, threads {threads}, from the {start}",
+              caption=f"{env.cpu_model} · {env.machine} · {env.cpu_count} CPUs · "
+                      + " ".join(f"{k} {v}" for k, v in env.versions.items()),
+              box=box.SIMPLE_HEAD, padding=0)
+    for col in ("runtime", "precision", "batch", "p50", "p90", "p95", "p99", "img/s", "RSS MB"):
+        t.add_column(col, justify="left" if col in ("runtime", "precision") else "right", no_wrap=True)
+    if rep.profile is not None:
+        t.add_column(f"p95≤{rep.profile.latency_ms_p95:g}", no_wrap=True)
+    for r in rep.results:
+        lat = r.latency
+        delta = f"+{r.rss_delta_mb:.0f}" if r.rss_delta_mb is not None else ""
+        runtime = r.runtime if r.runtime == r.engine else f"{r.runtime} ({r.format})"
+        row = [runtime, r.precision, str(r.batch), _ms(lat.p50_ms), _ms(lat.p90_ms), _ms(lat.p95_ms),
+               _ms(lat.p99_ms), f"{r.images_per_s:.1f}", f"{r.peak_rss_mb:.0f}{delta}"]
+        if rep.profile is not None:
+            row.append(_VERDICT_STYLE[r.budget.verdict] if r.budget else "")
+        t.add_row(*row)
+    out.print(t)
+    out.print("[dim]RSS MB: peak resident memory of the process, + what loading and running the artifact added"
+              + ("" if not rep.results or rep.results[0].rss_method == "vmhwm_reset"
+                 else " (lifetime peak: the per-artifact reset is not available here)") + "[/]")
+    for sk in rep.skipped:
+        out.print(f"[yellow]skipped {sk.runtime} {sk.format}/{sk.precision}[/]: {sk.reason}", highlight=False)
+    for note in rep.notes:
+        out.print(f"[bold yellow]note:[/] {note}", highlight=False)
+
+
+def _render_compare(cmp: Any) -> None:
+    from rich import box
+
+    ids = {src.label: str(i + 1) for i, src in enumerate(cmp.sources)}
+    for src in cmp.sources:
+        out.print(f"[bold]{ids[src.label]}[/] {src.label}: {src.kind}, bundle {src.bundle or '?'}, profile {src.profile or '–'}, "
+                  f"{'; '.join(src.cpu_models) or 'CPU unknown'}" + (f", {src.created}" if src.created else ""),
+                  highlight=False)
+    t = Table(title=f"{len(cmp.rows)} rows from {len(cmp.sources)} file(s): latency in ms", box=box.SIMPLE_HEAD, padding=0)
+    verdicts = any(r.verdict for r in cmp.rows)
+    ratios = len(cmp.sources) > 1
+    for col in ("#", "runtime", "precision", "batch", "p50", "p95", "p99", "img/s", "RSS MB") + (
+            ("budget",) if verdicts else ()) + (("×p50",) if ratios else ()):
+        t.add_column(col, justify="left" if col in ("runtime", "precision", "budget") else "right", no_wrap=True)
+    formats = {"onnxruntime": "onnx", "openvino": "openvino", "torch": "torchscript", "tensorrt": "tensorrt"}
+    for r in cmp.rows:
+        runtime = r.runtime if r.format in ("-", formats.get(r.runtime)) else f"{r.runtime} ({r.format})"
+        row = [ids[r.source], runtime, r.precision + (" +pre" if r.includes_preprocess else ""), str(r.batch),
+               _ms(r.p50_ms), _ms(r.p95_ms), _ms(r.p99_ms), "–" if r.images_per_s is None else f"{r.images_per_s:.1f}",
+               "–" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"]
+        if verdicts:
+            row.append(_VERDICT_STYLE.get(r.verdict or "", r.verdict or "–"))
+        if ratios:
+            row.append("–" if r.p50_ratio is None else f"{r.p50_ratio:.2f}")
+        t.add_row(*row)
+    out.print(t)
+    for note in cmp.notes:
+        out.print(f"[dim]{note}[/]", highlight=False)
+
+
+@app.command("bench")
+def bench_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="A bundle directory; with --compare, bench result JSON files.",
+                                                show_default=False)],
+    runtime: Annotated[str | None, typer.Option(help="Comma list: onnxruntime, openvino, torch, tensorrt, or a registered runner (e.g. cpp). Default: all.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Comma list of fp32,fp16,int8. Default: every shipped artifact.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Comma list of batch sizes. [default: 1,8]")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Timed calls per runtime, artifact and batch size. [default: 50]")] = None,
+    warmup: Annotated[int | None, typer.Option(min=0, help="Untimed warm-up calls before them. [default: 5]")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads (default: the profile's, else the runtime's).")] = None,
+    profile: Annotated[str | None, typer.Option(help="Mark batch-1 rows against this profile's p95 budget; meaningful only when run on that device.")] = None,
+    preprocess: Annotated[bool, typer.Option("--preprocess", help="Time the reference preprocessing of 640x480 frames as well.")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Also write the result (or comparison) JSON to this file.")] = None,
+    compare_files: Annotated[bool, typer.Option("--compare", help="Compare result files (edgeclf bench --out; pytest-benchmark --benchmark-json) instead of measuring.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latency (p50/p90/p95/p99), throughput and peak memory of a bundle's artifacts on this machine."""
+    from edgeclf._io import write_json
+    from edgeclf.bench import DEFAULT_BATCHES, DEFAULT_ROUNDS, DEFAULT_WARMUP, compare, run_bench
+
+    if compare_files:
+        given = [n for n, v in (("--runtime", runtime), ("--precision", precision), ("--batch", batch),
+                                ("--rounds", rounds), ("--warmup", warmup), ("--threads", threads),
+                                ("--profile", profile), ("--preprocess", preprocess or None)) if v is not None]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --compare")
+        cmp = compare(paths)
+        if out_file is not None:
+            write_json(out_file, cmp.to_json_dict())
+        if as_json:
+            _print_json(cmp.to_json_dict())
+        else:
+            _render_compare(cmp)
+        return
+    if len(paths) != 1:
+        raise typer.BadParameter("give one bundle directory (or --compare with result files)")
+    if paths[0].is_file() and paths[0].suffix == ".json":
+        raise typer.BadParameter(f"{paths[0]} is a file; to compare result files, pass --compare")
+    with _progress("benchmarking", not as_json) as cb:
+        rep = run_bench(paths[0], batches=batch or DEFAULT_BATCHES, rounds=rounds or DEFAULT_ROUNDS,
+                        warmup=DEFAULT_WARMUP if warmup is None else warmup, runtimes=_csv_list(runtime),
+                        precisions=_csv_list(precision), threads=threads, profile=profile, include_preprocess=preprocess,
+                        progress=lambda label, done, total: cb(done, total))
+    if out_file is not None:
+        write_json(out_file, rep.to_json_dict())
+    if as_json:
+        _print_json(rep.to_json_dict())
+        return
+    _render_bench(rep)
+    if out_file is not None:
+        out.print(f"wrote {out_file}")
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the edgeclf version and exit.")] = False,
