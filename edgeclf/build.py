@@ -258,7 +258,7 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
 
     run_dir = out / "run"
     val = evaluate(run_dir, "val", robustness=opts.robustness, explain=False, log=log)
-    test_path = run_dir / "evaluation" / "test" / "metrics.json"
+    test_path = run_dir / "eval" / "test" / "metrics.json"
     if test_path.is_file():  # touched once already (an interrupted build): read, never re-evaluate
         test = json.loads(test_path.read_text(encoding="utf-8"))
     else:

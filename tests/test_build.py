@@ -1,0 +1,111 @@
+"""`edgeclf build`: stage bookkeeping, the whole chain on a tiny data set, resume, budgets."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edgeclf.build import BuildError, BuildOptions, Stages, build, data_listing_key
+from tests.conftest import make_clean_dataset
+
+
+def test_stages_skip_redo_and_record(tmp_path: Path) -> None:
+    calls: list[str] = []
+    out = tmp_path / "o.txt"
+
+    def work() -> dict:
+        calls.append("x")
+        out.write_text("done")
+        return {"n": len(calls)}
+
+    s = Stages(tmp_path, lambda m: None)
+    assert s.run("a", {"k": 1}, [out], work) == {"n": 1}
+    assert Stages(tmp_path, lambda m: None).run("a", {"k": 1}, [out], work) == {"n": 1}  # cached
+    assert len(calls) == 1
+    assert Stages(tmp_path, lambda m: None).run("a", {"k": 2}, [out], work) == {"n": 2}  # inputs changed
+    out.unlink()
+    assert Stages(tmp_path, lambda m: None).run("a", {"k": 2}, [out], work) == {"n": 3}  # output gone
+
+    def boom() -> dict:
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        Stages(tmp_path, lambda m: None).run("b", {}, [], boom)
+    assert not (tmp_path / "stages" / "b.json").exists()  # a failed stage never looks finished
+
+
+def test_data_key_follows_the_files(tmp_path: Path) -> None:
+    root = make_clean_dataset(tmp_path / "d", {"a": 3, "b": 3})
+    k = data_listing_key(root)
+    assert data_listing_key(root) == k
+    next(iter(sorted((root / "a").iterdir()))).unlink()
+    assert data_listing_key(root) != k
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, BuildOptions]:
+    base = tmp_path_factory.mktemp("build")
+    data = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
+    opts = BuildOptions(profile="x86-64-avx512", data_dir=data, out=base / "out", epochs=1, image_size=64,
+                        robustness=False, calibration_images=8, workers=0, measure=True)
+    res = build(opts)
+    return base / "out", res, opts
+
+
+def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
+    out, res, _ = tiny_build
+    assert [s["stage"] for s in res["stages"]] == ["audit", "split", "select", "train", "evaluate", "export",
+                                                   "benchmark", "package", "report"]
+    r = res["results"]
+    assert r["audit"]["num_images"] == 30 and r["audit"]["num_classes"] == 3
+    assert r["select"]["backbone"] == "tf_efficientnet_lite0"  # the best fitting candidate with weights here
+    sel = json.loads((out / "selection.json").read_text())
+    assert len(sel["candidates"]) > 10 and any(not c["weights_here"] for c in sel["candidates"])
+    ledger = (out / "run" / "test_ledger.jsonl").read_text().splitlines()
+    assert len(ledger) == 1  # the test split was touched, once
+    assert {"onnx/fp32", "onnx/int8", "openvino/fp32"} <= set(r["export"]["artifacts"])
+    assert any(row["format"].startswith("c-runtime") for row in r["export"]["parity"])
+    assert r["benchmark"]["source"] == "measured" and r["benchmark"]["latency_ms_p95"] > 0
+    pkg = out / r["package"]["package"]
+    with tarfile.open(pkg) as tar:
+        names = tar.getnames()
+    top = names[0].split("/")[0]
+    for want in ["README.md", "bundle/edgeclf.json", "include/edgeclf/edgeclf.h", "examples/classify.c",
+                 "src/CMakeLists.txt", "lib/cmake/edgeclf/edgeclfConfig.cmake"]:
+        assert f"{top}/{want}" in names, want
+    assert any(n.startswith(f"{top}/lib/libedgeclf.so") for n in names)
+    report = (out / "report.md").read_text()
+    assert "| backbone | px |" in report and "MEASURED" in report
+
+
+def test_build_resumes_finished_stages(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
+    out, first, opts = tiny_build
+    before = (out / "run" / "checkpoints" / "best.pt").stat().st_mtime_ns
+    again = build(opts)
+    assert all(s["status"] == "cached" for s in again["stages"])
+    assert (out / "run" / "checkpoints" / "best.pt").stat().st_mtime_ns == before
+    # a changed budget re-selects (the choice stays) and redoes only what depends on it
+    (out / "stages" / "benchmark.json").unlink()
+    third = build(opts)
+    status = {s["stage"]: s["status"] for s in third["stages"]}
+    assert status["train"] == "cached" and status["benchmark"] == "done"
+
+
+def test_estimate_is_labelled_for_another_device(tiny_build: tuple[Path, dict, BuildOptions], tmp_path: Path) -> None:
+    from edgeclf.build import _stage_benchmark
+
+    out, res, opts = tiny_build
+    o = BuildOptions(profile="jetson-orin", data_dir=opts.data_dir, out=out)
+    b = _stage_benchmark(o, out, {**res["results"]["select"], "latency_ms_p95_estimate": 3.0}, lambda m: None)
+    assert b["source"] == "estimate" and "GPU" in b["why"] and b["latency_ms_p95"] == 3.0
+
+
+def test_no_candidate_fits_names_the_closest(tmp_path: Path) -> None:
+    data = make_clean_dataset(tmp_path / "data", {"a": 5, "b": 5})
+    with pytest.raises(BuildError, match="select:.*closest"):
+        build(BuildOptions(profile="raspberry-pi-5", data_dir=data, out=tmp_path / "out", budget_ms=0.01))
+    assert (tmp_path / "out" / "stages" / "split.json").is_file()  # finished stages stay finished
+    assert not (tmp_path / "out" / "stages" / "select.json").exists()
