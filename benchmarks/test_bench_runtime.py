@@ -37,6 +37,12 @@ def _pedantic(benchmark: Any, fn: Any, rounds: int = 60) -> None:
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=10)
 
 
+def _median(benchmark: Any) -> float | None:
+    """The run's median (None under --benchmark-disable, where nothing is timed)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None else None
+
+
 def _info(benchmark: Any, clf: Any, kind: str, precision: str) -> None:
     benchmark.extra_info.update(runtime=f"edgeclf-c/{clf.backend}", precision=clf.precision, requested=precision,
                                 artifact=clf.artifact, kind=kind, frame="640x480 RGB8", batch=1, **versions())
@@ -80,7 +86,7 @@ def test_python_reference(benchmark: Any, bundle_dir: Path) -> None:
     _pedantic(benchmark, once, rounds=30)
     benchmark.extra_info.update(runtime="python-reference (PIL + eager timm)", precision="fp32", kind="reference",
                                 frame="640x480 RGB8", batch=1, **versions())
-    _medians[("reference", "")] = benchmark.stats.stats.median
+    _medians[("reference", "")] = _median(benchmark)
 
 
 def test_c_bare_backend(benchmark: Any, clf: Any) -> None:
@@ -88,7 +94,7 @@ def test_c_bare_backend(benchmark: Any, clf: Any) -> None:
     x = c.preprocess(_frame())[None].copy()
     _pedantic(benchmark, lambda: c.run_tensor(x))
     _info(benchmark, c, "bare-backend", precision)
-    _medians[("bare", precision)] = benchmark.stats.stats.median
+    _medians[("bare", precision)] = _median(benchmark)
 
 
 def test_c_preprocess(benchmark: Any, clf: Any) -> None:
@@ -103,8 +109,10 @@ def test_c_end_to_end(benchmark: Any, clf: Any) -> None:
     frame = _frame()
     _pedantic(benchmark, lambda: c.classify(frame, top_k=5))
     _info(benchmark, c, "end-to-end", precision)
-    med = benchmark.stats.stats.median
-    if ("reference", "") in _medians:
+    med = _median(benchmark)
+    if med is None:
+        return
+    if _medians.get(("reference", "")):
         benchmark.extra_info["speedup_vs_python_reference"] = round(_medians[("reference", "")] / med, 2)
-    if ("bare", precision) in _medians:
+    if _medians.get(("bare", precision)):
         benchmark.extra_info["end_to_end_over_bare_backend"] = round(med / _medians[("bare", precision)], 3)
