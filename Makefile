@@ -6,8 +6,9 @@ PYTEST_ARGS ?=
 bootstrap:
 	@scripts/bootstrap.sh
 
+# The SDK's one command on the embedded elpv data set, for this machine's profile.
 demo: bootstrap
-	.venv/bin/edgeclf demo --out demo-out
+	.venv/bin/edgeclf build --profile auto --data elpv --out demo-out --epochs 3
 
 test: bootstrap
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -163,6 +163,17 @@ def host_is_target(profile: Any) -> tuple[bool, str]:
     return True, f"this host matches {profile.name}"
 
 
+def host_profile() -> str:
+    """The built-in profile that describes this host (for ``--profile auto``)."""
+    from edgeclf.select.calibration import _cpuinfo, match_host_profile
+
+    info = _cpuinfo()
+    name = match_host_profile(platform.machine().lower(), set(info.get("flags", info.get("Features", "")).split()))
+    if name is None:
+        raise ConfigError(f"no built-in profile describes this host ({platform.machine()}); pass --profile NAME")
+    return name
+
+
 # ------------------------------------------------------------------------------- stages
 
 def _stage_audit(data_dir: Path, out: Path) -> dict[str, Any]:
@@ -490,6 +501,9 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
     log = log or (lambda s: None)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
+    if opts.profile == "auto":
+        opts.profile = host_profile()
+        log(f"profile auto: this host is a {opts.profile}")
     profile = load_profile(opts.profile)  # fail early on a bad name
     opts.profile = profile.name
     data_dir = resolve_data(opts.data_dir, out, log)
