@@ -185,9 +185,12 @@ def test_profile_info_and_target_notes() -> None:
 
 
 def test_run_bench_rows(report, tiny_bundle: Path) -> None:
-    assert [(r.runtime, r.format, r.batch) for r in report.results] == [
+    python_rows = [r for r in report.results if r.runtime != "cpp"]  # cpp: the C runtime's entry-point runner
+    assert [(r.runtime, r.format, r.batch) for r in python_rows] == [
         ("onnxruntime", "onnx", 1), ("onnxruntime", "onnx", 2), ("torch", "torchscript", 1), ("torch", "torchscript", 2)]
-    for r in report.results:
+    cpp_rows = [r for r in report.results if r.runtime == "cpp"]
+    assert all(r.format == "onnx" and r.includes_preprocess for r in cpp_rows)
+    for r in python_rows:
         lat = r.latency
         assert lat.rounds == 3 and len(r.samples_ms) == 3 and r.warmup == 1 and not r.includes_preprocess
         assert lat.min_ms <= lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
@@ -274,17 +277,17 @@ def test_extra_runner_hook(tiny_bundle: Path) -> None:
     assert reasons[("unbuilt", "onnx")] == reasons[("unbuilt", "torchscript")] == "the C++ runtime module is not built"
     assert reasons[("crashing", "onnx")].startswith("failed: RuntimeError: boom")
 
-    register_runner("cpp", stub_factory)
+    register_runner("stub-rt", stub_factory)
     try:
-        assert "cpp" in runner_factories() and "onnxruntime" in runner_factories()
+        assert "stub-rt" in runner_factories() and "onnxruntime" in runner_factories()
         with pytest.raises(ConfigError, match="registered already"):
-            register_runner("cpp", stub_factory)
-        register_runner("cpp", stub_factory, replace=True)
-        rep = run_bench(tiny_bundle, runtimes=["cpp"], batches=[1], rounds=1, warmup=0, image_size=(40, 48))
-        assert [r.runtime for r in rep.results] == ["cpp"]
+            register_runner("stub-rt", stub_factory)
+        register_runner("stub-rt", stub_factory, replace=True)
+        rep = run_bench(tiny_bundle, runtimes=["stub-rt"], batches=[1], rounds=1, warmup=0, image_size=(40, 48))
+        assert [r.runtime for r in rep.results] == ["stub-rt"]
     finally:
-        unregister_runner("cpp")
-    assert "cpp" not in runner_factories()
+        unregister_runner("stub-rt")
+    assert "stub-rt" not in runner_factories()
     with pytest.raises(ConfigError, match="built-in"):
         register_runner("onnxruntime", stub_factory)
 
@@ -415,7 +418,8 @@ def test_benchmark_suite_runs_as_tests(tiny_bundle: Path) -> None:
     """`pytest benchmarks --benchmark-disable`: every suite collects; the latency rows run once each."""
     proc = run_suite("benchmarks", "--benchmark-disable", "--bundle", str(tiny_bundle), "-k", "latency")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout and "deselected" in proc.stdout, proc.stdout  # 2 artifacts x batch 1, 8
+    # 2 artifacts x batch 1, 8 in Python, + the C runtime (cpp) on the ONNX artifact at batch 1, 8
+    assert "6 passed" in proc.stdout and "deselected" in proc.stdout, proc.stdout
 
 
 def test_benchmark_budget_check_fails_the_run(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -437,7 +441,8 @@ def test_benchmark_budget_check_fails_the_run(tiny_bundle: Path, tmp_path: Path)
                      "--bench-batch", "1", "--bench-rounds", "2", "--bench-warmup", "0", "--profile", str(generous),
                      "--budget-check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "budget check passed: 1 checked row(s) within budget" in proc.stdout  # torch is not a runtime of the profile
+    # onnxruntime and the C runtime on the ONNX artifact; torch is not a runtime of the profile
+    assert "budget check passed: 2 checked row(s) within budget" in proc.stdout, proc.stdout
 
     proc = run_suite("benchmarks/test_bench_latency.py", "--benchmark-disable", "--budget-check")
     assert proc.returncode == 4 and "--budget-check needs --profile" in proc.stderr
