@@ -75,6 +75,9 @@ struct PreprocessScratch {
   std::vector<float> hrows;       // horizontally resized source rows, crop columns only
   std::vector<int32_t> xidx, yidx; // tap indices
   std::vector<float> xw, yw;      // tap weights
+  std::vector<int32_t> xidxT;     // column taps, tap-major, relative to the first column read
+  std::vector<float> xwT;
+  std::vector<float> planes;      // one source row as three float planes
 };
 
 // Validate `image` and write the 3 x crop x crop float32 tensor the spec defines to `out`.

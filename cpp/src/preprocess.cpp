@@ -104,40 +104,50 @@ void nv12_row_to_rgb(const uint8_t* yrow, const uint8_t* uvrow, int x0, int x1, 
   }
 }
 
-// Horizontal pass over one source row: out[c * crop + j] = sum_k w[j][k] * src[idx[j][k] * BPP + off[c]].
-// Pixel size, channel offsets and tap count are compile-time constants so that the loop
-// unrolls fully; the channel order is folded into R, G, B.
-template <int TAPS, int BPP, int R, int G, int B>
-void horizontal(const uint8_t* __restrict src, const int32_t* __restrict idx, const float* __restrict w, int crop,
-                float* __restrict out) {
-  float* __restrict o0 = out;
-  float* __restrict o1 = out + crop;
-  float* __restrict o2 = out + 2 * crop;
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define EDGECLF_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EDGECLF_SIMD_CLONES
+#endif
+
+// Columns [0, n) of a packed row to three float planes (R, G, B order after the swap).
+template <int BPP, int R, int G, int B>
+EDGECLF_SIMD_CLONES void to_planes(const uint8_t* __restrict src, int n, float* __restrict pr, float* __restrict pg,
+                                   float* __restrict pb) {
+  for (int x = 0; x < n; ++x) {
+    pr[x] = static_cast<float>(src[x * BPP + R]);
+    pg[x] = static_cast<float>(src[x * BPP + G]);
+    pb[x] = static_cast<float>(src[x * BPP + B]);
+  }
+}
+
+// One channel's horizontal pass with tap-major indices and weights (idx[k * crop + j]):
+// out[j] = p[idx0[j]] * w0[j] + p[idx1[j]] * w1[j] + ..., accumulated from the first tap —
+// the spec's order — with j contiguous across lanes, which vectorises (as gathers).
+template <int TAPS>
+EDGECLF_SIMD_CLONES void horizontal_planar(const float* __restrict p, const int32_t* __restrict idx,
+                                           const float* __restrict w, int crop, float* __restrict out) {
   for (int j = 0; j < crop; ++j) {
-    const int32_t* ix = idx + j * TAPS;
-    const float* wj = w + j * TAPS;
-    const uint8_t* p = src + static_cast<ptrdiff_t>(ix[0]) * BPP;
-    float r = static_cast<float>(p[R]) * wj[0];
-    float g = static_cast<float>(p[G]) * wj[0];
-    float b = static_cast<float>(p[B]) * wj[0];
-    for (int k = 1; k < TAPS; ++k) {
-      p = src + static_cast<ptrdiff_t>(ix[k]) * BPP;
-      r += static_cast<float>(p[R]) * wj[k];
-      g += static_cast<float>(p[G]) * wj[k];
-      b += static_cast<float>(p[B]) * wj[k];
-    }
-    o0[j] = r;
-    o1[j] = g;
-    o2[j] = b;
+    float v = p[idx[j]] * w[j];
+    for (int k = 1; k < TAPS; ++k) v += p[idx[k * crop + j]] * w[k * crop + j];
+    out[j] = v;
   }
 }
 
 template <int BPP, int R, int G, int B>
-void horizontal_any(int taps, const uint8_t* src, const int32_t* idx, const float* w, int crop, float* out) {
-  switch (taps) {
-    case 1: horizontal<1, BPP, R, G, B>(src, idx, w, crop, out); break;
-    case 2: horizontal<2, BPP, R, G, B>(src, idx, w, crop, out); break;
-    default: horizontal<4, BPP, R, G, B>(src, idx, w, crop, out); break;
+void horizontal_rows(int taps, const uint8_t* row, int x0, int n, const int32_t* idxT, const float* wT, int crop,
+                     float* planes, float* dst) {
+  float* pr = planes;
+  float* pg = planes + n;
+  float* pb = planes + 2 * n;
+  to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
+  const float* ps[3] = {pr, pg, pb};
+  for (int c = 0; c < 3; ++c) {
+    switch (taps) {
+      case 1: horizontal_planar<1>(ps[c], idxT, wT, crop, dst + c * crop); break;
+      case 2: horizontal_planar<2>(ps[c], idxT, wT, crop, dst + c * crop); break;
+      default: horizontal_planar<4>(ps[c], idxT, wT, crop, dst + c * crop); break;
+    }
   }
 }
 
@@ -145,10 +155,7 @@ void horizontal_any(int taps, const uint8_t* src, const int32_t* idx, const floa
 // round half to even, clamp to uint8, normalise ((q * scale - mean) / std, the reference's
 // float32 operations). No table lookups, so the loop vectorises.
 template <int TAPS>
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void vertical(const float* const* rows, const float* w, int crop, float scale, float mean, float stdev,
+EDGECLF_SIMD_CLONES void vertical(const float* const* rows, const float* w, int crop, float scale, float mean, float stdev,
               float* __restrict out) {
   for (int j = 0; j < crop; ++j) {
     float v = rows[0][j] * w[0];
@@ -215,28 +222,33 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
   const bool nv12 = image.pixel_format == EDGECLF_PIXEL_NV12;
   const uint8_t* uv_plane = image.uv_data ? image.uv_data : image.data + static_cast<ptrdiff_t>(image.stride_bytes) * h;
   const int uv_stride = image.uv_data ? image.uv_stride_bytes : image.stride_bytes;
-  std::vector<int32_t> xshift;
-  const int32_t* xidx = s.xidx.data();
-  if (nv12) {  // convert columns x0..x1 of each row to RGB8 first; taps then index that row buffer
-    s.rgb_row.resize(static_cast<size_t>(x1 - x0 + 1) * 3);
-    xshift.resize(s.xidx.size());
-    for (size_t i = 0; i < s.xidx.size(); ++i) xshift[i] = s.xidx[i] - x0;
-    xidx = xshift.data();
-  }
-  const float* xw = s.xw.data();
+  if (nv12) s.rgb_row.resize(static_cast<size_t>(x1 - x0 + 1) * 3);
+  // Tap-major copies of the column taps, relative to x0 (the first column any tap reads).
+  const int ncols = x1 - x0 + 1;
+  s.xidxT.resize(s.xidx.size());
+  s.xwT.resize(s.xw.size());
+  for (int j = 0; j < crop; ++j)
+    for (int k = 0; k < taps; ++k) {
+      s.xidxT[static_cast<size_t>(k) * crop + j] = s.xidx[static_cast<size_t>(j) * taps + k] - x0;
+      s.xwT[static_cast<size_t>(k) * crop + j] = s.xw[static_cast<size_t>(j) * taps + k];
+    }
+  s.planes.resize(static_cast<size_t>(ncols) * 3);
+  const int32_t* it = s.xidxT.data();
+  const float* wt = s.xwT.data();
+  float* planes = s.planes.data();
   for (int r = 0; r < nrows; ++r) {
     const int y = y0 + r;
     const uint8_t* row = image.data + static_cast<ptrdiff_t>(image.stride_bytes) * y;
     float* dst = &s.hrows[static_cast<size_t>(r) * 3 * crop];
     switch (image.pixel_format) {
-      case EDGECLF_PIXEL_RGB8: horizontal_any<3, 0, 1, 2>(taps, row, xidx, xw, crop, dst); break;
-      case EDGECLF_PIXEL_BGR8: horizontal_any<3, 2, 1, 0>(taps, row, xidx, xw, crop, dst); break;
-      case EDGECLF_PIXEL_RGBA8: horizontal_any<4, 0, 1, 2>(taps, row, xidx, xw, crop, dst); break;
-      case EDGECLF_PIXEL_BGRA8: horizontal_any<4, 2, 1, 0>(taps, row, xidx, xw, crop, dst); break;
-      case EDGECLF_PIXEL_GRAY8: horizontal_any<1, 0, 0, 0>(taps, row, xidx, xw, crop, dst); break;
-      default:  // NV12
+      case EDGECLF_PIXEL_RGB8: horizontal_rows<3, 0, 1, 2>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_BGR8: horizontal_rows<3, 2, 1, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_RGBA8: horizontal_rows<4, 0, 1, 2>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_BGRA8: horizontal_rows<4, 2, 1, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_GRAY8: horizontal_rows<1, 0, 0, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      default:  // NV12: convert the needed columns to RGB8 first
         nv12_row_to_rgb(row, uv_plane + static_cast<ptrdiff_t>(uv_stride) * (y / 2), x0, x1, s.rgb_row.data());
-        horizontal_any<3, 0, 1, 2>(taps, s.rgb_row.data(), xidx, xw, crop, dst);
+        horizontal_rows<3, 0, 1, 2>(taps, s.rgb_row.data(), 0, ncols, it, wt, crop, planes, dst);
         break;
     }
   }
