@@ -211,13 +211,67 @@ def _weights_here(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _stage_select(opts: BuildOptions, out: Path) -> dict[str, Any]:
+# Runtimes a selection can time on this host (the calibration's measuring worker).
+_MEASURABLE = {"onnxruntime/CPU", "openvino/CPU"}
+_MAX_MEASURED = 4
+
+
+def _measure_candidate(c: Any, out: Path, log: Log) -> list[Any]:
+    """Time one candidate here (batch 1) and return it as selection measurements."""
+    from edgeclf.select import Measurement, load_calibration
+    from edgeclf.select.calibration import measure_backbones
+
+    cal = load_calibration()
+    threads = cal.host.threads if cal is not None else max(1, os.cpu_count() or 1)
+    work = out / "stages" / "select-measure"
+    work.mkdir(parents=True, exist_ok=True)
+    runtime = c.runtime.split("/")[0]
+    log(f"select: measuring {c.describe()} on this host")
+    points = measure_backbones([c.backbone], [c.resolution], [c.resolution] if c.precision == "int8" else [],
+                               [runtime], threads, seconds=3.0, work_dir=work, passes=1)
+    out_rows = []
+    for p in points:
+        if p.runtime != runtime or p.resolution != c.resolution:
+            continue
+        precisions = [p.precision]
+        if runtime == "openvino" and p.precision == "fp32":
+            # OpenVINO's CPU plugin runs an fp16 model in fp32 (the runtime's f32 hint):
+            # the fp32 timing is the fp16 artifact's timing on a CPU.
+            precisions.append("fp16")
+        out_rows += [Measurement(backbone=p.backbone, resolution=p.resolution, precision=q, runtime=c.runtime,
+                                 latency_ms_p95=p.p95_ms, file_mb=p.file_mib if q == p.precision else None)
+                     for q in precisions]
+    if not any(m.precision == c.precision for m in out_rows):
+        raise BuildError(f"select: measuring {c.describe()} gave no timing")
+    return out_rows
+
+
+def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> dict[str, Any]:
     from edgeclf.select import select_backbone
 
-    res = select_backbone(opts.profile, latency_ms=opts.budget_ms, candidates=opts.backbones)
-    fitting = sorted((c for c in res.candidates if c.fits),
-                     key=lambda c: (-(c.accuracy or 0.0), c.latency_ms_p95))
-    usable = [c for c in fitting if _weights_here(c.backbone)]
+    from edgeclf.profiles import load_profile
+
+    log = log or (lambda s: None)
+    measured: list[Any] = []
+    rounds = 0
+    if opts.measure:
+        here, why = host_is_target(load_profile(opts.profile))
+        if not here:
+            log(f"select: estimating, not measuring: {why}")
+            rounds = _MAX_MEASURED
+    while True:
+        res = select_backbone(opts.profile, latency_ms=opts.budget_ms, candidates=opts.backbones, measured=measured)
+        fitting = sorted((c for c in res.candidates if c.fits),
+                         key=lambda c: (-(c.accuracy or 0.0), c.latency_ms_p95))
+        usable = [c for c in fitting if _weights_here(c.backbone)]
+        # --measure: the choice's latency is timed here instead of estimated; a choice
+        # that misses the budget once measured drops out and the next one is timed.
+        top = usable[0] if usable else None
+        if (not opts.measure or top is None or top.latency_source == "measured"
+                or top.runtime not in _MEASURABLE or rounds >= _MAX_MEASURED):
+            break
+        measured += _measure_candidate(top, out, log)
+        rounds += 1
     if not usable:
         raise BuildError("select: no candidate that fits the budgets has pretrained weights available here "
                          f"(fitting: {', '.join(c.describe() for c in fitting[:5]) or 'none'}); "
@@ -519,9 +573,9 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
 
         cal = load_calibration()
         r["select"] = stages.run("select", {"profile": profile.to_json_dict(), "budget_ms": opts.budget_ms,
-                                            "backbones": opts.backbones,
+                                            "backbones": opts.backbones, "measure": bool(opts.measure),
                                             "calibration": cal.model_dump(mode="json") if cal is not None else None},
-                                 [out / "selection.json"], lambda: _stage_select(opts, out))
+                                 [out / "selection.json"], lambda: _stage_select(opts, out, log))
         train_key = {"split": r["split"]["fingerprint"], "backbone": r["select"]["backbone"],
                      "resolution": opts.image_size or r["select"]["resolution"], "config": _file_key(opts.config),
                      "epochs": opts.epochs, "batch_size": opts.batch_size, "seed": opts.seed, "extra": opts.extra_train}

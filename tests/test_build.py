@@ -109,3 +109,24 @@ def test_no_candidate_fits_names_the_closest(tmp_path: Path) -> None:
         build(BuildOptions(profile="raspberry-pi-5", data_dir=data, out=tmp_path / "out", budget_ms=0.01))
     assert (tmp_path / "out" / "stages" / "split.json").is_file()  # finished stages stay finished
     assert not (tmp_path / "out" / "stages" / "select.json").exists()
+
+
+def test_measure_times_the_choice_instead_of_estimating(tmp_path: Path) -> None:
+    from edgeclf.build import _stage_select, host_is_target
+    from edgeclf.profiles import load_profile
+
+    if not host_is_target(load_profile("x86-64-avx512"))[0]:
+        pytest.skip("this host is not an x86-64-avx512: --measure estimates instead")
+    opts = BuildOptions(profile="x86-64-avx512", data_dir=tmp_path, out=tmp_path, measure=True,
+                        backbones=["tf_efficientnet_lite0"])
+    lines: list[str] = []
+    res = _stage_select(opts, tmp_path, lines.append)
+    assert res["latency_source"] == "measured"
+    assert any("measuring tf_efficientnet_lite0" in line for line in lines)
+    doc = json.loads((tmp_path / "selection.json").read_text())
+    measured = [c for c in doc["candidates"] if c["latency_source"] == "measured"]
+    assert measured and all(c["latency_ms_p95"] > 0 for c in measured)
+    # a budget the measured time cannot meet is refused, naming the measured candidate
+    with pytest.raises(Exception, match="closest"):
+        _stage_select(BuildOptions(profile="x86-64-avx512", data_dir=tmp_path, out=tmp_path, measure=True,
+                                   backbones=["tf_efficientnet_lite0"], budget_ms=0.001), tmp_path)
