@@ -4,7 +4,10 @@ Run: pytest benchmarks/test_bench_costmodel.py --benchmark-only -s
 Each registered backbone is exported at its native resolution (ImageNet weights where
 the weights package is installed, random weights otherwise: latency does not depend on
 the values) and timed with the calibration's thread count; ``extra_info`` carries
-p50/p90/p99, the cost model's estimate and its error. To re-measure every backbone and
+p50/p90/p99 and the cost model's estimate and error twice: with the figures of the host the
+factors were calibrated on (``calibration.json``), and with this host's figures probed now
+(its GEMM rate and memory bandwidth, :func:`edgeclf.select.detect_host`); the second is the
+estimate for a machine the model was not calibrated on. To re-measure every backbone and
 refit the factors stored in the package, run ``python -m edgeclf.select``.
 """
 
@@ -18,12 +21,21 @@ import pytest
 from benchmarks.conftest import versions
 from edgeclf.models import list_backbones
 
+pytestmark = pytest.mark.heavy  # one export per backbone: minutes in all
+
 WARMUP = 5
 ROUNDS = 30
 
 
+@pytest.fixture(scope="module")
+def this_host():
+    from edgeclf.select import detect_host
+
+    return detect_host()
+
+
 @pytest.mark.parametrize("backbone", [b.name for b in list_backbones()])
-def test_costmodel_vs_measured(benchmark, request, tmp_path, backbone) -> None:
+def test_costmodel_vs_measured(benchmark, request, tmp_path, this_host, backbone) -> None:
     import onnxruntime as ort
     import timm
 
@@ -63,15 +75,20 @@ def test_costmodel_vs_measured(benchmark, request, tmp_path, backbone) -> None:
     benchmark.pedantic(once, rounds=ROUNDS, warmup_rounds=0)
     ms = np.array(times) * 1000
     p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
-    estimate = CostModel().estimate(
-        model_counts(backbone, size), calibration.host.figures(), ("onnxruntime", "CPUExecutionProvider"), "fp32"
-    )
+    counts = model_counts(backbone, size)
+    provider = ("onnxruntime", "CPUExecutionProvider")
+    estimate = CostModel().estimate(counts, calibration.host.figures(), provider, "fp32")
     error = 100 * (estimate.p50_ms / p50 - 1)
+    here = CostModel().estimate(counts, this_host.figures(), provider, "fp32")
+    error_here = 100 * (here.p50_ms / p50 - 1)
     benchmark.extra_info.update(versions())
     benchmark.extra_info.update(
         backbone=backbone, resolution=size, weights=weights, runtime="onnxruntime", precision="fp32", batch=1,
         threads=calibration.host.threads, p50_ms=round(p50, 3), p90_ms=round(p90, 3), p99_ms=round(p99, 3),
         estimated_p50_ms=round(estimate.p50_ms, 3), estimate_error_pct=round(error, 1),
+        estimated_p50_ms_this_host=round(here.p50_ms, 3), estimate_error_pct_this_host=round(error_here, 1),
+        this_host_gemm_gflops=this_host.gemm_gflops, calibration_gemm_gflops=calibration.host.gemm_gflops,
         calibrated=calibration.created, profile=request.config.getoption("--profile") or calibration.host.matched_profile,
     )
-    print(f"\n{backbone} {size} px: measured p50 {p50:.2f} ms, estimated {estimate.p50_ms:.2f} ms ({error:+.1f} %)")
+    print(f"\n{backbone} {size} px: measured p50 {p50:.2f} ms, estimated {estimate.p50_ms:.2f} ms ({error:+.1f} %) "
+          f"with the calibration host's figures, {here.p50_ms:.2f} ms ({error_here:+.1f} %) with this host's")

@@ -78,7 +78,10 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
         assert f"{top}/{want}" in names, want
     assert any(n.startswith(f"{top}/lib/libedgeclf.so") for n in names)
     report = (out / "report.md").read_text()
-    assert "| backbone | px |" in report and "MEASURED" in report
+    assert "| backbone | weights here |" in report and "MEASURED" in report
+    assert "tf_efficientnet_lite0 **(chosen)**" in report and "no pretrained weights here" in report
+    assert r["benchmark"]["rows"][0]["configuration"] == "selected"
+    assert r["benchmark"]["rows"][0]["precision"] == sel["choice"]["precision"]
 
 
 def test_build_resumes_finished_stages(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
