@@ -558,10 +558,14 @@ def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[
     for a in json.loads((out / "bundle" / "parity.json").read_text(encoding="utf-8")).get("artifacts", []):
         cmd = (a.get("details") or {}).get("trt_command")
         if cmd:
-            trt += f"\nTensorRT {a['precision']} engine (build it on the device, in `bundle/`):\n\n```sh\n{cmd}\n```\n"
             cal = (a.get("details") or {}).get("trt_calibration_command")
             if cal:
-                trt += f"\nint8 with its calibration cache:\n\n```sh\n{cal}\n```\n"
+                trt += ("\nTensorRT int8: first the calibration cache, with TensorRT's entropy calibrator over "
+                        "`model.calib.npy` (the calibration batch, preprocessed; needs the `tensorrt` Python "
+                        f"package and edgeclf on the device), in `bundle/`:\n\n```sh\n{cal}\n```\n\nthen the engine:\n")
+            else:
+                trt += f"\nTensorRT {a['precision']} engine (build it on the device, in `bundle/`):\n"
+            trt += f"\n```sh\n{cmd}\n```\n"
     test = ev.get("test", {}) or {}
     val = ev.get("val", {}) or {}
     write_text(root / "README.md", DEVICE_README.format(
