@@ -80,11 +80,15 @@ def _bad_bundles(base: Path, good: Path) -> list[Path]:
     return out
 
 
-def test_c_api_under_sanitizers(asan_build: Path, tmp_path: Path) -> None:
-    good = make_synthetic_bundle(tmp_path / "good", crop=32, resize=40)
+@pytest.mark.parametrize("bands", ["1", "2"])
+def test_c_api_under_sanitizers(asan_build: Path, tmp_path: Path, bands: str) -> None:
+    # bands=2: images large enough for the second band's helper thread (see preprocess.cpp)
+    crop, resize = (32, 40) if bands == "1" else (72, 80)
+    good = make_synthetic_bundle(tmp_path / "good", crop=crop, resize=resize)
     bad = _bad_bundles(tmp_path, good)
     r = _run([str(asan_build / "edgeclf_test_capi")],
-             env=_sanitizer_env(EDGECLF_TEST_BUNDLE=str(good), EDGECLF_TEST_BAD_BUNDLES=":".join(map(str, bad))))
+             env=_sanitizer_env(EDGECLF_TEST_BUNDLE=str(good), EDGECLF_TEST_BAD_BUNDLES=":".join(map(str, bad)),
+                                EDGECLF_PREPROCESS_BANDS=bands))
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     assert "tests passed" in r.stdout
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr

@@ -108,3 +108,30 @@ def test_padded_view_is_not_copied_but_read_in_place(clf) -> None:
     c, _ = clf
     a = IMAGES[-1]
     assert np.array_equal(c.preprocess(padded(a, 64)), c.preprocess(np.ascontiguousarray(a)))
+
+
+@pytest.mark.parametrize("fmt", ["RGB8", "BGRA8", "GRAY8", "NV12"])
+def test_two_bands_on_two_threads_are_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """The banded preprocessing (second band on a helper thread) gives exactly the serial tensor."""
+    d = make_synthetic_bundle(tmp_path / "bundle", crop=96, resize=110, interpolation="bicubic")
+    out = {}
+    for bands in ("1", "2"):
+        monkeypatch.setenv("EDGECLF_PREPROCESS_BANDS", bands)
+        with runtime.Classifier(d) as c:  # the variable is read when the session is created
+            got = []
+            for rgb in IMAGES:
+                if fmt == "NV12":
+                    frame = rgb_to_nv12(np.ascontiguousarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]))
+                elif fmt == "GRAY8":
+                    frame = np.asarray(Image.fromarray(rgb).convert("L"))
+                elif fmt == "BGRA8":
+                    frame = padded(np.concatenate([rgb[:, :, ::-1], np.full(rgb.shape[:2] + (1,), 9, np.uint8)], 2))
+                else:
+                    frame = padded(rgb)
+                if min(frame.shape[:2]) < 8:
+                    continue
+                got.append(c.preprocess(frame, fmt))
+        out[bands] = got
+    assert len(out["1"]) >= 5
+    for a, b in zip(out["1"], out["2"]):
+        assert np.array_equal(a, b)

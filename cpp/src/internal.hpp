@@ -69,15 +69,26 @@ std::vector<int> parse_semver(const std::string& version, const char* what);
 std::string sha256_hex(const void* data, size_t size);
 
 // ---- preprocessing ---------------------------------------------------------------------
-// Scratch reused across calls of one session.
-struct PreprocessScratch {
+// Per-band buffers (a band: a range of output rows, see preprocess.cpp).
+struct PreprocessBand {
   std::vector<uint8_t> rgb_row;   // one converted source row (RGB8)
   std::vector<float> hrows;       // horizontally resized source rows, crop columns only
+  std::vector<float> planes;      // one source row as three float planes
+};
+
+// Images at least this large (output values) are preprocessed in `parts` bands, the second
+// on a helper thread; smaller ones are not worth a thread start.
+constexpr int kMaxParts = 2;
+constexpr size_t kParallelMinValues = 64 * 64 * 3;
+
+// Scratch reused across calls of one session.
+struct PreprocessScratch {
+  int parts = 1;                   // bands per image: 1, or 2 when the session may use two threads
   std::vector<int32_t> xidx, yidx; // tap indices
   std::vector<float> xw, yw;      // tap weights
   std::vector<int32_t> xidxT;     // column taps, tap-major, relative to the first column read
   std::vector<float> xwT;
-  std::vector<float> planes;      // one source row as three float planes
+  PreprocessBand band[kMaxParts];
 };
 
 // Validate `image` and write the 3 x crop x crop float32 tensor the spec defines to `out`.

@@ -14,6 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <system_error>
+#include <thread>
 
 #include "internal.hpp"
 
@@ -193,6 +196,70 @@ void validate_image(const edgeclf_image* image, size_t position) {
   }
 }
 
+namespace {
+
+struct RowGeometry {
+  const edgeclf_image* image;
+  const PreprocessSpec* spec;
+  int taps, crop, x0, x1, ncols;
+};
+
+// Output rows [i0, i1) of the crop: horizontal sums of the source rows they read, then the
+// vertical pass, rounding and normalisation straight into the planar output.
+void band(const RowGeometry& g, const PreprocessScratch& s, PreprocessBand& b, int i0, int i1, float* out) {
+  const edgeclf_image& image = *g.image;
+  const int taps = g.taps, crop = g.crop, x0 = g.x0, x1 = g.x1, ncols = g.ncols;
+  const auto first = s.yidx.begin() + static_cast<ptrdiff_t>(i0) * taps;
+  const auto last = s.yidx.begin() + static_cast<ptrdiff_t>(i1) * taps;
+  const auto [ymin_it, ymax_it] = std::minmax_element(first, last);
+  const int y0 = *ymin_it, y1 = *ymax_it;
+  const int nrows = y1 - y0 + 1;
+  b.hrows.resize(static_cast<size_t>(nrows) * 3 * crop);
+  b.planes.resize(static_cast<size_t>(ncols) * 3);
+  const bool nv12 = image.pixel_format == EDGECLF_PIXEL_NV12;
+  const int h = image.height;
+  const uint8_t* uv_plane = image.uv_data ? image.uv_data : image.data + static_cast<ptrdiff_t>(image.stride_bytes) * h;
+  const int uv_stride = image.uv_data ? image.uv_stride_bytes : image.stride_bytes;
+  if (nv12) b.rgb_row.resize(static_cast<size_t>(x1 - x0 + 1) * 3);
+  const int32_t* it = s.xidxT.data();
+  const float* wt = s.xwT.data();
+  float* planes = b.planes.data();
+  for (int r = 0; r < nrows; ++r) {
+    const int y = y0 + r;
+    const uint8_t* row = image.data + static_cast<ptrdiff_t>(image.stride_bytes) * y;
+    float* dst = &b.hrows[static_cast<size_t>(r) * 3 * crop];
+    switch (image.pixel_format) {
+      case EDGECLF_PIXEL_RGB8: horizontal_rows<3, 0, 1, 2>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_BGR8: horizontal_rows<3, 2, 1, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_RGBA8: horizontal_rows<4, 0, 1, 2>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_BGRA8: horizontal_rows<4, 2, 1, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      case EDGECLF_PIXEL_GRAY8: horizontal_rows<1, 0, 0, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
+      default:  // NV12: convert the needed columns to RGB8 first
+        nv12_row_to_rgb(row, uv_plane + static_cast<ptrdiff_t>(uv_stride) * (y / 2), x0, x1, b.rgb_row.data());
+        horizontal_rows<3, 0, 1, 2>(taps, b.rgb_row.data(), 0, ncols, it, wt, crop, planes, dst);
+        break;
+    }
+  }
+  const PreprocessSpec& spec = *g.spec;
+  const size_t plane = static_cast<size_t>(crop) * crop;
+  for (int i = i0; i < i1; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      const float* rows[4];
+      for (int k = 0; k < taps; ++k)
+        rows[k] = &b.hrows[(static_cast<size_t>(s.yidx[static_cast<size_t>(i) * taps + k] - y0) * 3 + c) * crop];
+      const float* wy = &s.yw[static_cast<size_t>(i) * taps];
+      float* o = out + c * plane + static_cast<size_t>(i) * crop;
+      switch (taps) {
+        case 1: vertical<1>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
+        case 2: vertical<2>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
+        default: vertical<4>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, float* out, PreprocessScratch& s) {
   const int h = image.height, w = image.width, crop = spec.crop_size;
   int oh = 0, ow = 0;
@@ -212,17 +279,8 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
     compute_taps(w, ow, left, crop, interp, s.xidx, s.xw);
     compute_taps(h, oh, top, crop, interp, s.yidx, s.yw);
   }
-  const auto [ymin_it, ymax_it] = std::minmax_element(s.yidx.begin(), s.yidx.end());
   const auto [xmin_it, xmax_it] = std::minmax_element(s.xidx.begin(), s.xidx.end());
-  const int y0 = *ymin_it, y1 = *ymax_it, x0 = *xmin_it, x1 = *xmax_it;
-  const int nrows = y1 - y0 + 1;
-
-  // Horizontal pass over every source row the crop needs.
-  s.hrows.resize(static_cast<size_t>(nrows) * 3 * crop);
-  const bool nv12 = image.pixel_format == EDGECLF_PIXEL_NV12;
-  const uint8_t* uv_plane = image.uv_data ? image.uv_data : image.data + static_cast<ptrdiff_t>(image.stride_bytes) * h;
-  const int uv_stride = image.uv_data ? image.uv_stride_bytes : image.stride_bytes;
-  if (nv12) s.rgb_row.resize(static_cast<size_t>(x1 - x0 + 1) * 3);
+  const int x0 = *xmin_it, x1 = *xmax_it;
   // Tap-major copies of the column taps, relative to x0 (the first column any tap reads).
   const int ncols = x1 - x0 + 1;
   s.xidxT.resize(s.xidx.size());
@@ -232,43 +290,39 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
       s.xidxT[static_cast<size_t>(k) * crop + j] = s.xidx[static_cast<size_t>(j) * taps + k] - x0;
       s.xwT[static_cast<size_t>(k) * crop + j] = s.xw[static_cast<size_t>(j) * taps + k];
     }
-  s.planes.resize(static_cast<size_t>(ncols) * 3);
-  const int32_t* it = s.xidxT.data();
-  const float* wt = s.xwT.data();
-  float* planes = s.planes.data();
-  for (int r = 0; r < nrows; ++r) {
-    const int y = y0 + r;
-    const uint8_t* row = image.data + static_cast<ptrdiff_t>(image.stride_bytes) * y;
-    float* dst = &s.hrows[static_cast<size_t>(r) * 3 * crop];
-    switch (image.pixel_format) {
-      case EDGECLF_PIXEL_RGB8: horizontal_rows<3, 0, 1, 2>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
-      case EDGECLF_PIXEL_BGR8: horizontal_rows<3, 2, 1, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
-      case EDGECLF_PIXEL_RGBA8: horizontal_rows<4, 0, 1, 2>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
-      case EDGECLF_PIXEL_BGRA8: horizontal_rows<4, 2, 1, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
-      case EDGECLF_PIXEL_GRAY8: horizontal_rows<1, 0, 0, 0>(taps, row, x0, ncols, it, wt, crop, planes, dst); break;
-      default:  // NV12: convert the needed columns to RGB8 first
-        nv12_row_to_rgb(row, uv_plane + static_cast<ptrdiff_t>(uv_stride) * (y / 2), x0, x1, s.rgb_row.data());
-        horizontal_rows<3, 0, 1, 2>(taps, s.rgb_row.data(), 0, ncols, it, wt, crop, planes, dst);
-        break;
-    }
-  }
 
-  // Vertical pass, rounding and normalisation, straight into the planar output.
-  const size_t plane = static_cast<size_t>(crop) * crop;
-  for (int i = 0; i < crop; ++i) {
-    for (int c = 0; c < 3; ++c) {
-      const float* rows[4];
-      for (int k = 0; k < taps; ++k)
-        rows[k] = &s.hrows[(static_cast<size_t>(s.yidx[static_cast<size_t>(i) * taps + k] - y0) * 3 + c) * crop];
-      const float* wy = &s.yw[static_cast<size_t>(i) * taps];
-      float* o = out + c * plane + static_cast<size_t>(i) * crop;
-      switch (taps) {
-        case 1: vertical<1>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
-        case 2: vertical<2>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
-        default: vertical<4>(rows, wy, crop, spec.scale, spec.mean[c], spec.stdev[c], o); break;
-      }
-    }
+  // The output rows in `parts` bands; each band computes the horizontal sums of the source
+  // rows it needs (a band boundary repeats at most `taps` rows) and then its output rows, so
+  // bands are independent and give the same values whichever thread computes them.
+  const RowGeometry g{&image, &spec, taps, crop, x0, x1, ncols};
+  const int parts = std::max(1, std::min(s.parts, kMaxParts));
+  const size_t total = static_cast<size_t>(crop) * crop * 3;
+  if (parts == 1 || total < kParallelMinValues) {
+    band(g, s, s.band[0], 0, crop, out);
+    return;
   }
+  std::exception_ptr error;
+  std::thread helper;
+  try {
+    helper = std::thread([&] {
+      try {
+        band(g, s, s.band[1], crop / 2, crop, out);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    });
+  } catch (const std::system_error&) {  // no thread to be had: the same bands, one after the other
+    band(g, s, s.band[0], 0, crop, out);
+    return;
+  }
+  try {
+    band(g, s, s.band[0], 0, crop / 2, out);
+  } catch (...) {
+    helper.join();
+    throw;
+  }
+  helper.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace edgeclf

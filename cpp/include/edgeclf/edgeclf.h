@@ -131,7 +131,11 @@ EDGECLF_API const char* edgeclf_status_name(edgeclf_status status);
 /* ---- options -------------------------------------------------------------------------- */
 EDGECLF_API edgeclf_status edgeclf_options_create(edgeclf_options** out);
 EDGECLF_API void edgeclf_options_free(edgeclf_options* options);
-/** Intra-op threads of the backend; 0 (default) lets the backend decide. */
+/** Intra-op threads of the backend; 0 (default) lets the backend decide. The preprocessing
+ *  runs on the calling thread; with a GPU backend (and threads != 1) it splits an image into
+ *  two bands, the second on a helper thread. The environment variable
+ *  EDGECLF_PREPROCESS_BANDS=1|2, read when a session is created, overrides that choice. The
+ *  output is identical either way. */
 EDGECLF_API edgeclf_status edgeclf_options_set_threads(edgeclf_options* options, int32_t threads);
 /** "auto" (default), "onnxruntime" or "openvino". */
 EDGECLF_API edgeclf_status edgeclf_options_set_backend(edgeclf_options* options, const char* backend);
