@@ -135,3 +135,19 @@ def test_two_bands_on_two_threads_are_bit_identical(tmp_path: Path, monkeypatch:
     assert len(out["1"]) >= 5
     for a, b in zip(out["1"], out["2"]):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+def test_avx512_window_path_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interp: str) -> None:
+    """The AVX-512 horizontal pass (where the CPU has it and the taps fit its window) gives
+    exactly the gather path's tensor, for down- and up-scaling and crops not a multiple of 16."""
+    frames = [img for img in IMAGES if min(img.shape[:2]) >= 8]
+    for crop, resize in [(224, 256), (72, 80), (40, 40), (50, 61)]:
+        d = make_synthetic_bundle(tmp_path / f"b{crop}-{resize}", crop=crop, resize=resize, interpolation=interp)
+        out = {}
+        for wide in ("0", "1"):
+            monkeypatch.setenv("EDGECLF_PREPROCESS_WIDE", wide)
+            with runtime.Classifier(d) as c:
+                out[wide] = [c.preprocess(padded(f), "RGB8") for f in frames]
+        for a, b in zip(out["0"], out["1"]):
+            assert np.array_equal(a, b), (crop, resize)

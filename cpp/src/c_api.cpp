@@ -446,6 +446,8 @@ edgeclf_status edgeclf_session_create(const edgeclf_model* model, edgeclf_sessio
     s->scratch.parts = (model->impl->threads != 1 && cores >= 2 && model->impl->device != "cpu") ? 2 : 1;
     if (const char* bands = std::getenv("EDGECLF_PREPROCESS_BANDS"); bands && (bands[0] == '1' || bands[0] == '2') && !bands[1])
       s->scratch.parts = bands[0] - '0';
+    if (const char* wide = std::getenv("EDGECLF_PREPROCESS_WIDE"); wide && wide[0] == '0' && !wide[1])
+      s->scratch.wide_disabled = true;
     *out = s.release();
   });
 }

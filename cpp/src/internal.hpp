@@ -81,9 +81,25 @@ struct PreprocessBand {
 constexpr int kMaxParts = 2;
 constexpr size_t kParallelMinValues = 64 * 64 * 3;
 
+// Source columns one AVX-512 window holds (three registers); planes are padded by as much.
+constexpr int kWideWindow = 48;
+
+// What the horizontal pass of one image needs (read-only, shared by its bands).
+struct HorizontalPlan {
+  const int32_t* idxT;  // column taps, tap-major, relative to the first column read
+  const float* wT;
+  const int32_t* start;  // wide path: each group's first column
+  const int32_t* rel;    // wide path: taps relative to it, [group][tap][16]
+  int taps, crop;
+  bool wide;
+};
+
 // Scratch reused across calls of one session.
 struct PreprocessScratch {
   int parts = 1;                   // bands per image: 1, or 2 when the session may use two threads
+  bool wide = false;               // this image takes the AVX-512 window path
+  bool wide_disabled = false;      // EDGECLF_PREPROCESS_WIDE=0: never (for tests and comparisons)
+  std::vector<int32_t> wstart, wrel;
   std::vector<int32_t> xidx, yidx; // tap indices
   std::vector<float> xw, yw;      // tap weights
   std::vector<int32_t> xidxT;     // column taps, tap-major, relative to the first column read
