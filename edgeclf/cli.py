@@ -493,7 +493,7 @@ def build_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Force this input resolution instead of the selection's.")] = None,
     backbones: Annotated[str | None, typer.Option(help="Comma list of candidate backbones (default: all registered).")] = None,
-    measure: Annotated[bool | None, typer.Option("--measure/--estimate", help="Measure latency here (default: only when this host is the target).")] = None,
+    measure: Annotated[bool | None, typer.Option("--measure/--estimate", help="On the target: time the leading candidates for the selection and the final bundle here instead of estimating (default: the bundle is measured when this host is the target; the selection is estimated).")] = None,
     robustness: Annotated[bool, typer.Option(help="Run the corruption suites (evaluation and export).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     as_json: JsonOpt = False,
