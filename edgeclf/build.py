@@ -622,6 +622,14 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
                      f"{best['latency_ms_p95']:.2f} ({best['latency_source']}) | {best['memory_mb']:.0f} | "
                      f"{best['file_mb']:.1f} | {_fmt1(best['accuracy'])} | {'yes' if best['fits'] else 'no'} "
                      f"({len(fit)}/{len(rows)}) | {best.get('reason') or ('no pretrained weights here' if not best['weights_here'] else '')} |")
+    lines += ["", f"<details><summary>All {len(sel['candidates'])} candidate configurations</summary>", "",
+              "| backbone | px | runtime | precision | p95 ms | memory MB | file MB | accuracy % | fits | why not |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {c['backbone']} | {c['resolution']} | {c['runtime']} | {c['precision']} | "
+              f"{c['latency_ms_p95']:.2f} ({c['latency_source']}) | {c['memory_mb']:.0f} | {c['file_mb']:.1f} | "
+              f"{_fmt1(c['accuracy'])} | {'yes' if c['fits'] else 'no'} | {c.get('reason') or ''} |"
+              for c in sel["candidates"]]
+    lines += ["", "</details>"]
     t = results["train"]
     e = results["evaluate"]
     lines += ["", "## Training and evaluation", "",
