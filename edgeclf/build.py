@@ -636,7 +636,13 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
               f"Validation macro-F1 {_fmt(t.get('val_macro_f1'))} (epoch {t.get('best_epoch')}); baselines: "
               + ", ".join(f"{k} {_fmt(v)}" for k, v in (t.get("baselines") or {}).items()) + ".",
               f"Test (touched once): accuracy {_fmt(e['test'].get('accuracy'))}, macro-F1 {_fmt(e['test'].get('macro_f1'))}. "
-              f"Full report: `run/report/index.html`.", "", "## Export and parity", "",
+              f"Full report: `run/report/index.html`.", ""]
+    probe = (t.get("baselines") or {}).get("linear_probe")
+    if isinstance(probe, (int, float)) and isinstance(t.get("val_macro_f1"), (int, float)) and t["val_macro_f1"] < probe:
+        lines += [f"**Warning:** the fine-tuned model ({_fmt(t['val_macro_f1'])}) is below the linear probe on frozen "
+                  f"features ({_fmt(probe)}) on validation macro-F1: train longer (`--epochs`), or check the data "
+                  "(class balance, label noise: `edgeclf label audit`) before shipping this bundle.", ""]
+    lines += ["## Export and parity", "",
               "| artifact | precision | status | size MB | macro-F1 | Δ vs eager | agreement | ms/img |", "|---|---|---|---|---|---|---|---|"]
     for r in results["export"]["parity"]:
         lines.append(f"| {r['format']} | {r['precision']} | {r['status']} | {_fmt2(r['size_mb'])} | {_fmt(r['macro_f1'])} | "
