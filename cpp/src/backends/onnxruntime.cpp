@@ -157,6 +157,8 @@ class OrtModel : public BackendModel {
     try {
       Ort::SessionOptions so;
       so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+      if (const char* spin = std::getenv("EDGECLF_ORT_SPIN"); spin && (spin[0] == '0' || spin[0] == '1') && !spin[1])
+        so.AddConfigEntry("session.intra_op.allow_spinning", spin);
       if (o.threads > 0) {
         so.SetIntraOpNumThreads(o.threads);
         so.SetInterOpNumThreads(1);
