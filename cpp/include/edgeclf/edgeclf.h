@@ -137,7 +137,7 @@ EDGECLF_API void edgeclf_options_free(edgeclf_options* options);
  *  EDGECLF_PREPROCESS_BANDS=1|2, read when a session is created, overrides that choice. The
  *  output is identical either way. ONNX Runtime's worker threads spin for a while after each
  *  run (lowest latency, more CPU and power); EDGECLF_ORT_SPIN=0, read at load, lets them
- *  sleep instead (measured 1.4x slower runs back to back on a 2-core machine). */
+ *  sleep instead (measured 5-15 % slower end to end, back to back on a 2-core machine). */
 EDGECLF_API edgeclf_status edgeclf_options_set_threads(edgeclf_options* options, int32_t threads);
 /** "auto" (default), "onnxruntime" or "openvino". */
 EDGECLF_API edgeclf_status edgeclf_options_set_backend(edgeclf_options* options, const char* backend);
