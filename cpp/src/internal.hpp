@@ -100,6 +100,8 @@ struct PreprocessScratch {
   bool wide = false;               // this image takes the AVX-512 window path
   bool wide_disabled = false;      // EDGECLF_PREPROCESS_WIDE=0: never (for tests and comparisons)
   std::vector<int32_t> wstart, wrel;
+  int plan_w = -1, plan_h = -1;    // the image size the taps below were computed for
+  int plan_x0 = 0, plan_x1 = 0;    // first and last source column any tap reads
   std::vector<int32_t> xidx, yidx; // tap indices
   std::vector<float> xw, yw;      // tap weights
   std::vector<int32_t> xidxT;     // column taps, tap-major, relative to the first column read

@@ -131,11 +131,12 @@ EDGECLF_SIMD_CLONES void to_planes(const uint8_t* __restrict src, int n, float* 
 
 // One channel's horizontal pass with tap-major indices and weights (idx[k * crop + j]):
 // out[j] = p[idx0[j]] * w0[j] + p[idx1[j]] * w1[j] + ..., accumulated from the first tap —
-// the spec's order — with j contiguous across lanes, which vectorises (as gathers).
+// the spec's order — with j contiguous across lanes, which vectorises (as gathers). Outputs
+// from j0 on (the wide path leaves it the last crop % 16).
 template <int TAPS>
 EDGECLF_SIMD_CLONES void horizontal_planar(const float* __restrict p, const int32_t* __restrict idx,
-                                           const float* __restrict w, int crop, float* __restrict out) {
-  for (int j = 0; j < crop; ++j) {
+                                           const float* __restrict w, int crop, float* __restrict out, int j0 = 0) {
+  for (int j = j0; j < crop; ++j) {
     float v = p[idx[j]] * w[j];
     for (int k = 1; k < TAPS; ++k) v += p[idx[k * crop + j]] * w[k * crop + j];
     out[j] = v;
@@ -169,11 +170,7 @@ __attribute__((target("avx512f"))) void horizontal_wide(const float* __restrict 
     }
     _mm512_storeu_ps(out + j, v);
   }
-  for (int j = groups * 16; j < crop; ++j) {
-    float v = p[idx[j]] * w[j];
-    for (int k = 1; k < TAPS; ++k) v += p[idx[k * crop + j]] * w[k * crop + j];
-    out[j] = v;
-  }
+  horizontal_planar<TAPS>(p, idx, w, crop, out, groups * 16);  // the last crop % 16 outputs
 }
 
 bool cpu_has_avx512f() {
@@ -362,25 +359,32 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
   const Interpolation interp = identity ? Interpolation::Bilinear : spec.interpolation;
   const int taps = identity ? 1 : (interp == Interpolation::Bilinear ? 2 : 4);
 
-  if (identity) {
-    s.xidx.resize(crop); s.xw.assign(crop, 1.0f); s.yidx.resize(crop); s.yw.assign(crop, 1.0f);
-    for (int i = 0; i < crop; ++i) { s.xidx[i] = left + i; s.yidx[i] = top + i; }
-  } else {
-    compute_taps(w, ow, left, crop, interp, s.xidx, s.xw);
-    compute_taps(h, oh, top, crop, interp, s.yidx, s.yw);
-  }
-  const auto [xmin_it, xmax_it] = std::minmax_element(s.xidx.begin(), s.xidx.end());
-  const int x0 = *xmin_it, x1 = *xmax_it;
-  // Tap-major copies of the column taps, relative to x0 (the first column any tap reads).
-  const int ncols = x1 - x0 + 1;
-  s.xidxT.resize(s.xidx.size());
-  s.xwT.resize(s.xw.size());
-  for (int j = 0; j < crop; ++j)
-    for (int k = 0; k < taps; ++k) {
-      s.xidxT[static_cast<size_t>(k) * crop + j] = s.xidx[static_cast<size_t>(j) * taps + k] - x0;
-      s.xwT[static_cast<size_t>(k) * crop + j] = s.xw[static_cast<size_t>(j) * taps + k];
+  // The taps depend on the image size only: a stream of frames of one size computes them once.
+  if (w != s.plan_w || h != s.plan_h) {
+    s.plan_w = -1;  // invalid until complete (compute_taps may throw)
+    if (identity) {
+      s.xidx.resize(crop); s.xw.assign(crop, 1.0f); s.yidx.resize(crop); s.yw.assign(crop, 1.0f);
+      for (int i = 0; i < crop; ++i) { s.xidx[i] = left + i; s.yidx[i] = top + i; }
+    } else {
+      compute_taps(w, ow, left, crop, interp, s.xidx, s.xw);
+      compute_taps(h, oh, top, crop, interp, s.yidx, s.yw);
     }
-  plan_wide(s, taps, crop);
+    const auto [xmin_it, xmax_it] = std::minmax_element(s.xidx.begin(), s.xidx.end());
+    s.plan_x0 = *xmin_it;
+    s.plan_x1 = *xmax_it;
+    // Tap-major copies of the column taps, relative to x0 (the first column any tap reads).
+    s.xidxT.resize(s.xidx.size());
+    s.xwT.resize(s.xw.size());
+    for (int j = 0; j < crop; ++j)
+      for (int k = 0; k < taps; ++k) {
+        s.xidxT[static_cast<size_t>(k) * crop + j] = s.xidx[static_cast<size_t>(j) * taps + k] - s.plan_x0;
+        s.xwT[static_cast<size_t>(k) * crop + j] = s.xw[static_cast<size_t>(j) * taps + k];
+      }
+    plan_wide(s, taps, crop);
+    s.plan_w = w;
+    s.plan_h = h;
+  }
+  const int x0 = s.plan_x0, x1 = s.plan_x1, ncols = x1 - x0 + 1;
 
   // The output rows in `parts` bands; each band computes the horizontal sums of the source
   // rows it needs (a band boundary repeats at most `taps` rows) and then its output rows, so
