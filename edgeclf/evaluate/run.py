@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ from edgeclf.errors import ConfigError
 from edgeclf.evaluate.calibration import calibration_summary, fit_temperature, plot_reliability
 from edgeclf.evaluate.figures import plot_confusion, plot_mistakes, top_mistakes, write_mistakes_csv
 from edgeclf.evaluate.ledger import check_and_record, read_ledger
-from edgeclf.evaluate.metrics import OVERFIT_GAP, confused_pairs, full_metrics, softmax
+from edgeclf.evaluate.metrics import (
+    OVERFIT_GAP,
+    MetricInputError,
+    bootstrap_ci,
+    confused_pairs,
+    full_metrics,
+    paired_bootstrap_diff,
+    softmax,
+)
 from edgeclf.evaluate.predictor import LoadedRun, load_images, load_run
 
 Log = Callable[[str], None]
@@ -26,10 +35,14 @@ SIZE_BUCKETS = ((0, 128, "<128 px"), (128, 256, "128-255 px"), (256, 512, "256-5
 
 #: Verdict gates, each with the reason for its value.
 GATES = {
-    # A model that cannot beat a linear classifier on frozen features did not learn anything from fine-tuning.
-    "beats_linear_probe": "fine-tuned macro-F1 >= linear-probe macro-F1 (on validation)",
+    # Shipping anything but the best validated candidate throws accuracy away, and a baseline
+    # (majority class, linear probe on frozen features) winning means training added nothing.
+    "best_candidate_shipped": "the shipped model has the highest validation macro-F1 of all candidates, baselines "
+                              "included (ties: lower validation NLL)",
     # Predicting the majority class is the floor every model must clear by a wide margin.
     "beats_majority": "macro-F1 above the majority-class baseline",
+    # A class the model never gets right is a failure that accuracy and averages hide.
+    "every_class_recalled": "every class present in this split has recall > 0",
     # See OVERFIT_GAP.
     "no_overfitting": f"train macro-F1 - validation macro-F1 <= {OVERFIT_GAP:.2f}",
     # After temperature scaling, probabilities should be trustworthy to a few points: 5 % ECE is the
@@ -39,6 +52,9 @@ GATES = {
     "test_touched_once": "the test split was evaluated at most once",
 }
 MAX_ECE = 0.05
+
+#: Per-image validation predictions of every training candidate (one int array per name, plus "y_true").
+CANDIDATE_PREDICTIONS = Path("candidates") / "val_predictions.npz"
 
 
 @dataclass
@@ -155,6 +171,7 @@ class Evaluation:
         tag = f"{split}{' (TEST REUSED)' if reused else ''}"
 
         metrics = full_metrics(data.y, probs, classes)
+        metrics["ci"] = bootstrap_ci(data.y, probs.argmax(axis=1), classes, seed=seed)
         metrics["confused_pairs"] = confused_pairs(metrics["confusion_matrix"], classes)
         cal = calibration_summary(data.logits, data.y, temp)
         metrics["calibration"] = {k: v for k, v in cal.items() if not k.startswith("reliability")}
@@ -178,21 +195,21 @@ class Evaluation:
         metrics["train_vs_heldout"] = {"splits": side, "train_minus_val_macro_f1": gap, "overfitting": gap > OVERFIT_GAP}
 
         train_metrics = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
-        baselines = train_metrics.get("baselines", {})
-        metrics["baselines"] = baselines
+        metrics["baselines"] = _dict(train_metrics.get("baselines"))
+        metrics["candidate_comparison"] = candidate_comparison(self.run_dir, train_metrics, classes, seed, self.log)
 
         if robustness:
             metrics["robustness"] = self._robustness(data, fig_dir, tag, robustness_max_images, seed)
         if explain:
             metrics["figures_extra"] = self._explain(data, probs, fig_dir, tag, seed)
 
-        verdict = self._verdict(split, metrics, baselines, side, reused)
+        verdict = compute_verdict(metrics, train_metrics, side, reused, len(read_ledger(self.run_dir)))
         metrics.update({"split": split, "test_reused": reused, "temperature": temp, "verdict": verdict,
                         "model_sha256": self.run.checkpoint_sha256, "best_epoch": self.run.best_epoch,
                         "dataset_fingerprint": self.run.manifest.fingerprint, "classes": classes})
         write_json(self.run_dir / "eval" / split / "metrics.json", metrics)
         train_metrics.setdefault("evaluation", {})[split] = {
-            k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict")}
+            k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict", "ci")}
         train_metrics["evaluation"][split]["ece_after"] = metrics["calibration"]["ece_after"]
         train_metrics["calibration"] = {k: v for k, v in calib.items()}
         write_json(self.run_dir / "metrics.json", train_metrics)
@@ -229,17 +246,149 @@ class Evaluation:
                      probs[pick, pred[pick]], fig_dir / "gradcam.png", f"Grad-CAM: 8 correct, 8 wrong, {tag}")
         return {"embeddings": method}
 
-    def _verdict(self, split: str, m: dict[str, Any], baselines: dict[str, Any], side: dict[str, Any], reused: bool) -> dict[str, Any]:
-        checks = {}
-        probe = baselines.get("linear_probe", {}).get("macro_f1")
-        checks["beats_linear_probe"] = probe is None or side["val"]["macro_f1"] >= probe
-        major = baselines.get("majority_class", {}).get("macro_f1")
-        checks["beats_majority"] = major is None or m["macro_f1"] > major
-        checks["no_overfitting"] = not m["train_vs_heldout"]["overfitting"]
-        checks["calibrated"] = m["calibration"]["ece_after"] <= MAX_ECE
-        checks["test_touched_once"] = not reused and len(read_ledger(self.run_dir)) <= 1
-        return {"gates": {k: {"passed": bool(v), "rule": GATES[k]} for k, v in checks.items()},
-                "passed": all(checks.values())}
+
+def _number(v: Any) -> float | None:
+    """``v`` as a finite float, or None (missing, null, text, NaN in an old or hand-edited metrics.json)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def recorded_candidates(train_metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training candidates that name themselves and carry a validation macro-F1; others are ignored."""
+    out = []
+    raw = train_metrics.get("candidates")
+    for c in raw if isinstance(raw, list) else []:
+        if isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("val"), dict) \
+                and _number(c["val"].get("macro_f1")) is not None:
+            out.append(c)
+    return out
+
+
+def best_candidates(candidates: list[dict[str, Any]]) -> list[str]:
+    """Names of the candidates with the highest validation macro-F1, ties broken by lower NLL (missing NLL loses)."""
+    if not candidates:
+        return []
+    f1 = {c["name"]: float(c["val"]["macro_f1"]) for c in candidates}
+    nll = {c["name"]: _number(c["val"].get("nll")) for c in candidates}
+    top = max(f1.values())
+    tied = [n for n in f1 if math.isclose(f1[n], top, rel_tol=0.0, abs_tol=1e-12)]
+    best_nll = min((nll[n] for n in tied if nll[n] is not None), default=None)
+    if best_nll is None:
+        return tied
+    return [n for n in tied if nll[n] is not None and math.isclose(nll[n], best_nll, rel_tol=0.0, abs_tol=1e-12)]
+
+
+def best_candidate_gate(train_metrics: dict[str, Any], val_macro_f1: float) -> dict[str, Any]:
+    """Gate ``best_candidate_shipped``: the selection recorded by training is the best candidate on validation.
+
+    Runs that record no candidates fall back to comparing the fine-tuned model's validation
+    macro-F1 (``val_macro_f1``) with the linear probe's.
+    """
+    gate: dict[str, Any] = {"rule": GATES["best_candidate_shipped"]}
+    candidates = recorded_candidates(train_metrics)
+    if not candidates:
+        probe = _number(_dict(_dict(train_metrics.get("baselines")).get("linear_probe")).get("macro_f1"))
+        if probe is None:
+            return {**gate, "passed": True, "detail": "no candidates and no linear probe recorded"}
+        passed = val_macro_f1 >= probe
+        return {**gate, "passed": passed, "detail": f"no candidates recorded; fine-tuned validation macro-F1 "
+                f"{val_macro_f1:.4f} {'>=' if passed else '<'} linear probe {probe:.4f}"}
+    selected = _dict(train_metrics.get("selection")).get("selected")
+    best = best_candidates(candidates)
+    f1 = {c["name"]: float(c["val"]["macro_f1"]) for c in candidates}
+    gate.update(selected=selected, best=best)
+    if not isinstance(selected, str):
+        return {**gate, "passed": False, "detail": f"{len(candidates)} candidates recorded but no selection"}
+    if selected not in f1:
+        return {**gate, "passed": False, "detail": f"the selected '{selected}' is not among the recorded candidates"}
+    if selected in best:
+        return {**gate, "passed": True,
+                "detail": f"'{selected}' has the best validation macro-F1 ({f1[selected]:.4f}) of {len(candidates)} candidates"}
+    return {**gate, "passed": False, "detail": f"'{selected}' shipped (validation macro-F1 {f1[selected]:.4f}) but "
+            f"{', '.join(repr(n) for n in best)} scored {f1[best[0]]:.4f}"}
+
+
+def every_class_recalled_gate(per_class: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Gate ``every_class_recalled``: names the classes with support on this split and recall 0."""
+    missed = [c for c, v in per_class.items() if (v.get("support") or 0) > 0 and not (v.get("recall") or 0) > 0]
+    return {"passed": not missed, "rule": GATES["every_class_recalled"], "classes": missed,
+            "detail": f"recall 0 on this split: {', '.join(missed)}" if missed else "every class recalled"}
+
+
+def compute_verdict(m: dict[str, Any], train_metrics: dict[str, Any], side: dict[str, Any], reused: bool,
+                    ledger_entries: int) -> dict[str, Any]:
+    """Every gate of GATES on one evaluated split: ``{"gates": {name: {passed, rule, detail, ...}}, "passed"}``.
+
+    ``m`` is the split's metrics (with ``calibration`` and ``train_vs_heldout``), ``train_metrics``
+    the run's metrics.json, ``side`` the train / val summaries, ``ledger_entries`` the number
+    of test evaluations recorded for the run.
+    """
+    gates: dict[str, dict[str, Any]] = {}
+    gates["best_candidate_shipped"] = best_candidate_gate(train_metrics, float(side["val"]["macro_f1"]))
+    major = _number(_dict(_dict(train_metrics.get("baselines")).get("majority_class")).get("macro_f1"))
+    if major is None:
+        major = next((_number(c["val"]["macro_f1"]) for c in recorded_candidates(train_metrics)
+                      if c["name"] == "majority_class"), None)
+    gates["beats_majority"] = {"passed": major is None or m["macro_f1"] > major, "rule": GATES["beats_majority"],
+                               "detail": "no majority-class baseline recorded" if major is None
+                               else f"macro-F1 {m['macro_f1']:.4f} vs majority class {major:.4f}"}
+    gates["every_class_recalled"] = every_class_recalled_gate(m["per_class"])
+    gap = m["train_vs_heldout"]["train_minus_val_macro_f1"]
+    gates["no_overfitting"] = {"passed": not m["train_vs_heldout"]["overfitting"], "rule": GATES["no_overfitting"],
+                               "detail": f"train - validation macro-F1 = {gap:+.4f}"}
+    ece_after = m["calibration"]["ece_after"]
+    gates["calibrated"] = {"passed": ece_after <= MAX_ECE, "rule": GATES["calibrated"], "detail": f"ECE {ece_after:.4f}"}
+    gates["test_touched_once"] = {"passed": not reused and ledger_entries <= 1, "rule": GATES["test_touched_once"],
+                                  "detail": f"{ledger_entries} test evaluation(s) recorded" + ("; this one reused it" if reused else "")}
+    for g in gates.values():
+        g["passed"] = bool(g["passed"])
+    return {"gates": gates, "passed": all(g["passed"] for g in gates.values())}
+
+
+def candidate_comparison(run_dir: Path, train_metrics: dict[str, Any], classes: list[str], seed: int = 0,
+                         log: Log | None = None) -> list[dict[str, Any]]:
+    """Selected candidate minus each other one: validation macro-F1 difference with its paired bootstrap interval.
+
+    Reads RUN_DIR/candidates/val_predictions.npz; an empty list when the file, the selection
+    or the selected candidate's predictions are missing, and a candidate whose predictions
+    do not match the labels is left out (each said through ``log``).
+    """
+    log = log or (lambda s: None)
+    path = Path(run_dir) / CANDIDATE_PREDICTIONS
+    if not path.is_file():
+        return []
+    selected = _dict(train_metrics.get("selection")).get("selected")
+    if not isinstance(selected, str):
+        log(f"{CANDIDATE_PREDICTIONS}: no selection in metrics.json, candidates not compared")
+        return []
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError) as e:
+        log(f"{CANDIDATE_PREDICTIONS} is unreadable ({e}); candidates not compared")
+        return []
+    y_true = arrays.pop("y_true", None)
+    if y_true is None or selected not in arrays:
+        log(f"{CANDIDATE_PREDICTIONS} lacks {'y_true' if y_true is None else repr(selected)}; candidates not compared")
+        return []
+    listed = [c["name"] for c in recorded_candidates(train_metrics)]
+    others = [n for n in listed if n in arrays and n != selected] + sorted(set(arrays) - set(listed) - {selected})
+    rows = []
+    for name in others:
+        try:
+            d = paired_bootstrap_diff(y_true, arrays[selected], arrays[name], classes, "macro_f1", seed=seed)
+        except MetricInputError as e:
+            log(f"{CANDIDATE_PREDICTIONS}: '{name}' not compared ({e})")
+            continue
+        rows.append({"candidate": name, "val_macro_f1": d["b"], "diff": d["diff"], "low": d["low"], "high": d["high"],
+                     "significant": d["significant"], "selected": selected, "selected_val_macro_f1": d["a"],
+                     "level": d["level"], "n_resamples": d["n_resamples"], "seed": d["seed"]})
+    return rows
 
 
 def evaluate(run_dir: Path, split: str, allow_test_reuse: bool = False, robustness: bool = True,
