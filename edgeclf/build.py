@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from edgeclf._io import atomic_write_text as write_text
 from edgeclf._io import canonical_json, sha256_file, write_json
@@ -58,6 +59,8 @@ class BuildOptions:
     calibration_images: int = 128
     workers: int | None = None
     extra_train: dict[str, Any] = field(default_factory=dict)
+    allow_weak: bool = False
+    time_budget_s: float | None = None  # search the recipe for this long (edgeclf.train.search)
 
 
 @dataclass
@@ -282,7 +285,10 @@ def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> dict
            "candidates": [c.model_dump(mode="json") | {"weights_here": _weights_here(c.backbone)} for c in res.candidates],
            "table": res.table()}
     write_json(out / "selection.json", doc)
+    same = [c for c in res.candidates if c.fits and c.backbone == choice.backbone and c.runtime == choice.runtime
+            and c.precision == choice.precision]
     return {"backbone": choice.backbone, "resolution": choice.resolution, "runtime": choice.runtime,
+            "max_resolution": max([c.resolution for c in same] + [choice.resolution]),
             "precision": choice.precision, "latency_ms_p95_estimate": choice.latency_ms_p95,
             "latency_source": choice.latency_source, "memory_mb": choice.memory_mb, "file_mb": choice.file_mb,
             "accuracy": choice.accuracy, "justification": doc["justification"], "selection": "selection.json"}
@@ -294,7 +300,7 @@ def _stage_train(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log,
 
     run_dir = out / "run"
     overrides: dict[str, Any] = {"data.manifest": out / "splits.csv", "model.backbone": sel["backbone"],
-                                 "model.image_size": opts.image_size or sel["resolution"], "seed": opts.seed,
+                                 "model.image_size": opts.image_size, "seed": opts.seed,
                                  "finetune.epochs": opts.epochs, "batch_size": opts.batch_size,
                                  "data.workers": opts.workers, **opts.extra_train}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -303,12 +309,33 @@ def _stage_train(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log,
         shutil.rmtree(run_dir)  # a run that never reached its first checkpoint
     if resume:
         log("train: resuming the interrupted run")
-    train(load_config(opts.config, overrides), run_dir, resume=resume, log=log, progress=progress)
+    # The input size is the training data's choice (edgeclf.train.recipe) within what the
+    # selected configuration's latency budget allows: the largest fitting resolution.
+    train(load_config(opts.config, overrides), run_dir, resume=resume, log=log, progress=progress,
+          max_image_size=sel.get("max_resolution") or sel["resolution"])
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     ft = m.get("finetuned") or {}
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     return {"run": "run", "checkpoint_sha256": sha256_file(run_dir / "checkpoints" / "best.pt"),
             "val_macro_f1": ft.get("macro_f1"), "val_accuracy": ft.get("accuracy"), "best_epoch": ft.get("epoch"),
-            "baselines": {k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()}}
+            "candidate": ft.get("candidate"), "image_size": cfg["config"]["model"]["image_size"],
+            "baselines": {k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()},
+            "candidates": {c["name"]: c["val"]["macro_f1"] for c in m.get("candidates", [])},
+            "selection": m.get("selection"), "quality_gates": m.get("quality_gates"),
+            "recipe": (m.get("recipe") or {}).get("choices", [])}
+
+
+def _select_at(out: Path, sel: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """The selection's figures for the resolution training chose (within the budget's fitting ones)."""
+    doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
+    for c in doc.get("candidates", []):
+        if (c["backbone"], c["runtime"], c["precision"], c["resolution"]) == (
+                sel["backbone"], sel["runtime"], sel["precision"], resolution):
+            return {**sel, "resolution": resolution, "latency_ms_p95_estimate": c["latency_ms_p95"],
+                    "latency_source": c["latency_source"], "memory_mb": c["memory_mb"], "file_mb": c["file_mb"],
+                    "justification": sel["justification"] + f" Trained at {resolution} px: the data's resolution "
+                                     "rule, within the latency budget."}
+    return {**sel, "resolution": resolution}
 
 
 def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
@@ -417,7 +444,9 @@ Built {created} by `edgeclf build --profile {profile}`.
 {lib_line}
 * `include/edgeclf/edgeclf.h` — the C API (and `edgeclf.hpp`, a C++ wrapper)
 * `src/` — the runtime's sources (CMake project)
-* `examples/classify.c` — reads a PPM/PGM or a raw frame, prints the top 5
+* `examples/classify.c` — classifies a JPEG, PNG, PPM/PGM or raw camera frame and prints the top 5;
+  `examples/third_party/stb/` holds the single-header JPEG/PNG decoder it uses (stb_image, public
+  domain or MIT); libedgeclf itself takes decoded pixels
 
 ## Build on the device
 
@@ -426,11 +455,13 @@ cmake -S src -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
 ```
 
 It prints the backends it found: ONNX Runtime needs its C headers (`-DEDGECLF_ORT_INCLUDE_DIR=...`;
-the library is opened at run time) and OpenVINO its CMake package. Then:
+the library is opened at run time) and OpenVINO its CMake package. Then, on an image file as it is:
 
 ```sh
-./build/edgeclf_classify bundle image.ppm
-```
+./build/edgeclf_classify bundle image.jpg
+{sample}```
+
+A raw frame: `./build/edgeclf_classify bundle frame.yuv 640 480 NV12` (or RGB8, BGR8, RGBA8, BGRA8, GRAY8).
 {trt}
 ## Use from C
 
@@ -440,7 +471,7 @@ edgeclf_model_load("bundle", NULL, &model);          /* verifies every file's SH
 edgeclf_session_create(model, &session);            /* one session per thread */
 edgeclf_image frame = {{pixels, width, height, stride, EDGECLF_PIXEL_NV12, NULL, 0}};
 edgeclf_class_score top[5]; size_t n;
-edgeclf_classify(session, &frame, top, 5, &n);
+edgeclf_classify(session, &frame, top, 5, &n);      /* n = min(5, classes) */
 ```
 """
 
@@ -450,6 +481,7 @@ project(edgeclf_example C)
 find_package(edgeclf REQUIRED)
 add_executable(edgeclf_classify classify.c)
 target_link_libraries(edgeclf_classify PRIVATE edgeclf::edgeclf)
+target_include_directories(edgeclf_classify SYSTEM PRIVATE third_party/stb)
 """
 
 PREBUILT_USE = """
@@ -457,8 +489,8 @@ PREBUILT_USE = """
 
 ```sh
 cmake -S examples -B build-example -DCMAKE_PREFIX_PATH=$PWD && cmake --build build-example
-./build-example/edgeclf_classify bundle image.ppm
-```
+./build-example/edgeclf_classify bundle image.jpg
+{sample}```
 
 `lib/` holds libedgeclf and the inference libraries it needs, found through its `$ORIGIN`
 RUNPATH: nothing else to install. `EDGECLF_ONNXRUNTIME_LIBRARY` points it at another ONNX
@@ -528,6 +560,29 @@ def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[
     shutil.copytree(src, root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "examples").mkdir()
     shutil.copy(src / "examples" / "classify.c", root / "examples" / "classify.c")
+    stb = src / "third_party" / "stb"  # the example's JPEG/PNG decoder and its licence
+    if not (stb / "stb_image.h").is_file():
+        raise BuildError(f"package: {stb / 'stb_image.h'} (the C example's image decoder) is missing from this "
+                         "installation's runtime sources; reinstall edgeclf")
+    shutil.copytree(stb, root / "examples" / "third_party" / "stb")
+    # A test image of the data set, for the README's second command line (JPEG first: the
+    # example reads the file as it is, as `edgeclf predict` does).
+    import shlex
+
+    from edgeclf.data.manifest import read_manifest
+
+    try:
+        tests = read_manifest(out / "splits.csv").split_rows("test")
+    except EdgeclfError:
+        tests = []
+    rank = {".jpg": 0, ".jpeg": 0, ".png": 1, ".ppm": 2, ".pgm": 2}
+    tests = sorted((r for r in tests if Path(r.path).suffix.lower() in rank),
+                   key=lambda r: (rank[Path(r.path).suffix.lower()], r.path))
+    shown = (f"bundle {shlex.quote(f'{Path(opts.data_dir).name}/{tests[0].path}')}   "
+             f"# a test image of the data set (labelled {tests[0].label}), copied over\n") if tests else ""
+
+    def sample(exe: str) -> str:
+        return f"{exe} {shown}" if shown else ""
     if same_arch:
         (root / "lib").mkdir()
         for f in sorted((pkg / "lib").glob("libedgeclf*")):
@@ -542,7 +597,7 @@ def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[
                     "(`find_package(edgeclf)` with `-DCMAKE_PREFIX_PATH=<this folder>`) and the inference "
                     f"libraries it runs the bundle with ({', '.join(backends) or 'none'}; RUNPATH `$ORIGIN`)")
         (root / "examples" / "CMakeLists.txt").write_text(EXAMPLE_CMAKE, encoding="utf-8")
-        prebuilt = PREBUILT_USE
+        prebuilt = PREBUILT_USE.format(sample=sample("./build-example/edgeclf_classify"))
     else:
         lib_line = (f"* no prebuilt library: this host is {platform.machine()}, the device is {profile.cpu.arch}; "
                     "build it from `src/` (one line below)")
@@ -565,7 +620,8 @@ def _stage_package(opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[
         name=name, device=profile.device, created=datetime.now(timezone.utc).date().isoformat(), profile=profile.name,
         backbone=sel["backbone"], resolution=sel["resolution"], labels=", ".join(manifest.labels),
         justification=sel["justification"], latency=bench["latency_ms_p95"], latency_label=bench["label"],
-        val_f1=_fmt(val.get("macro_f1")), test_f1=_fmt(test.get("macro_f1")), lib_line=lib_line, trt=trt + prebuilt))
+        val_f1=_fmt(val.get("macro_f1")), test_f1=_fmt(test.get("macro_f1")), lib_line=lib_line,
+        sample=sample("./build/edgeclf_classify"), trt=trt + prebuilt))
     tar_tmp = out / f".{name}.tar.gz.tmp"
     with tarfile.open(tar_tmp, "w:gz") as tar:
         tar.add(root, arcname=name)
@@ -708,6 +764,9 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
                            "justification": r["select"]["justification"] + f" Trained at {opts.image_size} px (--image-size)."}
         r["train"] = stages.run("train", train_key, [out / "run" / "checkpoints" / "best.pt"],
                                 lambda: _stage_train(opts, out, r["select"], log, progress))
+        trained_at = r["train"].get("image_size")
+        if trained_at and trained_at != r["select"]["resolution"]:
+            r["select"] = _select_at(out, r["select"], int(trained_at))
         ck = r["train"]["checkpoint_sha256"]
         r["evaluate"] = stages.run("evaluate", {"checkpoint": ck, "robustness": opts.robustness},
                                    [out / "run" / "report" / "index.html"], lambda: _stage_evaluate(opts, out, log))
@@ -728,6 +787,12 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
         raise BuildError(f"{stage}: {e}") from e
     return {"out": str(out), "stages": [{"stage": s.name, "status": s.status, "seconds": round(s.seconds, 1)}
                                         for s in stages.records], "results": r}
+
+
+def weak_classes(train_result: dict[str, Any]) -> list[str]:
+    """Classes the shipped candidate never recalls on validation (the every_class_recalled gate)."""
+    gate = (train_result.get("quality_gates") or {}).get("every_class_recalled") or {}
+    return list(gate.get("classes") or []) if gate.get("passed") is False else []
 
 
 def _runtime_version() -> str:

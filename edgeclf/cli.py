@@ -496,22 +496,29 @@ def build_cmd(
     measure: Annotated[bool | None, typer.Option("--measure/--estimate", help="On the target: time the leading candidates for the selection and the final bundle here instead of estimating (default: the bundle is measured when this host is the target; the selection is estimated).")] = None,
     robustness: Annotated[bool, typer.Option(help="Run the corruption suites (evaluation and export).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Search the training recipe (and backbone) for this long, e.g. 15m, 1h, 900s; chosen on validation macro-F1 only.")] = None,
+    allow_weak: Annotated[bool, typer.Option("--allow-weak", help="Exit 0 even when the shipped model never predicts some class on validation (the registry still refuses to promote it).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """audit -> split -> select -> train -> evaluate -> export + parity -> benchmark -> device package, for one profile."""
-    from edgeclf.build import BuildOptions, build
+    from edgeclf.build import BuildOptions, build, weak_classes
+    from edgeclf.train.search import parse_duration
 
     opts = BuildOptions(profile=profile, data_dir=Path(data), out=out_dir, budget_ms=budget_ms, config=config, epochs=epochs,
                         batch_size=batch_size, seed=seed, measure=measure, image_size=image_size, robustness=robustness,
-                        backbones=_csv_list(backbones))
+                        backbones=_csv_list(backbones), allow_weak=allow_weak,
+                        time_budget_s=parse_duration(time_budget) if time_budget else None)
     console = err if as_json else out
     log = lambda m: console.print(f"  [dim]{m}[/]")  # noqa: E731
     marks = {"running": "[bold cyan]▶[/]", "done": "[green]✓[/]", "cached": "[green]✓[/] [dim](cached)[/]"}
     with _progress("training", not as_json) as cb:
         res = build(opts, log=log, on_stage=lambda name, state: console.print(f"{marks[state]} [bold]{name}[/]"),
                     progress=lambda label, d, t: cb(d, t))
+    weak = weak_classes(res["results"].get("train", {}))
     if as_json:
         _print_json(res)
+        if weak and not allow_weak:
+            raise typer.Exit(1)
         return
     r = res["results"]
     t = Table(title=f"edgeclf build — {opts.profile} — {out_dir}")
@@ -524,7 +531,7 @@ def build_cmd(
         "audit": f"{r['audit'].get('num_images')} images",
         "split": f"fingerprint {r['split']['fingerprint'][:12]}",
         "select": f"{sel['backbone']} @ {sel['resolution']} px, {sel['precision']} on {sel['runtime']}",
-        "train": f"val macro-F1 {r['train'].get('val_macro_f1') or 0:.4f}",
+        "train": f"val macro-F1 {r['train'].get('val_macro_f1') or 0:.4f} ({r['train'].get('candidate') or 'finetune'})",
         "evaluate": f"test macro-F1 {ev['test'].get('macro_f1') or 0:.4f} (once)",
         "export": f"{len(r['export']['artifacts'])} artifacts, {len(r['export']['failed'])} failed",
         "benchmark": f"p95 {b['latency_ms_p95']:.2f} ms [{b['source'].upper()}] vs {b['budget_ms']} ms: "
@@ -537,6 +544,14 @@ def build_cmd(
     out.print(t)
     if b["source"] == "estimate":
         out.print(f"[yellow]latency is an ESTIMATE[/]: {b['label']}")
+    if weak:
+        msg = (f"quality gate every_class_recalled FAILED: the shipped model never predicts {', '.join(weak)} on "
+               "validation; the bundle is written but the registry will not promote it")
+        if allow_weak:
+            out.print(f"[yellow]warning:[/] {msg} (--allow-weak)")
+        else:
+            err.print(f"[bold red]error:[/] {msg} (pass --allow-weak to exit 0)")
+            raise typer.Exit(1)
 
 
 @app.command("predict")

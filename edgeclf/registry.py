@@ -544,6 +544,13 @@ class Registry:
         if digest != entry.content_hash:
             raise RegistryError(f"version {entry.version} changed on disk since it was added "
                                 f"(content {digest[:19]} != recorded {entry.content_hash[:19]}); re-add the bundle")
+        weak = _gate_failures((m.metrics or {}).get("quality_gates"), "model quality")
+        if weak:
+            detail = ((m.metrics or {}).get("quality_gates") or {}).get("every_class_recalled") or {}
+            classes = ", ".join(detail.get("classes") or []) if isinstance(detail, dict) else ""
+            raise RegistryError(f"version {entry.version} cannot be promoted: {'; '.join(weak)}"
+                                f"{f' (validation recall 0 for: {classes})' if classes else ''}; "
+                                "fix the data or the recipe for those classes and build again")
         verdict = parity_verdict(d, m)
         if verdict.verdict != "passed":
             why = "; ".join(verdict.failures) or verdict.verdict

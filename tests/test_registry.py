@@ -419,3 +419,17 @@ def test_metrics_summary_prefers_test_then_val_then_finetuned(tmp_path: Path) ->
     assert metrics_summary(m).model_dump() == {"split": "val", "macro_f1": 0.5, "accuracy": None}
     m.metrics = {}
     assert metrics_summary(m).macro_f1 is None
+
+
+def test_promote_refuses_a_model_that_never_predicts_a_class(reg: Registry, tmp_path: Path) -> None:
+    good = reg.add(make_bundle(tmp_path / "good", 1)).entry.version
+    b = make_bundle(tmp_path / "weak", 2)
+    m = json.loads((b / MANIFEST).read_text())
+    m["metrics"]["quality_gates"] = {"every_class_recalled": {"passed": False, "classes": ["dog"], "rule": "recall > 0"}}
+    write_manifest(b, BundleManifest.model_validate(m))
+    weak = reg.add(b).entry.version  # stored, so it can be inspected ...
+    reg.promote(good)
+    with pytest.raises(RegistryError, match=r"cannot be promoted: model quality: gate every_class_recalled failed "
+                                            r"\(validation recall 0 for: dog\)"):
+        reg.promote(weak)  # ... but never served
+    assert reg.current().version == good  # type: ignore[union-attr]

@@ -112,7 +112,7 @@ def test_early_stopping_triggers(tiny_manifest: Path, tmp_path: Path) -> None:
                                               "finetune.early_stopping_patience": 1})
     m = train(cfg, tmp_path / "run").metrics
     assert m["stopped_early"] and len(m["history"]) == 2  # epoch 2 did not beat epoch 1
-    assert m["finetuned"]["epoch"] == 1
+    assert next(c for c in m["candidates"] if c["name"] == "finetune")["epoch"] == 1
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -277,8 +277,9 @@ def ev_metrics(run_dir: Path) -> dict[str, Any]:
 
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     keep = {"baselines": m.get("baselines"), "finetuned": {k: v for k, v in (m.get("finetuned") or {}).items()
-                                                           if k in ("epoch", "accuracy", "macro_f1", "n")},
-            "evaluation": m.get("evaluation", {})}
+                                                           if k in ("epoch", "accuracy", "macro_f1", "n", "candidate")},
+            "evaluation": m.get("evaluation", {}), "selection": m.get("selection"),
+            "quality_gates": m.get("quality_gates")}
     return keep
 
 

@@ -60,6 +60,13 @@ class FinetuneConfig(_Section):
     step_gamma: float = Field(0.1, gt=0, le=1)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
     early_stopping_patience: int = Field(4, ge=1)
+    #: Partial fine-tuning (``unfreeze`` a number) computes the frozen trunk once per view and
+    #: caches its output: this many augmented views of every training image (0 = no cache).
+    cache_views: int = Field(4, ge=0, le=64)
+    #: Memory the cached activations may take; fewer views (or no cache) past it.
+    cache_max_gb: float = Field(4.0, gt=0)
+    #: auto: the trunk's cached pass on ONNX Runtime when it matches eager on the first batch.
+    trunk_engine: Literal["auto", "eager"] = "auto"
 
 
 class LossConfig(_Section):
@@ -100,6 +107,8 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     deterministic: bool = True
     device: str = "auto"
+    #: Let the training data choose the defaults the user did not set (edgeclf.train.recipe).
+    auto_recipe: bool = True
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:

@@ -38,10 +38,13 @@ from edgeclf.train.config import TrainConfig
 from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset
 from edgeclf.train.losses import build_loss, class_weights
 from edgeclf.train.metrics import classification_metrics
+from edgeclf.train.partial import TrunkRunner, TrunkSplit, split_trunk
 from edgeclf.train.schedule import lr_factor
 
 CHECKPOINT_FORMAT = "edgeclf-checkpoint"
 CHECKPOINT_VERSION = 1
+#: A validation NLL lower by less than this does not break a macro-F1 tie between epochs.
+NLL_MIN_DELTA = 1e-3
 
 Log = Callable[[str], None]
 
@@ -303,8 +306,14 @@ def _check_manifest(m: Manifest) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, log: Log | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None, max_image_size: int | None = None,
+                 shared_cache: dict[Any, Any] | None = None, on_epoch: Callable[[int, float], None] | None = None) -> None:
         self.cfg = cfg
+        self.max_image_size = max_image_size
+        #: trunk activations shared between runs with the same trunk and views (the search's trials)
+        self.shared_cache = shared_cache
+        #: called after every fine-tuning epoch with (epoch, val macro-F1): the search's pruner
+        self.on_epoch = on_epoch
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.device = _device(cfg.device)
@@ -315,12 +324,14 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _prepare_run_dir(self, resolved: dict[str, Any]) -> None:
+    def _prepare_run_dir(self, resolved: dict[str, Any], annotate: Callable[[str], str] = lambda t: t) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
         cfg_path = self.run_dir / "config.yaml"
         if self.resume:
             if not (ckpt_dir / "last.pt").is_file() and not (ckpt_dir / "probe.pt").is_file():
                 raise CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoints/last.pt or probe.pt")
+            if self.dist.main:
+                (ckpt_dir / "candidates").mkdir(parents=True, exist_ok=True)
             if cfg_path.is_file():
                 old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
                 if old.get("config") != resolved["config"]:
@@ -331,8 +342,8 @@ class Trainer:
         if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
         if self.dist.main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            (ckpt_dir / "candidates").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg_path, annotate(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)))
 
     def _loader(self, ds: torch.utils.data.Dataset, batch: int, sampler: Any = None, shuffle_items: list | None = None) -> DataLoader:
         w = self.cfg.data.workers
@@ -374,38 +385,6 @@ class Trainer:
             full[ids] = arr
         assert full is not None
         return full, np.asarray(ds.targets)
-
-    def _linear_probe(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset,
-                      loss_fn: nn.Module, classes: list[str]) -> dict[str, Any]:
-        cfg = self.cfg.probe
-        t0 = time.perf_counter()
-        ftr, ytr = self._predict(model, train_ds, features=True)
-        fva, yva = self._predict(model, val_ds, features=True)
-        t_feat = time.perf_counter() - t0
-        head = model.get_classifier()
-        xtr, ttr = torch.from_numpy(ftr), torch.from_numpy(ytr).long()
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        n = len(xtr)
-        bs = max(256, self.cfg.batch_size)
-        steps = cfg.epochs * math.ceil(n / bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, 0, "cosine", 0.01))
-        head.train()
-        for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=g)
-            for i in range(0, n, bs):
-                b = perm[i : i + bs]
-                loss = loss_fn(head(xtr[b]), ttr[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-        head.eval()
-        with torch.no_grad():
-            pred = head(torch.from_numpy(fva)).argmax(1).numpy()
-        m = classification_metrics(yva, pred, classes)
-        m["feature_seconds"] = round(t_feat, 2)
-        return m
 
     def _train_epoch(self, model: nn.Module, loader: DataLoader, sampler: EpochSampler, epoch: int, opt: torch.optim.Optimizer,
                      sched: Any, scaler: Any, loss_fn: nn.Module, spec: PreprocessSpec, tb: _TB, global_step: int) -> tuple[float, int, int]:
@@ -452,28 +431,39 @@ class Trainer:
         classes = manifest.classes
         seed_everything(cfg.seed, cfg.deterministic)
 
-        from edgeclf.models import create_model, get_backbone
+        from edgeclf.models import backbone_groups, create_model, get_backbone
+        from edgeclf.train.recipe import annotate_yaml, measure_facts, resolve_recipe
 
         info = get_backbone(cfg.model.backbone)
         model, weights_report = create_model(cfg.model.backbone, len(classes), weights=cfg.model.weights,
                                              source=cfg.model.weights_source, drop_rate=cfg.model.drop_rate)
+        train_rows, val_rows = manifest.split_rows("train"), manifest.split_rows("val")
+        facts = measure_facts(train_rows, root, classes, cfg.seed)
+        if cfg.auto_recipe:
+            cfg, choices = resolve_recipe(cfg, facts, info.input_size, len(backbone_groups(model)), self.max_image_size)
+            self.cfg = cfg
+        else:
+            choices = []
+        for c in choices:
+            self.log(f"  recipe: {c.key} = {c.value}  ({c.source}: {c.reason})")
         spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, cfg.model.image_size)
         if weights_report.bn_folded and cfg.finetune.batchnorm == "train":
             self.log("[yellow]warning:[/] these weights have batch-norm folded into the convolutions; "
                      "finetune.batchnorm=train will disturb them (frozen_stats is the safe choice)")
+        recipe = {"facts": facts.to_dict(), "choices": [c.model_dump(mode="json") for c in choices]}
         resolved = {
             "config": json.loads(cfg.model_dump_json()),
+            "recipe": recipe,
             "run": {"backbone": info.name, "timm_arch": info.timm_arch, "classes": classes,
                     "preprocess": spec.to_dict(), "weights": weights_report.to_dict(),
                     "data_root": str(root), "dataset_fingerprint": manifest.fingerprint,
                     "seed": cfg.seed, "amp": self.amp, "device": str(self.device), "world_size": self.dist.world_size,
                     "versions": library_versions(), "git_commit": git_commit()},
         }
-        self._prepare_run_dir(resolved)
+        self._prepare_run_dir(resolved, annotate=lambda text: annotate_yaml(text, choices))
         ckpt_dir = self.run_dir / "checkpoints"
 
         cache = DecodeCache(cfg.data.cache_dir or None, spec)
-        train_rows, val_rows = manifest.split_rows("train"), manifest.split_rows("val")
         train_ds = ManifestDataset(train_rows, root, classes, spec, cache, cfg.augment, cfg.seed)
         val_ds = ManifestDataset(val_rows, root, classes, spec, cache, None, cfg.seed)
         counts = [Counter(train_ds.targets)[i] for i in range(len(classes))]
@@ -483,41 +473,243 @@ class Trainer:
         if self.device.type == "cpu":  # oneDNN's fast path for depthwise convs: ~1.5x here
             model = model.to(memory_format=torch.channels_last)
         tb = _TB(self.run_dir / "tensorboard" if self.dist.main else None)
+        y_val = np.asarray(val_ds.targets)
+        cands = _Candidates(ckpt_dir / "candidates", classes, y_val, spec, info.name, self.dist.main)
 
-        # baselines: majority class (from train) on val
+        # candidate 0: the majority class of train (a head that ignores its input)
         majority = int(np.argmax(counts))
+        prior = np.asarray(counts, np.float64) / max(1, sum(counts))
+        maj_logits = np.tile(np.log(np.maximum(prior, 1e-12)), (len(val_ds), 1)).astype(np.float32)
         baselines = {"majority_class": {"class": classes[majority],
-                                        **classification_metrics(np.asarray(val_ds.targets),
-                                                                 np.full(len(val_ds), majority), classes)}}
+                                        **classification_metrics(y_val, np.full(len(val_ds), majority), classes)}}
 
-        # stage 1: linear probe on frozen features (doubles as the baseline)
+        # the frozen trunk and its cached activations (partial fine-tuning), when the split allows it
         for p in model.parameters():
             p.requires_grad_(False)
+        ft = cfg.finetune
+        set_trainable(model, ft.unfreeze)
+        split = split_trunk(model) if (ft.unfreeze != "all" and self.device.type == "cpu" and not self.dist.active
+                                       and ft.cache_views > 0) else None
+        for p in model.parameters():
+            p.requires_grad_(False)
+        acts: _Activations | None = None
+        if split is not None:
+            key = (info.name, spec.to_dict().__repr__(), split.first_trainable, ft.cache_views, ft.cache_max_gb, cfg.seed,
+                   cfg.augment.model_dump_json(), manifest.fingerprint, ft.trunk_engine)
+            if self.shared_cache is not None and key in self.shared_cache:
+                acts = self.shared_cache[key]
+                self.log("trunk activations shared with an earlier run of this search")
+            else:
+                acts = self._activations(split, train_ds, val_ds, ft.cache_views, spec)
+                if self.shared_cache is not None and acts is not None:
+                    self.shared_cache.clear()  # one trunk's activations in memory at a time
+                    self.shared_cache[key] = acts
+            if acts is None:
+                split = None
+
+        t_stage = time.perf_counter()
+        head = model.get_classifier()
+        with torch.no_grad():
+            head_state = {k: v.clone() for k, v in head.state_dict().items()}
+            for prm in head.parameters():
+                prm.zero_()
+            bias = getattr(head, "bias", None)
+            if bias is not None:
+                bias.copy_(torch.from_numpy(np.log(np.maximum(prior, 1e-12))).float())
+        cands.add("majority_class", "always the most frequent training class", maj_logits, model, 0, 0.0,
+                  shippable=True)
+        head.load_state_dict(head_state)
+
+        # candidate 1: linear probe on frozen features (doubles as the baseline)
         probe_path = ckpt_dir / "probe.pt"
         if self.resume and probe_path.is_file():
             probe = load_checkpoint(probe_path)
-            model.get_classifier().load_state_dict(probe["head"])
+            head.load_state_dict(probe["head"])
             baselines["linear_probe"] = probe["metrics"]
             self.log("stage 1 (linear probe) restored from checkpoints/probe.pt")
         else:
-            for p in model.get_classifier().parameters():
+            for p in head.parameters():
                 p.requires_grad_(True)
             self.log(f"stage 1: linear probe on frozen {info.name} features ({len(train_ds)} train / {len(val_ds)} val images)")
-            baselines["linear_probe"] = self._linear_probe(model, train_ds, val_ds, loss_fn, classes)
+            baselines["linear_probe"] = self._linear_probe(model, train_ds, val_ds, loss_fn, classes, split, acts)
             if self.dist.main:
-                save_checkpoint(probe_path, {"head": model.get_classifier().state_dict(), "metrics": baselines["linear_probe"]})
+                save_checkpoint(probe_path, {"head": head.state_dict(), "metrics": baselines["linear_probe"]})
+        probe_logits = self._val_logits(model, val_ds, split, acts)
+        cands.add("linear_probe", f"linear head on frozen {info.name} features", probe_logits, model, 0,
+                  time.perf_counter() - t_stage)
         self.log(f"  majority class: val macro-F1 {baselines['majority_class']['macro_f1']:.3f}, "
                  f"linear probe: val macro-F1 {baselines['linear_probe']['macro_f1']:.3f} "
                  f"(accuracy {baselines['linear_probe']['accuracy']:.3f})")
 
-        # stage 2: fine-tune
-        ft = cfg.finetune
+        # candidate 2: fine-tune (the last groups on cached activations, or the whole network)
+        t_stage = time.perf_counter()
         set_trainable(model, ft.unfreeze)
         if ft.batchnorm == "frozen":
             apply_bn_policy(model, "frozen")
+        history, best_epoch, stopped_early, best_state = self._finetune(model, train_ds, val_ds, loss_fn, spec, tb,
+                                                                        classes, split, acts, ckpt_dir, info.name)
+        tb.close()
+        ft_path = ckpt_dir / "candidates" / "finetune.pt"
+        if best_epoch >= 0:
+            # every rank holds the best state (same on all): no rank waits on another's file
+            model.load_state_dict(best_state if best_state is not None else load_checkpoint(ft_path)["model"])
+            what = (f"last {ft.unfreeze} backbone stages + head fine-tuned on cached trunk activations "
+                    f"({acts.views} augmented views, trunk on {acts.engine})" if split is not None and acts is not None
+                    else f"{'whole network' if ft.unfreeze == 'all' else f'last {ft.unfreeze} backbone stages + head'} fine-tuned")
+            cands.add("finetune", what, self._val_logits(model, val_ds, split, acts), model, best_epoch + 1,
+                      time.perf_counter() - t_stage, save=False, path=ft_path)
+
+        selected = cands.select()
+        metrics = self._final_metrics(cands, selected, baselines, history, stopped_early, classes, recipe)
+        if self.dist.main:
+            cands.ship(selected, ckpt_dir / "best.pt")
+            write_json(self.run_dir / "metrics.json", metrics)
+        if self.dist.active:
+            import torch.distributed as td
+
+            td.barrier()
+        return RunResult(self.run_dir, metrics)
+
+    # -- cached activations --------------------------------------------------------------
+
+    def _activations(self, split: TrunkSplit, train_ds: ManifestDataset, val_ds: ManifestDataset, views: int,
+                     spec: PreprocessSpec) -> _Activations | None:
+        """Trunk outputs: val and train as deployed (no augmentation), and ``views`` augmented train views."""
+        example = normalize_batch(torch.stack([val_ds[i][0] for i in range(min(8, len(val_ds)))]), spec)
+        runner = TrunkRunner(split.trunk, example, self.log, self.cfg.finetune.trunk_engine)
+        with torch.no_grad():
+            shape = tuple(runner(example[:1]).shape[1:])
+        per = int(np.prod(shape)) * 2  # fp16
+        budget = int(self.cfg.finetune.cache_max_gb * 2**30)
+        fit = budget // max(1, per * len(train_ds)) - 1  # one clean copy of train
+        if fit < 1:
+            self.log(f"trunk activations ({per * len(train_ds) / 2**30:.1f} GB per view) exceed finetune.cache_max_gb: "
+                     "fine-tuning without the cache")
+            return None
+        if fit < views:
+            self.log(f"finetune.cache_views {views} -> {fit} (finetune.cache_max_gb {self.cfg.finetune.cache_max_gb})")
+            views = fit
+        t0 = time.perf_counter()
+        val = self._run_trunk(runner, val_ds, list(range(len(val_ds))), spec, "trunk: val", torch.float32)
+        clean = self._run_trunk(runner, train_ds, list(range(len(train_ds))), spec, "trunk: train", torch.float16)
+        aug = [self._run_trunk(runner, train_ds, [(v, i) for i in range(len(train_ds))], spec,
+                               f"trunk: train view {v + 1}/{views}", torch.float16) for v in range(views)]
+        seconds = time.perf_counter() - t0
+        n = len(val_ds) + len(train_ds) * (views + 1)
+        self.log(f"trunk activations {shape} for {n} images on {runner.engine} in {seconds:.1f} s "
+                 f"({n / max(seconds, 1e-9):.1f} img/s)")
+        return _Activations(val=val, train=clean, views_=aug, engine=runner.engine, seconds=seconds,
+                            images_per_second=n / max(seconds, 1e-9))
+
+    def _run_trunk(self, runner: TrunkRunner, ds: ManifestDataset, items: list, spec: PreprocessSpec, label: str,
+                   dtype: torch.dtype) -> torch.Tensor:
+        w = self.cfg.data.workers
+        loader = DataLoader(_Items(ds, items), batch_size=self.cfg.batch_size * 2, num_workers=w,
+                            multiprocessing_context="forkserver" if w > 0 else None, prefetch_factor=4 if w > 0 else None)
+        outs, done = [], 0
+        for x, _ in loader:
+            outs.append(runner(normalize_batch(x, spec)).to(dtype))
+            done += len(x)
+            if self.progress:
+                self.progress(label, done, len(items))
+        return torch.cat(outs)
+
+    # -- stages --------------------------------------------------------------------------
+
+    def _val_logits(self, model: nn.Module, val_ds: ManifestDataset, split: TrunkSplit | None,
+                    acts: _Activations | None) -> np.ndarray:
+        if split is not None and acts is not None:
+            return self._top_predict(model, split, acts.val)[0]
+        return self._predict(model, val_ds)[0]
+
+    @torch.no_grad()
+    def _top_predict(self, model: nn.Module, split: TrunkSplit, x: torch.Tensor, features: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (or pre-logit features) of the top on cached trunk activations."""
+        model.eval()
+        outs = []
+        for i in range(0, len(x), 128):
+            a = x[i : i + 128].float().contiguous(memory_format=torch.channels_last)
+            f = a
+            for m in split.top_modules:
+                f = m(f)
+            out = model.forward_head(f, pre_logits=True) if features else model.forward_head(f)
+            outs.append(out.float())
+        return torch.cat(outs).numpy(), np.zeros(0)
+
+    def _linear_probe(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset,
+                      loss_fn: nn.Module, classes: list[str], split: TrunkSplit | None = None,
+                      acts: _Activations | None = None) -> dict[str, Any]:
+        cfg = self.cfg.probe
+        t0 = time.perf_counter()
+        if split is not None and acts is not None:
+            ftr = self._top_predict(model, split, acts.train, features=True)[0]
+            fva = self._top_predict(model, split, acts.val, features=True)[0]
+            ytr, yva = np.asarray(train_ds.targets), np.asarray(val_ds.targets)
+        else:
+            ftr, ytr = self._predict(model, train_ds, features=True)
+            fva, yva = self._predict(model, val_ds, features=True)
+        t_feat = time.perf_counter() - t0
+        head = model.get_classifier()
+        xtr, ttr = torch.from_numpy(ftr), torch.from_numpy(ytr).long()
+        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        n = len(xtr)
+        bs = max(256, self.cfg.batch_size)
+        steps = cfg.epochs * math.ceil(n / bs)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, 0, "cosine", 0.01))
+        head.train()
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n, bs):
+                b = perm[i : i + bs]
+                loss = loss_fn(head(xtr[b]), ttr[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        head.eval()
+        with torch.no_grad():
+            pred = head(torch.from_numpy(fva)).argmax(1).numpy()
+        m = classification_metrics(yva, pred, classes)
+        m["feature_seconds"] = round(t_feat, 2)
+        return m
+
+    def _top_epoch(self, model: nn.Module, split: TrunkSplit, feats: torch.Tensor, targets: torch.Tensor, epoch: int,
+                   opt: torch.optim.Optimizer, sched: Any, loss_fn: nn.Module, tb: _TB, global_step: int) -> tuple[float, int, int]:
+        """One epoch of the top on one cached view (same order rule as the image loader: seed + epoch)."""
+        model.train()
+        apply_bn_policy(model, self.cfg.finetune.batchnorm)
+        torch.manual_seed(_epoch_seed(self.cfg.seed, epoch, 0))
+        order = EpochSampler(targets.tolist(), self.cfg.seed, self.cfg.loss.balanced_sampler).order(epoch)
+        bs = self.cfg.batch_size
+        total, count = 0.0, 0
+        n_batches = math.ceil(len(order) / bs)
+        for b in range(n_batches):
+            idx = torch.from_numpy(order[b * bs : (b + 1) * bs])
+            x = feats[idx].float().contiguous(memory_format=torch.channels_last)
+            y = targets[idx]
+            with _autocast(self.amp, self.device):
+                loss = loss_fn(split.top(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            global_step += 1
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            tb.scalar("train/loss_step", float(loss.detach()), global_step)
+            if self.progress:
+                self.progress(f"epoch {epoch + 1}", b + 1, n_batches)
+        return total / max(1, count), count, global_step
+
+    def _finetune(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset, loss_fn: nn.Module,
+                  spec: PreprocessSpec, tb: _TB, classes: list[str], split: TrunkSplit | None, acts: _Activations | None,
+                  ckpt_dir: Path, backbone: str) -> tuple[list[dict[str, Any]], int, bool, dict[str, Any] | None]:
+        cfg, ft = self.cfg, self.cfg.finetune
+        cached = split is not None and acts is not None
         sampler = EpochSampler(train_ds.targets, cfg.seed, cfg.loss.balanced_sampler, self.dist.rank, self.dist.world_size)
-        loader = self._loader(train_ds, cfg.batch_size, sampler=sampler)
-        steps_per_epoch = len(loader)
+        loader = None if cached else self._loader(train_ds, cfg.batch_size, sampler=sampler)
+        steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size) if cached else len(loader)
         total_steps = ft.epochs * steps_per_epoch
         warmup = int(round(ft.warmup_epochs * steps_per_epoch))
         opt = torch.optim.AdamW(param_groups(model, ft.lr, ft.backbone_lr_mult, ft.weight_decay), lr=ft.lr)
@@ -527,9 +719,11 @@ class Trainer:
         train_model: nn.Module = model
         if self.dist.active:
             train_model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        targets = torch.tensor(train_ds.targets, dtype=torch.long)
 
-        start_epoch, best_f1, best_epoch, bad_epochs, history, global_step = 0, -1.0, -1, 0, [], 0
+        start_epoch, best_f1, best_nll, best_epoch, bad_epochs, history, global_step = 0, -1.0, math.inf, -1, 0, [], 0
         last_path = ckpt_dir / "last.pt"
+        ft_path = ckpt_dir / "candidates" / "finetune.pt"
         if self.resume and last_path.is_file():
             ck = load_checkpoint(last_path)
             model.load_state_dict(ck["model"])
@@ -538,19 +732,31 @@ class Trainer:
             if scaler is not None and ck.get("scaler"):
                 scaler.load_state_dict(ck["scaler"])
             start_epoch, best_f1, best_epoch = ck["epoch"] + 1, ck["best_macro_f1"], ck["best_epoch"]
+            best_nll = ck.get("best_nll", math.inf)
             bad_epochs, history, global_step = ck["bad_epochs"], ck["history"], ck["global_step"]
             self.log(f"resumed after epoch {start_epoch} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch + 1})")
+        if ft.epochs:
+            self.log(f"stage 2: fine-tuning {'the whole network' if ft.unfreeze == 'all' else f'the last {ft.unfreeze} stages'} "
+                     f"for up to {ft.epochs} epochs{' on cached trunk activations' if cached else ''}")
 
         stopped_early = bad_epochs >= ft.early_stopping_patience
+        best_state: dict[str, Any] | None = None  # None after a resume: the best epoch's file has it
         for epoch in range(start_epoch, ft.epochs):
             if stopped_early:
                 break
             t0 = time.perf_counter()
-            train_loss, n_seen, global_step = self._train_epoch(train_model, loader, sampler, epoch, opt, sched, scaler,
-                                                                loss_fn, spec, tb, global_step)
+            if cached:
+                assert split is not None and acts is not None
+                train_loss, n_seen, global_step = self._top_epoch(model, split, acts.view(epoch), targets, epoch, opt,
+                                                                  sched, loss_fn, tb, global_step)
+            else:
+                assert loader is not None
+                train_loss, n_seen, global_step = self._train_epoch(train_model, loader, sampler, epoch, opt, sched, scaler,
+                                                                    loss_fn, spec, tb, global_step)
             seconds = time.perf_counter() - t0
             n_seen = sum(_gather(n_seen, self.dist))
-            logits, y = self._predict(model, val_ds)
+            logits = self._val_logits(model, val_ds, split, acts)
+            y = np.asarray(val_ds.targets)
             vm = classification_metrics(y, logits.argmax(1), classes)
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long()))
             rec = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
@@ -566,53 +772,138 @@ class Trainer:
                 tb.scalar(f"lr/{g['name']}", g["lr"], epoch + 1)
             for c, f in vm["per_class_f1"].items():
                 tb.scalar(f"val_f1/{c}", f, epoch + 1)
-            improved = vm["macro_f1"] > best_f1
+            # ties on macro-F1 go to a clearly lower validation NLL (a drift of 1e-3 is noise)
+            improved = vm["macro_f1"] > best_f1 or (vm["macro_f1"] == best_f1 and val_loss < best_nll - NLL_MIN_DELTA)
             if improved:
-                best_f1, best_epoch, bad_epochs = vm["macro_f1"], epoch, 0
+                best_f1, best_nll, best_epoch, bad_epochs = vm["macro_f1"], val_loss, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad_epochs += 1
             stopped_early = bad_epochs >= ft.early_stopping_patience
+            if self.on_epoch is not None:
+                self.on_epoch(epoch + 1, vm["macro_f1"])
             self.log(f"epoch {epoch + 1}/{ft.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                      f"val acc {vm['accuracy']:.4f}, val macro-F1 {vm['macro_f1']:.4f}"
                      f"{' (best)' if improved else ''}, {rec['images_per_second']:.1f} img/s")
             if self.dist.main:
                 state = {"model": model.state_dict(), "epoch": epoch, "best_macro_f1": best_f1, "best_epoch": best_epoch,
-                         "bad_epochs": bad_epochs, "history": history, "global_step": global_step,
-                         "classes": classes, "preprocess": spec.to_dict(), "backbone": info.name,
-                         "val_metrics": vm}
+                         "best_nll": best_nll, "bad_epochs": bad_epochs, "history": history, "global_step": global_step,
+                         "classes": classes, "preprocess": spec.to_dict(), "backbone": backbone, "val_metrics": vm}
                 if improved:
-                    save_checkpoint(ckpt_dir / "best.pt", state)
+                    save_checkpoint(ft_path, state)
                 save_checkpoint(last_path, {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                             "scaler": scaler.state_dict() if scaler is not None else {}})
         if stopped_early:
             self.log(f"early stopping: no val macro-F1 gain for {ft.early_stopping_patience} epochs")
-        tb.close()
-
-        metrics = self._final_metrics(ckpt_dir, baselines, history, best_epoch, stopped_early, classes, model, val_ds)
-        if self.dist.main:
-            write_json(self.run_dir / "metrics.json", metrics)
-        if self.dist.active:
+        if best_state is None and best_epoch >= 0 and self.dist.active:
             import torch.distributed as td
 
-            td.barrier()
-        return RunResult(self.run_dir, metrics)
+            td.barrier()  # resumed under DDP: the best epoch's file is on disk before anyone reads it
+        return history, best_epoch, stopped_early, best_state
 
-    def _final_metrics(self, ckpt_dir: Path, baselines: dict[str, Any], history: list[dict[str, Any]], best_epoch: int,
-                       stopped_early: bool, classes: list[str], model: nn.Module, val_ds: ManifestDataset) -> dict[str, Any]:
-        best: dict[str, Any] | None = None
-        if (ckpt_dir / "best.pt").is_file():
-            ck = load_checkpoint(ckpt_dir / "best.pt")
-            best = {"epoch": ck["epoch"] + 1, **ck["val_metrics"]}
+    def _final_metrics(self, cands: _Candidates, selected: dict[str, Any], baselines: dict[str, Any],
+                       history: list[dict[str, Any]], stopped_early: bool, classes: list[str],
+                       recipe: dict[str, Any]) -> dict[str, Any]:
+        missed = [c for c, r in selected["val"]["per_class_recall"].items() if r <= 0.0]
+        others = [c for c in cands.items if c["name"] != selected["name"]]
+        margins = {c["name"]: round(selected["val"]["macro_f1"] - c["val"]["macro_f1"], 6) for c in others}
+        runner_up = max(others, key=lambda c: c["val"]["macro_f1"], default=None)
+        reason = (f"{selected['name']} has the highest validation macro-F1 ({selected['val']['macro_f1']:.4f})"
+                  + (f", {margins[runner_up['name']]:+.4f} over {runner_up['name']}" if runner_up else ""))
+        if runner_up and margins[runner_up["name"]] == 0:
+            reason += " (tie on macro-F1: lower validation NLL)"
+        finetuned = {"candidate": selected["name"], "epoch": selected["epoch"], **selected["val"]}
         return {
-            "schema_version": "1.0",
+            "schema_version": "1.1",
             "classes": classes,
             "split": "val",
             "baselines": baselines,
-            "finetuned": best,
+            "candidates": cands.items,
+            "selection": {"selected": selected["name"], "rule": SELECTION_RULE, "reason": reason, "margins": margins},
+            "quality_gates": {"every_class_recalled": {
+                "passed": not missed, "classes": missed,
+                "rule": "the shipped candidate recalls every class on validation (recall > 0)"}},
+            "recipe": recipe,
+            "finetuned": finetuned,
             "history": history,
             "stopped_early": stopped_early,
             "test_split": "untouched",
         }
+
+
+SELECTION_RULE = "highest validation macro-F1; ties: lower validation NLL"
+
+
+@dataclass
+class _Activations:
+    val: torch.Tensor
+    train: torch.Tensor
+    views_: list[torch.Tensor]
+    engine: str
+    seconds: float
+    images_per_second: float
+
+    @property
+    def views(self) -> int:
+        return len(self.views_)
+
+    def view(self, epoch: int) -> torch.Tensor:
+        return self.views_[epoch % len(self.views_)]
+
+
+class _Items(torch.utils.data.Dataset):
+    """A dataset over explicit items (indices or ``(view, index)`` pairs)."""
+
+    def __init__(self, ds: ManifestDataset, items: list) -> None:
+        self.ds, self.items = ds, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.ds[self.items[i]]
+
+
+class _Candidates:
+    """Every model the run produced, scored on validation; the best one is shipped as ``best.pt``."""
+
+    def __init__(self, folder: Path, classes: list[str], y_val: np.ndarray, spec: PreprocessSpec, backbone: str,
+                 main: bool) -> None:
+        self.folder, self.classes, self.y, self.spec, self.backbone, self.main = folder, classes, y_val, spec, backbone, main
+        self.items: list[dict[str, Any]] = []
+        self.preds: dict[str, np.ndarray] = {}
+        self.paths: dict[str, Path] = {}
+
+    def add(self, name: str, description: str, logits: np.ndarray, model: nn.Module, epoch: int, seconds: float,
+            shippable: bool = True, save: bool = True, path: Path | None = None) -> dict[str, Any]:
+        m = classification_metrics(self.y, logits.argmax(1), self.classes)
+        nll = float(nn.functional.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(self.y).long()))
+        item = {"name": name, "description": description, "epoch": epoch, "seconds": round(seconds, 2),
+                "shippable": shippable,
+                "val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "nll": round(nll, 6),
+                        "per_class_recall": m["per_class_recall"], "per_class_f1": m["per_class_f1"], "n": m["n"]}}
+        self.items.append(item)
+        self.preds[name] = logits.argmax(1).astype(np.int64)
+        target = path or self.folder / f"{name}.pt"
+        if save and self.main:
+            save_checkpoint(target, {"model": model.state_dict(), "epoch": max(0, epoch - 1), "classes": self.classes,
+                                     "preprocess": self.spec.to_dict(), "backbone": self.backbone, "val_metrics": m,
+                                     "candidate": name})
+        self.paths[name] = target
+        return item
+
+    def select(self) -> dict[str, Any]:
+        ok = [c for c in self.items if c["shippable"]]
+        return max(ok, key=lambda c: (c["val"]["macro_f1"], -c["val"]["nll"]))
+
+    def ship(self, selected: dict[str, Any], best: Path) -> None:
+        ck = load_checkpoint(self.paths[selected["name"]])
+        ck["candidate"] = selected["name"]
+        save_checkpoint(best, {k: v for k, v in ck.items() if k not in ("format", "version")})
+        out = self.folder.parent.parent / "candidates"
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out / "val_predictions.npz", "wb") as f:
+            np.savez(f, y_true=self.y.astype(np.int64), **self.preds)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -630,6 +921,10 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, log: Log | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> RunResult:
-    """Run baselines, the linear probe and fine-tuning; write the run directory."""
-    return Trainer(cfg, run_dir, resume, log, progress).run()
+          progress: Callable[[str, int, int], None] | None = None, max_image_size: int | None = None) -> RunResult:
+    """Run the candidates (majority class, linear probe, fine-tuning), ship the best; write the run directory.
+
+    ``max_image_size``: the largest input side the deployment's latency budget allows (from the
+    build's selection); the resolution rule of :mod:`edgeclf.train.recipe` stays within it.
+    """
+    return Trainer(cfg, run_dir, resume, log, progress, max_image_size).run()
