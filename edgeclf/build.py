@@ -311,12 +311,27 @@ def _stage_train(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log,
         log("train: resuming the interrupted run")
     # The input size is the training data's choice (edgeclf.train.recipe) within what the
     # selected configuration's latency budget allows: the largest fitting resolution.
-    train(load_config(opts.config, overrides), run_dir, resume=resume, log=log, progress=progress,
-          max_image_size=sel.get("max_resolution") or sel["resolution"])
+    cfg = load_config(opts.config, overrides)
+    max_size = sel.get("max_resolution") or sel["resolution"]
+    if opts.time_budget_s:
+        from edgeclf.train.search import search
+
+        # the recipe and the backbone, among the selection's fitting ones with weights here
+        doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
+        others = sorted({c["backbone"] for c in doc["candidates"] if c["fits"] and c.get("weights_here")
+                         and c["backbone"] != sel["backbone"]})
+        log(f"train: searching the recipe for {opts.time_budget_s:.0f} s over {', '.join([sel['backbone'], *others])}")
+        table = search(cfg, run_dir, opts.time_budget_s, backbones=[sel["backbone"], *others], log=log,
+                       max_image_size=max_size)
+        doc["search"] = table
+        write_json(out / "selection.json", doc)
+    else:
+        train(cfg, run_dir, resume=resume, log=log, progress=progress, max_image_size=max_size)
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     ft = m.get("finetuned") or {}
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     return {"run": "run", "checkpoint_sha256": sha256_file(run_dir / "checkpoints" / "best.pt"),
+            "backbone": cfg["config"]["model"]["backbone"], "search": bool(opts.time_budget_s),
             "val_macro_f1": ft.get("macro_f1"), "val_accuracy": ft.get("accuracy"), "best_epoch": ft.get("epoch"),
             "candidate": ft.get("candidate"), "image_size": cfg["config"]["model"]["image_size"],
             "baselines": {k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()},
@@ -325,17 +340,22 @@ def _stage_train(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log,
             "recipe": (m.get("recipe") or {}).get("choices", [])}
 
 
-def _select_at(out: Path, sel: dict[str, Any], resolution: int) -> dict[str, Any]:
-    """The selection's figures for the resolution training chose (within the budget's fitting ones)."""
+def _select_at(out: Path, sel: dict[str, Any], resolution: int, backbone: str) -> dict[str, Any]:
+    """The selection's figures for the backbone and resolution training chose (the data's resolution
+    rule or the recipe search, within the budget's fitting configurations)."""
     doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
-    for c in doc.get("candidates", []):
-        if (c["backbone"], c["runtime"], c["precision"], c["resolution"]) == (
-                sel["backbone"], sel["runtime"], sel["precision"], resolution):
-            return {**sel, "resolution": resolution, "latency_ms_p95_estimate": c["latency_ms_p95"],
-                    "latency_source": c["latency_source"], "memory_mb": c["memory_mb"], "file_mb": c["file_mb"],
-                    "justification": sel["justification"] + f" Trained at {resolution} px: the data's resolution "
-                                     "rule, within the latency budget."}
-    return {**sel, "resolution": resolution}
+    why = (f" Trained {backbone} at {resolution} px: "
+           + ("the recipe search's choice" if backbone != sel["backbone"] else "the data's resolution rule")
+           + ", within the latency budget.")
+    rows = [c for c in doc.get("candidates", []) if c["backbone"] == backbone and c["resolution"] == resolution]
+    same = [c for c in rows if (c["runtime"], c["precision"]) == (sel["runtime"], sel["precision"])]
+    pick = (same or sorted([c for c in rows if c["fits"]], key=lambda c: c["latency_ms_p95"]) or rows or [None])[0]
+    if pick is None:
+        return {**sel, "backbone": backbone, "resolution": resolution, "justification": sel["justification"] + why}
+    return {**sel, "backbone": backbone, "resolution": resolution, "runtime": pick["runtime"],
+            "precision": pick["precision"], "latency_ms_p95_estimate": pick["latency_ms_p95"],
+            "latency_source": pick["latency_source"], "memory_mb": pick["memory_mb"], "file_mb": pick["file_mb"],
+            "accuracy": pick.get("accuracy"), "justification": sel["justification"] + why}
 
 
 def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
@@ -758,15 +778,18 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
                                  [out / "selection.json"], lambda: _stage_select(opts, out, log))
         train_key = {"split": r["split"]["fingerprint"], "backbone": r["select"]["backbone"],
                      "resolution": opts.image_size or r["select"]["resolution"], "config": _file_key(opts.config),
-                     "epochs": opts.epochs, "batch_size": opts.batch_size, "seed": opts.seed, "extra": opts.extra_train}
+                     "epochs": opts.epochs, "batch_size": opts.batch_size, "seed": opts.seed, "extra": opts.extra_train,
+                     "time_budget_s": opts.time_budget_s, "max_resolution": r["select"].get("max_resolution"),
+                     "recipe_version": 2}
         if opts.image_size:
             r["select"] = {**r["select"], "resolution": opts.image_size,
                            "justification": r["select"]["justification"] + f" Trained at {opts.image_size} px (--image-size)."}
         r["train"] = stages.run("train", train_key, [out / "run" / "checkpoints" / "best.pt"],
                                 lambda: _stage_train(opts, out, r["select"], log, progress))
-        trained_at = r["train"].get("image_size")
-        if trained_at and trained_at != r["select"]["resolution"]:
-            r["select"] = _select_at(out, r["select"], int(trained_at))
+        trained_at = r["train"].get("image_size") or r["select"]["resolution"]
+        trained = r["train"].get("backbone") or r["select"]["backbone"]
+        if (trained, trained_at) != (r["select"]["backbone"], r["select"]["resolution"]):
+            r["select"] = _select_at(out, r["select"], int(trained_at), trained)
         ck = r["train"]["checkpoint_sha256"]
         r["evaluate"] = stages.run("evaluate", {"checkpoint": ck, "robustness": opts.robustness},
                                    [out / "run" / "report" / "index.html"], lambda: _stage_evaluate(opts, out, log))

@@ -253,10 +253,13 @@ def train_cmd(
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML recipe; flags override it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in RUN_DIR.")] = False,
+    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Search the recipe for this long (15m, 1h, 900s); trials chosen on validation macro-F1.")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list of seeds: one run each, the spread reported, the best on validation shipped.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Baselines, linear probe on frozen features, then fine-tuning with early stopping on val macro-F1."""
+    """Candidates on validation (majority class, linear probe, fine-tuning); the best one is shipped."""
     from edgeclf.train import load_config, train
+    from edgeclf.train.search import parse_duration, search, train_seeds
 
     if (manifest is None) == (data is None) and not resume:
         raise typer.BadParameter("pass exactly one of --manifest and --data")
@@ -285,23 +288,44 @@ def train_cmd(
     else:
         cfg = load_config(config, overrides)
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
-    with _progress("training", True) as cb:
-        result = train(cfg, run_dir, resume=resume, log=log, progress=lambda label, d, t: cb(d, t))
-    m = result.metrics
+    if time_budget and seeds:
+        raise typer.BadParameter("pass --time-budget or --seeds, not both")
+    if time_budget:
+        search(cfg, run_dir, parse_duration(time_budget), log=log)
+        m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    elif seeds:
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--seeds {seeds!r}: expected integers such as 0,1,2") from None
+        train_seeds(cfg, run_dir, seed_list, log=log)
+        m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        with _progress("training", True) as cb:
+            result = train(cfg, run_dir, resume=resume, log=log, progress=lambda label, d, t: cb(d, t))
+        m = result.metrics
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     if as_json:
         _print_json(m)
         return
-    t = Table(title=f"{run_dir}: validation (test split untouched)")
-    for col in ("model", "accuracy", "macro-F1"):
+    t = Table(title=f"{run_dir}: validation candidates (test split untouched)")
+    for col in ("candidate", "accuracy", "macro-F1", "seconds"):
         t.add_column(col)
-    for name, bm in m["baselines"].items():
-        t.add_row(name.replace("_", " "), f"{bm['accuracy']:.4f}", f"{bm['macro_f1']:.4f}")
-    if m["finetuned"]:
-        f = m["finetuned"]
-        t.add_row(f"[bold]fine-tuned (epoch {f['epoch']})", f"[bold]{f['accuracy']:.4f}", f"[bold]{f['macro_f1']:.4f}")
+    selected = (m.get("selection") or {}).get("selected")
+    for c in m.get("candidates", []):
+        b = "[bold]" if c["name"] == selected else ""
+        t.add_row(f"{b}{c['name']}{' (shipped)' if c['name'] == selected else ''}", f"{b}{c['val']['accuracy']:.4f}",
+                  f"{b}{c['val']['macro_f1']:.4f}", f"{c.get('seconds', 0):.0f}")
     out.print(t)
+    if m.get("selection"):
+        out.print(m["selection"]["reason"])
+    if m.get("seeds"):
+        sd = m["seeds"]
+        out.print(f"over seeds {sd['seeds']}: val macro-F1 {sd['mean']:.4f} ± {sd['std']:.4f} (min {sd['min']:.4f}, max {sd['max']:.4f})")
+    gate = (m.get("quality_gates") or {}).get("every_class_recalled") or {}
+    if gate.get("passed") is False:
+        err.print(f"[yellow]warning:[/] the shipped model never predicts {', '.join(gate['classes'])} on validation")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

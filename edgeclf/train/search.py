@@ -258,3 +258,33 @@ def _add_trial_predictions(run_dir: Path, others: list[dict[str, Any]]) -> None:
                     arrays[f"trial-{r['trial']:03d}"] = d[r["shipped"]]
     with atomic_open(z, "wb") as f:
         np.savez(f, **arrays)
+
+
+def train_seeds(cfg: TrainConfig, run_dir: Path, seeds: list[int], log: Log | None = None,
+                max_image_size: int | None = None) -> dict[str, Any]:
+    """One run per seed (``RUN_DIR/seeds/seed-N``); the spread is recorded, the best on validation adopted."""
+    from edgeclf.train.loop import train
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct integers, got {seeds}")
+    log = log or (lambda s: None)
+    run_dir = Path(run_dir)
+    rows = []
+    for seed in seeds:
+        sdir = run_dir / "seeds" / f"seed-{seed}"
+        res = train(cfg.model_copy(update={"seed": seed}), sdir, log=log, max_image_size=max_image_size,
+                    resume=(sdir / "checkpoints" / "last.pt").is_file())
+        ft = res.metrics["finetuned"]
+        rows.append({"seed": seed, "val_macro_f1": ft["macro_f1"], "val_accuracy": ft["accuracy"],
+                     "shipped": ft.get("candidate"), "run": str(sdir.relative_to(run_dir))})
+        log(f"seed {seed}: val macro-F1 {ft['macro_f1']:.4f} ({ft.get('candidate')})")
+    f1 = np.array([r["val_macro_f1"] for r in rows])
+    best = rows[int(np.argmax(f1))]
+    _adopt(run_dir, run_dir / best["run"])
+    spread = {"seeds": seeds, "runs": rows, "mean": float(f1.mean()), "std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+              "min": float(f1.min()), "max": float(f1.max()), "adopted": best["seed"],
+              "rule": "the seed with the highest validation macro-F1 is adopted"}
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics["seeds"] = spread
+    write_json(run_dir / "metrics.json", metrics)
+    return spread
