@@ -800,7 +800,11 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
                                                   "selected": [r["select"]["runtime"], r["select"]["precision"]],
                                                   "host": platform.node() if opts.measure is not False else None},
                                     [], lambda: _stage_benchmark(opts, out, r["select"], log))
-        r["package"] = stages.run("package", {"bundle": bundle_key, "benchmark": r["benchmark"], "version": _runtime_version()},
+        # the package's own layout (README, example, its decoder) is part of its key: an upgrade re-packages
+        layout = _key([DEVICE_README, PREBUILT_USE, EXAMPLE_CMAKE,
+                       _file_key(_runtime_files() / "cpp-src" / "examples" / "classify.c")])
+        r["package"] = stages.run("package", {"bundle": bundle_key, "benchmark": r["benchmark"], "version": _runtime_version(),
+                                              "layout": layout},
                                   [out / f"{out.name}-{profile.name}.tar.gz"],
                                   lambda: _stage_package(opts, out, r["select"], r["evaluate"], r["benchmark"]))
         r["report"] = stages.run("report", {"all": _key({k: v for k, v in r.items()})}, [out / "report.md"],

@@ -135,11 +135,20 @@ def test_measure_times_the_choice_instead_of_estimating(tmp_path: Path) -> None:
                                    backbones=["tf_efficientnet_lite0"], budget_ms=0.001), tmp_path)
 
 
+# The JPEG case: the example decodes with stb_image, Python with PIL (libjpeg-turbo); they
+# round the IDCT, chroma upsampling and colour conversion differently (at most 3 levels of
+# 255 per pixel on real JPEGs), so the probability may move a little: measured under 1e-6
+# on the tiny build's model (nearly flat after one epoch), under 2e-3 with the
+# position-sensitive model of tests/test_runtime_c.py. Top-1 must not move.
+JPEG_PROB_ATOL = 1e-2
+
+
 @pytest.mark.cpp
 def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict, BuildOptions], tmp_path: Path) -> None:
     """The tarball, unpacked elsewhere: the example builds against its CMake package and runs
-    with no Python environment and no library path, giving the same top-1 as Python."""
-    import os
+    with no Python environment and no library path, on a PNG of the data set as it is, a
+    PPM and a JPEG, giving the same top-1 as Python (and the README's commands work)."""
+    import shlex
     import shutil
     import subprocess
 
@@ -155,22 +164,44 @@ def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict,
     with tarfile.open(out / res["results"]["package"]["package"]) as tar:
         tar.extractall(tmp_path, filter="data")
     root = next(tmp_path.iterdir())
+    assert (root / "examples" / "third_party" / "stb" / "LICENSE").is_file()
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "./build-example/edgeclf_classify bundle image.jpg" in readme
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
-    subprocess.run(["cmake", "-S", "examples", "-B", "b", f"-DCMAKE_PREFIX_PATH={root}"], cwd=root, env=env,
+    subprocess.run(["cmake", "-S", "examples", "-B", "build-example", f"-DCMAKE_PREFIX_PATH={root}"], cwd=root, env=env,
                    check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", "b"], cwd=root, env=env, check=True, capture_output=True)
-    image = next(Path(opts.data_dir).glob("b/*.png"))
-    ppm = tmp_path / "image.ppm"
-    Image.open(image).convert("RGB").save(ppm)
+    subprocess.run(["cmake", "--build", "build-example"], cwd=root, env=env, check=True, capture_output=True)
+    exe = root / "build-example" / "edgeclf_classify"
+
+    def classify(image: Path, backend: str) -> tuple[str, list[list[str]]]:
+        done = subprocess.run([str(exe), "bundle", str(image)], cwd=root, capture_output=True, text=True, check=True,
+                              env={**env, "EDGECLF_BACKEND": backend, "EDGECLF_PRECISION": "fp32"})
+        return done.stdout, [line.split("\t") for line in done.stdout.splitlines() if not line.startswith("#")]
+
+    png = next(Path(opts.data_dir).glob("b/*.png"))  # the data set's own file
+    ppm, jpg = tmp_path / "image.ppm", tmp_path / "image.jpg"
+    Image.open(png).convert("RGB").save(ppm)
+    Image.open(png).convert("RGB").save(jpg, quality=95)
     want = predict(root / "bundle", [ppm], top_k=1)[0].label
+    want_jpg = predict(root / "bundle", [jpg], top_k=1)[0].label
     pixels = np.asarray(Image.open(ppm).convert("RGB"))
     for backend in ("onnxruntime", "openvino"):
-        done = subprocess.run([str(root / "b" / "edgeclf_classify"), "bundle", str(ppm)], cwd=root,
-                              env={**env, "EDGECLF_BACKEND": backend, "EDGECLF_PRECISION": "fp32"},
-                              capture_output=True, text=True, check=True)
-        lines = [line.split("\t") for line in done.stdout.splitlines() if not line.startswith("#")]
-        assert f"{backend} fp32" in done.stdout
+        stdout, lines = classify(ppm, backend)
+        assert f"{backend} fp32" in stdout
         assert lines[0][1] == want
         with Classifier(root / "bundle", backend=backend, precision="fp32") as clf:
             top = clf.classify(pixels, top_k=1)[0]
+            top_jpg = clf.classify(jpg, top_k=1)[0]  # PIL's decode of the JPEG
         assert top.label == want and np.isclose(float(lines[0][2]), top.probabilities[0], atol=1e-5)
+        assert classify(png, backend)[1] == lines  # the PNG as it is: the same pixels as the PPM
+        jl = classify(jpg, backend)[1]
+        assert jl[0][1] == want_jpg == top_jpg.label, (jl, top_jpg)
+        assert abs(float(jl[0][2]) - top_jpg.probabilities[0]) < JPEG_PROB_ATOL, (jl, top_jpg)
+
+    # the README's data-set line runs as written, from the data set's parent folder
+    line = next(ln for ln in readme.splitlines() if ln.startswith("./build-example/edgeclf_classify bundle ")
+                and "test image of the data set" in ln)
+    args = shlex.split(line, comments=True)
+    image = Path(opts.data_dir).parent / args[2]
+    assert image.is_file(), line
+    assert classify(image, "onnxruntime")[1][0][1] == predict(root / "bundle", [image], top_k=1)[0].label
