@@ -370,6 +370,7 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
         test = evaluate(run_dir, "test", robustness=False, explain=False, log=log)
     pick = ("accuracy", "balanced_accuracy", "macro_f1")
     return {"val": {k: val.get(k) for k in pick}, "test": {k: test.get(k) for k in pick},
+            "val_ci": val.get("ci"), "test_ci": test.get("ci"),
             "temperature": val.get("calibration", {}).get("temperature"), "report": "run/report/index.html"}
 
 
@@ -702,15 +703,38 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
     t = results["train"]
     e = results["evaluate"]
     lines += ["", "## Training and evaluation", "",
-              f"Validation macro-F1 {_fmt(t.get('val_macro_f1'))} (epoch {t.get('best_epoch')}); baselines: "
-              + ", ".join(f"{k} {_fmt(v)}" for k, v in (t.get("baselines") or {}).items()) + ".",
-              f"Test (touched once): accuracy {_fmt(e['test'].get('accuracy'))}, macro-F1 {_fmt(e['test'].get('macro_f1'))}. "
-              f"Full report: `run/report/index.html`.", ""]
-    probe = (t.get("baselines") or {}).get("linear_probe")
-    if isinstance(probe, (int, float)) and isinstance(t.get("val_macro_f1"), (int, float)) and t["val_macro_f1"] < probe:
-        lines += [f"**Warning:** the fine-tuned model ({_fmt(t['val_macro_f1'])}) is below the linear probe on frozen "
-                  f"features ({_fmt(probe)}) on validation macro-F1: train longer (`--epochs`), or check the data "
-                  "(class balance, label noise: `edgeclf label audit`) before shipping this bundle.", ""]
+              f"Shipped: **{t.get('candidate') or 'finetune'}**, validation macro-F1 {_fmt(t.get('val_macro_f1'))}"
+              + (f" (epoch {t['best_epoch']})" if t.get("best_epoch") else "") + _fmt_ci(e.get("val_ci")) + ".",
+              f"Test (touched once): accuracy {_fmt(e['test'].get('accuracy'))}, macro-F1 {_fmt(e['test'].get('macro_f1'))}"
+              + _fmt_ci(e.get("test_ci")) + ". Full report: `run/report/index.html`.", ""]
+    cands = t.get("candidates") or {}
+    if cands:
+        lines += ["| candidate (validation) | macro-F1 | shipped |", "|---|---|---|"]
+        lines += [f"| {name} | {_fmt(f1)} | {'**yes**' if name == t.get('candidate') else ''} |" for name, f1 in cands.items()]
+        picked = t.get("selection") or {}
+        lines += ["", f"Rule: {picked.get('rule', '')}. {picked.get('reason', '')}.", ""]
+    weak = weak_classes(t)
+    if weak:
+        lines += [f"**Quality gate every_class_recalled FAILED:** the shipped model never predicts {', '.join(weak)} on "
+                  "validation. The bundle is written, but the registry will not promote it.", ""]
+    search = sel.get("search")
+    if search:
+        lines += [f"Recipe search ({search['sampler']}, {search['pruner']}): {len(search['trials'])} trials in "
+                  f"{search['seconds']:.0f} s of a {search['time_budget_s']:.0f} s budget; trial {search['best_trial']} "
+                  "shipped. Chosen on validation macro-F1 only; no trial saw the test split.", "",
+                  "| trial | state | settings | val macro-F1 [95 % CI] | shipped candidate | seconds |",
+                  "|---|---|---|---|---|---|"]
+        for tr in search["trials"]:
+            ci = tr.get("val_macro_f1_ci")
+            f1 = (f"{tr['val_macro_f1']:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")) if "val_macro_f1" in tr else "—"
+            conf = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                             for k, v in (tr.get("config") or tr["params"]).items())
+            lines.append(f"| {tr['trial']} | {tr['state']} | {conf} | {f1} | {tr.get('shipped', '')} | {tr['seconds']:.0f} |")
+        lines += [""]
+    if t.get("recipe"):
+        lines += ["Automatic recipe choices (the training data's rules; a user's setting always wins):", ""]
+        lines += [f"- `{c['key']}: {c['value']}` — {c['source']}: {c['reason']}" for c in t["recipe"]]
+        lines += [""]
     lines += ["## Export and parity", "",
               "| artifact | precision | status | size MB | macro-F1 | Δ vs eager | agreement | ms/img |", "|---|---|---|---|---|---|---|---|"]
     for r in results["export"]["parity"]:
@@ -737,6 +761,11 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
                "test": e["test"], "val": e["val"]}
     write_json(out / "build.json", summary)
     return {"report": "report.md", "summary": "build.json"}
+
+
+def _fmt_ci(ci: Any) -> str:
+    m = (ci or {}).get("macro_f1") if isinstance(ci, dict) else None
+    return f" (95 % CI {m['low']:.3f}–{m['high']:.3f})" if isinstance(m, dict) and m.get("low") is not None else ""
 
 
 def _fmt1(v: Any) -> str:

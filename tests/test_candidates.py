@@ -176,3 +176,26 @@ def test_cached_run_resumes_like_an_uninterrupted_one(tiny_manifest: Path, tmp_p
     assert strip(resumed["history"]) == strip(full["history"])
     assert resumed["selection"]["selected"] == full["selection"]["selected"]
     assert json.dumps([x["val"] for x in resumed["candidates"]]) == json.dumps([x["val"] for x in full["candidates"]])
+
+
+def test_fast_predictor_matches_the_eager_model() -> None:
+    import numpy as np
+
+    from edgeclf.evaluate.predictor import FastPredictor, TorchPredictor
+    from edgeclf.preprocess import PreprocessSpec
+
+    torch.manual_seed(0)
+    model, _ = create_model("tf_efficientnet_lite0", 3, source="none")
+    model.eval()
+    spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, 64)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(10)]
+    eager = TorchPredictor(model, spec, ["a", "b", "c"])
+    fast = FastPredictor(model, spec, ["a", "b", "c"], imgs[:4])
+    assert fast.engine.startswith("onnxruntime fp32")
+    np.testing.assert_allclose(fast(imgs), eager(imgs), rtol=0, atol=1e-4)
+    f1, l1 = fast.features_and_logits(imgs)
+    f2, l2 = eager.features_and_logits(imgs)
+    np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-4)
+    # nothing to check against: the eager model itself
+    assert FastPredictor(model, spec, ["a", "b", "c"], []).engine.startswith("eager")

@@ -73,6 +73,8 @@ class Evaluation:
         self.log = log or (lambda s: None)
         self.progress = progress
         self.cache_dir = self.run_dir / "eval" / "cache"
+        #: which engine computed the predictions (the eager model, or ONNX Runtime matching it)
+        self.engine = "eager (torch fp32)"
 
     def split_data(self, split: str) -> SplitData:
         """Logits + features of a split, cached per checkpoint hash (decoding is the slow part)."""
@@ -89,11 +91,14 @@ class Evaluation:
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as z:
                 if list(z["paths"]) == paths:
+                    if "engine" in z.files:
+                        self.engine = str(z["engine"])
                     return SplitData(paths, y, z["logits"], z["features"], rows)
-        self.log(f"predicting {len(paths)} {split} images with the eager model (fp32)")
-        pred = self.run.predictor()
-        feats, logits = [], []
         step = 64
+        pred = self.run.fast_predictor(load_images(self.run.data_root, paths[:8]))
+        self.engine = pred.engine
+        self.log(f"predicting {len(paths)} {split} images: {pred.engine}")
+        feats, logits = [], []
         for i in range(0, len(paths), step):
             f, lg = pred.features_and_logits(load_images(self.run.data_root, paths[i : i + step]))
             feats.append(f)
@@ -104,7 +109,7 @@ class Evaluation:
         from edgeclf._io import atomic_open
 
         with atomic_open(cache, "wb") as fobj:
-            np.savez(fobj, paths=np.array(paths), logits=data.logits, features=data.features)
+            np.savez(fobj, paths=np.array(paths), logits=data.logits, features=data.features, engine=np.array(self.engine))
         return data
 
     def temperature(self) -> dict[str, Any]:
@@ -206,6 +211,7 @@ class Evaluation:
         verdict = compute_verdict(metrics, train_metrics, side, reused, len(read_ledger(self.run_dir)))
         metrics.update({"split": split, "test_reused": reused, "temperature": temp, "verdict": verdict,
                         "model_sha256": self.run.checkpoint_sha256, "best_epoch": self.run.best_epoch,
+                        "prediction_engine": self.engine,
                         "dataset_fingerprint": self.run.manifest.fingerprint, "classes": classes})
         write_json(self.run_dir / "eval" / split / "metrics.json", metrics)
         train_metrics.setdefault("evaluation", {})[split] = {
@@ -225,7 +231,9 @@ class Evaluation:
         idx = np.sort(rng.choice(len(data.paths), min(max_images, len(data.paths)), replace=False))
         images = load_images(self.run.data_root, [data.paths[i] for i in idx])
         self.log(f"robustness suite on {len(idx)} images")
-        res = run_robustness(self.run.predictor(), images, data.y[idx], seed=seed)
+        pred = self.run.fast_predictor(images[:8])
+        res = run_robustness(pred, images, data.y[idx], seed=seed)
+        self.engine = pred.engine
         plot_robustness({"eager fp32": res}, fig_dir / "robustness.png", f"macro-F1 under corruption, {tag}")
         return {"images": int(len(idx)), **res.to_dict()}
 

@@ -312,8 +312,9 @@ def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: 
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(val.paths), min(max_images, len(val.paths)), replace=False))
     imgs = load_images(ev.run.data_root, [val.paths[i] for i in idx])
-    log(f"robustness suite on {len(idx)} images: eager vs {pick_key}")
-    res = {"eager fp32": run_robustness(ev.run.predictor(), imgs, val.y[idx]),
+    eager = ev.run.fast_predictor(imgs[:8])  # the eager model's figures, on ONNX Runtime where it matches
+    log(f"robustness suite on {len(idx)} images: eager ({eager.engine}) vs {pick_key}")
+    res = {"eager fp32": run_robustness(eager, imgs, val.y[idx]),
            pick_key: run_robustness(runners[pick_key], imgs, val.y[idx])}
     plot_robustness(res, work / "robustness.png", f"macro-F1 under corruption: eager vs {pick_key}")
     return {"artifact": pick_key, "images": int(len(idx)), "rows": [r.to_dict() for r in compare_robustness(res)],
