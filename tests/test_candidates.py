@@ -199,3 +199,27 @@ def test_fast_predictor_matches_the_eager_model() -> None:
     np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-4)
     # nothing to check against: the eager model itself
     assert FastPredictor(model, spec, ["a", "b", "c"], []).engine.startswith("eager")
+
+
+def test_augmentation_that_destroys_the_label_is_softened(tiny_manifest: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from edgeclf.train.data import ManifestDataset
+
+    class Blank:  # an "augmentation" that removes everything the label depends on
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros((x.shape[0], 64, 64), dtype=x.dtype)
+
+    monkeypatch.setattr(ManifestDataset, "_build_augment", lambda self: Blank())
+    c = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03})
+    m = train(c, tmp_path / "run").metrics
+    soft = [ch for ch in m["recipe"]["choices"] if ch["reason"].startswith("probe check")]
+    assert [ch["key"] for ch in soft] == ["augment.crop_scale", "augment.rotation_deg"]
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert stored["config"]["augment"]["crop_scale"] == [0.8, 1.0] and stored["config"]["augment"]["rotation_deg"] == 5.0
+    assert "crop_scale:" in (tmp_path / "run" / "config.yaml").read_text()
+    # the user's own crop wins: no check
+    c2 = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.crop_scale": [0.5, 1.0]})
+    m2 = train(c2, tmp_path / "run2").metrics
+    assert not [ch for ch in m2["recipe"]["choices"] if ch["reason"].startswith("probe check")]

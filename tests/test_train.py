@@ -116,7 +116,8 @@ def test_early_stopping_triggers(tiny_manifest: Path, tmp_path: Path) -> None:
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3})
+    # the whole network on images (the cached partial path has its own test in test_candidates.py)
+    cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3, "finetune.unfreeze": "all"})
     full = train(cfg, tmp_path / "full").metrics
 
     real_epoch = Trainer._train_epoch

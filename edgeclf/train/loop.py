@@ -38,7 +38,9 @@ from edgeclf.train.config import TrainConfig
 from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset
 from edgeclf.train.losses import build_loss, class_weights
 from edgeclf.train.metrics import classification_metrics
+from edgeclf.train.data import mix_seed
 from edgeclf.train.partial import TrunkRunner, TrunkSplit, split_trunk
+from edgeclf.train.recipe import RecipeChoice, explicit_keys
 from edgeclf.train.schedule import lr_factor
 
 CHECKPOINT_FORMAT = "edgeclf-checkpoint"
@@ -324,7 +326,14 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _prepare_run_dir(self, resolved: dict[str, Any], annotate: Callable[[str], str] = lambda t: t) -> None:
+    def _write_config(self, resolved: dict[str, Any], annotate: Callable[[str], str]) -> None:
+        if self.dist.main and not self.resume:
+            (self.run_dir / "checkpoints" / "candidates").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml",
+                              annotate(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)))
+
+    def _prepare_run_dir(self, resolved: dict[str, Any], annotate: Callable[[str], str] = lambda t: t,
+                         write: bool = True) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
         cfg_path = self.run_dir / "config.yaml"
         if self.resume:
@@ -341,9 +350,8 @@ class Trainer:
             return
         if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-        if self.dist.main:
-            (ckpt_dir / "candidates").mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cfg_path, annotate(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)))
+        if write:
+            self._write_config(resolved, annotate)
 
     def _loader(self, ds: torch.utils.data.Dataset, batch: int, sampler: Any = None, shuffle_items: list | None = None) -> DataLoader:
         w = self.cfg.data.workers
@@ -434,6 +442,8 @@ class Trainer:
         from edgeclf.models import backbone_groups, create_model, get_backbone
         from edgeclf.train.recipe import annotate_yaml, measure_facts, resolve_recipe
 
+        self.user_cfg = cfg
+
         info = get_backbone(cfg.model.backbone)
         model, weights_report = create_model(cfg.model.backbone, len(classes), weights=cfg.model.weights,
                                              source=cfg.model.weights_source, drop_rate=cfg.model.drop_rate)
@@ -444,6 +454,13 @@ class Trainer:
             self.cfg = cfg
         else:
             choices = []
+        if self.resume and (self.run_dir / "config.yaml").is_file():
+            stored = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+            checked = [RecipeChoice.model_validate(c) for c in (stored.get("recipe") or {}).get("choices", [])
+                       if c.get("source") == "auto" and str(c.get("reason", "")).startswith(AUG_CHECK)]
+            if checked:  # the augmentation check ran before the interruption: the same result
+                cfg = self.cfg = _with_augment(cfg, {c.key.split(".", 1)[1]: c.value for c in checked})
+                choices += checked
         for c in choices:
             self.log(f"  recipe: {c.key} = {c.value}  ({c.source}: {c.reason})")
         spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, cfg.model.image_size)
@@ -460,7 +477,7 @@ class Trainer:
                     "seed": cfg.seed, "amp": self.amp, "device": str(self.device), "world_size": self.dist.world_size,
                     "versions": library_versions(), "git_commit": git_commit()},
         }
-        self._prepare_run_dir(resolved, annotate=lambda text: annotate_yaml(text, choices))
+        self._prepare_run_dir(resolved, write=False)
         ckpt_dir = self.run_dir / "checkpoints"
 
         cache = DecodeCache(cfg.data.cache_dir or None, spec)
@@ -495,7 +512,7 @@ class Trainer:
         acts: _Activations | None = None
         if split is not None:
             key = (info.name, spec.to_dict().__repr__(), split.first_trainable, ft.cache_views, ft.cache_max_gb, cfg.seed,
-                   cfg.augment.model_dump_json(), manifest.fingerprint, ft.trunk_engine)
+                   manifest.fingerprint, ft.trunk_engine)
             if self.shared_cache is not None and key in self.shared_cache:
                 acts = self.shared_cache[key]
                 self.log("trunk activations shared with an earlier run of this search")
@@ -532,8 +549,22 @@ class Trainer:
                 p.requires_grad_(True)
             self.log(f"stage 1: linear probe on frozen {info.name} features ({len(train_ds)} train / {len(val_ds)} val images)")
             baselines["linear_probe"] = self._linear_probe(model, train_ds, val_ds, loss_fn, classes, split, acts)
-            if self.dist.main:
-                save_checkpoint(probe_path, {"head": head.state_dict(), "metrics": baselines["linear_probe"]})
+        if (split is not None and acts is not None and not self.resume and cfg.auto_recipe
+                and "augment.crop_scale" not in explicit_keys(self.user_cfg) and train_ds.augment is not None):
+            soft = self._augment_check(model, split, acts, train_ds, spec, classes)
+            if soft:
+                cfg = self.cfg = _with_augment(cfg, {c.key.split(".", 1)[1]: c.value for c in soft})
+                choices += soft
+                for c in soft:
+                    self.log(f"  recipe: {c.key} = {c.value}  ({c.source}: {c.reason})")
+                train_ds = ManifestDataset(train_rows, root, classes, spec, cache, cfg.augment, cfg.seed)
+                recipe["choices"] = [c.model_dump(mode="json") for c in choices]
+                resolved["config"] = json.loads(cfg.model_dump_json())
+        self._write_config(resolved, lambda text: annotate_yaml(text, choices))
+        if self.dist.main and not (self.resume and probe_path.is_file()):
+            save_checkpoint(probe_path, {"head": head.state_dict(), "metrics": baselines["linear_probe"]})
+        if split is not None and acts is not None and not acts.views_:
+            self._fill_views(acts, train_ds, spec, ft.cache_views)
         probe_logits = self._val_logits(model, val_ds, split, acts)
         cands.add("linear_probe", f"linear head on frozen {info.name} features", probe_logits, model, 0,
                   time.perf_counter() - t_stage)
@@ -592,14 +623,60 @@ class Trainer:
         t0 = time.perf_counter()
         val = self._run_trunk(runner, val_ds, list(range(len(val_ds))), spec, "trunk: val", torch.float32)
         clean = self._run_trunk(runner, train_ds, list(range(len(train_ds))), spec, "trunk: train", torch.float16)
-        aug = [self._run_trunk(runner, train_ds, [(v, i) for i in range(len(train_ds))], spec,
-                               f"trunk: train view {v + 1}/{views}", torch.float16) for v in range(views)]
         seconds = time.perf_counter() - t0
-        n = len(val_ds) + len(train_ds) * (views + 1)
-        self.log(f"trunk activations {shape} for {n} images on {runner.engine} in {seconds:.1f} s "
-                 f"({n / max(seconds, 1e-9):.1f} img/s)")
-        return _Activations(val=val, train=clean, views_=aug, engine=runner.engine, seconds=seconds,
-                            images_per_second=n / max(seconds, 1e-9))
+        return _Activations(val=val, train=clean, views_=[], engine=runner.engine, seconds=seconds,
+                            images_per_second=(len(val_ds) + len(train_ds)) / max(seconds, 1e-9), runner=runner,
+                            max_views=views, shape=shape)
+
+    def _fill_views(self, acts: _Activations, train_ds: ManifestDataset, spec: PreprocessSpec, views: int) -> None:
+        """The augmented training views, computed once (views are shared only with the same augmentation)."""
+        key = train_ds.augment.model_dump_json() if train_ds.augment is not None else "none"
+        if acts.views_key == key and acts.views_:
+            return
+        views = min(views, acts.max_views)
+        t0 = time.perf_counter()
+        acts.views_ = [self._run_trunk(acts.runner, train_ds, [(v, i) for i in range(len(train_ds))], spec,
+                                       f"trunk: train view {v + 1}/{views}", torch.float16) for v in range(views)]
+        acts.views_key = key
+        seconds = time.perf_counter() - t0
+        n = len(train_ds) * views
+        acts.seconds += seconds
+        total = n + len(acts.train) + len(acts.val)
+        acts.images_per_second = total / max(acts.seconds, 1e-9)
+        self.log(f"trunk activations {acts.shape} for {total} images on {acts.engine} in {acts.seconds:.1f} s "
+                 f"({acts.images_per_second:.1f} img/s)")
+
+    def _augment_check(self, model: nn.Module, split: TrunkSplit, acts: _Activations, train_ds: ManifestDataset,
+                       spec: PreprocessSpec, classes: list[str]) -> list[RecipeChoice]:
+        """Does the augmentation keep the label? The linear probe (trained on clean images) scores a
+        sample of training images as deployed and as augmented; when augmentation costs more than
+        ``AUG_MAX_DROP`` of its macro-F1, the crop and rotation are softened (the label lives in
+        details that a large crop or turn removes, as for defects on an inspection image)."""
+        a = train_ds.augment
+        assert a is not None
+        rng = np.random.default_rng(mix_seed(self.cfg.seed, 4242))
+        idx = np.sort(rng.choice(len(train_ds), size=min(AUG_CHECK_IMAGES, len(train_ds)), replace=False)).tolist()
+        y = np.asarray(train_ds.targets)[idx]
+        head = model.get_classifier()
+        aug = self._run_trunk(acts.runner, train_ds, [(AUG_CHECK_VIEW, i) for i in idx], spec, "augmentation check",
+                              torch.float32)
+        with torch.no_grad():
+            clean_pred = head(torch.from_numpy(self._top_predict(model, split, acts.train[idx], features=True)[0])).argmax(1)
+            aug_pred = head(torch.from_numpy(self._top_predict(model, split, aug, features=True)[0])).argmax(1)
+        f_clean = classification_metrics(y, clean_pred.numpy(), classes)["macro_f1"]
+        f_aug = classification_metrics(y, aug_pred.numpy(), classes)["macro_f1"]
+        drop = (f_clean - f_aug) / max(f_clean, 1e-9)
+        self.log(f"augmentation check on {len(idx)} training images: probe macro-F1 {f_clean:.3f} as deployed, "
+                 f"{f_aug:.3f} augmented ({drop:+.0%} drop; softened above {AUG_MAX_DROP:.0%})")
+        if drop <= AUG_MAX_DROP:
+            return []
+        why = (f"{AUG_CHECK}: augmentation cut the linear probe's macro-F1 on {len(idx)} training images from "
+               f"{f_clean:.3f} to {f_aug:.3f} ({drop:.0%} > {AUG_MAX_DROP:.0%}): the label does not survive it")
+        out = [RecipeChoice(key="augment.crop_scale", value=(max(a.crop_scale[0], SOFT_CROP[0]), 1.0), reason=why,
+                            source="auto")]
+        if a.rotation_deg > SOFT_ROTATION and "augment.rotation_deg" not in explicit_keys(self.user_cfg):
+            out.append(RecipeChoice(key="augment.rotation_deg", value=SOFT_ROTATION, reason=why, source="auto"))
+        return out
 
     def _run_trunk(self, runner: TrunkRunner, ds: ManifestDataset, items: list, spec: PreprocessSpec, label: str,
                    dtype: torch.dtype) -> torch.Tensor:
@@ -834,6 +911,23 @@ class Trainer:
 SELECTION_RULE = "highest validation macro-F1; ties: lower validation NLL"
 
 
+#: The augmentation check: sample size, the view index its draws use (never a training view),
+#: the largest relative macro-F1 drop of the probe under augmentation that is accepted, and
+#: the softer settings used past it (crop keeps >= 80 % of the image, turns <= 5 degrees).
+AUG_CHECK = "probe check"
+AUG_CHECK_IMAGES = 256
+AUG_CHECK_VIEW = 1_000_003
+AUG_MAX_DROP = 0.15
+SOFT_CROP = (0.8, 1.0)
+SOFT_ROTATION = 5.0
+
+
+def _with_augment(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    raw = cfg.model_dump(mode="python")
+    raw["augment"].update(values)
+    return TrainConfig.model_validate(raw)
+
+
 @dataclass
 class _Activations:
     val: torch.Tensor
@@ -842,6 +936,10 @@ class _Activations:
     engine: str
     seconds: float
     images_per_second: float
+    runner: Any = None
+    max_views: int = 0
+    shape: tuple = ()
+    views_key: str = ""
 
     @property
     def views(self) -> int:
