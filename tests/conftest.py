@@ -132,3 +132,20 @@ def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = No
                               calibration_data={}, metrics={}, artifacts=[art])
     write_manifest(dest, manifest)
     return dest
+
+
+def record_decoded(manifest: Path, monkeypatch) -> tuple[set[str], set[str]]:  # noqa: ANN001
+    """(the manifest's test paths, the set that fills with every image path training decodes)."""
+    from edgeclf.data.manifest import read_manifest
+    from edgeclf.train.data import DecodeCache
+
+    test_paths = {r.path for r in read_manifest(manifest).split_rows("test")}
+    seen: set[str] = set()
+    real_get = DecodeCache.get
+
+    def spy(self, path, sha):  # noqa: ANN001, ANN202
+        seen.add(Path(path).relative_to(Path(path).parents[1]).as_posix())
+        return real_get(self, path, sha)
+
+    monkeypatch.setattr(DecodeCache, "get", spy)
+    return test_paths, seen

@@ -13,6 +13,7 @@ from edgeclf.models import create_model
 from edgeclf.train import load_config, train
 from edgeclf.train.loop import _Candidates, load_checkpoint
 from edgeclf.train.partial import TrunkRunner, split_trunk
+from tests.conftest import record_decoded
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +67,7 @@ def test_selection_picks_the_best_candidate_on_crafted_metrics(tmp_path: Path) -
 
 def test_run_ships_its_best_candidate_and_never_reads_test(tiny_manifest: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeclf.data.manifest import read_manifest
-    from edgeclf.train.data import DecodeCache
-
-    test_paths = {r.path for r in read_manifest(tiny_manifest).split_rows("test")}
-    seen: set[str] = set()
-    real_get = DecodeCache.get
-
-    def spy(self, path, sha):  # noqa: ANN001, ANN202
-        seen.add(Path(path).relative_to(Path(path).parents[1]).as_posix())
-        return real_get(self, path, sha)
-
-    monkeypatch.setattr(DecodeCache, "get", spy)
+    test_paths, seen = record_decoded(tiny_manifest, monkeypatch)
     m = train(cfg(tiny_manifest, tmp_path), tmp_path / "run").metrics
     assert seen and not (seen & test_paths)
     names = [c["name"] for c in m["candidates"]]

@@ -11,6 +11,7 @@ import pytest
 from edgeclf.errors import ConfigError
 from edgeclf.train import load_config
 from edgeclf.train.search import parse_duration, search, train_seeds
+from tests.conftest import record_decoded
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +37,7 @@ def test_parse_duration() -> None:
 
 def test_search_respects_its_budget_and_never_reads_test(tiny_manifest: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeclf.data.manifest import read_manifest
-    from edgeclf.train.data import DecodeCache
-
-    test_paths = {r.path for r in read_manifest(tiny_manifest).split_rows("test")}
-    seen: set[str] = set()
-    real_get = DecodeCache.get
-
-    def spy(self, path, sha):  # noqa: ANN001, ANN202
-        seen.add(Path(path).relative_to(Path(path).parents[1]).as_posix())
-        return real_get(self, path, sha)
-
-    monkeypatch.setattr(DecodeCache, "get", spy)
+    test_paths, seen = record_decoded(tiny_manifest, monkeypatch)
     budget = 40.0
     t0 = time.perf_counter()
     table = search(cfg(tiny_manifest, tmp_path), tmp_path / "run", budget)
@@ -60,7 +50,7 @@ def test_search_respects_its_budget_and_never_reads_test(tiny_manifest: Path, tm
     assert seen and not (seen & test_paths)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     done = [r for r in table["trials"] if r["state"] == "complete"]
-    assert m["search"]["best_trial"] == max(done, key=lambda r: r["val_macro_f1"])["trial"]
+    assert m["search"]["best_trial"] == max(done, key=lambda r: (r["val_macro_f1"], -r["val_nll"]))["trial"]
     assert m["finetuned"]["macro_f1"] == max(r["val_macro_f1"] for r in done)
     assert all("val_macro_f1_ci" in r and r["val_macro_f1_ci"][0] <= r["val_macro_f1"] <= r["val_macro_f1_ci"][1]
                for r in done)

@@ -400,7 +400,7 @@ class Trainer:
         apply_bn_policy(model, self.cfg.finetune.batchnorm)
         sampler.set_epoch(epoch)
         torch.manual_seed(_epoch_seed(self.cfg.seed, epoch, self.dist.rank))  # dropout / drop-path
-        total, count = 0.0, 0
+        acc = [0.0, 0.0]
         n_batches = len(loader)
         for b, (x, y) in enumerate(loader):
             x = normalize_batch(x.to(self.device, non_blocking=True), spec)
@@ -409,22 +409,28 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(self.amp, self.device):
                 loss = loss_fn(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            global_step += 1
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            tb.scalar("train/loss_step", float(loss.detach()), global_step)
-            if self.progress:
-                self.progress(f"epoch {epoch + 1}", b + 1, n_batches)
-        return total / max(1, count), count, global_step
+            global_step = self._step(loss, len(y), opt, sched, scaler, tb, global_step, acc, epoch, b, n_batches)
+        return acc[0] / max(1, acc[1]), int(acc[1]), global_step
+
+    def _step(self, loss: torch.Tensor, n: int, opt: torch.optim.Optimizer, sched: Any, scaler: Any, tb: _TB,
+              global_step: int, acc: list[float], epoch: int, b: int, n_batches: int) -> int:
+        """Backward, optimizer and schedule step, running loss, TensorBoard, progress: one batch."""
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sched.step()
+        global_step += 1
+        acc[0] += float(loss.detach()) * n
+        acc[1] += n
+        tb.scalar("train/loss_step", float(loss.detach()), global_step)
+        if self.progress:
+            self.progress(f"epoch {epoch + 1}", b + 1, n_batches)
+        return global_step
 
     # -- main ----------------------------------------------------------------------------
 
@@ -478,6 +484,10 @@ class Trainer:
                     "versions": library_versions(), "git_commit": git_commit()},
         }
         self._prepare_run_dir(resolved, write=False)
+        if self.dist.active:  # every rank has checked the run directory before rank 0 writes into it
+            import torch.distributed as td
+
+            td.barrier()
         ckpt_dir = self.run_dir / "checkpoints"
 
         cache = DecodeCache(cfg.data.cache_dir or None, spec)
@@ -759,7 +769,7 @@ class Trainer:
         torch.manual_seed(_epoch_seed(self.cfg.seed, epoch, 0))
         order = EpochSampler(targets.tolist(), self.cfg.seed, self.cfg.loss.balanced_sampler).order(epoch)
         bs = self.cfg.batch_size
-        total, count = 0.0, 0
+        acc = [0.0, 0.0]
         n_batches = math.ceil(len(order) / bs)
         for b in range(n_batches):
             idx = torch.from_numpy(order[b * bs : (b + 1) * bs])
@@ -767,17 +777,8 @@ class Trainer:
             y = targets[idx]
             with _autocast(self.amp, self.device):
                 loss = loss_fn(split.top(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            global_step += 1
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            tb.scalar("train/loss_step", float(loss.detach()), global_step)
-            if self.progress:
-                self.progress(f"epoch {epoch + 1}", b + 1, n_batches)
-        return total / max(1, count), count, global_step
+            global_step = self._step(loss, len(y), opt, sched, None, tb, global_step, acc, epoch, b, n_batches)
+        return acc[0] / max(1, acc[1]), int(acc[1]), global_step
 
     def _finetune(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset, loss_fn: nn.Module,
                   spec: PreprocessSpec, tb: _TB, classes: list[str], split: TrunkSplit | None, acts: _Activations | None,
