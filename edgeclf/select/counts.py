@@ -242,15 +242,22 @@ class _Tracer:
         in_place = name.endswith("_") or name in _FUSED or name in _FREE
         for t in outputs:
             key = _storage_key(t)
-            if key in in_keys or (in_place and in_bufs):
-                # Written in place, a view, or fused into the producer: same buffer.
+            if key in in_keys:
+                # Written in place, or a view of an input: the input's buffer.
                 if key in self.buffer_of:
                     self._use(key)
                 elif in_bufs:
                     self.buffer_of[key] = next(iter(in_bufs))
                 continue
+            # A new tensor may sit at the address of one already freed: every branch below
+            # replaces what the address meant, or a later use would keep the freed buffer alive
+            # (and the peak would depend on where the allocator put things).
+            if in_place and in_bufs:
+                self.buffer_of[key] = next(iter(in_bufs))  # fused into the producer: its buffer
+                continue
             if name in _FREE and not in_bufs and name not in ("zeros", "ones", "full"):
-                continue  # scratch allocations (e.g. batch-norm's empty save buffers)
+                self.buffer_of.pop(key, None)  # scratch allocations (e.g. batch-norm's empty save buffers)
+                continue
             self._define(key, int(t.numel()))
         self._classify(name, args, inputs, outputs)
 
