@@ -62,8 +62,7 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
     r = res["results"]
     assert r["audit"]["num_images"] == 30 and r["audit"]["num_classes"] == 3
     # the most accurate fitting candidate with weights here (lite0/1/2 all are installed)
-    sel = json.loads((opts.out / "selection.json").read_text())
-    usable = [c for c in sel["candidates"] if c["fits"] and c["weights_here"]]
+    usable = [c for c in json.loads((out / "selection.json").read_text())["candidates"] if c["fits"] and c["weights_here"]]
     assert r["select"]["backbone"] == max(usable, key=lambda c: (c["accuracy"] or 0, -c["latency_ms_p95"]))["backbone"]
     sel = json.loads((out / "selection.json").read_text())
     assert len(sel["candidates"]) > 10 and any(not c["weights_here"] for c in sel["candidates"])
@@ -82,7 +81,8 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
     assert any(n.startswith(f"{top}/lib/libedgeclf.so") for n in names)
     report = (out / "report.md").read_text()
     assert "| backbone | weights here |" in report and "MEASURED" in report
-    assert "tf_efficientnet_lite0 **(chosen)**" in report and "no pretrained weights here" in report
+    assert f"{r['select']['backbone']} **(chosen)**" in report and "no pretrained weights here" in report
+    assert "| candidate (validation) | macro-F1 | shipped |" in report and "Automatic recipe choices" in report
     assert r["benchmark"]["rows"][0]["configuration"] == "selected"
     assert r["benchmark"]["rows"][0]["precision"] == sel["choice"]["precision"]
 
