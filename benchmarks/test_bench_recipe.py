@@ -63,7 +63,9 @@ def _run(manifest: Path, out: Path, cache: str, **over: object) -> dict:
 def test_time_to_quality(benchmark, manifest: Path) -> None:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")
-        _run(manifest, Path(tmp) / "warm", cache, **{"finetune.epochs": 0})  # decode cache warm for both
+        # decode cache warm for both (no fine-tuning, no views: only the decode and the probe)
+        train(load_config(None, {"data.manifest": manifest, "data.cache_dir": cache, "finetune.epochs": 0,
+                                 "finetune.cache_views": 0}), Path(tmp) / "warm")
         results = {}
 
         def both() -> None:

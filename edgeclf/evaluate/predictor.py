@@ -93,37 +93,17 @@ class FastPredictor(TorchPredictor):
         super().__init__(model, spec, classes, batch_size)
         self.engine = "eager (torch fp32)"
         self._sess = None
+        self.max_diff: float | None = None
         if not check:
             return
-        try:
-            import io
-            import warnings
+        from edgeclf._onnx_match import matching_session
 
-            import onnxruntime as ort
-
-            x = torch.from_numpy(np.stack([preprocess(im, spec) for im in check[:8]]))
-            wrapped = _FeaturesAndLogits(model).eval()
-            buf = io.BytesIO()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(wrapped, (x[:1].contiguous(),), buf, input_names=["x"], output_names=["f", "y"],
-                                  dynamic_axes={"x": {0: "n"}, "f": {0: "n"}, "y": {0: "n"}}, dynamo=False,
-                                  opset_version=17)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = torch.get_num_threads()
-            so.log_severity_level = 3
-            sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-            with torch.no_grad():
-                ref_f, ref_y = wrapped(x.contiguous(memory_format=torch.channels_last))
-            got_f, got_y = sess.run(None, {"x": x.numpy()})
-            diff = max(float(np.abs(got_f - ref_f.numpy()).max()) / max(1.0, float(ref_f.abs().max())),
-                       float(np.abs(got_y - ref_y.numpy()).max()) / max(1.0, float(ref_y.abs().max())))
-            self.max_diff = diff
-            if diff <= FAST_RTOL:
-                self._sess = sess
-                self.engine = f"onnxruntime fp32 (matches eager within {diff:.1e} relative on {len(x)} images)"
-        except Exception:  # noqa: BLE001 - any export/runtime failure: eager is always right
-            self._sess = None
+        x = torch.from_numpy(np.stack([preprocess(im, spec) for im in check[:8]]))
+        m = matching_session(_FeaturesAndLogits(model).eval(), x, FAST_RTOL, n_outputs=2)
+        self.max_diff = m.max_diff
+        if m.session is not None:
+            self._sess = m.session
+            self.engine = f"onnxruntime fp32 (matches eager within {m.max_diff:.1e} relative on {len(x)} images)"
 
     def _run(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         feats, logits = [], []

@@ -332,8 +332,8 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml",
                               annotate(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)))
 
-    def _prepare_run_dir(self, resolved: dict[str, Any], annotate: Callable[[str], str] = lambda t: t,
-                         write: bool = True) -> None:
+    def _prepare_run_dir(self, resolved: dict[str, Any]) -> None:
+        """Refuse to overwrite a run; on --resume, refuse a different config (config.yaml is written later)."""
         ckpt_dir = self.run_dir / "checkpoints"
         cfg_path = self.run_dir / "config.yaml"
         if self.resume:
@@ -348,10 +348,8 @@ class Trainer:
                     raise ConfigError(f"--resume with a different config than {cfg_path}: {', '.join(diff[:8])} differ; "
                                       "resume with the same settings or start a new run directory")
             return
-        if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        if ckpt_dir.exists() and any(p.is_file() for p in ckpt_dir.rglob("*")):
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-        if write:
-            self._write_config(resolved, annotate)
 
     def _loader(self, ds: torch.utils.data.Dataset, batch: int, sampler: Any = None, shuffle_items: list | None = None) -> DataLoader:
         w = self.cfg.data.workers
@@ -483,7 +481,7 @@ class Trainer:
                     "seed": cfg.seed, "amp": self.amp, "device": str(self.device), "world_size": self.dist.world_size,
                     "versions": library_versions(), "git_commit": git_commit()},
         }
-        self._prepare_run_dir(resolved, write=False)
+        self._prepare_run_dir(resolved)
         if self.dist.active:  # every rank has checked the run directory before rank 0 writes into it
             import torch.distributed as td
 
@@ -536,16 +534,6 @@ class Trainer:
 
         t_stage = time.perf_counter()
         head = model.get_classifier()
-        with torch.no_grad():
-            head_state = {k: v.clone() for k, v in head.state_dict().items()}
-            for prm in head.parameters():
-                prm.zero_()
-            bias = getattr(head, "bias", None)
-            if bias is not None:
-                bias.copy_(torch.from_numpy(np.log(np.maximum(prior, 1e-12))).float())
-        cands.add("majority_class", "always the most frequent training class", maj_logits, model, 0, 0.0,
-                  shippable=True)
-        head.load_state_dict(head_state)
 
         # candidate 1: linear probe on frozen features (doubles as the baseline)
         probe_path = ckpt_dir / "probe.pt"
@@ -573,6 +561,17 @@ class Trainer:
         self._write_config(resolved, lambda text: annotate_yaml(text, choices))
         if self.dist.main and not (self.resume and probe_path.is_file()):
             save_checkpoint(probe_path, {"head": head.state_dict(), "metrics": baselines["linear_probe"]})
+        # candidates are written only after config.yaml: an interrupted run before it is a fresh start
+        with torch.no_grad():
+            probe_state = {k: v.clone() for k, v in head.state_dict().items()}
+            for prm in head.parameters():
+                prm.zero_()
+            bias = getattr(head, "bias", None)
+            if bias is not None:
+                bias.copy_(torch.from_numpy(np.log(np.maximum(prior, 1e-12))).float())
+        cands.add("majority_class", "always the most frequent training class", maj_logits, model, 0, 0.0,
+                  shippable=True)
+        head.load_state_dict(probe_state)
         if split is not None and acts is not None and not acts.views_:
             self._fill_views(acts, train_ds, spec, ft.cache_views)
         probe_logits = self._val_logits(model, val_ds, split, acts)
@@ -671,8 +670,8 @@ class Trainer:
         aug = self._run_trunk(acts.runner, train_ds, [(AUG_CHECK_VIEW, i) for i in idx], spec, "augmentation check",
                               torch.float32)
         with torch.no_grad():
-            clean_pred = head(torch.from_numpy(self._top_predict(model, split, acts.train[idx], features=True)[0])).argmax(1)
-            aug_pred = head(torch.from_numpy(self._top_predict(model, split, aug, features=True)[0])).argmax(1)
+            clean_pred = head(torch.from_numpy(self._top_predict(model, split, acts.train[idx], features=True))).argmax(1)
+            aug_pred = head(torch.from_numpy(self._top_predict(model, split, aug, features=True))).argmax(1)
         f_clean = classification_metrics(y, clean_pred.numpy(), classes)["macro_f1"]
         f_aug = classification_metrics(y, aug_pred.numpy(), classes)["macro_f1"]
         drop = (f_clean - f_aug) / max(f_clean, 1e-9)
@@ -706,22 +705,16 @@ class Trainer:
     def _val_logits(self, model: nn.Module, val_ds: ManifestDataset, split: TrunkSplit | None,
                     acts: _Activations | None) -> np.ndarray:
         if split is not None and acts is not None:
-            return self._top_predict(model, split, acts.val)[0]
+            return self._top_predict(model, split, acts.val)
         return self._predict(model, val_ds)[0]
 
     @torch.no_grad()
-    def _top_predict(self, model: nn.Module, split: TrunkSplit, x: torch.Tensor, features: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _top_predict(self, model: nn.Module, split: TrunkSplit, x: torch.Tensor, features: bool = False) -> np.ndarray:
         """Logits (or pre-logit features) of the top on cached trunk activations."""
         model.eval()
-        outs = []
-        for i in range(0, len(x), 128):
-            a = x[i : i + 128].float().contiguous(memory_format=torch.channels_last)
-            f = a
-            for m in split.top_modules:
-                f = m(f)
-            out = model.forward_head(f, pre_logits=True) if features else model.forward_head(f)
-            outs.append(out.float())
-        return torch.cat(outs).numpy(), np.zeros(0)
+        run = split.features if features else split.top
+        return torch.cat([run(x[i : i + 128].float().contiguous(memory_format=torch.channels_last)).float()
+                          for i in range(0, len(x), 128)]).numpy()
 
     def _linear_probe(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset,
                       loss_fn: nn.Module, classes: list[str], split: TrunkSplit | None = None,
@@ -729,8 +722,8 @@ class Trainer:
         cfg = self.cfg.probe
         t0 = time.perf_counter()
         if split is not None and acts is not None:
-            ftr = self._top_predict(model, split, acts.train, features=True)[0]
-            fva = self._top_predict(model, split, acts.val, features=True)[0]
+            ftr = self._top_predict(model, split, acts.train, features=True)
+            fva = self._top_predict(model, split, acts.val, features=True)
             ytr, yva = np.asarray(train_ds.targets), np.asarray(val_ds.targets)
         else:
             ftr, ytr = self._predict(model, train_ds, features=True)

@@ -29,10 +29,18 @@ class TrunkSplit:
     first_trainable: str
     model: nn.Module
 
-    def top(self, x: torch.Tensor) -> torch.Tensor:
+    def _stages(self, x: torch.Tensor) -> torch.Tensor:
         for m in self.top_modules:
             x = m(x)
-        return self.model.forward_head(x)
+        return x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from trunk activations."""
+        return self.model.forward_head(self._stages(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit (pooled) features from trunk activations."""
+        return self.model.forward_head(self._stages(x), pre_logits=True)
 
 
 def _first_trainable(model: nn.Module) -> str | None:
@@ -87,6 +95,8 @@ class TrunkRunner:
     """
 
     def __init__(self, trunk: nn.Module, example: torch.Tensor, log=None, prefer: str = "auto") -> None:  # noqa: ANN001
+        from edgeclf._onnx_match import matching_session
+
         self.trunk = trunk.eval()
         self.engine = "eager"
         self.max_diff: float | None = None
@@ -94,31 +104,14 @@ class TrunkRunner:
         log = log or (lambda s: None)
         if prefer == "eager" or example.device.type != "cpu":
             return
-        try:
-            import io
-            import warnings
-
-            import onnxruntime as ort
-
-            buf = io.BytesIO()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(self.trunk, (example[:1].contiguous(),), buf, input_names=["x"], output_names=["y"],
-                                  dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False, opset_version=17)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = torch.get_num_threads()
-            so.log_severity_level = 3
-            sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-            ref = self._eager(example)
-            got = torch.from_numpy(sess.run(None, {"x": example.contiguous().numpy()})[0])
-            scale = float(ref.abs().max().clamp_min(1.0))
-            self.max_diff = float((got - ref).abs().max()) / scale
-            if self.max_diff <= ENGINE_RTOL:
-                self._sess, self.engine = sess, "onnxruntime"
-            else:
-                log(f"trunk on ONNX Runtime differs from eager by {self.max_diff:.1e} (relative): using eager")
-        except Exception as e:  # noqa: BLE001 - any export/runtime failure: eager is always correct
-            log(f"trunk not run on ONNX Runtime ({type(e).__name__}: {str(e)[:120]}): using eager")
+        m = matching_session(self.trunk, example, ENGINE_RTOL)
+        self.max_diff = m.max_diff
+        if m.session is not None:
+            self._sess, self.engine = m.session, "onnxruntime"
+        elif m.error:
+            log(f"trunk not run on ONNX Runtime ({m.error}): using eager")
+        else:
+            log(f"trunk on ONNX Runtime differs from eager by {m.max_diff:.1e} (relative): using eager")
 
     @torch.no_grad()
     def _eager(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from edgeclf.data.manifest import ManifestRow
-from edgeclf.train.config import TrainConfig
+from edgeclf.train.config import TrainConfig, _set_dotted
 
 #: Imbalance that switches on class-balanced loss (largest / smallest class).
 IMBALANCE_RATIO = 3.0
@@ -151,14 +151,6 @@ def _get(cfg: TrainConfig, key: str) -> Any:
     return obj
 
 
-def _set(raw: dict[str, Any], key: str, value: Any) -> None:
-    keys = key.split(".")
-    d = raw
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-    d[keys[-1]] = value
-
-
 def epochs_for(num_train: int, batch_size: int) -> int:
     """About ``TARGET_STEPS`` optimizer steps at batch 32, whatever the data size."""
     steps_per_epoch = max(1, math.ceil(num_train / 32))
@@ -184,7 +176,7 @@ def resolve_recipe(cfg: TrainConfig, facts: DataFacts, native_size: int, n_group
             choices.append(RecipeChoice(key=key, value=_get(cfg, key), reason="set by the user (rule would say: "
                                         f"{value!r}, {reason})", source="user"))
             return
-        _set(raw, key, value)
+        _set_dotted(raw, key, value)
         choices.append(RecipeChoice(key=key, value=value, reason=reason, source="auto"))
 
     # imbalance

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeclf._io import write_json
 from edgeclf.errors import ConfigError
-from edgeclf.train.config import TrainConfig
+from edgeclf.train.config import TrainConfig, _set_dotted
 
 Log = Callable[[str], None]
 
@@ -184,15 +184,8 @@ def _explicit_dump(cfg: TrainConfig) -> dict[str, Any]:
         v: Any = raw
         for k in key.split("."):
             v = v[k]
-        _nest_set(out, key, v)
+        _set_dotted(out, key, v)
     return out
-
-
-def _nest_set(d: dict[str, Any], key: str, v: Any) -> None:
-    keys = key.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-    d[keys[-1]] = v
 
 
 def _dotted(d: dict[str, Any], key: str) -> Any:
@@ -211,7 +204,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in flat.items():
-        _nest_set(out, k, v)
+        _set_dotted(out, k, v)
     return out
 
 
