@@ -61,6 +61,7 @@ class BuildOptions:
     extra_train: dict[str, Any] = field(default_factory=dict)
     allow_weak: bool = False
     time_budget_s: float | None = None  # search the recipe for this long (edgeclf.train.search)
+    decision: Any = None  # edgeclf.evaluate.decision.DecisionRequest; None: argmax
 
 
 @dataclass
@@ -359,19 +360,38 @@ def _select_at(out: Path, sel: dict[str, Any], resolution: int, backbone: str) -
 
 
 def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
-    from edgeclf.evaluate.run import evaluate
+    from edgeclf.evaluate.decision import DecisionRequest
+    from edgeclf.evaluate.run import Evaluation, evaluate
 
     run_dir = out / "run"
+    # the decision policy is fitted on validation before the test split is touched (argmax when none is asked)
+    policy_doc = Evaluation(run_dir, log).fit_decision(opts.decision or DecisionRequest())
     val = evaluate(run_dir, "val", robustness=opts.robustness, explain=False, log=log)
     test_path = run_dir / "eval" / "test" / "metrics.json"
     if test_path.is_file():  # touched once already (an interrupted build): read, never re-evaluate
         test = json.loads(test_path.read_text(encoding="utf-8"))
+        if (test.get("decision") or {}).get("policy") != policy_doc["policy"] and opts.decision is not None:
+            log("the test split was evaluated before this decision policy was fitted; its test figures are not "
+                "reported (the test split is touched once; evaluate it again with --allow-test-reuse, marked as reused)")
     else:
         test = evaluate(run_dir, "test", robustness=False, explain=False, log=log)
     pick = ("accuracy", "balanced_accuracy", "macro_f1")
-    return {"val": {k: val.get(k) for k in pick}, "test": {k: test.get(k) for k in pick},
-            "val_ci": val.get("ci"), "test_ci": test.get("ci"),
-            "temperature": val.get("calibration", {}).get("temperature"), "report": "run/report/index.html"}
+    res = {"val": {k: val.get(k) for k in pick}, "test": {k: test.get(k) for k in pick},
+           "val_ci": val.get("ci"), "test_ci": test.get("ci"),
+           "temperature": val.get("calibration", {}).get("temperature"), "report": "run/report/index.html"}
+    if opts.decision is not None:
+        res["decision"] = {"describe": (val.get("decision") or {}).get("describe"),
+                           **{s: _decision_summary(m) for s, m in (("val", val), ("test", test))
+                              if (m.get("decision") or {}).get("policy") == policy_doc["policy"]}}
+    return res
+
+
+def _decision_summary(m: dict[str, Any]) -> dict[str, Any]:
+    d = m["decision"]
+    out = {side: {"macro_f1": d[side]["macro_f1"], "accuracy": d[side]["accuracy"], "coverage": d[side]["coverage"],
+                  "selective_accuracy": d[side]["selective_accuracy"],
+                  "recall": {c: v["recall"] for c, v in d[side]["per_class"].items()}} for side in ("policy", "argmax")}
+    return {**out["policy"], "argmax": out["argmax"], **({"ood": d["ood"]} if "ood" in d else {})}
 
 
 def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
@@ -735,11 +755,18 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
         lines += ["Automatic recipe choices (the training data's rules; a user's setting always wins):", ""]
         lines += [f"- `{c['key']}: {c['value']}` — {c['source']}: {c['reason']}" for c in t["recipe"]]
         lines += [""]
+    dec = results["evaluate"].get("decision")
+    if dec:
+        lines += _decision_lines(dec)
+    has_dec = any(r.get("decision_agreement") is not None for r in results["export"]["parity"])
     lines += ["## Export and parity", "",
-              "| artifact | precision | status | size MB | macro-F1 | Δ vs eager | agreement | ms/img |", "|---|---|---|---|---|---|---|---|"]
+              "| artifact | precision | status | size MB | macro-F1 | Δ vs eager | agreement | ms/img |"
+              + (" decisions vs eager | C = Python decisions |" if has_dec else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|---|" if has_dec else "")]
     for r in results["export"]["parity"]:
         lines.append(f"| {r['format']} | {r['precision']} | {r['status']} | {_fmt2(r['size_mb'])} | {_fmt(r['macro_f1'])} | "
-                     f"{_fmt(r['delta_macro_f1'])} | {_fmt(r['agreement'])} | {_fmt2(r['ms_per_image'])} |")
+                     f"{_fmt(r['delta_macro_f1'])} | {_fmt(r['agreement'])} | {_fmt2(r['ms_per_image'])} |"
+                     + (f" {_fmt(r.get('decision_agreement'))} | {_fmt(r.get('decision_match'))} |" if has_dec else ""))
     lines += ["", "## Latency on the target", "",
               f"p95 **{b['latency_ms_p95']:.2f} ms** vs budget {b['budget_ms']} ms — "
               f"{'fits' if b['fits'] else 'OVER BUDGET'}. Source: **{b['source'].upper()}** — {b['label']}"
@@ -761,6 +788,31 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
                "test": e["test"], "val": e["val"]}
     write_json(out / "build.json", summary)
     return {"report": "report.md", "summary": "build.json"}
+
+
+def _decision_lines(dec: dict[str, Any]) -> list[str]:
+    """The decision policy's operating point next to argmax, validation and test (touched once)."""
+    lines = ["## Decision policy", "", f"Policy **{dec.get('describe')}**, fitted on validation only; the C runtime "
+             "applies it on the device (`edgeclf_classify_decision`).", ""]
+    splits = [s for s in ("val", "test") if s in dec]
+    if not splits:
+        return [*lines, "No split was evaluated with this policy.", ""]
+    classes = list(dec[splits[0]]["recall"])
+    head = "| figure | " + " | ".join(f"{s} policy | {s} argmax" for s in splits) + " |"
+    lines += [head, "|---|" + "---|---|" * len(splits)]
+    for key, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("coverage", "coverage"),
+                       ("selective_accuracy", "selective accuracy")):
+        lines.append(f"| {label} | " + " | ".join(f"{_fmt(dec[s].get(key))} | {_fmt(dec[s]['argmax'].get(key))}" for s in splits) + " |")
+    for c in classes:
+        lines.append(f"| recall {c} | " + " | ".join(f"{_fmt(dec[s]['recall'][c])} | {_fmt(dec[s]['argmax']['recall'][c])}"
+                                                     for s in splits) + " |")
+    for s in splits:
+        o = dec[s].get("ood")
+        if o:
+            lines.append(f"\nOut-of-distribution ({s} half of {o.get('dir')}, {o['ood_images']} images): AUROC "
+                         f"{o['auroc']:.4f}, FPR at 95 % TPR {o['fpr_at_95_tpr']:.4f}"
+                         + (f", answered unknown {o['ood_unknown_rate']:.1%}" if "ood_unknown_rate" in o else "") + ".")
+    return [*lines, ""]
 
 
 def _fmt_ci(ci: Any) -> str:
@@ -820,9 +872,11 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
         if (trained, trained_at) != (r["select"]["backbone"], r["select"]["resolution"]):
             r["select"] = _select_at(out, r["select"], int(trained_at), trained)
         ck = r["train"]["checkpoint_sha256"]
-        r["evaluate"] = stages.run("evaluate", {"checkpoint": ck, "robustness": opts.robustness},
+        decision_key = opts.decision.key() if opts.decision is not None else None
+        r["evaluate"] = stages.run("evaluate", {"checkpoint": ck, "robustness": opts.robustness, "decision": decision_key},
                                    [out / "run" / "report" / "index.html"], lambda: _stage_evaluate(opts, out, log))
-        r["export"] = stages.run("export", {"checkpoint": ck, "profile": profile.name, "calibration_images": opts.calibration_images},
+        r["export"] = stages.run("export", {"checkpoint": ck, "profile": profile.name, "calibration_images": opts.calibration_images,
+                                            "decision": decision_key},
                                  [out / "bundle" / "edgeclf.json"], lambda: _stage_export(opts, out, log))
         bundle_key = _file_key(out / "bundle" / "edgeclf.json")
         r["benchmark"] = stages.run("benchmark", {"bundle": bundle_key, "measure": opts.measure, "budget_ms": opts.budget_ms,

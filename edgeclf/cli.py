@@ -341,6 +341,54 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- evaluation
 
 
+OptimizeOpt = Annotated[str | None, typer.Option("--optimize", help="Decision policy: 'macro-f1' fits per-class biases "
+                                                "(prior correction) that maximise validation macro-F1.", rich_help_panel="Decision policy")]
+MinRecallOpt = Annotated[str | None, typer.Option("--min-recall", help="Decision policy: recall targets, CLASS=0.95[,CLASS=...], "
+                                                  "met on validation with the least change elsewhere.", rich_help_panel="Decision policy")]
+CostsOpt = Annotated[Path | None, typer.Option("--costs", help="Decision policy: cost matrix YAML (cost of deciding j when the "
+                                               "truth is i); decides Bayes-optimally.", rich_help_panel="Decision policy")]
+RejectOpt = Annotated[bool, typer.Option("--reject", help="Decision policy: answer 'unknown' when the evidence is too weak.",
+                                         rich_help_panel="Decision policy")]
+CoverageOpt = Annotated[float | None, typer.Option("--coverage", help="Reject target without --ood-dir: keep at least this share "
+                                                   "of validation images (default 0.95).", rich_help_panel="Decision policy")]
+OodDirOpt = Annotated[Path | None, typer.Option("--ood-dir", help="Reject target: a folder of out-of-distribution images, split in "
+                                                "halves (threshold fitted on one, reported on the other).", rich_help_panel="Decision policy")]
+OodAcceptOpt = Annotated[float | None, typer.Option("--ood-accept", help="With --ood-dir: accept at most this share of its "
+                                                    "validation half (default 0.05).", rich_help_panel="Decision policy")]
+
+
+def _decision_request(optimize: str | None, min_recall: str | None, costs: Path | None, reject: bool,
+                      coverage: float | None, ood_dir: Path | None, ood_accept: float | None) -> Any:
+    from edgeclf.evaluate.decision import make_request
+
+    req = make_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
+    return None if req.is_argmax else req
+
+
+def _render_decision(m: dict[str, Any]) -> None:
+    d = m.get("decision")
+    if not d:
+        return
+    pol, base = d["policy"], d["argmax"]
+    t = Table(title=f"decision policy: {d['describe']} (fitted on validation)")
+    t.add_column("class")
+    for col in ("recall (policy)", "recall (argmax)", "precision (policy)", "precision (argmax)"):
+        t.add_column(col, justify="right")
+    for c, v in pol["per_class"].items():
+        b = base["per_class"][c]
+        t.add_row(c, f"{v['recall']:.3f}", f"{b['recall']:.3f}", f"{v['precision']:.3f}", f"{b['precision']:.3f}")
+    out.print(t)
+    sel = pol["selective_accuracy"]
+    out.print(f"policy: macro-F1 {pol['macro_f1']:.4f} (argmax {base['macro_f1']:.4f}) · coverage {pol['coverage']:.3f} · "
+              f"selective accuracy {'–' if sel is None else f'{sel:.4f}'}"
+              + (f" · expected cost {pol['expected_cost']:.4f} (argmax {base.get('expected_cost', 0):.4f})"
+                 if "expected_cost" in pol else ""))
+    if "ood" in d:
+        o = d["ood"]
+        out.print(f"out-of-distribution ({o['ood_images']} images): AUROC {o['auroc']:.4f}, FPR at 95% TPR "
+                  f"{o['fpr_at_95_tpr']:.4f}" + (f", unknown rate {o['ood_unknown_rate']:.3f}" if "ood_unknown_rate" in o else ""))
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
@@ -349,15 +397,26 @@ def evaluate_cmd(
     robustness: Annotated[bool, typer.Option(help="Run the corruption suite.")] = True,
     robustness_images: Annotated[int, typer.Option(help="Images (sampled) for the corruption suite.")] = 300,
     explain: Annotated[bool, typer.Option(help="Embeddings projection and Grad-CAM figures.")] = True,
+    optimize: OptimizeOpt = None,
+    min_recall: MinRecallOpt = None,
+    costs: CostsOpt = None,
+    reject: RejectOpt = False,
+    coverage: CoverageOpt = None,
+    ood_dir: OodDirOpt = None,
+    ood_accept: OodAcceptOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Metrics, confusion, mistakes, calibration, robustness, embeddings, Grad-CAM, slices, HTML report."""
+    """Metrics, confusion, mistakes, calibration, robustness, embeddings, Grad-CAM, slices, HTML report.
+
+    With a decision-policy option, the policy is fitted on validation first (whatever --split
+    is), stored in RUN_DIR/decision.json for export, and reported next to argmax."""
     from edgeclf.evaluate.run import evaluate
 
+    req = _decision_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
     with _progress("evaluating", True) as cb:
         m = evaluate(run_dir, split, allow_test_reuse, robustness, explain, robustness_images, log=log,
-                     progress=lambda label, d, t: cb(d, t))
+                     progress=lambda label, d, t: cb(d, t), decision=req)
     if as_json:
         _print_json(m)
         return
@@ -375,6 +434,7 @@ def evaluate_cmd(
               f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
     for g, v in m["verdict"]["gates"].items():
         out.print(f"  {'[green]pass[/]' if v['passed'] else '[red]FAIL[/]'}  {g}: {v['rule']}")
+    _render_decision(m)
     out.print(f"report: {run_dir / 'report' / 'index.html'}")
 
 
@@ -522,13 +582,21 @@ def build_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     time_budget: Annotated[str | None, typer.Option("--time-budget", help="Search the training recipe (and backbone) for this long, e.g. 15m, 1h, 900s; chosen on validation macro-F1 only.")] = None,
     allow_weak: Annotated[bool, typer.Option("--allow-weak", help="Exit 0 even when the shipped model never predicts some class on validation (the registry still refuses to promote it).")] = False,
+    optimize: OptimizeOpt = None,
+    min_recall: MinRecallOpt = None,
+    costs: CostsOpt = None,
+    reject: RejectOpt = False,
+    coverage: CoverageOpt = None,
+    ood_dir: OodDirOpt = None,
+    ood_accept: OodAcceptOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """audit -> split -> select -> train -> evaluate -> export + parity -> benchmark -> device package, for one profile."""
     from edgeclf.build import BuildOptions, build, weak_classes
     from edgeclf.train.search import parse_duration
 
-    opts = BuildOptions(profile=profile, data_dir=Path(data), out=out_dir, budget_ms=budget_ms, config=config, epochs=epochs,
+    req = _decision_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
+    opts = BuildOptions(decision=req, profile=profile, data_dir=Path(data), out=out_dir, budget_ms=budget_ms, config=config, epochs=epochs,
                         batch_size=batch_size, seed=seed, measure=measure, image_size=image_size, robustness=robustness,
                         backbones=_csv_list(backbones), allow_weak=allow_weak,
                         time_budget_s=parse_duration(time_budget) if time_budget else None)
@@ -556,7 +624,9 @@ def build_cmd(
         "split": f"fingerprint {r['split']['fingerprint'][:12]}",
         "select": f"{sel['backbone']} @ {sel['resolution']} px, {sel['precision']} on {sel['runtime']}",
         "train": f"val macro-F1 {r['train'].get('val_macro_f1') or 0:.4f} ({r['train'].get('candidate') or 'finetune'})",
-        "evaluate": f"test macro-F1 {ev['test'].get('macro_f1') or 0:.4f} (once)",
+        "evaluate": f"test macro-F1 {ev['test'].get('macro_f1') or 0:.4f} (once)"
+                    + (f"; policy {ev['decision']['describe']}: test macro-F1 {ev['decision']['test']['macro_f1']:.4f}, "
+                       f"coverage {ev['decision']['test']['coverage']:.3f}" if (ev.get("decision") or {}).get("test") else ""),
         "export": f"{len(r['export']['artifacts'])} artifacts, {len(r['export']['failed'])} failed",
         "benchmark": f"p95 {b['latency_ms_p95']:.2f} ms [{b['source'].upper()}] vs {b['budget_ms']} ms: "
                      f"{'fits' if b['fits'] else 'OVER'}",
@@ -593,11 +663,17 @@ def predict_cmd(
     preds = clf.classify(images, top_k)
     art = f"{clf.artifact.format}/{clf.artifact.precision}"
     if as_json:
-        _print_json({"artifact": art, "predictions": [{"image": str(p), **pr.to_dict()} for p, pr in zip(images, preds)]})
+        _print_json({"artifact": art, "decision_policy": clf.manifest.policy().describe(),
+                     "predictions": [{"image": str(p), **pr.to_dict()} for p, pr in zip(images, preds)]})
         return
+    policy = clf.manifest.policy()
     for p, pr in zip(images, preds):
-        out.print(f"[bold]{p}[/]: " + ", ".join(f"{lab} {prob:.3f}" for lab, prob in zip(pr.labels, pr.probabilities)))
-    err.print(f"(artifact {art}, temperature {clf.manifest.temperature:.3f})")
+        line = f"[bold]{p}[/]: " + ", ".join(f"{lab} {prob:.3f}" for lab, prob in zip(pr.labels, pr.probabilities))
+        if not policy.is_argmax and pr.decision is not None:
+            d = pr.decision
+            line += f"  → decision [bold]{'UNKNOWN' if d.unknown else d.label}[/] ({d.rule})"
+        out.print(line)
+    err.print(f"(artifact {art}, temperature {clf.manifest.temperature:.3f}, decision policy {policy.describe()})")
 
 
 # ----------------------------------------------------------------------------- registry
@@ -653,13 +729,13 @@ def registry_list(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                      "versions": [{**e.model_dump(mode="json"), "current": e.version == current} for e in entries]})
         return
     t = Table(title=f"{reg.root}: {len(entries)} version(s)")
-    for col in ("", "version", "hash", "added", "name", "macro-F1", "parity"):
+    for col in ("", "version", "hash", "added", "name", "macro-F1", "parity", "decision"):
         t.add_column(col, justify="right" if col == "macro-F1" else "left", no_wrap=col in ("version", "hash", "added"))
     for e in entries:
         f1 = "–" if e.metrics.macro_f1 is None else f"{e.metrics.macro_f1:.4f}"
         style = "green" if e.parity.verdict == "passed" else "red"
         t.add_row("*" if e.version == current else "", e.version, e.content_hash.removeprefix("sha256:")[:12],
-                  e.added[:16].replace("T", " "), e.name, f1, f"[{style}]{e.parity.verdict}[/]")
+                  e.added[:16].replace("T", " "), e.name, f1, f"[{style}]{e.parity.verdict}[/]", e.decision)
     out.print(t)
     out.print(f"current: [bold]{current}[/]" if current else "current: none (run `edgeclf registry promote VERSION`)")
 

@@ -22,16 +22,45 @@ ImageLike = str | Path | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One image's decision under the bundle's policy (``edgeclf_decision`` in C).
+
+    ``label`` is None when the reject rule answered "unknown"; ``rule`` says which rule decided
+    (``argmax``, ``adjusted``, ``costs``, ``reject``); ``top_label`` is the most probable class.
+    """
+
+    index: int
+    label: str | None
+    rule: str
+    top_label: str
+    probability: float
+    score: float
+
+    @property
+    def unknown(self) -> bool:
+        return self.label is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "unknown": self.unknown, "rule": self.rule, "top_label": self.top_label,
+                "probability": self.probability, "score": self.score}
+
+
+@dataclass(frozen=True)
 class Prediction:
     labels: list[str]
     probabilities: list[float]
+    #: the bundle's decision for this image (its policy; argmax when it has none)
+    decision: Decision | None = None
 
     @property
     def label(self) -> str:
         return self.labels[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top_k": [{"label": lab, "probability": p} for lab, p in zip(self.labels, self.probabilities)]}
+        out: dict[str, Any] = {"top_k": [{"label": lab, "probability": p} for lab, p in zip(self.labels, self.probabilities)]}
+        if self.decision is not None:
+            out["decision"] = self.decision.to_dict()
+        return out
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
@@ -110,14 +139,21 @@ class BundleClassifier:
         return np.asarray(self.runner([to_rgb_array(im) for im in images]), dtype=np.float32)
 
     def classify(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5) -> list[Prediction]:
+        from edgeclf.evaluate.decision import RULES, decide
+
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        probs = softmax(self.logits(images), self.manifest.temperature)  # type: ignore[arg-type]
+        logits = self.logits(images)  # type: ignore[arg-type]
+        probs = softmax(logits, self.manifest.temperature)
+        d = decide(logits, self.manifest.temperature, self.manifest.decision)
         k = min(top_k, len(self.labels))
         out = []
-        for p in probs:
+        for j, p in enumerate(probs):
             order = np.argsort(-p, kind="stable")[:k]
-            out.append(Prediction([self.labels[i] for i in order], [float(p[i]) for i in order]))
+            idx = int(d.index[j])
+            dec = Decision(idx, self.labels[idx] if idx >= 0 else None, RULES[int(d.rule[j])], self.labels[int(d.argmax[j])],
+                           float(d.probability[j]), float(d.score[j]))
+            out.append(Prediction([self.labels[i] for i in order], [float(p[i]) for i in order], dec))
         return out
 
 

@@ -105,6 +105,8 @@ class RegistryEntry(BaseModel):
     files: int
     metrics: MetricsSummary
     parity: ParityVerdict
+    #: the bundle's decision policy in words ("argmax" for bundles without one)
+    decision: str = "argmax"
 
 
 class PointerEvent(BaseModel):
@@ -306,7 +308,8 @@ def _make_entry(bundle_dir: Path, version: str, manifest: BundleManifest, digest
         version=version, content_hash=digest, name=manifest.name, added=_now(), bundle_created=manifest.created,
         labels=list(manifest.labels), target_profile=manifest.target_profile, files=len(files),
         size_bytes=sum((bundle_dir / f).stat().st_size for f in files),
-        metrics=metrics_summary(manifest), parity=parity_verdict(bundle_dir, manifest))
+        metrics=metrics_summary(manifest), parity=parity_verdict(bundle_dir, manifest),
+        decision=manifest.policy().describe())
 
 
 def _copy_tree(src: Path, dst: Path, files: list[str]) -> None:

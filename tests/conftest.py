@@ -95,7 +95,7 @@ def make_tiny_run(base: Path) -> Path:
 def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = None, interpolation: str = "bicubic",
                           labels: tuple[str, ...] = ("a", "b", "c"), temperature: float = 1.5,
                           mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                          std: tuple[float, float, float] = (0.229, 0.224, 0.225)) -> Path:
+                          std: tuple[float, float, float] = (0.229, 0.224, 0.225), decision: object = None) -> Path:
     """A small but real bundle: a tiny ONNX classifier (channel means -> linear layer) with a
     manifest written through the bundle's own model. For runtime tests that need many specs
     and fast inference, not accuracy."""
@@ -129,7 +129,7 @@ def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = No
     manifest = BundleManifest(schema_version=SCHEMA_VERSION, min_runtime_version=MIN_RUNTIME_VERSION, name="synthetic",
                               created="2026-01-01T00:00:00Z", creator={"edgeclf": "test"}, labels=list(labels),
                               preprocess=spec.to_dict(), temperature=temperature, source_run={}, dataset_fingerprint="0" * 64,
-                              calibration_data={}, metrics={}, artifacts=[art])
+                              calibration_data={}, metrics={}, artifacts=[art], decision=decision)
     write_manifest(dest, manifest)
     return dest
 

@@ -223,8 +223,10 @@ def test_load_from_memory(tmp_path: Path) -> None:
 def test_versions() -> None:
     from edgeclf import _runtime
 
-    assert _runtime.api_version() == _runtime.API_VERSION == 1
-    assert runtime.version() == "0.1.0"
+    import importlib.metadata
+
+    assert _runtime.api_version() == _runtime.API_VERSION == 2
+    assert runtime.version() == importlib.metadata.version("edgeclf") == "0.2.0"
     assert set(runtime.backends()) == {"onnxruntime", "openvino"}
 
 

@@ -165,6 +165,31 @@ class Model {
   }
   const edgeclf_model* get() const { return ptr_.get(); }
 
+  // The bundle's decision for each row of raw logits (n x classes).
+  std::vector<py::tuple> decide(const py::array_t<float, py::array::c_style | py::array::forcecast>& logits) const {
+    const size_t classes = num_classes();
+    if (logits.ndim() != 2 || static_cast<size_t>(logits.shape(1)) != classes)
+      throw py::value_error("logits must be N x " + std::to_string(classes));
+    const size_t n = static_cast<size_t>(logits.shape(0));
+    std::vector<edgeclf_decision> out(std::max<size_t>(n, 1));
+    const float* z = logits.data();
+    edgeclf_status st;
+    {
+      py::gil_scoped_release nogil;
+      st = edgeclf_decide(ptr_.get(), z, n, out.data());
+    }
+    check(st);
+    return decisions(out, n);
+  }
+
+  static std::vector<py::tuple> decisions(const std::vector<edgeclf_decision>& d, size_t n) {
+    std::vector<py::tuple> rows;
+    for (size_t i = 0; i < n; ++i)
+      rows.push_back(py::make_tuple(d[i].index, std::string(edgeclf_rule_name(d[i].rule)), d[i].top_index,
+                                    d[i].probability, d[i].score));
+    return rows;
+  }
+
  private:
   std::unique_ptr<edgeclf_model, ModelDeleter> ptr_;
 };
@@ -212,6 +237,20 @@ class Session {
     for (size_t i = 0; i < ims.size(); ++i)
       for (size_t j = 0; j < n; ++j) out[i].emplace_back(top[i * k + j].index, top[i * k + j].probability);
     return out;
+  }
+
+  // (index, rule, top_index, probability, score) per image, under the bundle's decision policy.
+  std::vector<py::tuple> classify_decision(const py::list& images, const std::vector<std::string>& formats) {
+    std::vector<py::array> keep;
+    std::vector<edgeclf_image> ims = to_images(images, formats, keep);
+    std::vector<edgeclf_decision> out(std::max<size_t>(ims.size(), 1));
+    edgeclf_status st;
+    {
+      py::gil_scoped_release nogil;
+      st = edgeclf_classify_decision(ptr_.get(), ims.data(), ims.size(), out.data());
+    }
+    check(st);
+    return Model::decisions(out, ims.size());
   }
 
   py::array_t<float> preprocess(const py::handle& image, const std::string& format) {
@@ -272,6 +311,7 @@ PYBIND11_MODULE(_runtime, m) {
   m.def("version", [] { return std::string(edgeclf_version()); });
   m.def("backends", [] { return std::string(edgeclf_backends()); });
   m.attr("API_VERSION") = EDGECLF_API_VERSION;
+  m.attr("DECISION_UNKNOWN") = EDGECLF_DECISION_UNKNOWN;
 
   py::class_<Model>(m, "Model")
       .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&, int, bool,
@@ -287,13 +327,16 @@ PYBIND11_MODULE(_runtime, m) {
       .def_property_readonly("labels", &Model::labels)
       .def_property_readonly("input_shape", &Model::input_shape)
       .def("property", &Model::property)
-      .def("manifest_value", &Model::manifest_value);
+      .def("manifest_value", &Model::manifest_value)
+      .def("decide", &Model::decide, py::arg("logits"));
 
   py::class_<Session>(m, "Session")
       .def(py::init<const Model&>(), py::arg("model"), py::keep_alive<1, 2>())
       .def("probabilities", &Session::probabilities, py::arg("images"), py::arg("formats") = std::vector<std::string>{})
       .def("classify", &Session::classify, py::arg("images"), py::arg("formats") = std::vector<std::string>{},
            py::arg("k") = 5)
+      .def("classify_decision", &Session::classify_decision, py::arg("images"),
+           py::arg("formats") = std::vector<std::string>{})
       .def("preprocess", &Session::preprocess, py::arg("image"), py::arg("format") = "")
       .def("run_tensor", &Session::run_tensor, py::arg("tensor"));
 }

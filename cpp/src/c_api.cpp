@@ -189,7 +189,8 @@ std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::Lo
                       {"format", a.format},
                       {"precision", a.precision},
                       {"name", impl->manifest.name},
-                      {"schema_version", impl->manifest.schema_version}};
+                      {"schema_version", impl->manifest.schema_version},
+                      {"decision", impl->manifest.decision.describe}};
   return impl;
 }
 
@@ -471,6 +472,44 @@ edgeclf_status edgeclf_classify_batch(edgeclf_session* session, const edgeclf_im
     for (size_t i = 0; i < image_count; ++i) top_k(probs.data() + i * classes, classes, top + i * k, k);
     if (count) *count = std::min(k, classes);
   });
+}
+
+edgeclf_status edgeclf_classify_decision(edgeclf_session* session, const edgeclf_image* images, size_t image_count,
+                                         edgeclf_decision* out) {
+  return guarded([&] {
+    need(session, "session");
+    need(out, "out");
+    const size_t classes = session->model->manifest.labels.size();
+    std::vector<float> probs(std::max<size_t>(image_count, 1) * classes);
+    infer(session, images, image_count, probs.data());  // leaves the raw logits in session->logits
+    for (size_t i = 0; i < image_count; ++i)
+      edgeclf::decide_row(session->model->manifest, session->logits.data() + i * classes, &out[i]);
+  });
+}
+
+edgeclf_status edgeclf_decide(const edgeclf_model* model, const float* logits, size_t image_count, edgeclf_decision* out) {
+  return guarded([&] {
+    need(model, "model");
+    need(logits, "logits");
+    need(out, "out");
+    if (image_count == 0 || image_count > kMaxBatch)
+      fail(EDGECLF_ERR_INVALID_ARGUMENT, "image_count must be 1.." + std::to_string(kMaxBatch));
+    const auto& m = model->impl->manifest;
+    const size_t classes = m.labels.size();
+    for (size_t i = 0; i < image_count * classes; ++i)
+      if (!std::isfinite(logits[i])) fail(EDGECLF_ERR_INVALID_ARGUMENT, "logits hold a non-finite value at " + std::to_string(i));
+    for (size_t i = 0; i < image_count; ++i) edgeclf::decide_row(m, logits + i * classes, &out[i]);
+  });
+}
+
+const char* edgeclf_rule_name(edgeclf_rule rule) {
+  switch (rule) {
+    case EDGECLF_RULE_ARGMAX: return "argmax";
+    case EDGECLF_RULE_ADJUSTED: return "adjusted";
+    case EDGECLF_RULE_COSTS: return "costs";
+    case EDGECLF_RULE_REJECT: return "reject";
+    default: return "unknown";
+  }
 }
 
 edgeclf_status edgeclf_probabilities(edgeclf_session* session, const edgeclf_image* images, size_t image_count,

@@ -52,14 +52,29 @@ struct Artifact {
   std::vector<FileRef> extra_files;
 };
 
+// The manifest's "decision" section (edgeclf.evaluate.decision); absent or null: argmax.
+struct DecisionPolicy {
+  std::vector<double> bias;   // per class; empty: all zero
+  std::vector<double> costs;  // classes x classes row-major (truth, decided); empty: none
+  bool reject = false;
+  bool energy = false;        // reject score: false = max probability, true = T * logsumexp(z / T)
+  double threshold = 0.0;
+  std::string describe = "argmax";
+};
+
 struct Manifest {
   nlohmann::json raw;
   std::string schema_version, name;
   std::vector<std::string> labels;
   PreprocessSpec spec;
   double temperature = 1.0;
+  DecisionPolicy decision;
   std::vector<Artifact> artifacts;
 };
+
+// Decide one row of `classes` logits under the manifest's policy (the reference is
+// edgeclf.evaluate.decision.decide; the two are held equal by the export's parity rows).
+void decide_row(const Manifest& m, const float* logits, edgeclf_decision* out);
 
 // Parse and validate manifest text (throws Error with EDGECLF_ERR_BUNDLE / _UNSUPPORTED).
 Manifest parse_manifest(const char* text, size_t size);

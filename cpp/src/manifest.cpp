@@ -1,4 +1,5 @@
 // edgeclf.json: parse and validate with nlohmann/json; hashes with OpenSSL's EVP digests.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <set>
@@ -65,7 +66,113 @@ FileRef parse_file_ref(const json& j, const char* where) {
   return f;
 }
 
+constexpr int kDecisionVersion = 1;  // edgeclf.evaluate.decision.POLICY_VERSION
+
+bool present(const json& obj, const char* key) { return obj.contains(key) && !obj[key].is_null(); }
+
+std::vector<double> finite_numbers(const json& arr, size_t count, const char* what) {
+  if (!arr.is_array() || arr.size() != count)
+    fail(EDGECLF_ERR_BUNDLE, std::string("manifest: decision.") + what + " must be an array of " + std::to_string(count) + " numbers");
+  std::vector<double> out;
+  for (const auto& v : arr) {
+    if (!v.is_number() || !std::isfinite(v.get<double>()))
+      fail(EDGECLF_ERR_BUNDLE, std::string("manifest: decision.") + what + " must hold finite numbers");
+    out.push_back(v.get<double>());
+  }
+  return out;
+}
+
+DecisionPolicy parse_decision(const json& d, size_t classes) {
+  DecisionPolicy p;
+  if (!d.is_object()) fail(EDGECLF_ERR_BUNDLE, "manifest: decision must be an object");
+  const int64_t version = require(d, "version", json::value_t::number_integer, "decision").get<int64_t>();
+  if (version != kDecisionVersion)
+    fail(EDGECLF_ERR_UNSUPPORTED, "manifest: decision policy version " + std::to_string(version) +
+                                      " is not supported (this runtime reads " + std::to_string(kDecisionVersion) + ")");
+  std::string parts;
+  auto add = [&](const char* part) { parts += (parts.empty() ? "" : "+") + std::string(part); };
+  if (present(d, "bias")) {
+    p.bias = finite_numbers(d["bias"], classes, "bias");
+    bool any = false;
+    for (double b : p.bias) any = any || b != 0.0;
+    if (any) add("adjusted");
+    else p.bias.clear();
+  }
+  if (present(d, "costs")) {
+    const json& c = d["costs"];
+    if (!c.is_array() || c.size() != classes)
+      fail(EDGECLF_ERR_BUNDLE, "manifest: decision.costs must be a " + std::to_string(classes) + "x" + std::to_string(classes) + " matrix");
+    for (const auto& row : c) {
+      const auto r = finite_numbers(row, classes, "costs rows");
+      for (double v : r)
+        if (v < 0) fail(EDGECLF_ERR_BUNDLE, "manifest: decision.costs has a negative entry");
+      p.costs.insert(p.costs.end(), r.begin(), r.end());
+    }
+    add("costs");
+  }
+  if (present(d, "reject")) {
+    const json& r = d["reject"];
+    if (!r.is_object()) fail(EDGECLF_ERR_BUNDLE, "manifest: decision.reject must be an object");
+    const std::string score = require_string(r, "score", "decision.reject");
+    if (score == "energy") p.energy = true;
+    else if (score != "max_probability")
+      fail(EDGECLF_ERR_UNSUPPORTED, "manifest: decision.reject.score " + json(score).dump() + " is not supported");
+    p.threshold = require(r, "threshold", json::value_t::number_float, "decision.reject").get<double>();
+    if (!std::isfinite(p.threshold)) fail(EDGECLF_ERR_BUNDLE, "manifest: decision.reject.threshold must be finite");
+    p.reject = true;
+    add("reject");
+  }
+  p.describe = parts.empty() ? "argmax" : parts;
+  return p;
+}
+
 }  // namespace
+
+void decide_row(const Manifest& m, const float* logits, edgeclf_decision* out) {
+  const size_t n = m.labels.size();
+  const double t = m.temperature;
+  const DecisionPolicy& p = m.decision;
+  std::vector<double> lp(n), a(n);
+  double mx = -INFINITY;
+  for (size_t i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(logits[i]) / t);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) / t - mx);
+  const double lse = mx + std::log(sum);
+  size_t top = 0;
+  for (size_t i = 0; i < n; ++i) {
+    lp[i] = static_cast<double>(logits[i]) / t - lse;
+    if (lp[i] > lp[top]) top = i;
+    a[i] = lp[i] + (p.bias.empty() ? 0.0 : p.bias[i]);
+  }
+  size_t decided = 0;
+  if (!p.costs.empty()) {
+    double amx = -INFINITY, z = 0;
+    for (size_t i = 0; i < n; ++i) amx = std::max(amx, a[i]);
+    std::vector<double> q(n);
+    for (size_t i = 0; i < n; ++i) z += q[i] = std::exp(a[i] - amx);
+    double best = INFINITY;
+    for (size_t j = 0; j < n; ++j) {
+      double risk = 0;
+      for (size_t i = 0; i < n; ++i) risk += q[i] / z * p.costs[i * n + j];
+      if (risk < best) best = risk, decided = j;
+    }
+  } else {
+    for (size_t i = 1; i < n; ++i)
+      if (a[i] > a[decided]) decided = i;
+  }
+  const double score = p.energy ? t * lse : std::exp(lp[top]);
+  out->top_index = static_cast<int32_t>(top);
+  out->score = static_cast<float>(score);
+  if (p.reject && score < p.threshold) {
+    out->index = EDGECLF_DECISION_UNKNOWN;
+    out->rule = EDGECLF_RULE_REJECT;
+    out->probability = static_cast<float>(std::exp(lp[top]));
+    return;
+  }
+  out->index = static_cast<int32_t>(decided);
+  out->rule = decided == top ? EDGECLF_RULE_ARGMAX : (p.costs.empty() ? EDGECLF_RULE_ADJUSTED : EDGECLF_RULE_COSTS);
+  out->probability = static_cast<float>(std::exp(lp[decided]));
+}
 
 std::vector<int> parse_semver(const std::string& version, const char* what) {
   std::vector<int> parts;
@@ -159,6 +266,8 @@ Manifest parse_manifest(const char* text, size_t size) {
   m.temperature = t.get<double>();
   if (!(m.temperature > 0.0) || !std::isfinite(m.temperature))
     fail(EDGECLF_ERR_BUNDLE, "manifest: temperature must be finite and > 0, got " + t.dump());
+
+  if (present(j, "decision")) m.decision = parse_decision(j["decision"], m.labels.size());
 
   if (j.contains("artifacts")) {
     const json& arts = require(j, "artifacts", json::value_t::array, "");

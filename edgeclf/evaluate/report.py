@@ -133,7 +133,8 @@ def write_report(run_dir: Path) -> Path:
         if m:
             fig = run_dir / "report" / "figures" / s
             m["figures"] = {k: _img(fig / f"{k}.png") for k in
-                            ("confusion", "reliability", "mistakes", "robustness", "embeddings", "gradcam")}
+                            ("confusion", "reliability", "mistakes", "robustness", "embeddings", "gradcam",
+                             "pr_curves", "risk_coverage", "ood_scores")}
             splits[s] = m
     env = Environment(loader=PackageLoader("edgeclf.evaluate", "templates"), autoescape=select_autoescape(["html", "html.j2"]))
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -55,6 +56,8 @@ MAX_ECE = 0.05
 
 #: Per-image validation predictions of every training candidate (one int array per name, plus "y_true").
 CANDIDATE_PREDICTIONS = Path("candidates") / "val_predictions.npz"
+#: The decision policy fitted on validation (``edgeclf.evaluate.decision``), read by export.
+DECISION = "decision.json"
 
 
 @dataclass
@@ -128,6 +131,100 @@ class Evaluation:
         write_json(path, stored)
         return stored
 
+    # -- decision policy -------------------------------------------------------------------
+    def fit_decision(self, req: Any) -> dict[str, Any]:
+        """Fit the decision policy ``req`` (a :class:`~edgeclf.evaluate.decision.DecisionRequest`) on
+        validation only and store it in RUN_DIR/decision.json, which export puts into the bundle."""
+        from edgeclf.evaluate.decision import fit_policy, ood_split, resolve_request
+
+        req = resolve_request(req, self.run.classes)
+        temp = float(self.temperature()["temperature"])
+        val = self.split_data("val")
+        ood: dict[str, Any] | None = None
+        ood_val = None
+        if req.ood_dir is not None:
+            parts = ood_split(req.ood_dir)
+            ood = {"dir": str(Path(req.ood_dir).resolve()), **parts}
+            ood_val = self.ood_logits(ood, "val")
+        policy = fit_policy(req, val.logits, val.y, temp, self.run.classes, ood_val)
+        doc = {"policy": policy.model_dump(mode="json"), "checkpoint_sha256": self.run.checkpoint_sha256,
+               "temperature": temp, "request": req.key(), "ood": ood}
+        write_json(self.run_dir / DECISION, doc)
+        self.log(f"decision policy: {policy.describe()} (fitted on {len(val.y)} validation images)")
+        return doc
+
+    def decision(self) -> tuple[Any, dict[str, Any]] | None:
+        """The stored policy and its document, when it was fitted for this checkpoint."""
+        from edgeclf.evaluate.decision import DecisionPolicy
+
+        path = self.run_dir / DECISION
+        if not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("checkpoint_sha256") != self.run.checkpoint_sha256:
+                self.log(f"{DECISION} was fitted for another checkpoint; ignored (fit it again with the policy options)")
+                return None
+            return DecisionPolicy.model_validate(doc["policy"]).check(len(self.run.classes)), doc
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is damaged ({e}); fit the policy again (edgeclf evaluate --split val with "
+                              "the policy options)") from None
+
+    def ood_logits(self, ood: dict[str, Any], part: str) -> np.ndarray:
+        """Logits of the OOD folder's ``part`` ("val" or "test"), cached like the splits."""
+        from edgeclf.evaluate.decision import load_ood_images
+
+        paths = list(ood[part])
+        key = hashlib.sha256("\n".join([ood["dir"], *paths]).encode()).hexdigest()[:16]
+        cache = self.cache_dir / f"ood-{part}-{key}-{self.run.checkpoint_sha256[:16]}.npz"
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as z:
+                return np.asarray(z["logits"])
+        images, skipped = load_ood_images(Path(ood["dir"]), paths)
+        for s in skipped[:5]:
+            self.log(f"OOD image skipped: {s}")
+        self.log(f"predicting {len(images)} OOD images ({part} part)")
+        pred = self.run.fast_predictor(images[:8])
+        logits = np.concatenate([pred.features_and_logits(images[i:i + 64])[1] for i in range(0, len(images), 64)])
+        from edgeclf._io import atomic_open
+
+        with atomic_open(cache, "wb") as fobj:
+            np.savez(fobj, logits=logits)
+        return logits
+
+    def _decision_metrics(self, split: str, data: SplitData, temp: float, fig_dir: Path, tag: str) -> dict[str, Any] | None:
+        from edgeclf.evaluate.decision import (
+            compare_to_argmax,
+            decide,
+            ood_metrics,
+            plot_ood_histogram,
+            plot_pr_curves,
+            plot_risk_coverage,
+            scores,
+        )
+
+        stored = self.decision()
+        if stored is None:
+            return None
+        policy, doc = stored
+        out = {"describe": policy.describe(), "policy": policy.model_dump(mode="json"),
+               **compare_to_argmax(data.y, data.logits, temp, policy, self.run.classes)}
+        d = decide(data.logits, temp, policy)
+        plot_pr_curves(data.y, softmax(data.logits, temp), d, self.run.classes, fig_dir / "pr_curves.png",
+                       f"precision-recall per class, {tag} (star: the decision policy)")
+        if policy.reject is not None:
+            plot_risk_coverage(data.y, d, fig_dir / "risk_coverage.png", f"risk-coverage, {tag}")
+        ood = doc.get("ood")
+        if ood and ood.get(split):
+            ol = self.ood_logits(ood, split)
+            om = ood_metrics(data.logits, ol, temp, policy)
+            om["dir"] = ood["dir"]
+            out["ood"] = om
+            plot_ood_histogram(scores(data.logits, temp, om["score"]), scores(ol, temp, om["score"]),
+                               policy.reject.threshold if policy.reject else None, om["score"], om["auroc"],
+                               om["fpr_at_95_tpr"], fig_dir / "ood_scores.png", f"reject score, {tag} vs OOD {split} part")
+        return out
+
     def slices(self, data: SplitData, probs: np.ndarray) -> dict[str, list[dict[str, Any]]]:
         """Metrics by each extra manifest column and by image-size bucket."""
         from PIL import Image
@@ -189,6 +286,9 @@ class Evaluation:
         plot_mistakes(mistakes, mistake_imgs, fig_dir / "mistakes.png", f"most confident mistakes, {tag}")
         metrics["top_mistakes"] = mistakes[:10]
         metrics["slices"] = self.slices(data, probs)
+        decision = self._decision_metrics(split, data, temp, fig_dir, tag)
+        if decision is not None:
+            metrics["decision"] = decision
 
         # side by side: train, val (and test when this is the test evaluation)
         side: dict[str, dict[str, float]] = {}
@@ -216,6 +316,14 @@ class Evaluation:
         write_json(self.run_dir / "eval" / split / "metrics.json", metrics)
         train_metrics.setdefault("evaluation", {})[split] = {
             k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict", "ci")}
+        if decision is not None:
+            train_metrics["evaluation"][split]["decision"] = {
+                "describe": decision["describe"],
+                **{side: {k: decision[side][k] for k in ("accuracy", "macro_f1", "coverage", "selective_accuracy")}
+                   | {"recall": {c: v["recall"] for c, v in decision[side]["per_class"].items()}}
+                   for side in ("policy", "argmax")},
+                **({"ood": {k: decision["ood"][k] for k in ("auroc", "fpr_at_95_tpr", "ood_unknown_rate") if k in decision["ood"]}}
+                   if "ood" in decision else {})}
         train_metrics["evaluation"][split]["ece_after"] = metrics["calibration"]["ece_after"]
         train_metrics["calibration"] = {k: v for k, v in calib.items()}
         write_json(self.run_dir / "metrics.json", train_metrics)
@@ -401,6 +509,13 @@ def candidate_comparison(run_dir: Path, train_metrics: dict[str, Any], classes: 
 
 def evaluate(run_dir: Path, split: str, allow_test_reuse: bool = False, robustness: bool = True,
              explain: bool = True, robustness_max_images: int = 300, log: Log | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Evaluate a training run on ``split``; write figures, metrics and the HTML report."""
-    return Evaluation(run_dir, log, progress).evaluate(split, allow_test_reuse, robustness, robustness_max_images, explain)
+             progress: Callable[[str, int, int], None] | None = None, decision: Any = None) -> dict[str, Any]:
+    """Evaluate a training run on ``split``; write figures, metrics and the HTML report.
+
+    ``decision`` (a :class:`~edgeclf.evaluate.decision.DecisionRequest`) fits that policy on
+    validation first — whatever ``split`` is — and the evaluation reports it next to argmax.
+    """
+    ev = Evaluation(run_dir, log, progress)
+    if decision is not None:
+        ev.fit_decision(decision)
+    return ev.evaluate(split, allow_test_reuse, robustness, robustness_max_images, explain)

@@ -19,11 +19,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgeclf._io import canonical_json, sha256_file, write_json
 from edgeclf.errors import EdgeclfError
+from edgeclf.evaluate.decision import DecisionPolicy
 from edgeclf.preprocess import PreprocessSpec
 
-SCHEMA_VERSION = "1.0.0"
+#: 1.1.0 added the optional ``decision`` section (absent: argmax, so 1.0.x bundles still load).
+SCHEMA_VERSION = "1.1.0"
 #: Oldest runtime (edgeclf C/Python runtime version) able to read this schema.
 MIN_RUNTIME_VERSION = "0.1.0"
+#: Oldest runtime that applies a ``decision`` section; a bundle that carries a policy other than
+#: argmax asks for it, so an older runtime refuses the bundle instead of silently taking argmax.
+MIN_RUNTIME_VERSION_DECISION = "0.2.0"
 MANIFEST = "edgeclf.json"
 PARITY = "parity.json"
 
@@ -67,6 +72,8 @@ class BundleManifest(BaseModel):
     calibration_data: dict[str, Any]
     metrics: dict[str, Any]
     target_profile: str | None = None
+    #: the decision policy fitted on validation (``edgeclf.evaluate.decision``); None: argmax
+    decision: DecisionPolicy | None = None
     artifacts: list[ArtifactEntry] = []
     parity: dict[str, Any] = {}
 
@@ -75,6 +82,10 @@ class BundleManifest(BaseModel):
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict(self.preprocess)
+
+    def policy(self) -> DecisionPolicy:
+        """The bundle's decision policy (argmax when the manifest has none)."""
+        return self.decision if self.decision is not None else DecisionPolicy()
 
 
 def model_card_json(card: dict[str, Any]) -> str:
@@ -119,6 +130,11 @@ def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:
     except ValidationError as e:
         err = e.errors()[0]
         raise BundleError(f"{path}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    if m.decision is not None:
+        try:
+            m.decision.check(len(m.labels))
+        except EdgeclfError as e:
+            raise BundleError(f"{path}: {e}") from None
     if verify:
         for a in m.artifacts:
             for entry in [FileEntry(file=a.file, sha256=a.sha256, size_bytes=a.size_bytes), *a.extra_files]:

@@ -113,3 +113,37 @@ def run_parity(fmt: str, precision: str, predictor: Any, images: Sequence[np.nda
     logits = np.asarray(predictor(images), dtype=np.float32)
     seconds = time.perf_counter() - t0
     return compare(fmt, precision, logits, eager_logits, y, classes, temperature, seconds), logits
+
+
+# ---- the decision policy's gates ----------------------------------------------------------------------------------
+
+#: The C runtime applies the policy to its own logits exactly as the Python reference does: every decision equal.
+DECISION_MIN_MATCH = 1.0
+#: A recall target fitted on validation must still hold on every shipped artifact, within the same tolerance
+#: int8 gets for any class's recall.
+DECISION_MAX_TARGET_SHORTFALL = INT8_MAX_CLASS_RECALL_DROP
+
+
+def decision_check(policy: Any, artifact_logits: np.ndarray, eager_logits: np.ndarray, y: np.ndarray,
+                   classes: list[str], temperature: float) -> dict[str, Any]:
+    """The policy's decisions on one artifact's validation logits against the eager model's.
+
+    Returns ``{"decision_agreement", "macro_f1", "macro_f1_delta", "coverage", "targets", "failures"}``;
+    a failure is a recall target (``--min-recall``) missed by more than DECISION_MAX_TARGET_SHORTFALL.
+    """
+    from edgeclf.evaluate.decision import decide, policy_metrics
+
+    da, de = decide(artifact_logits, temperature, policy), decide(eager_logits, temperature, policy)
+    ma, me = policy_metrics(y, da, classes), policy_metrics(y, de, classes)
+    out: dict[str, Any] = {"decision_agreement": float(np.mean(da.index == de.index)), "macro_f1": ma["macro_f1"],
+                           "macro_f1_delta": ma["macro_f1"] - me["macro_f1"], "coverage": ma["coverage"],
+                           "targets": {}, "failures": []}
+    for cls, t in ((policy.details or {}).get("min_recall") or {}).items():
+        if cls not in ma["per_class"] or not isinstance(t, dict):
+            continue
+        r = ma["per_class"][cls]["recall"]
+        target = float(t["target"])
+        out["targets"][cls] = {"target": target, "recall": r}
+        if r < target - DECISION_MAX_TARGET_SHORTFALL - 1e-12:
+            out["failures"].append(f"decision: recall of '{cls}' {r:.4f} < target {target} - {DECISION_MAX_TARGET_SHORTFALL}")
+    return out

@@ -18,6 +18,7 @@ from edgeclf._io import write_json
 from edgeclf.errors import ConfigError, EdgeclfError
 from edgeclf.export.bundle import (
     MIN_RUNTIME_VERSION,
+    MIN_RUNTIME_VERSION_DECISION,
     PARITY,
     SCHEMA_VERSION,
     ArtifactEntry,
@@ -26,7 +27,7 @@ from edgeclf.export.bundle import (
     model_card_json,
     write_manifest,
 )
-from edgeclf.export.parity import ParityResult, run_parity
+from edgeclf.export.parity import DECISION_MIN_MATCH, ParityResult, decision_check, run_parity
 
 Log = Callable[[str], None]
 
@@ -115,9 +116,14 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
     calib_paths = [train_rows[i].path for i in pick]
     calib_imgs = load_images(run.data_root, calib_paths)
     train_metrics = ev_metrics(Path(run_dir))
+    stored = ev.decision()
+    policy = stored[0] if stored is not None else None
+    if policy is not None:
+        log(f"decision policy: {policy.describe()}")
 
     manifest = BundleManifest(
-        schema_version=SCHEMA_VERSION, min_runtime_version=MIN_RUNTIME_VERSION, name=Path(run_dir).name,
+        schema_version=SCHEMA_VERSION, name=Path(run_dir).name,
+        min_runtime_version=MIN_RUNTIME_VERSION if policy is None or policy.is_argmax else MIN_RUNTIME_VERSION_DECISION,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), creator=_versions(),
         labels=run.classes, preprocess=run.spec.to_dict(), temperature=temperature,
         source_run={"run": Path(run_dir).name, "checkpoint_sha256": run.checkpoint_sha256, "best_epoch": run.best_epoch,
@@ -125,7 +131,7 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         dataset_fingerprint=run.manifest.fingerprint,
         calibration_data={"split": "train", "images": len(calib_paths), "seed": 0, "method": calibration_method,
                           "note": "int8 calibration uses training images only, never validation or test"},
-        metrics=train_metrics, target_profile=prof.name if prof else None,
+        metrics=train_metrics, target_profile=prof.name if prof else None, decision=policy,
     )
     meta = model_card_json(manifest.model_card())
 
@@ -160,9 +166,15 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                     attempts.append({"options": dict(options), "status": art.status, "error": art.error})
                     break
                 runner = load_runner(work, art, run.spec, run.classes)
-                res, _ = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature)
+                res, art_logits = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature)
+                dec = None
+                if policy is not None and not policy.is_argmax:
+                    dec = decision_check(policy, art_logits, val.logits, val.y, run.classes, temperature)
+                    if dec["failures"]:
+                        res.failures += dec["failures"]
+                        res.passed = False
                 attempts.append({"options": dict(options), "status": "ok" if res.passed else "parity_failed",
-                                 "parity": res.to_dict()})
+                                 "parity": res.to_dict(), **({"decision": dec} if dec is not None else {})})
                 if res.passed or prec != "int8":
                     break
                 if len(attempts) == 1:
@@ -188,6 +200,9 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                 p = last["parity"]
                 row.update(macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"], agreement=p["agreement"],
                            ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"])
+            if "decision" in last:
+                row["decision"] = last["decision"]
+                row["decision_agreement"] = last["decision"]["decision_agreement"]
             if status == "ok":
                 row["size_mb"] = sum((work / f).stat().st_size for f in [art.file, *art.extra_files]) / 1e6
                 e = file_entry(work, art.file)
@@ -210,12 +225,13 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
         manifest.artifacts = entries
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
-        for row in _cpp_runtime_rows(work, entries, val_images, val, run.classes, temperature, log):
+        for row in _cpp_runtime_rows(work, entries, val_images, val, run.classes, temperature, log, policy):
             rows.append(row)
             if row["status"] == "parity_failed":
                 failed.append(f"{row['format']}/{row['precision']}: {row['error']}")
         manifest.parity = {"gates": _gate_doc(), "summary": [{k: r.get(k) for k in ("format", "precision", "status", "agreement",
-                                                                                       "delta_macro_f1")} for r in rows[1:]]}
+                                                                                       "delta_macro_f1", "decision_agreement")
+                                                              if k in r} for r in rows[1:]]}
         write_json(work / PARITY, {**parity, "table": rows})
         write_manifest(work, manifest)
         if out_dir.exists():
@@ -232,9 +248,14 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
 
 
 def _cpp_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any, classes: list[str],
-                      temperature: float, log: Log) -> list[dict[str, Any]]:
+                      temperature: float, log: Log, policy: Any = None) -> list[dict[str, Any]]:
     """The shipped C runtime gated like one more artifact: for each artifact it can run, the
-    whole C++ path (preprocessing from the manifest + backend) against the eager model."""
+    whole C++ path (preprocessing from the manifest + backend) against the eager model.
+
+    With a decision policy, the row also holds the C runtime's decisions to the Python
+    reference's: ``edgeclf_classify_decision`` on every validation image must equal
+    :func:`edgeclf.evaluate.decision.decide` applied to the C runtime's own logits (exactly),
+    and the policy's recall targets must hold (``decision_check``)."""
     try:
         from edgeclf.runtime import Classifier
     except ImportError:  # pragma: no cover - the runtime is part of every build of edgeclf
@@ -263,13 +284,40 @@ def _cpp_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[n
             return np.concatenate(out)
 
         with clf:
-            res, _ = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature)
+            res, c_logits = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature)
+            dec = None
+            if policy is not None:
+                dec = _cpp_decision_match(clf, images, c_logits, policy, temperature)
+                if not policy.is_argmax:
+                    dec.update(decision_check(policy, c_logits, val.logits, val.y, classes, temperature))
+                if dec["decision_match"] < DECISION_MIN_MATCH:
+                    res.failures.append(f"decision: the C runtime's decisions equal the Python reference's on "
+                                        f"{dec['decision_match']:.4f} of images (< {DECISION_MIN_MATCH})")
+                res.failures += dec.get("failures", [])
+                res.passed = not res.failures
         p = res.to_dict()
+        if dec is not None:
+            row["decision"] = dec
+            row["decision_agreement"] = dec.get("decision_agreement")
+            row["decision_match"] = dec["decision_match"]
         row.update(status="ok" if res.passed else "parity_failed", macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"],
                    agreement=p["agreement"], ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"],
                    error="; ".join(res.failures) or None)
         rows.append(row)
     return rows
+
+
+def _cpp_decision_match(clf: Any, images: list[np.ndarray], c_logits: np.ndarray, policy: Any,
+                        temperature: float) -> dict[str, Any]:
+    """Share of images whose C decision (full path: raw pixels in, decision out) equals the Python
+    reference applied to the C runtime's logits — index and rule both."""
+    from edgeclf.evaluate.decision import RULES, decide
+
+    ref = decide(c_logits, temperature, policy)
+    got = [d for i in range(0, len(images), 32) for d in clf.classify_decision(images[i:i + 32])]
+    same = [g.index == int(ref.index[i]) and g.rule == RULES[int(ref.rule[i])] for i, g in enumerate(got)]
+    return {"decision_match": float(np.mean(same)) if same else 1.0, "images": len(same),
+            "mismatches": [i for i, ok in enumerate(same) if not ok][:10]}
 
 
 def ev_metrics(run_dir: Path) -> dict[str, Any]:

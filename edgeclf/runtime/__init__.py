@@ -17,12 +17,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
+
+if TYPE_CHECKING:
+    from edgeclf.inference import Decision
 
 PIXEL_FORMATS = ("RGB8", "BGR8", "RGBA8", "BGRA8", "GRAY8", "NV12")
 
@@ -193,6 +196,31 @@ class Classifier:
         s = self._session()
         rows = self._call(lambda: s.classify(arrays, formats, int(top_k)))
         return [Prediction([self.labels[i] for i, _ in row], [float(p) for _, p in row]) for row in rows]
+
+    @property
+    def decision_policy(self) -> str:
+        """The bundle's decision policy in words (``argmax`` when it has none)."""
+        return str(self._model.property("decision"))
+
+    def _decisions(self, rows: list[Any]) -> list[Decision]:
+        from edgeclf.inference import Decision
+
+        return [Decision(int(i), self.labels[i] if i >= 0 else None, str(rule), self.labels[top], float(p), float(s))
+                for i, rule, top, p, s in rows]
+
+    def classify_decision(self, images: Sequence[ImageInput] | ImageInput,
+                          pixel_format: str | Sequence[str] | None = None) -> list[Decision]:
+        """The bundle's decision per image (class or unknown, and the rule that decided), in the C runtime."""
+        arrays, formats = self._batch(images, pixel_format)
+        s = self._session()
+        return self._decisions(self._call(lambda: s.classify_decision(arrays, formats)))
+
+    def decide(self, logits: np.ndarray) -> list[Decision]:
+        """The C runtime's decision policy applied to raw logits (N x classes) computed elsewhere."""
+        if self._closed:
+            raise ConfigError("this Classifier is closed")
+        z = np.atleast_2d(np.asarray(logits, dtype=np.float32))
+        return self._decisions(self._call(lambda: self._model.decide(z)))
 
     def preprocess(self, image: ImageInput, pixel_format: str | None = None) -> np.ndarray:
         """The 3 x H x W float32 tensor the C++ preprocessing makes of ``image``."""

@@ -54,7 +54,7 @@ extern "C" {
 #endif
 
 /** Version of this header's API; compare with edgeclf_api_version() at run time. */
-#define EDGECLF_API_VERSION 1
+#define EDGECLF_API_VERSION 2 /* 2: decisions (edgeclf_decide, edgeclf_classify_decision) */
 
 /* ---- status codes (new codes may be added) ------------------------------------------ */
 typedef int32_t edgeclf_status;
@@ -103,6 +103,33 @@ typedef struct edgeclf_class_score {
   int32_t index;
   float probability;
 } edgeclf_class_score;
+
+/* ---- decisions ------------------------------------------------------------------------ */
+/** The decided index of an image the bundle's reject rule turned away ("unknown"). */
+#define EDGECLF_DECISION_UNKNOWN (-1)
+/** Which rule of the bundle's decision policy decided (see edgeclf_rule_name). */
+typedef int32_t edgeclf_rule;
+#define EDGECLF_RULE_ARGMAX 0   /* the most probable class (the policy did not change the outcome) */
+#define EDGECLF_RULE_ADJUSTED 1 /* per-class biases (prior correction, recall targets) chose another class */
+#define EDGECLF_RULE_COSTS 2    /* the cost matrix's Bayes-optimal decision chose another class */
+#define EDGECLF_RULE_REJECT 3   /* the reject score fell below the policy's threshold: unknown */
+
+/**
+ * One image's decision under the bundle's decision policy (manifest section "decision",
+ * fitted on validation by `edgeclf evaluate` / `edgeclf build`; a bundle without one
+ * decides by argmax). With p = softmax(logits / T):
+ *   score = max(p) or, for an "energy" policy, T * logsumexp(logits / T);
+ *   score < threshold (reject policies)       -> index = EDGECLF_DECISION_UNKNOWN;
+ *   a = log(p) + bias;  with a cost matrix C (C[i][j]: cost of deciding j when the truth is i)
+ *   index = argmin_j sum_i softmax(a)_i * C[i][j], otherwise argmax_j a_j (ties: lower index).
+ */
+typedef struct edgeclf_decision {
+  int32_t index;       /* the decided class, or EDGECLF_DECISION_UNKNOWN */
+  edgeclf_rule rule;   /* the rule that decided */
+  int32_t top_index;   /* the most probable class, whatever was decided */
+  float probability;   /* calibrated probability of `index` (of `top_index` when unknown) */
+  float score;         /* the reject score (max probability, or energy for an energy policy) */
+} edgeclf_decision;
 
 /** A named file in memory, for edgeclf_model_load_memory. */
 typedef struct edgeclf_file {
@@ -170,7 +197,8 @@ EDGECLF_API edgeclf_status edgeclf_model_label(const edgeclf_model* model, int32
 EDGECLF_API edgeclf_status edgeclf_model_input_shape(const edgeclf_model* model, int32_t* channels,
                                                      int32_t* height, int32_t* width);
 /** A property of the loaded model: "backend", "device", "artifact" (file name), "format",
- *  "precision", "name", "schema_version". */
+ *  "precision", "name", "schema_version", "decision" (the policy in words: "argmax", or its
+ *  parts, e.g. "adjusted+reject"). */
 EDGECLF_API edgeclf_status edgeclf_model_property(const edgeclf_model* model, const char* name, const char** out);
 /** A manifest value by JSON pointer (RFC 6901), e.g. "/preprocess/crop_size" or
  *  "/metrics/test/macro_f1". Strings are written without quotes, anything else as compact
@@ -197,6 +225,19 @@ EDGECLF_API edgeclf_status edgeclf_classify_batch(edgeclf_session* session, cons
  *  `probabilities` (capacity in floats, at least image_count * classes). */
 EDGECLF_API edgeclf_status edgeclf_probabilities(edgeclf_session* session, const edgeclf_image* images,
                                                  size_t image_count, float* probabilities, size_t capacity);
+/** Decide `image_count` images under the bundle's decision policy: one edgeclf_decision per
+ *  image into `out` (capacity: image_count entries). The same preprocessing and inference as
+ *  edgeclf_classify_batch. Borrowed inputs, caller-owned output. */
+EDGECLF_API edgeclf_status edgeclf_classify_decision(edgeclf_session* session, const edgeclf_image* images,
+                                                     size_t image_count, edgeclf_decision* out);
+/** Apply the bundle's decision policy to raw logits computed elsewhere (image_count x classes,
+ *  row-major, e.g. from edgeclf_run_tensor): one edgeclf_decision per row into `out`. Needs no
+ *  session; thread-safe on a shared model. Non-finite logits are EDGECLF_ERR_INVALID_ARGUMENT. */
+EDGECLF_API edgeclf_status edgeclf_decide(const edgeclf_model* model, const float* logits, size_t image_count,
+                                          edgeclf_decision* out);
+/** A static name for a rule: "argmax", "adjusted", "costs", "reject" ("unknown" otherwise). */
+EDGECLF_API const char* edgeclf_rule_name(edgeclf_rule rule);
+
 /** The preprocessed input tensor (channels x height x width float32, see
  *  edgeclf_model_input_shape) exactly as inference sees it. For checking and debugging. */
 EDGECLF_API edgeclf_status edgeclf_preprocess(edgeclf_session* session, const edgeclf_image* image,
