@@ -97,7 +97,11 @@ def test_c_api_under_sanitizers(asan_build: Path, tmp_path: Path, bands: str) ->
 @pytest.mark.slow
 def test_fuzz_bounded(asan_build: Path, tmp_path: Path) -> None:
     """The fuzz target (libFuzzer under clang, a random driver otherwise) for 60 s under ASan/UBSan."""
-    bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear")
+    from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
+
+    policy = DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
+                            reject=RejectRule(score="energy", threshold=0.8))  # every rule of the decision path
+    bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear", decision=policy)
     exe = asan_build / "edgeclf_fuzz"
     env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SECONDS="60")
     r = _run([str(exe), "-max_total_time=60"] if "clang" in _run(["cmake", "-L", "-N", str(asan_build)]).stdout.lower()

@@ -91,6 +91,22 @@ void fuzz_classify(const uint8_t* data, size_t size) {
     }
     if (sum > 1.0001f) std::abort();
   }
+  // the same image through the decision path: a class, or unknown; never out of range
+  edgeclf_decision d{};
+  const edgeclf_status sd = edgeclf_classify_decision(g_session, &im, 1, &d);
+  check_error_set(sd);
+  if (k != 0 && (sd == EDGECLF_OK) != (st == EDGECLF_OK)) std::abort();  // the same image checks
+  if (sd == EDGECLF_OK && (d.index < EDGECLF_DECISION_UNKNOWN || d.index >= static_cast<int32_t>(g_classes) ||
+                           d.top_index < 0 || d.top_index >= static_cast<int32_t>(g_classes)))
+    std::abort();
+  // arbitrary bytes as logits (NaN and infinities included): refused or decided, never a crash
+  if (size >= 8 + 4 * g_classes) {
+    std::vector<float> z(g_classes);
+    std::memcpy(z.data(), data + 8, 4 * g_classes);
+    const edgeclf_status sz = edgeclf_decide(g_model, z.data(), 1, &d);
+    check_error_set(sz);
+    if (sz == EDGECLF_OK && (d.index < EDGECLF_DECISION_UNKNOWN || d.index >= static_cast<int32_t>(g_classes))) std::abort();
+  }
 }
 
 }  // namespace

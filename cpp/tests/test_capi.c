@@ -113,6 +113,14 @@ static void test_no_bundle(void) {
   const char* label = NULL;
   EXPECT_ERR(edgeclf_model_num_classes(NULL, &n), EDGECLF_ERR_INVALID_ARGUMENT);
   EXPECT_ERR(edgeclf_model_label(NULL, 0, &label), EDGECLF_ERR_INVALID_ARGUMENT);
+  {
+    float logits[3] = {0, 1, 2};
+    edgeclf_decision d;
+    EXPECT_ERR(edgeclf_decide(NULL, logits, 1, &d), EDGECLF_ERR_INVALID_ARGUMENT);
+    CHECK(strcmp(edgeclf_rule_name(EDGECLF_RULE_REJECT), "reject") == 0);
+    CHECK(strcmp(edgeclf_rule_name(EDGECLF_RULE_ARGMAX), "argmax") == 0);
+    CHECK(strcmp(edgeclf_rule_name(77), "unknown") == 0);
+  }
   edgeclf_options_free(o);
 }
 
@@ -162,6 +170,19 @@ static void test_bad_images(edgeclf_session* s) {
   EXPECT_ERR(edgeclf_probabilities(s, &im, 1, tensor, 0), EDGECLF_ERR_BUFFER_TOO_SMALL);
   EXPECT_ERR(edgeclf_preprocess(s, &im, tensor, 4), EDGECLF_ERR_BUFFER_TOO_SMALL);
   EXPECT_ERR(edgeclf_run_tensor(s, NULL, 1, tensor, 4), EDGECLF_ERR_INVALID_ARGUMENT);
+  {
+    edgeclf_decision d[2];
+    EXPECT_ERR(edgeclf_classify_decision(NULL, &im, 1, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(edgeclf_classify_decision(s, NULL, 1, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(edgeclf_classify_decision(s, &im, 1, NULL), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(edgeclf_classify_decision(s, &im, 0, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    bad = im; bad.data = NULL;
+    EXPECT_ERR(edgeclf_classify_decision(s, &bad, 1, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_OK(edgeclf_classify_decision(s, &im, 1, d));
+    CHECK(d[0].index == EDGECLF_DECISION_UNKNOWN || d[0].index >= 0);
+    CHECK(strcmp(edgeclf_rule_name(d[0].rule), "unknown") != 0);
+    CHECK(d[0].probability > 0.0f && d[0].probability <= 1.0f);
+  }
   /* a session still works after errors */
   EXPECT_OK(edgeclf_classify(s, &im, top, 4, &n));
 }
@@ -228,6 +249,19 @@ static void test_bundle(const char* dir) {
 
   EXPECT_OK(edgeclf_session_create(m, &s));
   test_bad_images(s);
+  {
+    /* edgeclf_decide on raw logits: ties go to the lower index; a NaN is refused; NULLs too */
+    float* z = (float*)calloc(classes * 2, sizeof(float));
+    edgeclf_decision d[2];
+    EXPECT_OK(edgeclf_decide(m, z, 2, d));
+    CHECK(d[0].top_index == 0 && (d[0].index == 0 || d[0].index == EDGECLF_DECISION_UNKNOWN || d[0].rule != EDGECLF_RULE_ARGMAX));
+    z[1] = NAN;
+    EXPECT_ERR(edgeclf_decide(m, z, 2, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(edgeclf_decide(m, NULL, 1, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(edgeclf_decide(m, z, 1, NULL), EDGECLF_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(edgeclf_decide(m, z, 0, d), EDGECLF_ERR_INVALID_ARGUMENT);
+    free(z);
+  }
 
   /* the session keeps its model alive: free the model first, then use the session */
   {
