@@ -91,11 +91,25 @@ def _method(name: str) -> Any:
     return methods[name]
 
 
+def calibration_batch(n: int) -> int:
+    """The largest batch size <= CALIBRATION_BATCH that divides ``n`` images evenly.
+
+    ONNX Runtime's histogram calibrators (Entropy, Percentile) stack the per-batch outputs
+    into one array and fail ("inhomogeneous shape") when the last batch is shorter; equal
+    batches avoid that without repeating or dropping a calibration image.
+    """
+    if n < 1:
+        raise ConfigError("calibration needs at least one image")
+    return max(b for b in range(1, CALIBRATION_BATCH + 1) if n % b == 0)
+
+
 def _reader(data: np.ndarray, input_name: str) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
+    step = calibration_batch(len(data))
+
     class _BatchReader(CalibrationDataReader):
-        """Feeds ``data`` in batches of :data:`CALIBRATION_BATCH`."""
+        """Feeds ``data`` in equal batches of :func:`calibration_batch` images."""
 
         def __init__(self) -> None:
             self.pos = 0
@@ -103,15 +117,15 @@ def _reader(data: np.ndarray, input_name: str) -> Any:
         def get_next(self) -> dict[str, np.ndarray] | None:
             if self.pos >= len(data):
                 return None
-            batch = data[self.pos : self.pos + CALIBRATION_BATCH]
-            self.pos += CALIBRATION_BATCH
+            batch = data[self.pos : self.pos + step]
+            self.pos += step
             return {input_name: batch}
 
         def rewind(self) -> None:
             self.pos = 0
 
         def __len__(self) -> int:
-            return (len(data) + CALIBRATION_BATCH - 1) // CALIBRATION_BATCH
+            return len(data) // step
 
     return _BatchReader()
 
