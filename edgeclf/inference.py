@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from PIL import Image
 
 from edgeclf.errors import ConfigError, DataError
 from edgeclf.evaluate.metrics import softmax
-from edgeclf.export.bundle import PARITY, BundleManifest, read_bundle
+from edgeclf.export.bundle import BundleError, BundleManifest, read_bundle, read_parity
 
 _RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
 
@@ -98,11 +97,10 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
 def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | None = None) -> Any:
     """The fastest shipped artifact whose runtime is installed (speed from the parity run), or ``runtime``'s."""
     speed: dict[tuple[str, str], float] = {}
-    ppath = Path(bundle_dir) / PARITY
-    if ppath.is_file():
-        for row in json.loads(ppath.read_text(encoding="utf-8")).get("table", []):
-            if row.get("ms_per_image") is not None:
-                speed[(row["format"], row["precision"])] = row["ms_per_image"]
+    parity = read_parity(Path(bundle_dir))  # a damaged report is a BundleError naming the file
+    for row in (parity or {}).get("table", []):
+        if row.get("ms_per_image") is not None:
+            speed[(row["format"], row["precision"])] = row["ms_per_image"]
     candidates = [a for a in manifest.artifacts if a.status == "ok"
                   and importlib.util.find_spec(_RUNTIME_MODULE.get(a.runtime, a.runtime)) is not None]
     if runtime is not None:
@@ -126,10 +124,26 @@ class BundleClassifier:
         self.spec = self.manifest.spec()
         self.labels = self.manifest.labels
         a = self.artifact
-        self.runner = load_runner(self.bundle_dir, {"format": a.format, "precision": a.precision, "file": a.file,
-                                                    "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime,
-                                                    "status": "ok", "error": None, "export_seconds": 0.0,
-                                                    "details": a.details}, self.spec, self.labels, threads=threads)
+        try:
+            self.runner = load_runner(self.bundle_dir, {"format": a.format, "precision": a.precision, "file": a.file,
+                                                        "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime,
+                                                        "status": "ok", "error": None, "export_seconds": 0.0,
+                                                        "details": a.details}, self.spec, self.labels, threads=threads)
+        except BundleError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the runtimes raise their own types for a file they cannot load
+            raise BundleError(f"bundle {self.bundle_dir}: {a.file} matches its SHA-256 but {a.runtime} cannot load it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export the "
+                              "bundle") from None
+        try:  # one black frame: the model's outputs must match the labels now, not at the first real image
+            probe = np.asarray(self.runner([np.zeros((self.spec.crop_size, self.spec.crop_size, 3), np.uint8)]))
+        except Exception as e:  # noqa: BLE001
+            raise BundleError(f"bundle {self.bundle_dir}: {a.file} does not run with the manifest's {len(self.labels)} "
+                              f"labels and preprocessing ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "re-export the bundle") from None
+        if probe.ndim != 2 or probe.shape[1] != len(self.labels):
+            raise BundleError(f"bundle {self.bundle_dir}: {a.file} has {probe.shape[-1] if probe.ndim else 0} outputs but "
+                              f"the manifest has {len(self.labels)} labels; re-export the bundle")
 
     def logits(self, images: Sequence[ImageLike]) -> np.ndarray:
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):

@@ -48,6 +48,9 @@ from edgeclf.errors import ConfigError
 Interpolation = Literal["bilinear", "bicubic"]
 
 PREPROCESS_SPEC_VERSION = 1
+#: The largest resize target either runtime accepts (the C runtime's limit): beyond it a
+#: single image would need gigabytes.
+MAX_RESIZE_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -70,16 +73,31 @@ class PreprocessSpec:
     version: int = PREPROCESS_SPEC_VERSION
 
     def __post_init__(self) -> None:
-        if self.crop_size <= 0 or self.resize_size < self.crop_size:
+        for name in ("resize_size", "crop_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"preprocessing {name} must be an integer, got {v!r}")
+        if self.crop_size <= 0 or self.resize_size < self.crop_size or self.resize_size > MAX_RESIZE_SIZE:
             raise ConfigError(
-                f"preprocessing needs 0 < crop_size <= resize_size, got crop {self.crop_size}, resize {self.resize_size}"
+                f"preprocessing needs 0 < crop_size <= resize_size <= {MAX_RESIZE_SIZE}, got crop {self.crop_size}, "
+                f"resize {self.resize_size}"
             )
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                   for x in (*self.mean, *self.std, self.scale)) or not self.scale > 0:
+            raise ConfigError(f"preprocessing mean, std and scale must be finite numbers, scale > 0; got "
+                              f"{self.mean}, {self.std}, {self.scale}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ConfigError(f"interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ConfigError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
-        if self.antialias:
+        if self.antialias is not False:
             raise ConfigError("antialiased resizing is not part of preprocessing spec version 1")
+        fixed = {"color_order": "RGB", "resize_mode": "shorter_side", "rounding": "half_to_even", "crop_offset": "floor",
+                 "layout": "NCHW", "dtype": "float32"}
+        for name, want in fixed.items():
+            if getattr(self, name) != want:
+                raise ConfigError(f"preprocessing {name} = {getattr(self, name)!r} is not supported (spec version 1 "
+                                  f"implements {want!r})")
 
     @classmethod
     def from_timm_config(cls, cfg: dict[str, Any], image_size: int | None = None) -> PreprocessSpec:
@@ -108,9 +126,12 @@ class PreprocessSpec:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown preprocessing fields: {', '.join(sorted(unknown))}")
-        if d.get("version", PREPROCESS_SPEC_VERSION) != PREPROCESS_SPEC_VERSION:
+        v = d.get("version", PREPROCESS_SPEC_VERSION)
+        if isinstance(v, bool) or v != PREPROCESS_SPEC_VERSION:
             raise ConfigError(f"preprocessing spec version {d.get('version')} is not supported (expected {PREPROCESS_SPEC_VERSION})")
         try:
+            if not isinstance(d["mean"], (list, tuple)) or not isinstance(d["std"], (list, tuple)):
+                raise TypeError("mean and std must be lists of 3 numbers")
             return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
         except (KeyError, TypeError) as e:
             raise ConfigError(f"invalid preprocessing spec: {e}") from None

@@ -124,6 +124,7 @@ def test_min_recall_says_when_a_target_cannot_be_met() -> None:
     pol = fit_policy(make_request(min_recall="c=0.99", reject=True, coverage=0.2), z, y, 1.0, CLASSES)
     t = pol.details["min_recall"]["c"]
     assert t["met"] is False and "not reachable" in t["reason"] and t["val_recall"] < 0.99
+    assert t["bias"] == 0.0 and pol.bias is None  # an unreachable goal does not distort the model
 
 
 @pytest.mark.parametrize("coverage", [0.5, 0.9, 0.95, 1.0])

@@ -33,6 +33,9 @@ runner = CliRunner()
 OK_SUMMARY = [{"format": "onnx", "precision": "fp32", "status": "ok", "agreement": 1.0, "delta_macro_f1": 0.0},
               {"format": "tensorrt", "precision": "fp32", "status": "skipped", "agreement": None, "delta_macro_f1": None}]
 
+#: a valid preprocessing spec (bundles are validated against the runtime's rules at load)
+SPEC = {"resize_size": 36, "crop_size": 32, "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
 
 def make_bundle(path: Path, seed: int = 0, *, statuses: dict[str, str] | None = None,
                 macro_f1: float = 0.9, with_parity: bool = True) -> Path:
@@ -50,7 +53,7 @@ def make_bundle(path: Path, seed: int = 0, *, statuses: dict[str, str] | None = 
         r["status"] = (statuses or {}).get(f"{r['format']}/{r['precision']}", r["status"])
     manifest = BundleManifest(
         schema_version="1.0.0", min_runtime_version="0.1.0", name=f"demo-{seed}", created="2026-01-01T00:00:00+00:00",
-        creator={"edgeclf": "0.1.0"}, labels=["cat", "dog"], preprocess={"size": 32}, temperature=1.5,
+        creator={"edgeclf": "0.1.0"}, labels=["cat", "dog"], preprocess=SPEC, temperature=1.5,
         source_run={"run": f"run-{seed}"}, dataset_fingerprint="sha256:" + "0" * 64, calibration_data={},
         metrics={"evaluation": {"val": {"macro_f1": macro_f1, "accuracy": macro_f1 + 0.01}}},
         artifacts=[ArtifactEntry(file="model.onnx", format="onnx", runtime="onnxruntime", precision="fp32",
@@ -59,7 +62,9 @@ def make_bundle(path: Path, seed: int = 0, *, statuses: dict[str, str] | None = 
     )
     write_manifest(path, manifest)
     if with_parity:
-        (path / PARITY).write_text(json.dumps({"split": "val", "artifacts": [
+        (path / PARITY).write_text(json.dumps({"split": "val", "table": [{"format": r["format"], "precision": r["precision"],
+                                                                          "status": r["status"]} for r in summary],
+                                               "artifacts": [
             {"format": r["format"], "precision": r["precision"], "status": r["status"],
              "attempts": [{"status": r["status"], "parity": {"failures": [] if r["status"] == "ok" else ["agreement 0.97 < 0.999"]}}]}
             for r in summary]}))

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <new>
 #include <numeric>
@@ -46,32 +47,67 @@ void need(const void* p, const char* what) {
   if (p == nullptr) fail(EDGECLF_ERR_INVALID_ARGUMENT, std::string(what) + " is NULL");
 }
 
-std::shared_ptr<const std::vector<uint8_t>> read_file(const std::string& path, uint64_t limit,
+// A bundle file: a regular file (or a link to one) that resolves inside the bundle folder `dir`.
+std::shared_ptr<const std::vector<uint8_t>> read_file(const std::string& dir, const std::string& name, uint64_t limit,
                                                      edgeclf_status too_large = EDGECLF_ERR_BUNDLE) {
+  namespace fs = std::filesystem;
+  const std::string path = dir + "/" + name;
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(path, ec);
+  if (ec || !fs::exists(st)) fail(EDGECLF_ERR_BUNDLE, "the bundle is incomplete: " + path + " is missing");
+  if (fs::is_symlink(st)) {
+    const fs::path target = fs::canonical(path, ec);
+    const fs::path base = fs::canonical(dir.empty() ? "." : dir, ec);
+    const auto rel = ec ? fs::path("..") : target.lexically_relative(base);
+    if (ec || rel.empty() || *rel.begin() == "..")
+      fail(EDGECLF_ERR_BUNDLE, path + " is a link that leaves the bundle (or a broken one); re-export the bundle");
+  }
+  if (!fs::is_regular_file(path, ec)) fail(EDGECLF_ERR_BUNDLE, path + " is not a regular file; the bundle is damaged");
   std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) fail(EDGECLF_ERR_BUNDLE, "the bundle is incomplete: cannot open " + path);
+  if (!f) fail(EDGECLF_ERR_IO, "cannot open " + path);
   const std::streamoff size = f.tellg();
   if (size < 0) fail(EDGECLF_ERR_IO, "cannot read " + path);
   if (static_cast<uint64_t>(size) > limit)
-    fail(too_large, path + " is larger than edgeclf.json says (tampered with?); re-export the bundle");
+    fail(too_large, path + (name == "edgeclf.json" ? " is larger than a manifest may be (64 MiB)"
+                                                  : " is larger than edgeclf.json says (tampered with?); re-export the bundle"));
   auto data = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(size));
   f.seekg(0);
   if (size > 0 && !f.read(reinterpret_cast<char*>(data->data()), size)) fail(EDGECLF_ERR_IO, "cannot read " + path);
   return data;
 }
 
+// parity.json, when present, is checked as the Python loader checks it (edgeclf.export.bundle.read_parity):
+// a JSON object with a "table" list whose rows name their format and precision.
+nlohmann::json read_parity(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir + "/parity.json", ec))) return nlohmann::json();
+  const auto text = read_file(dir, "parity.json", kMaxManifestBytes, EDGECLF_ERR_INTEGRITY);
+  const auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, /*allow_exceptions=*/false);
+  const std::string where = dir + "/parity.json is damaged (";
+  if (j.is_discarded()) fail(EDGECLF_ERR_INTEGRITY, where + "not valid JSON); re-export the bundle");
+  if (!j.is_object() || !j.contains("table") || !j["table"].is_array())
+    fail(EDGECLF_ERR_INTEGRITY, where + "no 'table' list of artifacts); re-export the bundle");
+  size_t i = 0;
+  for (const auto& row : j["table"]) {
+    if (!row.is_object() || !row.contains("format") || !row["format"].is_string() || !row.contains("precision") ||
+        !row["precision"].is_string())
+      fail(EDGECLF_ERR_INTEGRITY, where + "table row " + std::to_string(i) + " has no format and precision); re-export the bundle");
+    if (row.contains("ms_per_image") && !row["ms_per_image"].is_null() && !row["ms_per_image"].is_number())
+      fail(EDGECLF_ERR_INTEGRITY, where + "table row " + std::to_string(i) + ": ms_per_image is not a number); re-export the bundle");
+    ++i;
+  }
+  return j;
+}
+
 // The fastest artifact of the bundle's parity run (parity.json "table" rows), by (format, precision).
 std::map<std::pair<std::string, std::string>, double> parity_speeds(const std::string& dir) {
   std::map<std::pair<std::string, std::string>, double> out;
-  std::ifstream f(dir + "/parity.json", std::ios::binary);
-  if (!f) return out;
-  const auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || !j.contains("table") || !j["table"].is_array()) return out;
-  for (const auto& row : j["table"]) {
-    if (row.is_object() && row.contains("format") && row["format"].is_string() && row.contains("precision") &&
-        row["precision"].is_string() && row.contains("ms_per_image") && row["ms_per_image"].is_number())
+  const auto j = read_parity(dir);
+  if (j.is_null()) return out;
+  for (const auto& row : j["table"])
+    if (row.contains("ms_per_image") && row["ms_per_image"].is_number())
       out[{row["format"].get<std::string>(), row["precision"].get<std::string>()}] = row["ms_per_image"].get<double>();
-  }
   return out;
 }
 
@@ -152,6 +188,15 @@ std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::Lo
                                 const edgeclf_file* files, size_t file_count) {
   auto impl = std::make_shared<ModelImpl>();
   impl->manifest = edgeclf::parse_manifest(text, size);
+  if (!dir.empty()) {
+    read_parity(dir);  // a damaged parity report refuses the bundle, whatever precision is asked for
+    if (o.verify)      // every artifact the manifest lists, as the Python loader checks them
+      for (const auto& art : impl->manifest.artifacts) {
+        std::vector<edgeclf::FileRef> refs{{art.file, art.sha256, art.size_bytes}};
+        refs.insert(refs.end(), art.extra_files.begin(), art.extra_files.end());
+        for (const auto& f : refs) verify(f.file, f.sha256, f.size_bytes, *read_file(dir, f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY));
+      }
+  }
   impl->artifact = choose(impl->manifest, o, dir);
   const edgeclf::Artifact& a = impl->artifact;
   std::vector<edgeclf::FileRef> needed{{a.file, a.sha256, a.size_bytes}};
@@ -159,7 +204,7 @@ std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::Lo
   for (const auto& f : needed) {
     std::shared_ptr<const std::vector<uint8_t>> data;
     if (!dir.empty()) {
-      data = read_file(dir + "/" + f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY);
+      data = read_file(dir, f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY);
     } else {
       for (size_t i = 0; i < file_count; ++i) {
         need(files[i].name, "file name");
@@ -343,9 +388,10 @@ edgeclf_status edgeclf_model_load(const char* bundle_dir, const edgeclf_options*
     std::string dir = bundle_dir;
     if (dir.empty()) fail(EDGECLF_ERR_INVALID_ARGUMENT, "bundle_dir is empty");
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-    std::ifstream probe(dir + "/edgeclf.json");
-    if (!probe) fail(EDGECLF_ERR_IO, dir + " is not an edgeclf bundle (no readable edgeclf.json); create one with `edgeclf export`");
-    const auto text = read_file(dir + "/edgeclf.json", kMaxManifestBytes);
+    std::error_code ec;
+    if (!std::filesystem::exists(std::filesystem::symlink_status(dir + "/edgeclf.json", ec)))
+      fail(EDGECLF_ERR_IO, dir + " is not an edgeclf bundle (no edgeclf.json); create one with `edgeclf export`");
+    const auto text = read_file(dir, "edgeclf.json", kMaxManifestBytes);
     auto impl = load(reinterpret_cast<const char*>(text->data()), text->size(), o, dir, nullptr, 0);
     *out = new edgeclf_model{std::move(impl)};
   });

@@ -37,6 +37,15 @@ void expect_value(const json& pp, const char* key, const json& expected) {
                                       " is not supported (this runtime implements " + expected.dump() + ")");
 }
 
+// Keys outside `known` are refused, as the Python loader's pydantic models (extra="forbid") do.
+void only_keys(const json& obj, std::initializer_list<const char*> known, const std::string& where) {
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || it.key() == k;
+    if (!ok) fail(EDGECLF_ERR_BUNDLE, "manifest: " + where + (where.empty() ? "" : ".") + it.key() + " is not a known key");
+  }
+}
+
 bool safe_file_name(const std::string& name) {
   if (name.empty() || name.size() > 255 || name == "." || name == "..") return false;
   for (char c : name)
@@ -51,8 +60,12 @@ bool is_hex64(const std::string& s) {
   return true;
 }
 
-FileRef parse_file_ref(const json& j, const char* where) {
+FileRef parse_file_ref(const json& j, const char* where, bool artifact = false) {
   if (!j.is_object()) fail(EDGECLF_ERR_BUNDLE, std::string("manifest: ") + where + " must be an object");
+  if (artifact)
+    only_keys(j, {"file", "sha256", "size_bytes", "format", "runtime", "precision", "extra_files", "status", "details"}, where);
+  else
+    only_keys(j, {"file", "sha256", "size_bytes"}, where);
   FileRef f;
   f.file = require_string(j, "file", where);
   f.sha256 = require_string(j, "sha256", where);
@@ -85,7 +98,15 @@ std::vector<double> finite_numbers(const json& arr, size_t count, const char* wh
 DecisionPolicy parse_decision(const json& d, size_t classes) {
   DecisionPolicy p;
   if (!d.is_object()) fail(EDGECLF_ERR_BUNDLE, "manifest: decision must be an object");
-  const int64_t version = require(d, "version", json::value_t::number_integer, "decision").get<int64_t>();
+  only_keys(d, {"version", "objectives", "bias", "costs", "reject", "fitted_on", "details"}, "decision");
+  const int64_t version = d.contains("version") ? require(d, "version", json::value_t::number_integer, "decision").get<int64_t>() : 1;
+  if (d.contains("objectives")) {
+    const json& o = require(d, "objectives", json::value_t::array, "decision");
+    for (const auto& v : o)
+      if (!v.is_string()) fail(EDGECLF_ERR_BUNDLE, "manifest: decision.objectives must be strings");
+  }
+  if (d.contains("fitted_on")) require_string(d, "fitted_on", "decision");
+  if (d.contains("details")) require(d, "details", json::value_t::object, "decision");
   if (version != kDecisionVersion)
     fail(EDGECLF_ERR_UNSUPPORTED, "manifest: decision policy version " + std::to_string(version) +
                                       " is not supported (this runtime reads " + std::to_string(kDecisionVersion) + ")");
@@ -113,6 +134,8 @@ DecisionPolicy parse_decision(const json& d, size_t classes) {
   if (present(d, "reject")) {
     const json& r = d["reject"];
     if (!r.is_object()) fail(EDGECLF_ERR_BUNDLE, "manifest: decision.reject must be an object");
+    only_keys(r, {"score", "threshold", "target"}, "decision.reject");
+    if (r.contains("target")) require_string(r, "target", "decision.reject");
     const std::string score = require_string(r, "score", "decision.reject");
     if (score == "energy") p.energy = true;
     else if (score != "max_probability")
@@ -144,23 +167,26 @@ void decide_row(const Manifest& m, const float* logits, edgeclf_decision* out) {
     if (lp[i] > lp[top]) top = i;
     a[i] = lp[i] + (p.bias.empty() ? 0.0 : p.bias[i]);
   }
+  // the adjusted posterior q = softmax(a): the reject score and the cost rule read it
+  double amx = -INFINITY, za = 0;
+  for (size_t i = 0; i < n; ++i) amx = std::max(amx, a[i]);
+  std::vector<double> q(n);
+  for (size_t i = 0; i < n; ++i) za += q[i] = std::exp(a[i] - amx);
+  const double lse_a = amx + std::log(za);
   size_t decided = 0;
   if (!p.costs.empty()) {
-    double amx = -INFINITY, z = 0;
-    for (size_t i = 0; i < n; ++i) amx = std::max(amx, a[i]);
-    std::vector<double> q(n);
-    for (size_t i = 0; i < n; ++i) z += q[i] = std::exp(a[i] - amx);
     double best = INFINITY;
     for (size_t j = 0; j < n; ++j) {
       double risk = 0;
-      for (size_t i = 0; i < n; ++i) risk += q[i] / z * p.costs[i * n + j];
+      for (size_t i = 0; i < n; ++i) risk += q[i] / za * p.costs[i * n + j];
       if (risk < best) best = risk, decided = j;
     }
   } else {
     for (size_t i = 1; i < n; ++i)
       if (a[i] > a[decided]) decided = i;
   }
-  const double score = p.energy ? t * lse : std::exp(lp[top]);
+  // max(q) = exp(max a - lse(a)); energy T * logsumexp(z / T + bias) = T * (lse + lse(a))
+  const double score = p.energy ? t * (lse + lse_a) : std::exp(amx - lse_a);
   out->top_index = static_cast<int32_t>(top);
   out->score = static_cast<float>(score);
   if (p.reject && score < p.threshold) {
@@ -201,22 +227,36 @@ Manifest parse_manifest(const char* text, size_t size) {
   } catch (const json::exception& e) {
     fail(EDGECLF_ERR_BUNDLE, std::string("manifest is not valid JSON (") + e.what() + "); the bundle is damaged");
   }
+  if (size >= 3 && static_cast<unsigned char>(text[0]) == 0xEF && static_cast<unsigned char>(text[1]) == 0xBB &&
+      static_cast<unsigned char>(text[2]) == 0xBF)
+    fail(EDGECLF_ERR_BUNDLE, "manifest starts with a UTF-8 byte-order mark; manifests are canonical JSON without one");
   const json& j = m.raw;
   if (!j.is_object()) fail(EDGECLF_ERR_BUNDLE, "manifest: expected a JSON object");
+  // the same document the Python loader (edgeclf.export.bundle.BundleManifest) accepts
+  only_keys(j, {"schema_version", "min_runtime_version", "name", "created", "creator", "labels", "preprocess",
+                "temperature", "source_run", "dataset_fingerprint", "calibration_data", "metrics", "target_profile",
+                "decision", "artifacts", "parity"}, "");
 
   m.schema_version = require_string(j, "schema_version", "");
   const auto schema = parse_semver(m.schema_version, "schema_version");
   if (schema[0] != kSchemaMajor)
     fail(EDGECLF_ERR_UNSUPPORTED, "manifest: schema_version " + m.schema_version + " is not supported (this runtime reads " +
                                       std::to_string(kSchemaMajor) + ".x); use a matching edgeclf runtime");
-  if (j.contains("min_runtime_version")) {
+  {
     const std::string need = require_string(j, "min_runtime_version", "");
     const auto n = parse_semver(need, "min_runtime_version");
     const auto have = parse_semver(EDGECLF_VERSION_STRING, "runtime version");
     if (n > have)
       fail(EDGECLF_ERR_UNSUPPORTED, "this bundle needs edgeclf runtime >= " + need + ", this is " + EDGECLF_VERSION_STRING);
   }
-  m.name = j.contains("name") && j["name"].is_string() ? j["name"].get<std::string>() : "";
+  m.name = require_string(j, "name", "");
+  require_string(j, "created", "");
+  require_string(j, "dataset_fingerprint", "");
+  for (const char* key : {"source_run", "calibration_data", "metrics"}) require(j, key, json::value_t::object, "");
+  for (const auto& [k, v] : require(j, "creator", json::value_t::object, "").items())
+    if (!v.is_string()) fail(EDGECLF_ERR_BUNDLE, "manifest: creator." + k + " must be a string");
+  if (present(j, "target_profile")) require_string(j, "target_profile", "");
+  if (j.contains("parity")) require(j, "parity", json::value_t::object, "");
 
   const json& labels = require(j, "labels", json::value_t::array, "");
   if (labels.empty()) fail(EDGECLF_ERR_BUNDLE, "manifest: labels is empty");
@@ -224,8 +264,15 @@ Manifest parse_manifest(const char* text, size_t size) {
     if (!l.is_string()) fail(EDGECLF_ERR_BUNDLE, "manifest: labels must be strings");
     m.labels.push_back(l.get<std::string>());
   }
+  {
+    std::set<std::string> seen;
+    for (const auto& l : m.labels)
+      if (!seen.insert(l).second) fail(EDGECLF_ERR_BUNDLE, "manifest: labels names " + json(l).dump() + " more than once");
+  }
 
   const json& pp = require(j, "preprocess", json::value_t::object, "");
+  only_keys(pp, {"resize_size", "crop_size", "interpolation", "mean", "std", "scale", "color_order", "resize_mode",
+                 "antialias", "rounding", "crop_offset", "layout", "dtype", "version"}, "preprocess");
   if (pp.contains("version") && pp["version"] != 1)
     fail(EDGECLF_ERR_UNSUPPORTED, "manifest: preprocessing spec version " + pp["version"].dump() + " is not supported (expected 1)");
   const int64_t resize = require(pp, "resize_size", json::value_t::number_integer, "preprocess").get<int64_t>();
@@ -273,7 +320,7 @@ Manifest parse_manifest(const char* text, size_t size) {
     const json& arts = require(j, "artifacts", json::value_t::array, "");
     for (size_t i = 0; i < arts.size(); ++i) {
       const std::string where = "artifacts[" + std::to_string(i) + "]";
-      const FileRef main = parse_file_ref(arts[i], where.c_str());
+      const FileRef main = parse_file_ref(arts[i], where.c_str(), true);
       Artifact a;
       a.file = main.file;
       a.sha256 = main.sha256;
@@ -281,7 +328,8 @@ Manifest parse_manifest(const char* text, size_t size) {
       a.format = require_string(arts[i], "format", where.c_str());
       a.runtime = require_string(arts[i], "runtime", where.c_str());
       a.precision = require_string(arts[i], "precision", where.c_str());
-      a.status = arts[i].contains("status") && arts[i]["status"].is_string() ? arts[i]["status"].get<std::string>() : "ok";
+      a.status = require_string(arts[i], "status", where.c_str());
+      if (arts[i].contains("details")) require(arts[i], "details", json::value_t::object, where.c_str());
       if (arts[i].contains("extra_files")) {
         const json& extra = require(arts[i], "extra_files", json::value_t::array, where.c_str());
         for (const auto& e : extra) a.extra_files.push_back(parse_file_ref(e, (where + ".extra_files").c_str()));

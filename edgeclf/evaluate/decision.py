@@ -9,21 +9,23 @@ and by the C runtime (``edgeclf_decide``, ``edgeclf_classify_decision``).
 How one image is decided (``z`` its logits, ``T`` the bundle's temperature)::
 
     p      = softmax(z / T)                    calibrated probabilities
-    score  = max(p)                            "max_probability" reject score, or
-             T * logsumexp(z / T)              "energy" (negative free energy; higher = more familiar)
-    if reject and score < threshold:           -> UNKNOWN                      (rule "reject")
     a      = log(p) + bias                     per-class additive biases (prior correction,
                                                recall targets); zeros when none
-    costs:   q = softmax(a); decided = argmin_j sum_i q_i * C[i][j]   (Bayes-optimal; C[i][j] is
-                                               the cost of deciding j when the truth is i)
+    q      = softmax(a)                        the adjusted posterior (= p without biases)
+    score  = max(q)                            "max_probability" reject score, or
+             T * logsumexp(z / T + bias)       "energy" (negative free energy; higher = more familiar)
+    if reject and score < threshold:           -> UNKNOWN                      (rule "reject")
+    costs:   decided = argmin_j sum_i q_i * C[i][j]   (Bayes-optimal; C[i][j] is the cost of
+                                               deciding j when the truth is i)
     else:    decided = argmax_j a_j
     ties: the lower class index. rule = "argmax" when decided == argmax(p), else "costs"
     when a cost matrix is set, else "adjusted" (the biases moved it).
 
 Policies compose: ``--optimize macro-f1`` or ``--min-recall`` set the biases, ``--costs`` the
-matrix, ``--reject`` the threshold (fitted first: it depends only on ``p``, and the bias
-fit then counts rejected images as misses). A bundle without a ``decision`` section decides
-by argmax, as before.
+matrix, ``--reject`` the threshold. The reject score is read off the adjusted posterior, so a
+recall target can lift its class's images over the threshold: every bias the fits try is
+scored with the threshold refitted for it (a rejected image is a miss), and the fitted pair
+is the one shipped. A bundle without a ``decision`` section decides by argmax, as before.
 """
 
 from __future__ import annotations
@@ -183,9 +185,12 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
-def scores(logits: np.ndarray, temperature: float, kind: str) -> np.ndarray:
-    """The reject score of every row: calibrated max probability, or the energy score ``T * logsumexp(z / T)``."""
+def scores(logits: np.ndarray, temperature: float, kind: str, bias: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """The reject score of every row, on the posterior adjusted by ``bias``: its max probability, or the
+    energy score ``T * logsumexp(z / T + bias)``."""
     z = np.asarray(logits, dtype=np.float64) / temperature
+    if bias is not None:
+        z = z + np.asarray(bias, dtype=np.float64)
     if kind == "energy":
         return temperature * _logsumexp(z)
     if kind == "max_probability":
@@ -215,7 +220,8 @@ def decide(logits: np.ndarray, temperature: float, policy: DecisionPolicy | None
         decided = _first_argmax(a)
         moved = ADJUSTED
     rule = np.where(decided == top, ARGMAX, moved)
-    score = scores(logits, temperature, policy.reject.score) if policy.reject is not None else p.max(axis=1)
+    kind = policy.reject.score if policy.reject is not None else "max_probability"
+    score = scores(logits, temperature, kind, policy.bias)
     if policy.reject is not None:
         rejected = score < policy.reject.threshold
         decided = np.where(rejected, UNKNOWN, decided)
@@ -436,30 +442,35 @@ def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95)
     return float(np.mean(np.asarray(out_scores) >= t))
 
 
-def _fit_reject(req: DecisionRequest, val_logits: np.ndarray, temperature: float,
-                ood_logits: np.ndarray | None) -> tuple[RejectRule, dict[str, Any]]:
+def _reject_kind(val_logits: np.ndarray, temperature: float, ood_logits: np.ndarray | None) -> tuple[str, dict[str, Any]]:
+    """The reject score: the one with the higher validation AUROC against the OOD images, else max probability."""
+    if ood_logits is None:
+        return "max_probability", {"score_choice": "max_probability: calibrated, so the threshold reads as a probability "
+                                                   "(no OOD folder to compare scores on)"}
+    aucs = {k: auroc(scores(val_logits, temperature, k), scores(ood_logits, temperature, k)) for k in SCORES}
+    kind = max(SCORES, key=lambda k: (aucs[k], k == "max_probability"))
+    return kind, {"score_choice": f"{kind}: the higher validation AUROC against the OOD folder's validation part "
+                                  f"({', '.join(f'{k} {v:.3f}' for k, v in aucs.items())})", "val_auroc": aucs}
+
+
+def _fit_reject(req: DecisionRequest, val_logits: np.ndarray, temperature: float, ood_logits: np.ndarray | None,
+                kind: str, bias: np.ndarray | None = None) -> tuple[RejectRule, dict[str, Any]]:
+    """The threshold meeting the request's target for scores on the posterior adjusted by ``bias``."""
     info: dict[str, Any] = {}
     if ood_logits is not None:
-        aucs = {k: auroc(scores(val_logits, temperature, k), scores(ood_logits, temperature, k)) for k in SCORES}
-        kind = max(SCORES, key=lambda k: (aucs[k], k == "max_probability"))
-        info["score_choice"] = (f"{kind}: the higher validation AUROC against the OOD folder's validation part "
-                                f"({', '.join(f'{k} {v:.3f}' for k, v in aucs.items())})")
-        info["val_auroc"] = aucs
-        o = np.sort(scores(ood_logits, temperature, kind))[::-1]
+        o = np.sort(scores(ood_logits, temperature, kind, bias))[::-1]
         k = int(math.floor(req.max_false_accept * len(o) + 1e-9))
         threshold = _threshold_between(o, k)
         target = f"false accepts <= {req.max_false_accept:.0%} of the OOD folder's validation part ({len(o)} images)"
         info["ood_val_images"] = len(o)
         info["ood_val_accepted"] = float(np.mean(o >= threshold))
     else:
-        kind = "max_probability"
-        info["score_choice"] = "max_probability: calibrated, so the threshold reads as a probability (no OOD folder to compare scores on)"
-        s = np.sort(scores(val_logits, temperature, kind))[::-1]
+        s = np.sort(scores(val_logits, temperature, kind, bias))[::-1]
         k = int(math.ceil(req.coverage * len(s) - 1e-9))
         threshold = _threshold_between(s, k)
         target = f"coverage >= {req.coverage:.0%} of validation"
     rule = RejectRule(score=kind, threshold=threshold, target=target)
-    info["val_coverage"] = float(np.mean(scores(val_logits, temperature, kind) >= threshold))
+    info["val_coverage"] = float(np.mean(scores(val_logits, temperature, kind, bias) >= threshold))
     return rule, info
 
 
@@ -489,38 +500,66 @@ def _fit_macro_f1(y: np.ndarray, n: int, decide_with: Callable[[np.ndarray], np.
 
 def _fit_min_recall(y: np.ndarray, n: int, targets: dict[int, float], names: Sequence[str],
                     decide_with: Callable[[np.ndarray], np.ndarray], bias: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """For each target class, the smallest bias that meets its recall on validation (least change to every
-    other decision); repeated until every target holds together or no bias up to MAX_BIAS helps."""
+    """For each target class, the smallest bias that meets its recall on validation (the least change to
+    every other decision), in rounds until every target holds together.
+
+    The bias is scanned upwards on a grid and the first step that meets the target is refined by
+    bisection (with a reject option the threshold moves with the bias, so recall need not be
+    monotone). A target that no bias up to MAX_BIAS meets gets no bias at all: distorting the
+    model to its limit for a goal it cannot reach would only wreck the other classes; the
+    target is reported as not met, with the reason.
+    """
     report: dict[str, Any] = {}
+    unreachable: set[int] = set()
+
+    def recall(b: np.ndarray, k: int) -> float:
+        return float(_labels_f1(y, decide_with(b), n)[1][k])
+
+    grid = np.round(np.arange(0.0, MAX_BIAS + 1e-9, 0.25), 10)
     for _ in range(10):
-        all_met = True
+        changed = False
         for k, target in targets.items():
-            if _labels_f1(y, decide_with(bias), n)[1][k] >= target - 1e-12:
+            if k in unreachable or recall(bias, k) >= target - 1e-12:
                 continue
-            all_met = False
-            lo, hi = bias[k], MAX_BIAS
             trial = bias.copy()
-            trial[k] = hi
-            if _labels_f1(y, decide_with(trial), n)[1][k] < target - 1e-12:
-                bias[k] = hi  # as far as it goes; reported as not met below
+            start = bias[k]
+            hit = None
+            prev = start
+            for g in grid[grid > start]:
+                trial[k] = g
+                if recall(trial, k) >= target - 1e-12:
+                    hit = g
+                    break
+                prev = g
+            if hit is None:
+                unreachable.add(k)
+                bias[k] = 0.0
+                changed = True
                 continue
-            for _ in range(40):  # bisection to 1e-10 or so; recall is monotone in the class's own bias
+            lo, hi = prev, hit
+            for _ in range(30):
                 mid = (lo + hi) / 2
                 trial[k] = mid
-                if _labels_f1(y, decide_with(trial), n)[1][k] >= target - 1e-12:
+                if recall(trial, k) >= target - 1e-12:
                     hi = mid
                 else:
                     lo = mid
-            # half-way into the stable region past the boundary, so that last-bit differences cannot flip it
-            bias[k] = min(MAX_BIAS, hi + max(1e-3, (hi - lo)))
-        if all_met:
+            # a little past the boundary, so that last-bit differences cannot flip the boundary image
+            trial[k] = hi + 1e-3
+            bias[k] = trial[k] if recall(trial, k) >= target - 1e-12 else hi
+            changed = True
+        if not changed:
             break
     _, rec, _ = _labels_f1(y, decide_with(bias), n)
     for k, target in targets.items():
         met = bool(rec[k] >= target - 1e-12)
-        reason = ("" if met else f"not reachable on validation even with the largest bias ({MAX_BIAS:g}); the reject "
-                  "option takes those images" if bias[k] >= MAX_BIAS else "not reachable together with the other recall "
-                  "targets on validation (raising this class's bias takes the images another target needs)")
+        reason = ""
+        if not met:
+            reason = (f"not reachable on validation with any bias up to {MAX_BIAS:g} (the reject option, or the other "
+                      "classes' evidence, takes those images); no bias applied for it: lower the target, or relax "
+                      "--coverage / --ood-accept" if k in unreachable else
+                      "not reachable together with the other recall targets on validation (raising this class's bias "
+                      "takes the images another target needs)")
         report[names[k]] = {"target": target, "val_recall": float(rec[k]), "met": met, "bias": float(bias[k]),
                             **({"reason": reason} if reason else {})}
     return bias, report
@@ -537,17 +576,22 @@ def fit_policy(req: DecisionRequest, val_logits: np.ndarray, val_y: np.ndarray, 
         return DecisionPolicy(details={"rule": "argmax: no decision objective was asked for"})
     objectives: list[str] = []
     details: dict[str, Any] = {"val_images": int(len(y))}
-    reject = None
+    kind = None
     if req.reject:
         objectives.append("reject")
-        reject, details["reject"] = _fit_reject(req, val_logits, temperature, ood_val_logits)
+        kind, details["reject"] = _reject_kind(val_logits, temperature, ood_val_logits)
     costs = req.costs
     if costs is not None:
         objectives.append("costs")
         details["costs"] = {"source": req.costs_source, "rule": "Bayes-optimal decision under the calibrated probabilities"}
 
+    def reject_for(bias: np.ndarray) -> RejectRule | None:
+        if kind is None:
+            return None
+        return _fit_reject(req, val_logits, temperature, ood_val_logits, kind, bias if bias.any() else None)[0]
+
     def decide_with(bias: np.ndarray) -> np.ndarray:
-        pol = DecisionPolicy(bias=[float(b) for b in bias], costs=costs, reject=reject)
+        pol = DecisionPolicy(bias=[float(b) for b in bias], costs=costs, reject=reject_for(bias))
         return decide(val_logits, temperature, pol).index
 
     bias = np.zeros(n)
@@ -558,6 +602,10 @@ def fit_policy(req: DecisionRequest, val_logits: np.ndarray, val_y: np.ndarray, 
         objectives.append("min_recall")
         targets = {list(classes).index(c): r for c, r in req.min_recall.items()}
         bias, details["min_recall"] = _fit_min_recall(y, n, targets, classes, decide_with, bias)
+    reject = None
+    if kind is not None:
+        reject, info = _fit_reject(req, val_logits, temperature, ood_val_logits, kind, bias if bias.any() else None)
+        details["reject"].update(info)
     policy = DecisionPolicy(objectives=objectives, bias=[float(b) for b in bias] if bias.any() else None,
                             costs=costs, reject=reject, details=details)
     final = decide(val_logits, temperature, policy)
@@ -599,7 +647,7 @@ def compare_to_argmax(y: np.ndarray, logits: np.ndarray, temperature: float, pol
 def ood_metrics(in_logits: np.ndarray, ood_logits: np.ndarray, temperature: float, policy: DecisionPolicy) -> dict[str, Any]:
     """AUROC and FPR at 95 % TPR of the policy's reject score, and the unknown rate of each side."""
     kind = policy.reject.score if policy.reject is not None else "max_probability"
-    si, so = scores(in_logits, temperature, kind), scores(ood_logits, temperature, kind)
+    si, so = scores(in_logits, temperature, kind, policy.bias), scores(ood_logits, temperature, kind, policy.bias)
     out: dict[str, Any] = {"score": kind, "in_images": int(len(si)), "ood_images": int(len(so)),
                            "auroc": auroc(si, so), "fpr_at_95_tpr": fpr_at_tpr(si, so)}
     if policy.reject is not None:

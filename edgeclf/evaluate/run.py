@@ -220,7 +220,7 @@ class Evaluation:
             om = ood_metrics(data.logits, ol, temp, policy)
             om["dir"] = ood["dir"]
             out["ood"] = om
-            plot_ood_histogram(scores(data.logits, temp, om["score"]), scores(ol, temp, om["score"]),
+            plot_ood_histogram(scores(data.logits, temp, om["score"], policy.bias), scores(ol, temp, om["score"], policy.bias),
                                policy.reject.threshold if policy.reject else None, om["score"], om["auroc"],
                                om["fpr_at_95_tpr"], fig_dir / "ood_scores.png", f"reject score, {tag} vs OOD {split} part")
         return out

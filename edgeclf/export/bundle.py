@@ -12,10 +12,11 @@ embedded in every artifact: ONNX ``metadata_props["edgeclf.meta"]``, OpenVINO
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from edgeclf._io import canonical_json, sha256_file, write_json
 from edgeclf.errors import EdgeclfError
@@ -37,21 +38,58 @@ class BundleError(EdgeclfError):
     """A bundle is missing, incomplete, tampered with or of an unsupported schema."""
 
 
+#: The largest manifest either side reads (the C runtime's kMaxManifestBytes).
+MAX_MANIFEST_BYTES = 64 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+def safe_file_name(name: str) -> bool:
+    """A plain file name inside the bundle: no folder part, no ``..``, no NUL (the C runtime's rule)."""
+    return 0 < len(name.encode("utf-8", "surrogatepass")) <= 255 and name not in (".", "..") \
+        and not any(c in name for c in "/\\\0")
+
+
+def _semver(v: str) -> tuple[int, int, int]:
+    core = v.split("+", 1)[0].split("-", 1)[0]
+    parts = core.split(".")
+    if len(parts) != 3 or not all(p.isdigit() and 0 < len(p) <= 6 for p in parts):
+        raise ValueError(f"{v!r} is not a semantic version")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: str
     sha256: str
     size_bytes: int
 
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not safe_file_name(v):
+            raise ValueError(f"{v!r} is not a plain file name inside the bundle")
+        return v
 
-class ArtifactEntry(BaseModel):
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if len(v) != 64 or not set(v) <= _HEX:
+            raise ValueError("is not a SHA-256 hex digest")
+        return v
+
+    @field_validator("size_bytes")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("is negative")
+        return v
+
+
+class ArtifactEntry(FileEntry):
     model_config = ConfigDict(extra="forbid")
-    file: str
     format: str
     runtime: str
     precision: str
-    sha256: str
-    size_bytes: int
     extra_files: list[FileEntry] = []
     status: str  # "ok" (shipped) — failed artifacts are listed in parity.json only
     details: dict[str, Any] = {}
@@ -76,6 +114,47 @@ class BundleManifest(BaseModel):
     decision: DecisionPolicy | None = None
     artifacts: list[ArtifactEntry] = []
     parity: dict[str, Any] = {}
+
+    @field_validator("schema_version", "min_runtime_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        _semver(v)
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("is empty")
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"names {', '.join(repr(d) for d in dup)} more than once")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"must be finite and > 0, got {v}")
+        return v
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            PreprocessSpec.from_dict(v)
+        except EdgeclfError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _decision_fits(self) -> BundleManifest:
+        if self.decision is not None:
+            try:
+                self.decision.check(len(self.labels))
+            except EdgeclfError as e:
+                raise ValueError(str(e)) from None
+        return self
 
     def model_card(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"artifacts", "parity"})
@@ -110,14 +189,64 @@ def _major(v: str) -> int:
         return -1
 
 
+def _runtime_version() -> tuple[int, int, int]:
+    import importlib.metadata as md
+
+    try:
+        return _semver(md.version("edgeclf"))
+    except (md.PackageNotFoundError, ValueError):  # pragma: no cover - a source tree without metadata
+        return (0, 0, 0)
+
+
+def _inside(bundle_dir: Path, p: Path) -> bool:
+    """``p`` (a bundle file, maybe a symlink) resolves to a file inside ``bundle_dir``."""
+    try:
+        return p.resolve(strict=True).is_relative_to(bundle_dir.resolve(strict=True))
+    except (OSError, RuntimeError):  # a dangling link or a loop
+        return False
+
+
+def read_parity(bundle_dir: Path) -> dict[str, Any] | None:
+    """``parity.json`` checked the way the C runtime checks it: None when absent; a damaged report
+    (not JSON, no ``table`` list, a row without string ``format`` / ``precision``) is a BundleError."""
+    path = Path(bundle_dir) / PARITY
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not _inside(Path(bundle_dir), path) or not path.is_file():
+        raise BundleError(f"{path}: the parity report is not a file inside the bundle; re-export the bundle")
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is damaged (not valid JSON: {e}); re-export the bundle") from None
+    table = doc.get("table") if isinstance(doc, dict) else None
+    if not isinstance(table, list):
+        raise BundleError(f"{path} is damaged (no 'table' list of artifacts); re-export the bundle")
+    for i, row in enumerate(table):
+        if not (isinstance(row, dict) and isinstance(row.get("format"), str) and isinstance(row.get("precision"), str)):
+            raise BundleError(f"{path} is damaged (table row {i} has no format and precision); re-export the bundle")
+        ms = row.get("ms_per_image")
+        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float))):
+            raise BundleError(f"{path} is damaged (table row {i}: ms_per_image is not a number); re-export the bundle")
+    return doc
+
+
 def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:
-    """Load and validate a bundle's manifest; with ``verify``, check every artifact's hash."""
+    """Load and validate a bundle's manifest; with ``verify``, check every artifact's hash.
+
+    The rules are the C runtime's (``cpp/src/manifest.cpp``), held together by the shared
+    manifest cases in ``tests/manifest_cases.py``: a bundle one side loads, the other loads.
+    """
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not an edgeclf bundle (no {MANIFEST}); create one with `edgeclf export`")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; the bundle is damaged")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise BundleError(f"{path} starts with a UTF-8 byte-order mark; manifests are canonical JSON without one")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); the bundle is damaged") from None
     if not isinstance(raw, dict):
@@ -126,21 +255,24 @@ def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:
         raise BundleError(f"{path}: schema_version {raw.get('schema_version')!r} is not supported "
                           f"(this edgeclf reads {SCHEMA_VERSION.split('.')[0]}.x)")
     try:
-        m = BundleManifest.model_validate(raw)
+        m = BundleManifest.model_validate(raw, strict=True)  # the C runtime's JSON types: no "1.5" for 1.5, no true for 1
     except ValidationError as e:
         err = e.errors()[0]
         raise BundleError(f"{path}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-    if m.decision is not None:
-        try:
-            m.decision.check(len(m.labels))
-        except EdgeclfError as e:
-            raise BundleError(f"{path}: {e}") from None
+    need = _semver(m.min_runtime_version)
+    if need > _runtime_version():
+        raise BundleError(f"{path}: this bundle needs edgeclf runtime >= {m.min_runtime_version}, this is "
+                          f"{'.'.join(map(str, _runtime_version()))}; upgrade edgeclf")
+    read_parity(bundle_dir)
     if verify:
         for a in m.artifacts:
             for entry in [FileEntry(file=a.file, sha256=a.sha256, size_bytes=a.size_bytes), *a.extra_files]:
                 p = bundle_dir / entry.file
-                if not p.is_file():
+                if not p.exists() and not p.is_symlink():
                     raise BundleError(f"bundle {bundle_dir} is incomplete: {entry.file} is missing")
+                if not _inside(bundle_dir, p) or not p.is_file():
+                    raise BundleError(f"bundle {bundle_dir}: {entry.file} is not a file inside the bundle "
+                                      "(a link out of it, or a folder); re-export the bundle")
                 if p.stat().st_size != entry.size_bytes or sha256_file(p) != entry.sha256:
                     raise BundleError(f"bundle {bundle_dir}: {entry.file} does not match its SHA-256 in {MANIFEST} "
                                       "(truncated or tampered with); re-export the bundle")

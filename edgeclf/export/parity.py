@@ -141,9 +141,12 @@ def decision_check(policy: Any, artifact_logits: np.ndarray, eager_logits: np.nd
     for cls, t in ((policy.details or {}).get("min_recall") or {}).items():
         if cls not in ma["per_class"] or not isinstance(t, dict):
             continue
-        r = ma["per_class"][cls]["recall"]
+        r, ref = ma["per_class"][cls]["recall"], me["per_class"][cls]["recall"]
         target = float(t["target"])
-        out["targets"][cls] = {"target": target, "recall": r}
-        if r < target - DECISION_MAX_TARGET_SHORTFALL - 1e-12:
-            out["failures"].append(f"decision: recall of '{cls}' {r:.4f} < target {target} - {DECISION_MAX_TARGET_SHORTFALL}")
+        # a target the policy itself could not meet on validation is held at what the eager model reaches
+        held = min(target, ref)
+        out["targets"][cls] = {"target": target, "recall": r, "eager_recall": ref}
+        if r < held - DECISION_MAX_TARGET_SHORTFALL - 1e-12:
+            out["failures"].append(f"decision: recall of '{cls}' {r:.4f} < {'target' if held == target else 'eager'} "
+                                   f"{held:.4f} - {DECISION_MAX_TARGET_SHORTFALL}")
     return out

@@ -117,18 +117,18 @@ typedef int32_t edgeclf_rule;
 /**
  * One image's decision under the bundle's decision policy (manifest section "decision",
  * fitted on validation by `edgeclf evaluate` / `edgeclf build`; a bundle without one
- * decides by argmax). With p = softmax(logits / T):
- *   score = max(p) or, for an "energy" policy, T * logsumexp(logits / T);
+ * decides by argmax). With p = softmax(logits / T), a = log(p) + bias and q = softmax(a):
+ *   score = max(q) or, for an "energy" policy, T * logsumexp(logits / T + bias);
  *   score < threshold (reject policies)       -> index = EDGECLF_DECISION_UNKNOWN;
- *   a = log(p) + bias;  with a cost matrix C (C[i][j]: cost of deciding j when the truth is i)
- *   index = argmin_j sum_i softmax(a)_i * C[i][j], otherwise argmax_j a_j (ties: lower index).
+ *   with a cost matrix C (C[i][j]: cost of deciding j when the truth is i)
+ *   index = argmin_j sum_i q_i * C[i][j], otherwise argmax_j a_j (ties: lower index).
  */
 typedef struct edgeclf_decision {
   int32_t index;       /* the decided class, or EDGECLF_DECISION_UNKNOWN */
   edgeclf_rule rule;   /* the rule that decided */
   int32_t top_index;   /* the most probable class, whatever was decided */
   float probability;   /* calibrated probability of `index` (of `top_index` when unknown) */
-  float score;         /* the reject score (max probability, or energy for an energy policy) */
+  float score;         /* the reject score (max adjusted probability, or energy for an energy policy) */
 } edgeclf_decision;
 
 /** A named file in memory, for edgeclf_model_load_memory. */

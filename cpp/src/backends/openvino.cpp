@@ -47,6 +47,12 @@ class OvModel : public BackendModel {
       ov::Tensor w(ov::element::u8, ov::Shape{weights_->size()}, const_cast<uint8_t*>(weights_->data()));
       std::shared_ptr<ov::Model> model = core().read_model(std::string(xml->begin(), xml->end()), w);
       if (model->inputs().size() != 1 || model->outputs().empty()) fail(EDGECLF_ERR_BUNDLE, artifact.file + ": expected one input");
+      // the labels must match the model's outputs at load, as the ONNX Runtime backend checks them
+      const ov::PartialShape out = model->outputs()[0].get_partial_shape();
+      if (out.rank().is_static() && (out.rank().get_length() != 2 ||
+                                     (out[1].is_static() && static_cast<size_t>(out[1].get_length()) != classes)))
+        fail(EDGECLF_ERR_BUNDLE, artifact.file + ": output shape " + out.to_string() + " does not match the manifest's " +
+                                     std::to_string(classes) + " labels");
       device_ = o.device.empty() || o.device == "cpu" ? "CPU" : o.device;
       ov::AnyMap config;
       config[ov::hint::performance_mode.name()] = ov::hint::PerformanceMode::LATENCY;
