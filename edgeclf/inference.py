@@ -82,6 +82,10 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
                 raise DataError("image array contains NaN or infinity")
             raise DataError(f"image arrays must be uint8 (0..255), got {a.dtype}; convert explicitly, e.g. "
                             "(x * 255).round().clip(0, 255).astype(np.uint8)")
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[0] < a.shape[1]:
+            # (3, H, W) or (3, H, 4): a channels-first tensor, not an image a few pixels high
+            raise DataError(f"image array of shape {a.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
+                            "np.transpose(a, (1, 2, 0))")
         if a.ndim == 2:  # grayscale
             return np.repeat(a[:, :, None], 3, axis=2)
         if a.ndim == 3 and a.shape[2] == 1:
@@ -91,6 +95,9 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
         if a.ndim == 3 and a.shape[2] == 3:
             return a
         raise DataError(f"image arrays must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA); got shape {a.shape}")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raise DataError("image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), "
+                        "or pass a file path")
     raise DataError(f"cannot use {type(image).__name__} as an image; pass a path, a PIL image or a uint8 array")
 
 
@@ -146,11 +153,19 @@ class BundleClassifier:
                               f"the manifest has {len(self.labels)} labels; re-export the bundle")
 
     def logits(self, images: Sequence[ImageLike]) -> np.ndarray:
+        from edgeclf.preprocess import resize_uint8
+
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]
+        if isinstance(images, (bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
+            raise DataError(f"images must be a path, a PIL image, a uint8 array or a list of them, got "
+                            f"{type(images).__name__}")
         if len(images) == 0:
             raise DataError("no images given")
-        return np.asarray(self.runner([to_rgb_array(im) for im in images]), dtype=np.float32)
+        # decode and resize one image at a time: only the small resized copies are kept (resizing is the
+        # spec's first step, and resizing an image already at resize_size is the identity: same bits)
+        small = [resize_uint8(to_rgb_array(im), self.spec) for im in images]
+        return np.asarray(self.runner(small), dtype=np.float32)
 
     def classify(self, images: Sequence[ImageLike] | ImageLike, top_k: int = 5) -> list[Prediction]:
         from edgeclf.evaluate.decision import RULES, decide

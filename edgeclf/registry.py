@@ -141,6 +141,8 @@ class AddResult(BaseModel):
     entry: RegistryEntry
     path: str
     already_present: bool
+    #: the version's stored copy was missing or damaged and was copied again from this bundle
+    repaired: bool = False
 
 
 class PointerChange(BaseModel):
@@ -300,6 +302,23 @@ def parity_verdict(bundle_dir: Path, manifest: BundleManifest) -> ParityVerdict:
     if not manifest.artifacts:
         failures.append("the bundle ships no artifact")
     return ParityVerdict(verdict="failed" if failures else "passed", failures=failures, skipped=skipped, shipped=shipped)
+
+
+def validate_bundle(bundle_dir: Path) -> BundleManifest:
+    """The full validation a device's load runs (``edgeclf.predict``'s loader): the manifest's rules,
+    every file's hash, and the fastest artifact opened with one frame, so labels that do not match
+    the model's outputs are refused here, not on the device."""
+    from edgeclf.errors import EdgeclfError
+    from edgeclf.inference import BundleClassifier
+
+    manifest = read_bundle(bundle_dir, verify=True)
+    try:
+        BundleClassifier(bundle_dir)
+    except BundleError:
+        raise
+    except EdgeclfError as e:
+        raise BundleError(f"bundle {bundle_dir} does not load: {e}") from None
+    return manifest
 
 
 def _make_entry(bundle_dir: Path, version: str, manifest: BundleManifest, digest: str) -> RegistryEntry:
@@ -495,7 +514,7 @@ class Registry:
         if version is not None:
             parse_version(version)
         self._check_new_root()  # before the lock file is made: leave a foreign folder untouched
-        manifest = read_bundle(src, verify=True)
+        manifest = validate_bundle(src)
         digest = content_hash(src, manifest)
         with self._locked():
             self._init_root()
@@ -506,6 +525,13 @@ class Registry:
                 if version is not None and version != same.version:
                     raise RegistryError(f"this bundle is already in the registry as version {same.version} "
                                         f"(content {digest[:19]}); not adding it again as {version}")
+                try:
+                    self._verify_stored(same)
+                except RegistryError as e:  # the stored copy is gone or damaged: this bundle repairs it
+                    log.warning("%s; copying it again from %s", e, src)
+                    self._store(src, same.version, digest)
+                    return AddResult(entry=same, path=str(self.version_dir(same.version).resolve()),
+                                     already_present=True, repaired=True)
                 return AddResult(entry=same, path=str(self.version_dir(same.version).resolve()), already_present=True)
             taken = [e.version for e in index.entries]
             taken += [p.name for p in (self.root / VERSIONS).iterdir() if _SEMVER.match(p.name) and p.name not in taken]
@@ -514,39 +540,55 @@ class Registry:
             elif version in taken:
                 raise RegistryError(f"version {version} is already in the registry {self.root} with different content; "
                                     f"choose another with --version, or omit it to get {next_version(taken)}")
-            final = self.version_dir(version)
-            tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root / VERSIONS))
-            os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give the folder ordinary permissions
-            try:
-                files = _bundle_files(src)
-                _copy_tree(src, tmp, files)
-                copied = read_bundle(tmp, verify=True)
-                if content_hash(tmp, copied) != digest:
-                    raise RegistryError(f"bundle {src} changed while it was being copied; retry when nothing writes to it")
-                entry = _make_entry(tmp, version, copied, digest)
-                _fsync_dir(tmp)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            _fsync_dir(final.parent)
+            final, entry = self._store(src, version, digest)
             index.entries.append(entry)
             write_json(self.index_path, index.model_dump(mode="json"))
             return AddResult(entry=entry, path=str(final.resolve()), already_present=False)
 
-    def _check_stored(self, entry: RegistryEntry) -> Path:
-        """Re-verify a stored version's files against its manifest and its recorded content hash."""
+    def _store(self, src: Path, version: str, digest: str) -> tuple[Path, RegistryEntry]:
+        """Copy ``src`` into VERSIONS/``version`` (temp folder + rename; a damaged copy there is replaced)."""
+        final = self.version_dir(version)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root / VERSIONS))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give the folder ordinary permissions
+        try:
+            files = _bundle_files(src)
+            _copy_tree(src, tmp, files)
+            copied = read_bundle(tmp, verify=True)
+            if content_hash(tmp, copied) != digest:
+                raise RegistryError(f"bundle {src} changed while it was being copied; retry when nothing writes to it")
+            entry = _make_entry(tmp, version, copied, digest)
+            _fsync_dir(tmp)
+            if final.exists():  # a damaged stored copy being repaired: set it aside, then drop it
+                old = final.with_name(f"{_TMP_PREFIX}old-{version}-{os.getpid()}")
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(final.parent)
+        return final, entry
+
+    def _verify_stored(self, entry: RegistryEntry) -> BundleManifest:
+        """A stored version's files against its manifest, its recorded content hash, and the full load check."""
         d = self.version_dir(entry.version)
         if not d.is_dir():
-            raise RegistryError(f"version {entry.version}: its folder {d} is missing; re-add the bundle")
+            raise RegistryError(f"version {entry.version}: its folder {d} is missing; re-add the bundle "
+                                "(`edgeclf registry add BUNDLE` copies it again)")
         try:
-            m = read_bundle(d, verify=True)
+            m = validate_bundle(d)
             digest = content_hash(d, m)
         except BundleError as e:
             raise RegistryError(f"version {entry.version} is damaged in the registry ({e}); re-add the bundle") from None
         if digest != entry.content_hash:
             raise RegistryError(f"version {entry.version} changed on disk since it was added "
                                 f"(content {digest[:19]} != recorded {entry.content_hash[:19]}); re-add the bundle")
+        return m
+
+    def _check_stored(self, entry: RegistryEntry) -> Path:
+        """Re-verify a stored version (see _verify_stored) and its quality and parity gates, before promotion."""
+        d = self.version_dir(entry.version)
+        m = self._verify_stored(entry)
         weak = _gate_failures((m.metrics or {}).get("quality_gates"), "model quality")
         if weak:
             detail = ((m.metrics or {}).get("quality_gates") or {}).get("every_class_recalled") or {}
@@ -583,6 +625,7 @@ class Registry:
                 log.warning("%s; starting a new promotion history", e)
                 cur = None
             if cur is not None and cur.version == version:
+                self._verify_stored(entry)  # "already current" only when it is really there
                 return PointerChange(action="promote", previous=version, current=version,
                                      path=str(self.version_dir(version).resolve()), changed=False)
             self._check_stored(entry)

@@ -92,6 +92,26 @@ def make_tiny_run(base: Path) -> Path:
     return base / "run"
 
 
+def tiny_onnx_bytes(classes: int, crop: int, seed: int = 0) -> bytes:
+    """A real ONNX classifier (channel means -> linear layer), N x 3 x crop x crop -> N x classes."""
+    from onnx import TensorProto, helper
+
+    n = classes
+    rng = np.random.default_rng(seed)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, n], rng.normal(size=3 * n).astype(np.float32).tolist())
+    b = helper.make_tensor("b", TensorProto.FLOAT, [n], rng.normal(size=n).astype(np.float32).tolist())
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["mw"]),
+         helper.make_node("Add", ["mw", "b"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])], [w, b, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = None, interpolation: str = "bicubic",
                           labels: tuple[str, ...] = ("a", "b", "c"), temperature: float = 1.5,
                           mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
@@ -107,20 +127,7 @@ def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = No
     from edgeclf.preprocess import PreprocessSpec
 
     dest.mkdir(parents=True, exist_ok=True)
-    n = len(labels)
-    rng = np.random.default_rng(0)
-    w = helper.make_tensor("w", TensorProto.FLOAT, [3, n], rng.normal(size=3 * n).astype(np.float32).tolist())
-    b = helper.make_tensor("b", TensorProto.FLOAT, [n], rng.normal(size=n).astype(np.float32).tolist())
-    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
-         helper.make_node("MatMul", ["m", "w"], ["mw"]),
-         helper.make_node("Add", ["mw", "b"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])], [w, b, axes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.save(model, str(dest / "model.onnx"))
+    (dest / "model.onnx").write_bytes(tiny_onnx_bytes(len(labels), crop))
     spec = PreprocessSpec(resize_size=resize or crop, crop_size=crop, interpolation=interpolation,  # type: ignore[arg-type]
                           mean=mean, std=std)
     p = dest / "model.onnx"

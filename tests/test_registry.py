@@ -26,7 +26,7 @@ from edgeclf.registry import (
     next_version,
     parse_version,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_onnx_bytes
 
 runner = CliRunner()
 
@@ -45,7 +45,7 @@ def make_bundle(path: Path, seed: int = 0, *, statuses: dict[str, str] | None = 
     (default: onnx/fp32 ok, tensorrt/fp32 skipped, as on a machine without TensorRT).
     """
     path.mkdir(parents=True)
-    model = bytes((seed * 31 + i) % 256 for i in range(4096))
+    model = tiny_onnx_bytes(2, 32, seed)  # a real model: the registry opens it as a device would
     (path / "model.onnx").write_bytes(model)
     (path / "robustness.png").write_bytes(b"\x89PNG fake figure " + bytes([seed % 256]))
     summary = [dict(r) for r in OK_SUMMARY]
@@ -438,3 +438,51 @@ def test_promote_refuses_a_model_that_never_predicts_a_class(reg: Registry, tmp_
                                             r"\(validation recall 0 for: dog\)"):
         reg.promote(weak)  # ... but never served
     assert reg.current().version == good  # type: ignore[union-attr]
+
+
+def _edit(b: Path, **changes: object) -> None:
+    m = json.loads((b / "edgeclf.json").read_text())
+    m.update(changes)
+    (b / "edgeclf.json").write_text(json.dumps(m, sort_keys=True))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"labels": ["cat"]}, "labels"),                          # cut labels: 1 label for a 2-output model
+    ({"temperature": -1.0}, "temperature"),
+    ({"labels": ["cat", "cat"]}, "more than once"),
+])
+def test_add_runs_the_full_load_validation(reg: Registry, tmp_path: Path, change: dict, match: str) -> None:
+    b = make_bundle(tmp_path / "b")
+    _edit(b, **change)
+    with pytest.raises(BundleError, match=match):
+        reg.add(b)
+    assert not (reg.root / VERSIONS).exists() or not any((reg.root / VERSIONS).iterdir())
+
+
+def test_add_refuses_a_model_outside_the_bundle(reg: Registry, tmp_path: Path) -> None:
+    b = make_bundle(tmp_path / "b")
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes((b / "model.onnx").read_bytes())
+    m = json.loads((b / "edgeclf.json").read_text())
+    m["artifacts"][0]["file"] = str(outside)
+    (b / "edgeclf.json").write_text(json.dumps(m, sort_keys=True))
+    with pytest.raises(BundleError, match="plain file name"):
+        reg.add(b)
+
+
+def test_a_deleted_version_folder_is_repaired_by_re_adding(reg: Registry, tmp_path: Path) -> None:
+    b = make_bundle(tmp_path / "b")
+    reg.add(b)
+    reg.promote("1.0.0")
+    shutil.rmtree(reg.root / VERSIONS / "1.0.0")
+    # promote no longer answers "already current" for a version that is not there
+    with pytest.raises(RegistryError, match="missing; re-add the bundle"):
+        reg.promote("1.0.0")
+    res = reg.add(b)  # what every error message advises: it copies the bundle again
+    assert res.already_present and res.repaired and res.entry.version == "1.0.0"
+    assert tree_bytes(reg.root / VERSIONS / "1.0.0") == tree_bytes(b)
+    assert reg.promote("1.0.0").changed is False  # current, and really there again
+    # a damaged (not deleted) copy is repaired the same way
+    (reg.root / VERSIONS / "1.0.0" / "model.onnx").write_bytes(b"garbage")
+    assert reg.add(b).repaired
+    assert tree_bytes(reg.root / VERSIONS / "1.0.0") == tree_bytes(b)

@@ -111,9 +111,19 @@ def test_fuzz_bounded(asan_build: Path, tmp_path: Path) -> None:
 
 
 def _site_package() -> Path:
-    import edgeclf._runtime as mod
+    """CMAKE_PREFIX_PATH by the README's own command (run as written, in this environment)."""
+    import re
+    import shlex
 
-    return Path(mod.__file__).resolve().parent
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    cmd = re.search(r"-DCMAKE_PREFIX_PATH=\$\((python -c \"[^\"]+\")\)", readme)
+    assert cmd, "the README documents how to find the CMake package"
+    argv = shlex.split(cmd.group(1))
+    r = _run([sys.executable, *argv[1:]])
+    assert r.returncode == 0, r.stderr
+    prefix = Path(r.stdout.strip())
+    assert (prefix / "lib" / "cmake" / "edgeclf" / "edgeclfConfig.cmake").is_file(), prefix
+    return prefix
 
 
 # Pixels that are the same bytes (a PPM and a PNG of one image; an EXIF-rotated PNG and the

@@ -20,6 +20,13 @@ namespace {
 thread_local std::string g_last_error;
 
 constexpr size_t kMaxBatch = 4096;
+constexpr size_t kMaxTopK = 1u << 20;  // entries per image a top-k call may be asked to fill
+
+// Every count is checked before anything is allocated from it (no product can overflow after this).
+void check_count(size_t image_count) {
+  if (image_count == 0 || image_count > kMaxBatch)
+    fail(EDGECLF_ERR_INVALID_ARGUMENT, "image_count " + std::to_string(image_count) + " must be 1.." + std::to_string(kMaxBatch));
+}
 constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 
 template <class F>
@@ -468,8 +475,14 @@ edgeclf_status edgeclf_model_manifest_value(const edgeclf_model* model, const ch
       fail(EDGECLF_ERR_INVALID_ARGUMENT, std::string("invalid JSON pointer ") + json_pointer + ": " + e.what());
     }
     const auto& raw = model->impl->manifest.raw;
-    if (!raw.contains(ptr)) fail(EDGECLF_ERR_NOT_FOUND, std::string("the manifest has no value at ") + json_pointer);
-    const auto& v = raw.at(ptr);
+    const nlohmann::json* found = nullptr;
+    try {  // an index past the end, or too large for any array, is not there
+      if (raw.contains(ptr)) found = &raw.at(ptr);
+    } catch (const nlohmann::json::exception&) {
+      found = nullptr;
+    }
+    if (found == nullptr) fail(EDGECLF_ERR_NOT_FOUND, std::string("the manifest has no value at ") + json_pointer);
+    const auto& v = *found;
     const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
     if (length) *length = text.size();
     if (buffer == nullptr || capacity < text.size() + 1)
@@ -511,7 +524,8 @@ edgeclf_status edgeclf_classify_batch(edgeclf_session* session, const edgeclf_im
   return guarded([&] {
     need(session, "session");
     need(top, "top");
-    if (k == 0) fail(EDGECLF_ERR_INVALID_ARGUMENT, "capacity (k) is 0");
+    if (k == 0 || k > kMaxTopK) fail(EDGECLF_ERR_INVALID_ARGUMENT, "capacity (k) must be 1.." + std::to_string(kMaxTopK));
+    check_count(image_count);
     const size_t classes = session->model->manifest.labels.size();
     std::vector<float> probs(std::max<size_t>(image_count, 1) * classes);
     infer(session, images, image_count, probs.data());
@@ -525,8 +539,9 @@ edgeclf_status edgeclf_classify_decision(edgeclf_session* session, const edgeclf
   return guarded([&] {
     need(session, "session");
     need(out, "out");
+    check_count(image_count);
     const size_t classes = session->model->manifest.labels.size();
-    std::vector<float> probs(std::max<size_t>(image_count, 1) * classes);
+    std::vector<float> probs(image_count * classes);
     infer(session, images, image_count, probs.data());  // leaves the raw logits in session->logits
     for (size_t i = 0; i < image_count; ++i)
       edgeclf::decide_row(session->model->manifest, session->logits.data() + i * classes, &out[i]);
@@ -563,6 +578,7 @@ edgeclf_status edgeclf_probabilities(edgeclf_session* session, const edgeclf_ima
   return guarded([&] {
     need(session, "session");
     need(probabilities, "probabilities");
+    check_count(image_count);
     const size_t classes = session->model->manifest.labels.size();
     if (capacity < image_count * classes)
       fail(EDGECLF_ERR_BUFFER_TOO_SMALL, "probabilities needs " + std::to_string(image_count * classes) + " floats");

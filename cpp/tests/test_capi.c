@@ -167,6 +167,13 @@ static void test_bad_images(edgeclf_session* s) {
   bad = make_image(EDGECLF_PIXEL_NV12, 1); bad.width = 33;
   EXPECT_ERR(edgeclf_classify(s, &bad, top, 4, &n), EDGECLF_ERR_INVALID_ARGUMENT);
   EXPECT_ERR(edgeclf_classify_batch(s, &im, 0, top, 4, &n), EDGECLF_ERR_INVALID_ARGUMENT);
+  /* counts are checked before anything is allocated from them */
+  EXPECT_ERR(edgeclf_classify_batch(s, &im, 300000000u, top, 4, &n), EDGECLF_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(edgeclf_classify_batch(s, &im, (size_t)1000000000000ull, top, 4, &n), EDGECLF_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(edgeclf_classify_batch(s, &im, SIZE_MAX, top, 4, &n), EDGECLF_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(edgeclf_classify_batch(s, &im, 1, top, SIZE_MAX, &n), EDGECLF_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(edgeclf_probabilities(s, &im, SIZE_MAX, tensor, 4), EDGECLF_ERR_INVALID_ARGUMENT);
+  EXPECT_ERR(edgeclf_probabilities(s, &im, SIZE_MAX / 2 + 1, tensor, 4), EDGECLF_ERR_INVALID_ARGUMENT);
   EXPECT_ERR(edgeclf_probabilities(s, &im, 1, tensor, 0), EDGECLF_ERR_BUFFER_TOO_SMALL);
   EXPECT_ERR(edgeclf_preprocess(s, &im, tensor, 4), EDGECLF_ERR_BUFFER_TOO_SMALL);
   EXPECT_ERR(edgeclf_run_tensor(s, NULL, 1, tensor, 4), EDGECLF_ERR_INVALID_ARGUMENT);
@@ -241,6 +248,8 @@ static void test_bundle(const char* dir) {
     EXPECT_ERR(edgeclf_model_manifest_value(m, "/labels", buf, 2, &len), EDGECLF_ERR_BUFFER_TOO_SMALL);
     CHECK(len > 2);
     EXPECT_ERR(edgeclf_model_manifest_value(m, "/no/such/key", buf, sizeof buf, &len), EDGECLF_ERR_NOT_FOUND);
+    EXPECT_ERR(edgeclf_model_manifest_value(m, "/labels/99999999999999999999", buf, sizeof buf, &len), EDGECLF_ERR_NOT_FOUND);
+    EXPECT_ERR(edgeclf_model_manifest_value(m, "/labels/999", buf, sizeof buf, &len), EDGECLF_ERR_NOT_FOUND);
     EXPECT_ERR(edgeclf_model_manifest_value(m, "not-a-pointer", buf, sizeof buf, &len), EDGECLF_ERR_INVALID_ARGUMENT);
     EXPECT_OK(edgeclf_model_manifest_value(m, "/schema_version", buf, sizeof buf, &len));
     CHECK(buf[0] == '1' && len == strlen(buf));

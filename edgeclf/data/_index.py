@@ -7,6 +7,7 @@ computed from: content hashes (exact duplicates), perceptual hashes
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -89,11 +90,28 @@ def _rel(root: Path, p: Path) -> str:
     return p.relative_to(root).as_posix()
 
 
+def _followable(d: Path, bases: list[Path]) -> str:
+    """Why the folder ``d`` (met while walking) must not be entered; "" when it may."""
+    if not d.is_symlink():
+        return ""
+    try:
+        target = d.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "broken or looping directory symlink"
+    if not any(target.is_relative_to(b) for b in bases):
+        return f"directory symlink leaves the data folder (-> {target}); not followed"
+    if d.parent.resolve().is_relative_to(target):
+        return "directory symlink to an ancestor folder (a loop); not followed"
+    return ""
+
+
 def scan_folder(root: Path) -> FolderScan:
     """List the images of an ImageFolder tree (one sub-folder per class).
 
-    Sub-folders are walked recursively and directory symlinks followed, but a
-    directory already visited (a symlink loop) is reported and not re-entered.
+    Sub-folders are walked recursively. A directory symlink inside a class folder is
+    followed only when it stays inside the data folder (or the class folder's own target,
+    when the class folder itself is a link) and does not lead back to an ancestor; others
+    are reported as ignored with the reason. A directory already visited is not re-entered.
     """
     root = Path(root)
     if not root.exists():
@@ -114,6 +132,7 @@ def scan_folder(root: Path) -> FolderScan:
             continue
         classes.append(entry.name)
         seen: set[tuple[int, int]] = set()
+        bases = [root.resolve(), entry.resolve()]
         for dirpath, dirnames, filenames in os.walk(entry, followlinks=True):
             d = Path(dirpath)
             try:
@@ -128,7 +147,14 @@ def scan_folder(root: Path) -> FolderScan:
                 dirnames[:] = []
                 continue
             seen.add(key)
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            keep = []
+            for n in sorted(x for x in dirnames if not x.startswith(".")):
+                why = _followable(d / n, bases)
+                if why:
+                    ignored.append(FileProblem(_rel(root, d / n), why))
+                else:
+                    keep.append(n)
+            dirnames[:] = keep
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
@@ -142,9 +168,12 @@ def scan_folder(root: Path) -> FolderScan:
                 if not is_image_suffix(p):
                     ignored.append(FileProblem(rel, f"not an image suffix ({p.suffix or 'none'})"))
                     continue
-                if p.is_symlink() and not p.exists():
-                    unreadable.append(FileProblem(rel, "broken symlink"))
-                    continue
+                if p.is_symlink():
+                    try:
+                        os.stat(p)
+                    except OSError as e:
+                        unreadable.append(FileProblem(rel, "symlink loop" if e.errno == errno.ELOOP else "broken symlink"))
+                        continue
                 files.append((rel, entry.name))
     if not classes:
         raise DataError(f"{root} has no class sub-folders; expected DATA_DIR/<class>/<image>")

@@ -69,6 +69,14 @@ def version() -> str:
     return str(_load_module().version())
 
 
+def cmake_prefix() -> str:
+    """The folder to pass as ``CMAKE_PREFIX_PATH`` for ``find_package(edgeclf)``: where the compiled
+    runtime, ``lib/libedgeclf.so`` and ``lib/cmake/edgeclf`` are installed (in a wheel and in an
+    editable install alike, where the Python sources stay in the checkout)."""
+    mod = _load_module()
+    return str(Path(mod.__file__).resolve().parent)
+
+
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -86,7 +94,13 @@ def _as_array(image: ImageInput) -> np.ndarray:
             raise DataError("empty image array")
         if image.dtype != np.uint8:
             raise DataError(f"image arrays must be uint8, got {image.dtype}")
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[0] < image.shape[1]:
+            raise DataError(f"image array of shape {image.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
+                            "np.transpose(a, (1, 2, 0))")
         return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raise DataError("image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), "
+                        "or pass a file path")
     raise DataError(f"cannot use {type(image).__name__} as an image; pass a path, a PIL image or a uint8 array")
 
 
@@ -250,4 +264,4 @@ class Classifier:
         return f"Classifier({str(self.bundle_dir)!r}, {state})"
 
 
-__all__ = ["Classifier", "PIXEL_FORMATS", "RuntimeCallError", "RuntimeUnavailableError", "backends", "version"]
+__all__ = ["Classifier", "PIXEL_FORMATS", "RuntimeCallError", "RuntimeUnavailableError", "backends", "cmake_prefix", "version"]
