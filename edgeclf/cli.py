@@ -263,6 +263,14 @@ def train_cmd(
 
     if (manifest is None) == (data is None) and not resume:
         raise typer.BadParameter("pass exactly one of --manifest and --data")
+    if time_budget and seeds:
+        raise typer.BadParameter("pass --time-budget or --seeds, not both")
+    if time_budget:
+        parse_duration(time_budget)
+    # every flag is checked before anything is written into the run folder
+    load_config(config, {"data.root": data_root, "data.workers": workers, "model.backbone": backbone,
+                         "model.weights": weights, "model.image_size": image_size, "finetune.epochs": epochs,
+                         "batch_size": batch_size, "seed": seed})
     if data is not None and manifest is None:
         from edgeclf.data._index import index_dataset
         from edgeclf.data.split import SplitConfig
@@ -288,8 +296,6 @@ def train_cmd(
     else:
         cfg = load_config(config, overrides)
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
-    if time_budget and seeds:
-        raise typer.BadParameter("pass --time-budget or --seeds, not both")
     if time_budget:
         search(cfg, run_dir, parse_duration(time_budget), log=log)
         m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))

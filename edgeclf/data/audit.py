@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from edgeclf._io import write_json
 from edgeclf.data._index import PHASH_SIZE, DatasetIndex, FileProblem, ProgressFn, index_dataset
+from edgeclf.errors import DataError
 
 AUDIT_SCHEMA_VERSION = "1.0"
 
@@ -195,6 +196,8 @@ def audit(
     progress: ProgressFn | None = None,
 ) -> AuditReport:
     """Audit ``data_dir``; with ``out_dir``, write ``audit.json`` and ``samples/<class>.png`` there."""
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DataError(f"--out {out_dir} is a file; the audit writes a folder (audit.json, samples/): choose a folder")
     kwargs = {} if near_duplicate_bits is None else {"near_duplicate_bits": near_duplicate_bits}
     index = index_dataset(Path(data_dir), progress=progress, **kwargs)
     return audit_index(index, out_dir, grid_per_class, seed)

@@ -91,6 +91,9 @@ def fingerprint_bytes(data: bytes) -> str:
 
 def write_manifest(path: Path, rows: list[ManifestRow], extra_columns: list[str] | None = None) -> str:
     """Write the manifest atomically; return its fingerprint."""
+    if Path(path).is_dir():
+        raise DataError(f"--out {path} is a folder; the split writes a manifest file: give a file name, e.g. "
+                        f"{Path(path) / 'splits.csv'}")
     data = render_manifest(rows, extra_columns)
     atomic_write_bytes(path, data)
     return fingerprint_bytes(data)

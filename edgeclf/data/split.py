@@ -154,6 +154,9 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, extra: dict[str, dict[str,
             if not cfg.drop_small_classes:
                 raise DataError(why + "; add images, or pass --drop-small-classes to leave it out")
             dropped[cls] = why
+    if dropped and len(dropped) == len(index.classes):
+        raise DataError(f"--drop-small-classes would leave out every class ({'; '.join(dropped.values())}); "
+                        "there is nothing to split: add images")
     split_of_group: dict[str, str] = {}
     for cls, groups in by_class.items():
         if cls in dropped:

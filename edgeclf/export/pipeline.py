@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
+import socket
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +37,47 @@ Log = Callable[[str], None]
 DEFAULT_FORMATS = ("onnx", "openvino", "torchscript", "tensorrt")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 RUNTIME_TO_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torchscript"}
+
+
+#: Written into an export's temporary folder: who made it, so a later run can tell a stale one.
+WORK_MARKER = ".edgeclf-export"
+#: A temporary folder of a process on another host is stale after this long.
+STALE_AFTER_S = 24 * 3600
+
+
+def clean_stale_work(out_dir: Path, log: Log | None = None) -> list[Path]:
+    """Remove what interrupted exports to ``out_dir`` left beside it (``.<name>.XXXX`` folders).
+
+    Only folders carrying our marker are touched, and only stale ones: their process is gone
+    (same host) or they are older than STALE_AFTER_S (another host sharing the disk).
+    """
+    import json
+
+    removed = []
+    for d in Path(out_dir).parent.glob(f".{Path(out_dir).name}.*"):
+        marker = d / WORK_MARKER
+        if not d.is_dir() or d.is_symlink() or not marker.is_file():
+            continue
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            pid, host, started = int(info["pid"]), str(info["host"]), float(info["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if host == socket.gethostname():
+            try:
+                os.kill(pid, 0)
+                alive = pid != os.getpid()
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        else:
+            alive = time.time() - started < STALE_AFTER_S
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+            (log or (lambda s: None))(f"removed {d.name}: left by an interrupted export")
+    return removed
 
 
 class ExportFailed(EdgeclfError):
@@ -94,6 +138,8 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
 
     log = log or (lambda s: None)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; a bundle is a folder: choose a new folder name")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} already exists and is not empty; choose another --out (bundles are never overwritten)")
     prof = None
@@ -136,7 +182,9 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
     meta = model_card_json(manifest.model_card())
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_work(out_dir, log)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    write_json(work / WORK_MARKER, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
     rows: list[dict[str, Any]] = []
     parity: dict[str, Any] = {"split": "val", "images": len(val.paths), "temperature": temperature, "artifacts": []}
     entries: list[ArtifactEntry] = []
@@ -234,6 +282,7 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                                                               if k in r} for r in rows[1:]]}
         write_json(work / PARITY, {**parity, "table": rows})
         write_manifest(work, manifest)
+        (work / WORK_MARKER).unlink()
         if out_dir.exists():
             out_dir.rmdir()
         work.rename(out_dir)

@@ -177,7 +177,7 @@ class Classifier:
 
     @staticmethod
     def _batch(images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None) -> tuple[list[np.ndarray], list[str]]:
-        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
+        single = isinstance(images, (str, Path, Image.Image, np.ndarray, bytes, bytearray, memoryview))
         items = [images] if single else list(images)  # type: ignore[list-item]
         if not items:
             raise DataError("no images given")
