@@ -867,6 +867,11 @@ def build(opts: BuildOptions, log: Log | None = None, on_stage: Callable[[str, s
                            "justification": r["select"]["justification"] + f" Trained at {opts.image_size} px (--image-size)."}
         r["train"] = stages.run("train", train_key, [out / "run" / "checkpoints" / "best.pt"],
                                 lambda: _stage_train(opts, out, r["select"], log, progress))
+        best = out / "run" / "checkpoints" / "best.pt"
+        if sha256_file(best) != r["train"]["checkpoint_sha256"]:  # a cached stage's output is data too
+            raise BuildError(f"train: {best} does not match the SHA-256 recorded when it was trained "
+                             f"({r['train']['checkpoint_sha256'][:12]}...): the file is damaged; restore it or delete "
+                             f"{out / 'stages' / 'train.json'} to train again")
         trained_at = r["train"].get("image_size") or r["select"]["resolution"]
         trained = r["train"].get("backbone") or r["select"]["backbone"]
         if (trained, trained_at) != (r["select"]["backbone"], r["select"]["resolution"]):

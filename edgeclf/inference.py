@@ -82,7 +82,7 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
                 raise DataError("image array contains NaN or infinity")
             raise DataError(f"image arrays must be uint8 (0..255), got {a.dtype}; convert explicitly, e.g. "
                             "(x * 255).round().clip(0, 255).astype(np.uint8)")
-        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[0] < a.shape[1]:
+        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[0] < a.shape[1]:
             # (3, H, W) or (3, H, 4): a channels-first tensor, not an image a few pixels high
             raise DataError(f"image array of shape {a.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
                             "np.transpose(a, (1, 2, 0))")

@@ -166,6 +166,13 @@ def paired_bootstrap_diff(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.nda
     vb = float(_scores(*_counts(t[None, :], b[None, :], k), support)[metric][0])
     sa, sb = _bootstrap_scores(t, [a, b], k, n_resamples, seed)
     ci = _interval(va - vb, sa[metric] - sb[metric], level)
+    ra = _scores(*_counts(t[None, :], a[None, :], k), support)["recall"][0]
+    rb = _scores(*_counts(t[None, :], b[None, :], k), support)["recall"][0]
+    recall = []
+    for c in range(k):
+        rc = _interval(float(ra[c] - rb[c]), sa["recall"][:, c] - sb["recall"][:, c], level)
+        recall.append({"class": classes[c], "support": int(support[c]), "diff": rc["value"], "low": rc["low"],
+                       "high": rc["high"]})
     return {"method": f"paired {BOOTSTRAP_METHOD}", "metric": metric, "n_resamples": int(n_resamples), "seed": int(seed),
             "level": float(level), "a": va, "b": vb, "diff": ci["value"], "low": ci["low"], "high": ci["high"],
-            "significant": bool(ci["low"] > 0 or ci["high"] < 0)}
+            "significant": bool(ci["low"] > 0 or ci["high"] < 0), "recall": recall}

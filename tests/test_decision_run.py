@@ -150,3 +150,23 @@ def test_bad_policy_options_are_one_clear_error_in_the_cli(policy_bundle: tuple[
         # the library's PolicyError (an EdgeclfError: one red line from the console script, no traceback)
         assert isinstance(r.exception, EdgeclfError) and match in str(r.exception), (r.output, r.exception)
     assert (run / "decision.json").read_bytes() == before  # nothing half-written
+
+
+def test_a_flipped_bit_in_a_real_checkpoint_stops_evaluate_and_export(policy_bundle: tuple[Path, Path, Path],
+                                                                      tmp_path: Path) -> None:
+    from edgeclf.errors import EdgeclfError
+    from edgeclf.evaluate.run import Evaluation
+    from edgeclf.export.pipeline import export_run
+
+    run, _, _ = policy_bundle
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    best = copy / "checkpoints" / "best.pt"
+    data = bytearray(best.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    best.write_bytes(bytes(data))
+    with pytest.raises(EdgeclfError, match="best.pt does not match its recorded SHA-256"):
+        Evaluation(copy)
+    with pytest.raises(EdgeclfError, match="best.pt does not match its recorded SHA-256"):
+        export_run(copy, tmp_path / "bundle", formats=["onnx"], precisions=["fp32"], robustness=False)
+    assert not (tmp_path / "bundle").exists()

@@ -118,3 +118,23 @@ def test_int8_calibration_on_small_and_odd_sized_sets(tmp_path: Path, n: int, me
     assert n % step == 0 and 1 <= step <= CALIBRATION_BATCH
     quantize_onnx_int8(b / "model.onnx", tmp_path / "q.onnx", calib, tmp_path, method=method)
     assert (tmp_path / "q.onnx").stat().st_size > 0
+
+
+def test_int8_gates_are_decided_for_the_number_of_images() -> None:
+    """20 validation images cannot show 98 % agreement either way: "insufficient evidence", with the rule named;
+    decisive intervals still pass or fail; enough images go back to the point estimate."""
+    y = np.repeat([0, 1, 2], 7)[:20]
+    eager = _logits(y, margin=6.0)
+    same = P.compare("onnx", "int8", eager + 0.01, eager, y, CLASSES, 1.0, 0.1)
+    assert same.status == "insufficient_evidence" and not same.passed
+    assert "Clopper-Pearson" in same.rules["agreement"] and "insufficient evidence" in same.failures[0]
+    broken = eager.copy()
+    broken[:10] = np.roll(broken[:10], 1, axis=1)  # half the images flipped: decisively outside
+    bad = P.compare("onnx", "int8", broken, eager, y, CLASSES, 1.0, 0.1)
+    assert bad.status == "failed" and "outside the budget" in bad.rules["agreement"]
+    y_big = np.repeat([0, 1, 2], 400)
+    e_big = _logits(y_big, margin=6.0)
+    a_big = e_big.copy()
+    a_big[:5] = np.roll(a_big[:5], 1, axis=1)  # 5 of 1200 flipped: 99.6 % agreement
+    big = P.compare("onnx", "int8", a_big, e_big, y_big, CLASSES, 1.0, 0.1)
+    assert big.status == "passed" and big.rules["agreement"].startswith("point estimate")

@@ -147,3 +147,48 @@ def test_predict_keeps_only_resized_copies(tmp_path: Path, monkeypatch: pytest.M
     assert all(max(s[:2]) <= 60 for s in seen), seen  # the runner only ever saw the small copies
     assert np.allclose([g.probabilities for g in got], full, atol=1e-6)  # and gives what full-size inputs give
     del inf
+
+
+# ---- checkpoints are data too ------------------------------------------------------------------
+def test_checkpoints_verify_their_recorded_hash(tmp_path: Path) -> None:
+    import torch
+
+    from edgeclf.train.loop import CheckpointError, checkpoint_digest_path, load_checkpoint, save_checkpoint
+
+    p = tmp_path / "ck" / "best.pt"
+    p.parent.mkdir()
+    save_checkpoint(p, {"model": {"w": torch.arange(1000, dtype=torch.float32)}})
+    assert load_checkpoint(p)["model"]["w"][999] == 999
+    good = p.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01  # one bit
+    p.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="does not match its recorded SHA-256"):
+        load_checkpoint(p)
+    p.write_bytes(good[:100] + b"\0" * (len(good) - 100))  # zeroed bytes
+    with pytest.raises(CheckpointError, match="best.pt"):
+        load_checkpoint(p)
+    # a crash between the two renames of a save leaves the old and the new digest: both verify
+    p.write_bytes(good)
+    side = checkpoint_digest_path(p)
+    side.write_text("0" * 64 + "\n" + side.read_text())
+    assert load_checkpoint(p)["model"]["w"][1] == 1
+    # an older run without the sidecar still loads
+    side.unlink()
+    assert load_checkpoint(p)["format"]
+
+
+def test_deleting_the_ledger_does_not_reset_the_test_once_rule(tmp_path: Path) -> None:
+    from edgeclf.evaluate.ledger import LEDGER, TestReuseError, check_and_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"evaluation": {"test": {"macro_f1": 0.5}}}))
+    with pytest.raises(TestReuseError, match="is missing"):
+        check_and_record(run, "a" * 64, "f", allow_reuse=False)
+    assert not (run / LEDGER).exists()
+    assert check_and_record(run, "a" * 64, "f", allow_reuse=True) is False
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "metrics.json").write_text(json.dumps({"evaluation": {"val": {}}}))
+    assert check_and_record(fresh, "a" * 64, "f", allow_reuse=False) is False

@@ -38,9 +38,28 @@ def read_ledger(run_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _recorded_test_evaluation(run_dir: Path) -> str | None:
+    """Where the run records a test evaluation besides the ledger (metrics.json, eval/test/metrics.json)."""
+    m = run_dir / "metrics.json"
+    try:
+        if isinstance((json.loads(m.read_text(encoding="utf-8")).get("evaluation") or {}).get("test"), dict):
+            return str(m)
+    except (OSError, ValueError, AttributeError):
+        pass
+    t = run_dir / "eval" / "test" / "metrics.json"
+    return str(t) if t.is_file() else None
+
+
 def check_and_record(run_dir: Path, model_sha256: str, fingerprint: str, allow_reuse: bool) -> bool:
     """Record a test evaluation; return True if this is a reuse (only possible with ``allow_reuse``)."""
     entries = read_ledger(run_dir)
+    if not entries and not allow_reuse:
+        recorded = _recorded_test_evaluation(Path(run_dir))
+        if recorded:
+            raise TestReuseError(
+                f"{Path(run_dir) / LEDGER} is missing, but {recorded} records a test evaluation of this run; the "
+                "test-once rule is not reset by deleting the ledger. Pass --allow-test-reuse to evaluate it again; "
+                "every output will be marked as reused")
     if entries and not allow_reuse:
         first = entries[0]
         raise TestReuseError(

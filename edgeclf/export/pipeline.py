@@ -220,8 +220,8 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                     dec = decision_check(policy, art_logits, val.logits, val.y, run.classes, temperature)
                     if dec["failures"]:
                         res.failures += dec["failures"]
-                        res.passed = False
-                attempts.append({"options": dict(options), "status": "ok" if res.passed else "parity_failed",
+                        res.passed, res.status = False, "failed"
+                attempts.append({"options": dict(options), "status": _row_status(res),
                                  "parity": res.to_dict(), **({"decision": dec} if dec is not None else {})})
                 if res.passed or prec != "int8":
                     break
@@ -247,7 +247,7 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             if "parity" in last:
                 p = last["parity"]
                 row.update(macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"], agreement=p["agreement"],
-                           ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"])
+                           ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"], gate_rules=p.get("rules"))
             if "decision" in last:
                 row["decision"] = last["decision"]
                 row["decision_agreement"] = last["decision"]["decision_agreement"]
@@ -275,7 +275,7 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
         for row in _cpp_runtime_rows(work, entries, val_images, val, run.classes, temperature, log, policy):
             rows.append(row)
-            if row["status"] == "parity_failed":
+            if row["status"] in ("parity_failed", "insufficient_evidence"):
                 failed.append(f"{row['format']}/{row['precision']}: {row['error']}")
         manifest.parity = {"gates": _gate_doc(), "summary": [{k: r.get(k) for k in ("format", "precision", "status", "agreement",
                                                                                        "delta_macro_f1", "decision_agreement")
@@ -343,17 +343,23 @@ def _cpp_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[n
                     res.failures.append(f"decision: the C runtime's decisions equal the Python reference's on "
                                         f"{dec['decision_match']:.4f} of images (< {DECISION_MIN_MATCH})")
                 res.failures += dec.get("failures", [])
-                res.passed = not res.failures
+                if dec.get("failures") or dec["decision_match"] < DECISION_MIN_MATCH:
+                    res.passed, res.status = False, "failed"
         p = res.to_dict()
         if dec is not None:
             row["decision"] = dec
             row["decision_agreement"] = dec.get("decision_agreement")
             row["decision_match"] = dec["decision_match"]
-        row.update(status="ok" if res.passed else "parity_failed", macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"],
+        row.update(status=_row_status(res), gate_rules=res.rules, macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"],
                    agreement=p["agreement"], ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"],
                    error="; ".join(res.failures) or None)
         rows.append(row)
     return rows
+
+
+def _row_status(res: ParityResult) -> str:
+    """The parity table's status of an artifact: ok, parity_failed, or insufficient_evidence (int8 on few images)."""
+    return "ok" if res.passed else "insufficient_evidence" if res.status == "insufficient_evidence" else "parity_failed"
 
 
 def _cpp_decision_match(clf: Any, images: list[np.ndarray], c_logits: np.ndarray, policy: Any,

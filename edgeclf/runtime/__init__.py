@@ -94,7 +94,7 @@ def _as_array(image: ImageInput) -> np.ndarray:
             raise DataError("empty image array")
         if image.dtype != np.uint8:
             raise DataError(f"image arrays must be uint8, got {image.dtype}")
-        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[0] < image.shape[1]:
+        if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[0] < image.shape[1]:
             raise DataError(f"image array of shape {image.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
                             "np.transpose(a, (1, 2, 0))")
         return image

@@ -12,6 +12,7 @@ on validation macro-F1, an atomic ``best.pt`` (by macro-F1) and ``last.pt``
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from edgeclf._io import atomic_open, atomic_write_text, write_json
+from edgeclf._io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_bytes, write_json
 from edgeclf.data.manifest import Manifest, read_manifest
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
 from edgeclf.preprocess import PreprocessSpec, normalize_batch
@@ -165,17 +166,47 @@ def git_commit() -> str | None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def checkpoint_digest_path(path: Path) -> Path:
+    """The sidecar ``<checkpoint>.sha256`` that records a checkpoint's SHA-256."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def _recorded_digests(path: Path) -> list[str]:
+    side = checkpoint_digest_path(path)
+    if not side.is_file():
+        return []
+    return [line.split()[0] for line in side.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then rename: never a half-written checkpoint."""
-    with atomic_open(path, "wb") as f:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
+    """``torch.save`` to a temporary file, then rename: never a half-written checkpoint.
+
+    The SHA-256 goes into ``<checkpoint>.sha256``: first beside the previous one (so that a
+    crash between the two renames leaves a pair that still verifies), then alone.
+    """
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
+    data = buf.getvalue()
+    digest = sha256_bytes(data)
+    side = checkpoint_digest_path(path)
+    previous = _recorded_digests(path)[-1:] if Path(path).is_file() else []
+    atomic_write_text(side, "\n".join(dict.fromkeys([*previous, digest])) + "\n")
+    atomic_write_bytes(path, data)
+    atomic_write_text(side, digest + "\n")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint after checking it against its recorded SHA-256 (checkpoints are data too:
+    a flipped bit would otherwise evaluate, export and resume silently)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    data = Path(path).read_bytes()
+    recorded = _recorded_digests(path)
+    if recorded and sha256_bytes(data) not in recorded:
+        raise CheckpointError(f"checkpoint {path} does not match its recorded SHA-256 ({checkpoint_digest_path(path).name}): "
+                              "the file is damaged; restore it from a copy or train again")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"checkpoint {path} is corrupt or not an edgeclf checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
