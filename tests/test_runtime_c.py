@@ -261,3 +261,39 @@ def test_c_example_against_installed_package(tmp_path: Path) -> None:
     assert r.returncode == 1 and "not a readable JPEG, PNG" in r.stderr
     r = _run([exe, str(bundle), str(png_bomb(tmp_path / "bomb.png", 20_000, 20_000))])  # 400 MP in 70 bytes
     assert r.returncode == 1 and "refused: 20000x20000 pixels" in r.stderr, r.stderr
+
+
+def write_fuzz_seeds(dest: Path) -> int:
+    """Every manifest of the shared contract cases (tests/manifest_cases.py), as fuzz seeds."""
+    from tests.manifest_cases import CASES
+
+    dest.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for i, case in enumerate(CASES):
+        b = make_synthetic_bundle(dest.parent / f"seed-bundle-{i}")
+        case.mutate(b)
+        m = b / "edgeclf.json"
+        if m.is_file():
+            (dest / f"{i:03d}.json").write_bytes(m.read_bytes())
+            n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_fuzz_a_million_executions(asan_build: Path, tmp_path: Path) -> None:
+    """>= 10^6 executions over manifest parsing, decisions and classify under ASan/UBSan, seeded with the
+    shared manifest cases (run with -m slow; the figures go into the issue notes)."""
+    if "clang" in _run(["cmake", "-L", "-N", str(asan_build)]).stdout.lower():
+        pytest.skip("libFuzzer build: run edgeclf_fuzz with -runs=1000000 and the seeds folder as its corpus")
+    from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
+
+    seeds = tmp_path / "seeds"
+    assert write_fuzz_seeds(seeds) >= 40
+    policy = DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
+                            reject=RejectRule(score="energy", threshold=0.8))
+    bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear", decision=policy)
+    env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SEEDS=str(seeds), EDGECLF_FUZZ_RUNS="1000000")
+    r = _run([str(asan_build / "edgeclf_fuzz"), "11"], env=env, timeout=3000)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    print(r.stdout.strip().splitlines()[-1])
+    assert "1000000 executions" in r.stdout and "no failure" in r.stdout

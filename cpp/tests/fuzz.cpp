@@ -12,6 +12,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -127,19 +130,31 @@ int main(int argc, char** argv) {
   if (const char* s = std::getenv("EDGECLF_FUZZ_SECONDS")) seconds = std::atof(s);
   unsigned seed = argc > 1 ? static_cast<unsigned>(std::strtoul(argv[1], nullptr, 10)) : 1u;
   std::mt19937 rng(seed);
-  const std::string seeds[] = {
+  std::vector<std::string> seeds = {
       R"({"schema_version":"1.0.0","labels":["a","b"],"temperature":1.5,"preprocess":{"resize_size":8,"crop_size":8,)"
       R"("interpolation":"bicubic","mean":[0.5,0.5,0.5],"std":[0.5,0.5,0.5]},"artifacts":[{"file":"m.onnx","format":"onnx",)"
       R"("runtime":"onnxruntime","precision":"fp32","sha256":"00","size_bytes":3}]})",
       R"({"schema_version":"1.2.3-rc1+x","min_runtime_version":"0.0.1","labels":[],"preprocess":{}})",
   };
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  // EDGECLF_FUZZ_SEEDS: a folder of seed manifests (the shared good/bad manifest cases)
+  if (const char* dir = std::getenv("EDGECLF_FUZZ_SEEDS"); dir && *dir) {
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      std::ifstream f(e.path(), std::ios::binary);
+      seeds.emplace_back(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    }
+  }
+  // EDGECLF_FUZZ_RUNS: stop after this many executions (else after EDGECLF_FUZZ_SECONDS)
+  size_t max_runs = 0;
+  if (const char* r = std::getenv("EDGECLF_FUZZ_RUNS")) max_runs = static_cast<size_t>(std::strtoull(r, nullptr, 10));
+  if (max_runs > 0) seconds = 1e9;
+  const auto start = std::chrono::steady_clock::now();
+  const auto end = start + std::chrono::duration<double>(seconds);
   size_t runs = 0;
   std::vector<uint8_t> buf;
-  while (std::chrono::steady_clock::now() < end) {
+  while ((max_runs > 0 && runs < max_runs) || (max_runs == 0 && std::chrono::steady_clock::now() < end)) {
     const int kind = static_cast<int>(rng() % 3);
     if (kind == 0) {  // a mutated manifest
-      const std::string& s = seeds[rng() % 2];
+      const std::string& s = seeds[rng() % seeds.size()];
       buf.assign(1, 1);
       buf.insert(buf.end(), s.begin(), s.end());
       const int edits = 1 + static_cast<int>(rng() % 6);
@@ -162,7 +177,8 @@ int main(int argc, char** argv) {
     LLVMFuzzerTestOneInput(buf.data(), buf.size());
     ++runs;
   }
-  std::printf("fuzz: %zu executions in %.0f s, no failure\n", runs, seconds);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("fuzz: %zu executions in %.0f s (%zu seeds), no failure\n", runs, took, seeds.size());
   return 0;
 }
 #endif

@@ -101,7 +101,7 @@ def _followable(d: Path, bases: list[Path]) -> str:
     if not any(target.is_relative_to(b) for b in bases):
         return f"directory symlink leaves the data folder (-> {target}); not followed"
     if d.parent.resolve().is_relative_to(target):
-        return "directory symlink to an ancestor folder (a loop); not followed"
+        return "symlink loop: the directory symlink points at an ancestor folder; not followed"
     return ""
 
 
