@@ -270,6 +270,13 @@ int main(int argc, char** argv) {
       edgeclf_model_label(model, top[i].index, &label);
       printf("%zu\t%s\t%.6f\n", i + 1, label, top[i].probability);
     }
+    /* the bundle's decision policy (argmax when it has none): a class, or unknown, and which rule decided */
+    edgeclf_decision decision;
+    if (edgeclf_classify_decision(session, &image, 1, &decision) == EDGECLF_OK) {
+      const char* label = "unknown";
+      if (decision.index != EDGECLF_DECISION_UNKNOWN) edgeclf_model_label(model, decision.index, &label);
+      printf("# decision: %s (%s, score %.4f)\n", label, edgeclf_rule_name(decision.rule), decision.score);
+    }
     rc = 0;
   }
   edgeclf_session_free(session);
