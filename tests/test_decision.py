@@ -92,6 +92,7 @@ def test_macro_f1_prior_correction_improves_validation_and_lifts_minorities() ->
     assert pol.bias is not None and pol.bias[0] == 0.0 and pol.bias[1] > 0 and pol.bias[2] > 0
     d = decide(z, 1.0, pol)
     assert policy_metrics(y, d, CLASSES)["macro_f1"] == pytest.approx(det["val_macro_f1_after"])
+    assert pol.details["val"]["macro_f1"] == pytest.approx(det["val_macro_f1_after"])  # what the fit achieved, stored
 
 
 @pytest.mark.parametrize("targets", ["c=0.9", "b=0.7,c=0.75", "a=1.0"])

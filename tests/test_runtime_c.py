@@ -292,8 +292,16 @@ def test_fuzz_a_million_executions(asan_build: Path, tmp_path: Path) -> None:
     policy = DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
                             reject=RejectRule(score="energy", threshold=0.8))
     bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear", decision=policy)
-    env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SEEDS=str(seeds), EDGECLF_FUZZ_RUNS="1000000")
-    r = _run([str(asan_build / "edgeclf_fuzz"), "11"], env=env, timeout=3000)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    print(r.stdout.strip().splitlines()[-1])
-    assert "1000000 executions" in r.stdout and "no failure" in r.stdout
+    workers = max(1, os.cpu_count() or 1)  # one process per core, each with its own random seed
+    runs = -(-1_000_000 // workers)
+    env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SEEDS=str(seeds), EDGECLF_FUZZ_RUNS=str(runs))
+    procs = [subprocess.Popen([str(asan_build / "edgeclf_fuzz"), str(11 + i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    total = 0
+    for p in procs:
+        out, errs = p.communicate(timeout=7200)
+        assert p.returncode == 0, out[-3000:] + errs[-6000:]
+        assert f"{runs} executions" in out and "no failure" in out
+        print(out.strip().splitlines()[-1])
+        total += runs
+    assert total >= 1_000_000

@@ -609,8 +609,7 @@ def fit_policy(req: DecisionRequest, val_logits: np.ndarray, val_y: np.ndarray, 
     policy = DecisionPolicy(objectives=objectives, bias=[float(b) for b in bias] if bias.any() else None,
                             costs=costs, reject=reject, details=details)
     final = decide(val_logits, temperature, policy)
-    details["val"] = policy_metrics(y, final, classes, costs)
-    return policy
+    return policy.model_copy(update={"details": {**policy.details, "val": policy_metrics(y, final, classes, costs)}})
 
 
 # ---- evaluation of a policy ----------------------------------------------------------------
