@@ -400,8 +400,10 @@ def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
     tmp = out / f".bundle.{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    from edgeclf.runtime.gate import c_runtime_rows
+
     res = export_run(out / "run", tmp, profile=opts.profile, allow_failed=True, robustness=opts.robustness,
-                     calibration_images=opts.calibration_images, log=log)
+                     calibration_images=opts.calibration_images, log=log, runtime_gate=c_runtime_rows)
     _replace_dir(tmp, out / "bundle")
     rows = [{k: r.get(k) for k in ("format", "precision", "status", "size_mb", "macro_f1", "delta_macro_f1", "agreement",
                                    "ms_per_image", "error")} for r in res.rows]

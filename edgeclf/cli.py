@@ -546,8 +546,10 @@ def export_cmd(
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
     failure: ExportFailed | None = None
     try:
+        from edgeclf.runtime.gate import c_runtime_rows
+
         res = export_run(run_dir, out_dir, _csv_list(formats), _csv_list(precision), profile, calibration_images,
-                         calibration_method, allow_failed, robustness, log=log)
+                         calibration_method, allow_failed, robustness, log=log, runtime_gate=c_runtime_rows)
         rows = res.rows
     except ExportFailed as e:
         failure = e

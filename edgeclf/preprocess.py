@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from edgeclf.errors import ConfigError
@@ -214,13 +212,6 @@ def preprocess(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndar
     """The reference implementation: decoded RGB image -> 3 x crop x crop float32."""
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     return normalize(center_crop(resize_uint8(rgb, spec), spec.crop_size), spec)
-
-
-def preprocess_path(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    """Decode ``path`` by edgeclf's rules and preprocess it."""
-    from edgeclf.data._image import load_rgb
-
-    return preprocess(load_rgb(Path(path)), spec)
 
 
 def normalize_batch(batch_uint8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

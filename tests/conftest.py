@@ -119,8 +119,6 @@ def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = No
     """A small but real bundle: a tiny ONNX classifier (channel means -> linear layer) with a
     manifest written through the bundle's own model. For runtime tests that need many specs
     and fast inference, not accuracy."""
-    import onnx
-    from onnx import TensorProto, helper
 
     from edgeclf._io import sha256_file
     from edgeclf.export.bundle import MIN_RUNTIME_VERSION, SCHEMA_VERSION, ArtifactEntry, BundleManifest, write_manifest

@@ -34,7 +34,10 @@ def policy_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
         save(Image.fromarray(rng.integers(100, 156, (48, 48, 3), dtype=np.uint8)), ood / f"n{i}.png")
     evaluate(run, "val", robustness=False, explain=False,
              decision=make_request(min_recall="c=0.9", reject=True, ood_dir=ood, max_false_accept=0.25))
-    export_run(run, base / "bundle", formats=["onnx", "openvino"], precisions=["fp32"], allow_failed=True, robustness=False)
+    from edgeclf.runtime.gate import c_runtime_rows
+
+    export_run(run, base / "bundle", formats=["onnx", "openvino"], precisions=["fp32"], allow_failed=True, robustness=False,
+               runtime_gate=c_runtime_rows)
     return run, base / "bundle", ood
 
 

@@ -26,7 +26,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("rt")
     make_tiny_run(base)
+    from edgeclf.runtime.gate import c_runtime_rows
+
     export_run(base / "run", base / "bundle", formats=["onnx", "openvino"], precisions=["fp32", "int8"],
+               runtime_gate=c_runtime_rows,
                calibration_images=8, allow_failed=True, robustness=False)
     return base / "bundle"
 

@@ -256,6 +256,8 @@ def vit_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         },
     )
     train(cfg, base / "run")
+    from edgeclf.runtime.gate import c_runtime_rows
+
     result = export_run(
         base / "run",
         base / "bundle",
@@ -264,6 +266,7 @@ def vit_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         calibration_images=8,
         allow_failed=True,
         robustness=False,
+        runtime_gate=c_runtime_rows,
     )
     return {"base": base, "run": base / "run", "bundle": base / "bundle", "rows": result.rows}
 

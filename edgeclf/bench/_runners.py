@@ -46,7 +46,7 @@ For ``edgeclf bench --runtime cpp`` (a fresh process), declare the factory as an
 point instead of calling :func:`register_runner`::
 
     [project.entry-points."edgeclf.bench_runners"]
-    cpp = "edgeclf.runtime.bench:cpp_factory"
+    cpp = "edgeclf.bench._cpp:cpp_factory"
 
 A runner that starts from the preprocessed tensor (``Classifier.run_tensor``) sets
 ``includes_preprocess = False`` and times ``batch.tensor`` instead.

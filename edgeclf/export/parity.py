@@ -76,6 +76,11 @@ def _recalls(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def row_status(res: ParityResult) -> str:
+    """The parity table's status of an artifact: ok, parity_failed, or insufficient_evidence (int8 on few images)."""
+    return "ok" if res.passed else "insufficient_evidence" if res.status == "insufficient_evidence" else "parity_failed"
+
+
 def check_gates(precision: str, r: ParityResult) -> list[str]:
     """The gate failures for ``precision``, each a readable sentence (empty = passed)."""
     fails = []

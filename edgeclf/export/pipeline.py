@@ -9,11 +9,11 @@ import socket
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from edgeclf.export.bundle import (
     model_card_json,
     write_manifest,
 )
-from edgeclf.export.parity import DECISION_MIN_MATCH, ParityResult, decision_check, run_parity
+from edgeclf.export.parity import ParityResult, decision_check, row_status, run_parity
 
 Log = Callable[[str], None]
 
@@ -78,6 +78,19 @@ def clean_stale_work(out_dir: Path, log: Log | None = None) -> list[Path]:
             removed.append(d)
             (log or (lambda s: None))(f"removed {d.name}: left by an interrupted export")
     return removed
+
+
+class RuntimeGate(Protocol):
+    """Gates the device runtime on the written bundle, as one more set of parity-table rows.
+
+    Export owns this interface and the runtime implements it (``edgeclf.runtime.gate.c_runtime_rows``);
+    the caller that composes both (the CLI, ``edgeclf build``) passes it in, so export never imports
+    the layer after it. Each row has the parity table's keys; ``status`` ``parity_failed`` or
+    ``insufficient_evidence`` marks the artifact failed.
+    """
+
+    def __call__(self, bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any,
+                 classes: list[str], temperature: float, log: Log, policy: Any = None) -> list[dict[str, Any]]: ...
 
 
 class ExportFailed(EdgeclfError):
@@ -130,7 +143,12 @@ def plan_jobs(formats: list[str] | None, precisions: list[str] | None, profile: 
 def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, precisions: list[str] | None = None,
                profile: str | None = None, calibration_images: int = 128, calibration_method: str = "minmax",
                allow_failed: bool = False, robustness: bool = True, robustness_images: int = 150,
-               log: Log | None = None) -> ExportResult:
+               log: Log | None = None, runtime_gate: RuntimeGate | None = None) -> ExportResult:
+    """Export ``run_dir``'s shipped checkpoint into a bundle at ``out_dir``, every artifact gated.
+
+    ``runtime_gate`` (e.g. ``edgeclf.runtime.gate.c_runtime_rows``) adds the device runtime's own
+    rows to the parity table; without it only the Python engines are gated.
+    """
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.run import Evaluation
     from edgeclf.export.formats import export_artifact
@@ -221,7 +239,7 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                     if dec["failures"]:
                         res.failures += dec["failures"]
                         res.passed, res.status = False, "failed"
-                attempts.append({"options": dict(options), "status": _row_status(res),
+                attempts.append({"options": dict(options), "status": row_status(res),
                                  "parity": res.to_dict(), **({"decision": dec} if dec is not None else {})})
                 if res.passed or prec != "int8":
                     break
@@ -273,7 +291,8 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
         manifest.artifacts = entries
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
-        for row in _cpp_runtime_rows(work, entries, val_images, val, run.classes, temperature, log, policy):
+        for row in (runtime_gate(work, entries, val_images, val, run.classes, temperature, log, policy)
+                    if runtime_gate is not None else []):
             rows.append(row)
             if row["status"] in ("parity_failed", "insufficient_evidence"):
                 failed.append(f"{row['format']}/{row['precision']}: {row['error']}")
@@ -294,85 +313,6 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         raise ExportFailed(f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
                            f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this")
     return result
-
-
-def _cpp_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any, classes: list[str],
-                      temperature: float, log: Log, policy: Any = None) -> list[dict[str, Any]]:
-    """The shipped C runtime gated like one more artifact: for each artifact it can run, the
-    whole C++ path (preprocessing from the manifest + backend) against the eager model.
-
-    With a decision policy, the row also holds the C runtime's decisions to the Python
-    reference's: ``edgeclf_classify_decision`` on every validation image must equal
-    :func:`edgeclf.evaluate.decision.decide` applied to the C runtime's own logits (exactly),
-    and the policy's recall targets must hold (``decision_check``)."""
-    try:
-        from edgeclf.runtime import Classifier
-    except ImportError:  # pragma: no cover - the runtime is part of every build of edgeclf
-        return []
-    from edgeclf.errors import EdgeclfError
-
-    rows: list[dict[str, Any]] = []
-    for e in entries:
-        if e.runtime not in ("onnxruntime", "openvino"):
-            continue
-        fmt = f"c-runtime ({e.runtime})"
-        row: dict[str, Any] = {"format": fmt, "precision": e.precision, "status": "ok", "size_mb": None, "macro_f1": None,
-                               "delta_macro_f1": None, "agreement": None, "ms_per_image": None, "error": None}
-        try:
-            clf = Classifier(bundle, backend=e.runtime, precision=e.precision)
-        except ImportError as err:
-            rows.append({**row, "status": "skipped", "error": str(err)})
-            continue
-        except EdgeclfError as err:
-            rows.append({**row, "status": "skipped", "error": str(err)})
-            continue
-        log(f"gating the C runtime on {e.runtime}/{e.precision}")
-
-        def predict(batch: Sequence[np.ndarray], clf: Any = clf) -> np.ndarray:
-            out = [clf.run_tensor(np.stack([clf.preprocess(im) for im in batch[i:i + 32]])) for i in range(0, len(batch), 32)]
-            return np.concatenate(out)
-
-        with clf:
-            res, c_logits = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature)
-            dec = None
-            if policy is not None:
-                dec = _cpp_decision_match(clf, images, c_logits, policy, temperature)
-                if not policy.is_argmax:
-                    dec.update(decision_check(policy, c_logits, val.logits, val.y, classes, temperature))
-                if dec["decision_match"] < DECISION_MIN_MATCH:
-                    res.failures.append(f"decision: the C runtime's decisions equal the Python reference's on "
-                                        f"{dec['decision_match']:.4f} of images (< {DECISION_MIN_MATCH})")
-                res.failures += dec.get("failures", [])
-                if dec.get("failures") or dec["decision_match"] < DECISION_MIN_MATCH:
-                    res.passed, res.status = False, "failed"
-        p = res.to_dict()
-        if dec is not None:
-            row["decision"] = dec
-            row["decision_agreement"] = dec.get("decision_agreement")
-            row["decision_match"] = dec["decision_match"]
-        row.update(status=_row_status(res), gate_rules=res.rules, macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"],
-                   agreement=p["agreement"], ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"],
-                   error="; ".join(res.failures) or None)
-        rows.append(row)
-    return rows
-
-
-def _row_status(res: ParityResult) -> str:
-    """The parity table's status of an artifact: ok, parity_failed, or insufficient_evidence (int8 on few images)."""
-    return "ok" if res.passed else "insufficient_evidence" if res.status == "insufficient_evidence" else "parity_failed"
-
-
-def _cpp_decision_match(clf: Any, images: list[np.ndarray], c_logits: np.ndarray, policy: Any,
-                        temperature: float) -> dict[str, Any]:
-    """Share of images whose C decision (full path: raw pixels in, decision out) equals the Python
-    reference applied to the C runtime's logits — index and rule both."""
-    from edgeclf.evaluate.decision import RULES, decide
-
-    ref = decide(c_logits, temperature, policy)
-    got = [d for i in range(0, len(images), 32) for d in clf.classify_decision(images[i:i + 32])]
-    same = [g.index == int(ref.index[i]) and g.rule == RULES[int(ref.rule[i])] for i, g in enumerate(got)]
-    return {"decision_match": float(np.mean(same)) if same else 1.0, "images": len(same),
-            "mismatches": [i for i, ok in enumerate(same) if not ok][:10]}
 
 
 def ev_metrics(run_dir: Path) -> dict[str, Any]:
@@ -433,4 +373,4 @@ def _gate_doc() -> dict[str, Any]:
                      "min_agreement": p.INT8_MIN_AGREEMENT}}
 
 
-__all__ = ["ExportFailed", "ExportResult", "ParityResult", "export_run", "plan_jobs"]
+__all__ = ["ExportFailed", "ExportResult", "ParityResult", "RuntimeGate", "export_run", "plan_jobs", "row_status"]

@@ -1,4 +1,4 @@
-"""The C runtime as a runner of ``edgeclf.bench`` (entry point ``edgeclf.bench_runners: cpp``).
+"""The C runtime as a runner of ``edgeclf.bench`` (entry point ``edgeclf.bench_runners: cpp``; bench imports the runtime, not the reverse).
 
 Rows labelled ``cpp`` time frames in, probabilities out: the C++ preprocessing from the
 bundle's manifest, the backend and the calibrated softmax — what a device program pays.
