@@ -34,11 +34,6 @@ LAYERS: list[set[str]] = [
 KNOWN: dict[object, str] = {
     ("select", "export"): "cost-model calibration (select/calibration.measure_backbones) exports and quantises "
                           "models; it moves to bench/ as `edgeclf profiles calibrate`",
-    frozenset({"edgeclf.export.formats", "edgeclf.export.onnx_export", "edgeclf.export.openvino_export",
-               "edgeclf.export.quantize", "edgeclf.export.tensorrt_export", "edgeclf.export.torchscript_export",
-               "edgeclf.export.runners"}):
-        "formats.py is both the exporters' shared helpers and their dispatcher; the helpers move to one "
-        "module every exporter imports, ONNX I/O helpers out of onnx_export so quantize does not import it back",
 }
 
 

@@ -61,7 +61,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         file_entry,
         write_manifest,
     )
-    from edgeclf.export.formats import export_artifact
+    from edgeclf.export.exporters import export_artifact
     from edgeclf.preprocess import PreprocessSpec
 
     out = tmp_path_factory.mktemp("tiny-bundle")

@@ -14,7 +14,8 @@ from torch import nn
 
 from edgeclf.errors import ConfigError
 from edgeclf.evaluate.predictor import Predictor, TorchPredictor
-from edgeclf.export.formats import FORMATS, Artifact, export_artifact, validate_request
+from edgeclf.export.exporters import export_artifact
+from edgeclf.export.formats import FORMATS, Artifact, validate_request
 from edgeclf.export.runners import load_runner, ort_providers
 from edgeclf.export.tensorrt_export import (
     TRT_NOT_INSTALLED,

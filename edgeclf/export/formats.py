@@ -6,7 +6,7 @@ table :data:`FORMATS` is the single source of truth: the CLI lists it, the bundl
 manifest names its entries, and :func:`validate_request` checks a request against
 it before any work starts.
 
-:func:`export_artifact` is the only entry point. It validates the request (raising
+:func:`edgeclf.export.exporters.export_artifact` is the only entry point. It validates the request (raising
 :class:`~edgeclf.errors.ConfigError` for an unknown format, precision or option,
 before any work), then runs the format's exporter inside a private staging folder
 in ``out_dir``, times it, logs to ``logging.getLogger("edgeclf.export")`` and turns
@@ -33,21 +33,15 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
-import time
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from torch import nn
 
 from edgeclf.errors import ConfigError
-from edgeclf.preprocess import PreprocessSpec
 
 __all__ = [
     "FORMATS",
@@ -55,7 +49,6 @@ __all__ = [
     "FormatSpec",
     "Produced",
     "artifact_file_name",
-    "export_artifact",
     "validate_request",
 ]
 
@@ -75,6 +68,36 @@ TORCHSCRIPT_METHODS = ("trace", "script")
 MIN_ONNX_OPSET = 17
 # Highest opset asked of the exporter; ONNX Runtime 1.16+ and OpenVINO 2023+ read it.
 MAX_ONNX_OPSET = 21
+
+
+TRT_NOT_INSTALLED = "TensorRT is not installed on this machine"
+NO_GPU = "TensorRT is installed but no CUDA GPU is visible"
+
+
+def gpu_name() -> str | None:
+    """Name of CUDA device 0 (as ``torch.cuda`` reports it), or None without a GPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except Exception:  # noqa: BLE001 — a broken CUDA install means "no GPU" here
+        return None
+    return None
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """``(True, "")`` when engines can be built here, else ``(False, reason)``."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, TRT_NOT_INSTALLED
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return False, f"tensorrt cannot be imported: {e}"
+    if gpu_name() is None:
+        return False, NO_GPU
+    return True, ""
+
 
 
 def _missing(*modules: str) -> str | None:
@@ -119,8 +142,6 @@ class FormatSpec:
         returns a ``skipped`` artifact with the ``trtexec`` command to run on the device.
         """
         if self.name == "tensorrt":
-            from edgeclf.export.tensorrt_export import tensorrt_available
-
             return tensorrt_available()
         needed = self.requires + (self.int8_requires if precision == "int8" else ())
         missing = _missing(*needed)
@@ -362,117 +383,3 @@ def _publish(work: Path, out_dir: Path, names: Sequence[str]) -> None:
         for path in moved:  # all or nothing
             path.unlink(missing_ok=True)
         raise
-
-
-def _dispatch(fmt: str) -> Any:
-    if fmt == "onnx":
-        from edgeclf.export import onnx_export
-
-        return onnx_export.export
-    if fmt == "torchscript":
-        from edgeclf.export import torchscript_export
-
-        return torchscript_export.export
-    if fmt == "openvino":
-        from edgeclf.export import openvino_export
-
-        return openvino_export.export
-    if fmt == "tensorrt":
-        from edgeclf.export import tensorrt_export
-
-        return tensorrt_export.export
-    raise ConfigError(f"unknown export format {fmt!r}")  # validate_request ran first: unreachable
-
-
-def export_artifact(
-    fmt: str,
-    precision: str,
-    model: nn.Module,
-    spec: PreprocessSpec,
-    out_dir: Path,
-    calibration_images: Sequence[np.ndarray] | None,
-    metadata_json: str,
-    options: dict[str, Any] | None = None,
-    fp32_onnx: Path | None = None,
-) -> Artifact:
-    """Export ``model`` as ``fmt`` at ``precision`` into ``out_dir``.
-
-    Args:
-        fmt: A key of :data:`FORMATS`.
-        precision: One of ``FORMATS[fmt].precisions``.
-        model: The eager classifier (taken to eval mode for the export, mode restored after).
-        spec: Preprocessing; fixes the input size (``spec.crop_size``) and the calibration preprocessing.
-        out_dir: Bundle folder (created if missing).
-        calibration_images: Decoded H x W x 3 uint8 RGB images, needed for int8 (all of them are used).
-        metadata_json: The bundle manifest JSON, embedded where the format allows
-            (ONNX ``metadata_props["edgeclf.meta"]``, OpenVINO ``rt_info["edgeclf.meta"]``,
-            TorchScript extra file ``edgeclf.meta``).
-        options: Format options; see ``FORMATS[fmt].options_for(precision)``.
-        fp32_onnx: An fp32 ONNX model already exported (by this function) to start from,
-            for ONNX int8, OpenVINO and TensorRT; exported on the fly when ``None``.
-
-    Returns:
-        The :class:`Artifact`; ``status`` is ``"export_failed"`` (with a one-line
-        ``error``) when the exporter raised, ``"skipped"`` when the format cannot be
-        built on this machine (TensorRT without TensorRT).
-
-    Raises:
-        ConfigError: Unsupported format, precision or option, int8 without
-            calibration images, or invalid ``metadata_json`` (before any work).
-    """
-    fspec = validate_request(fmt, precision, options, calibration_images, metadata_json)
-    options = dict(options or {})
-    if fp32_onnx is not None and not Path(fp32_onnx).is_file():
-        raise ConfigError(f"fp32 ONNX model {fp32_onnx} does not exist; export onnx fp32 first or pass None")
-    if fmt != "tensorrt":
-        ok, reason = fspec.available(precision)
-        if not ok:
-            raise ConfigError(f"cannot export {fmt} {precision}: {reason}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exporter = _dispatch(fmt)
-    planned = artifact_file_name(fmt, precision)
-    log.info("exporting %s %s", fmt, precision)
-    start = time.perf_counter()
-    modes = {module: module.training for module in model.modules()}
-    work = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-{precision}-", dir=out_dir))
-    try:
-        model.eval()
-        with stdout_to_stderr():
-            produced: Produced = exporter(
-                model=model,
-                spec=spec,
-                work_dir=work,
-                out_dir=out_dir,
-                precision=precision,
-                calibration_images=calibration_images,
-                metadata_json=metadata_json,
-                options=options,
-                fp32_onnx=Path(fp32_onnx) if fp32_onnx is not None else None,
-            )
-        _publish(work, out_dir, [*produced.extra_files, *([produced.file] if produced.status == "ok" else [])])
-    except Exception as e:  # noqa: BLE001 — every failure becomes a recorded, readable status
-        seconds = round(time.perf_counter() - start, 3)
-        log.warning("%s %s export failed: %s", fmt, precision, one_line(e))
-        log.debug("traceback:\n%s", traceback.format_exc())
-        return Artifact(fmt, precision, planned, [], fspec.runtime, "export_failed", one_line(e), seconds, {})
-    finally:
-        for module, training in modes.items():
-            module.training = training
-        shutil.rmtree(work, ignore_errors=True)
-    seconds = time.perf_counter() - start
-    if produced.status == "ok":
-        log.info("exported %s %s -> %s in %.1f s", fmt, precision, produced.file, seconds)
-    else:
-        log.warning("%s %s %s: %s", fmt, precision, produced.status, produced.error)
-    return Artifact(
-        format=fmt,
-        precision=precision,
-        file=produced.file,
-        extra_files=list(produced.extra_files),
-        runtime=fspec.runtime,
-        status=produced.status,
-        error=produced.error,
-        export_seconds=round(seconds, 3),
-        details=produced.details,
-    )

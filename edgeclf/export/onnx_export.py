@@ -242,19 +242,8 @@ def export(
     options: dict[str, Any],
     fp32_onnx: Path | None,
 ) -> Produced:
-    """Format adapter for :func:`edgeclf.export.formats.export_artifact` (``onnx``)."""
-    if precision == "int8":
-        from edgeclf.export.quantize import export_ort_int8
-
-        return export_ort_int8(
-            model=model,
-            spec=spec,
-            work_dir=work_dir,
-            calibration_images=calibration_images,
-            metadata_json=metadata_json,
-            options=options,
-            fp32_onnx=fp32_onnx,
-        )
+    """Format adapter for :func:`edgeclf.export.exporters.export_artifact` (``onnx`` fp32; int8 is
+    :func:`edgeclf.export.quantize.export_ort_int8`)."""
     name = "model.onnx"
     details = export_onnx_fp32(
         model,

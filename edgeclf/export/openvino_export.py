@@ -131,7 +131,7 @@ def export(
     options: dict[str, Any],
     fp32_onnx: Path | None,
 ) -> Produced:
-    """Format adapter for :func:`edgeclf.export.formats.export_artifact` (``openvino``)."""
+    """Format adapter for :func:`edgeclf.export.exporters.export_artifact` (``openvino``)."""
     from edgeclf.export.onnx_export import fp32_onnx_for
     from edgeclf.export.quantize import calibration_tensor
 

@@ -151,7 +151,7 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
     """
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.run import Evaluation
-    from edgeclf.export.formats import export_artifact
+    from edgeclf.export.exporters import export_artifact
     from edgeclf.export.runners import load_runner
 
     log = log or (lambda s: None)

@@ -29,7 +29,6 @@ accept, so it is not a TensorRT input.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import shutil
@@ -43,7 +42,7 @@ from torch import nn
 
 from edgeclf._io import atomic_write_bytes
 from edgeclf.errors import ConfigError
-from edgeclf.export.formats import Produced
+from edgeclf.export.formats import NO_GPU, TRT_NOT_INSTALLED, Produced, gpu_name, tensorrt_available
 from edgeclf.preprocess import PreprocessSpec
 
 __all__ = [
@@ -57,39 +56,12 @@ __all__ = [
     "trt_commands",
 ]
 
-TRT_NOT_INSTALLED = "TensorRT is not installed on this machine"
-NO_GPU = "TensorRT is installed but no CUDA GPU is visible"
 DEFAULT_MAX_BATCH = 32  # the runners' chunk size
 DEFAULT_OPT_BATCH = 1  # edge inference is mostly one image at a time
 DEFAULT_WORKSPACE_MB = 1024
 CALIBRATION_NPY = "model.calib.npy"
 # Images per calibration batch for the entropy calibrator (a fixed batch size is required).
 TRT_CALIBRATION_BATCH = 8
-
-
-def gpu_name() -> str | None:
-    """Name of CUDA device 0 (as ``torch.cuda`` reports it), or None without a GPU."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return str(torch.cuda.get_device_name(0))
-    except Exception:  # noqa: BLE001 — a broken CUDA install means "no GPU" here
-        return None
-    return None
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """``(True, "")`` when engines can be built here, else ``(False, reason)``."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False, TRT_NOT_INSTALLED
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return False, f"tensorrt cannot be imported: {e}"
-    if gpu_name() is None:
-        return False, NO_GPU
-    return True, ""
 
 
 def _version_tag(version: str) -> str:
@@ -321,7 +293,7 @@ def export(
     options: dict[str, Any],
     fp32_onnx: Path | None,
 ) -> Produced:
-    """Format adapter for :func:`edgeclf.export.formats.export_artifact` (``tensorrt``)."""
+    """Format adapter for :func:`edgeclf.export.exporters.export_artifact` (``tensorrt``)."""
     from edgeclf.export.quantize import calibration_tensor
 
     max_batch = int(options.get("max_batch", DEFAULT_MAX_BATCH))

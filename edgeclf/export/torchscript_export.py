@@ -69,7 +69,7 @@ def export(
     options: dict[str, Any],
     fp32_onnx: Path | None,
 ) -> Produced:
-    """Format adapter for :func:`edgeclf.export.formats.export_artifact` (``torchscript``)."""
+    """Format adapter for :func:`edgeclf.export.exporters.export_artifact` (``torchscript``)."""
     name = "model.ts"
     details = export_torchscript(model, spec, work_dir / name, metadata_json, str(options.get("method", "trace")))
     return Produced(file=name, details=details)
