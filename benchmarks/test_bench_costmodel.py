@@ -43,7 +43,7 @@ def test_costmodel_vs_measured(benchmark, request, tmp_path, this_host, backbone
     from edgeclf.models import get_backbone, load_pretrained
     from edgeclf.preprocess import PreprocessSpec
     from edgeclf.select import CostModel, load_calibration, model_counts
-    from edgeclf.select.calibration import _weights_available
+    from edgeclf.bench.calibrate import weights_available as _weights_available
 
     calibration = load_calibration()
     if calibration is None:

@@ -217,7 +217,7 @@ _MAX_MEASURED = 4
 def _measure_candidate(c: Any, out: Path, log: Log) -> list[Any]:
     """Time one candidate here (batch 1) and return it as selection measurements."""
     from edgeclf.select import Measurement, load_calibration
-    from edgeclf.select.calibration import measure_backbones
+    from edgeclf.bench.calibrate import measure_backbones
 
     cal = load_calibration()
     threads = cal.host.threads if cal is not None else max(1, os.cpu_count() or 1)

@@ -31,10 +31,7 @@ LAYERS: list[set[str]] = [
 
 #: Remaining debts: (importer layer, imported layer) for upward edges, or a frozenset of the
 #: modules of a cycle. Each names its way out.
-KNOWN: dict[object, str] = {
-    ("select", "export"): "cost-model calibration (select/calibration.measure_backbones) exports and quantises "
-                          "models; it moves to bench/ as `edgeclf profiles calibrate`",
-}
+KNOWN: dict[object, str] = {}
 
 
 def _layer_of(package: str) -> int:

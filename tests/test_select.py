@@ -40,7 +40,8 @@ from edgeclf.select import (
     select_backbone,
     validate_cost_model,
 )
-from edgeclf.select.calibration import VALIDATION_PATH, WORKER
+from edgeclf.bench.calibrate import WORKER
+from edgeclf.select.calibration import VALIDATION_PATH
 from edgeclf.select.costmodel import CALIBRATION_PATH, FileFactors, HostInfo
 from edgeclf.select.selection import INT8_PENALTY, TOP1_RESOLUTION
 

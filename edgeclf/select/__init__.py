@@ -5,7 +5,7 @@
 * :mod:`~edgeclf.select.costmodel`: latency / memory / file-size estimates from those
   counts and a device's figures, with efficiency factors from ``calibration.json``.
 * :mod:`~edgeclf.select.calibration`: measure this host, fit the factors, validate
-  (``python -m edgeclf.select``).
+  (measured by ``python -m edgeclf.bench.calibrate``).
 * :mod:`~edgeclf.select.selection`: :func:`select_backbone`.
 """
 
@@ -13,7 +13,6 @@ from edgeclf.select.calibration import (
     TARGET_ERROR_PCT,
     ValidationReport,
     ValidationRow,
-    calibrate,
     detect_host,
     fit_calibration,
     fit_latency_factors,
@@ -76,8 +75,7 @@ __all__ = [
     "ValidationReport",
     "ValidationRow",
     "accuracy_penalty",
-    "calibrate",
-    "count_backbone",
+        "count_backbone",
     "count_model",
     "detect_host",
     "estimate_file_mib",

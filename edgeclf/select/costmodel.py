@@ -293,13 +293,13 @@ def _load_calibration(path: str) -> Calibration | None:
         if major != CALIBRATION_SCHEMA.split(".")[0]:
             raise EdgeclfError(
                 f"{file} has schema_version {data.get('schema_version')!r}; this edgeclf reads "
-                f"{CALIBRATION_SCHEMA}. Re-run the calibration (python -m edgeclf.select)"
+                f"{CALIBRATION_SCHEMA}. Re-run the calibration (python -m edgeclf.bench.calibrate)"
             )
         return Calibration.model_validate(data)
     except (ValueError, ValidationError) as exc:
         raise EdgeclfError(
             f"cannot read the cost-model calibration {file}: {exc}. Re-run the calibration "
-            "(python -m edgeclf.select)"
+            "(python -m edgeclf.bench.calibrate)"
         ) from None
 
 

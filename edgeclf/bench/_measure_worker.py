@@ -1,6 +1,6 @@
 """Time one model file with one runtime, batch 1, in a process of its own; print JSON.
 
-Run by :func:`edgeclf.select.calibration.calibrate` as a script (not ``-m``), so that the
+Run by :func:`edgeclf.bench.calibrate.calibrate` as a script (not ``-m``), so that the
 process imports only numpy and the runtime: its resident memory is the runtime's, not
 torch's, and no other work of the parent (threads, allocator state) disturbs the timing.
 
