@@ -81,14 +81,36 @@ def make_tiny_manifest(base: Path) -> Path:
     return m
 
 
+_TINY_MASTER: dict[str, Path] = {}
+
+
 def make_tiny_run(base: Path) -> Path:
-    """A trained tiny run (lite0 at 64 px, one fine-tuning epoch) in ``base / "run"``."""
+    """A trained tiny run (lite0 at 64 px, one fine-tuning epoch) in ``base / "run"``.
+
+    Trained once per test session into a private folder and copied (run, manifest, summary) for
+    every caller: the copies are independent run folders (their own ledger, evaluations,
+    decision policy), the data and the decode cache are shared and never written by the tests.
+    """
+    import shutil
+
     from edgeclf.train import load_config, train
 
-    m = make_tiny_manifest(base)
-    cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(base / "cache"),
-                             "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8, "amp": "off"})
-    train(cfg, base / "run")
+    master = _TINY_MASTER.get("base")
+    if master is None or not (master / "run" / "checkpoints" / "best.pt").is_file():
+        master = Path(base).parent / "tiny-run-master"
+        shutil.rmtree(master, ignore_errors=True)
+        master.mkdir(parents=True)
+        m = make_tiny_manifest(master)
+        cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(master / "cache"),
+                                 "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8,
+                                 "amp": "off"})
+        train(cfg, master / "run")
+        _TINY_MASTER["base"] = master
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(master / "run", base / "run")
+    for name in ("splits.csv", "splits.summary.json"):
+        shutil.copy2(master / name, base / name)
     return base / "run"
 
 
