@@ -370,7 +370,7 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
     test_path = run_dir / "eval" / "test" / "metrics.json"
     if test_path.is_file():  # touched once already (an interrupted build): read, never re-evaluate
         test = json.loads(test_path.read_text(encoding="utf-8"))
-        if (test.get("decision") or {}).get("policy") != policy_doc["policy"] and opts.decision is not None:
+        if (test.get("decision") or {}).get("policy_document") != policy_doc["policy"] and opts.decision is not None:
             log("the test split was evaluated before this decision policy was fitted; its test figures are not "
                 "reported (the test split is touched once; evaluate it again with --allow-test-reuse, marked as reused)")
     else:
@@ -382,7 +382,7 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
     if opts.decision is not None:
         res["decision"] = {"describe": (val.get("decision") or {}).get("describe"),
                            **{s: _decision_summary(m) for s, m in (("val", val), ("test", test))
-                              if (m.get("decision") or {}).get("policy") == policy_doc["policy"]}}
+                              if (m.get("decision") or {}).get("policy_document") == policy_doc["policy"]}}
     return res
 
 
@@ -406,7 +406,7 @@ def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
                      calibration_images=opts.calibration_images, log=log, runtime_gate=c_runtime_rows)
     _replace_dir(tmp, out / "bundle")
     rows = [{k: r.get(k) for k in ("format", "precision", "status", "size_mb", "macro_f1", "delta_macro_f1", "agreement",
-                                   "ms_per_image", "error")} for r in res.rows]
+                                   "ms_per_image", "error", "decision_agreement", "decision_match")} for r in res.rows]
     return {"bundle": "bundle", "artifacts": [f"{a.format}/{a.precision}" for a in res.manifest.artifacts],
             "failed": res.failed, "parity": rows}
 

@@ -173,3 +173,21 @@ def test_a_flipped_bit_in_a_real_checkpoint_stops_evaluate_and_export(policy_bun
     with pytest.raises(EdgeclfError, match="best.pt does not match its recorded SHA-256"):
         export_run(copy, tmp_path / "bundle", formats=["onnx"], precisions=["fp32"], robustness=False)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_the_build_reports_the_policy_on_validation_and_test(policy_bundle: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from edgeclf.build import BuildOptions, _decision_lines, _stage_evaluate
+
+    run, _, _ = policy_bundle
+    out = tmp_path / "out"
+    shutil.copytree(run, out / "run")
+    for f in ("decision.json",):
+        (out / "run" / f).unlink(missing_ok=True)
+    opts = BuildOptions(profile="x86-64-avx2", data_dir=tmp_path, out=out, robustness=False,
+                        decision=make_request(min_recall="c=0.9"))
+    res = _stage_evaluate(opts, out, lambda m: None)
+    dec = res["decision"]
+    assert set(dec) >= {"describe", "val", "test"}, dec
+    assert dec["val"]["recall"]["c"] >= 0.9 and "argmax" in dec["test"]
+    text = "\n".join(_decision_lines(dec))
+    assert "| recall c |" in text and "val policy" in text and "test policy" in text

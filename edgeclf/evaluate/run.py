@@ -207,7 +207,8 @@ class Evaluation:
         if stored is None:
             return None
         policy, doc = stored
-        out = {"describe": policy.describe(), "policy": policy.model_dump(mode="json"),
+        # "policy" and "argmax": the split's figures at each; "policy_document": the policy itself
+        out = {"describe": policy.describe(), "policy_document": policy.model_dump(mode="json"),
                **compare_to_argmax(data.y, data.logits, temp, policy, self.run.classes)}
         d = decide(data.logits, temp, policy)
         plot_pr_curves(data.y, softmax(data.logits, temp), d, self.run.classes, fig_dir / "pr_curves.png",
