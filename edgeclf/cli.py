@@ -536,6 +536,7 @@ def export_cmd(
     calibration_method: Annotated[str, typer.Option(help="ONNX Runtime int8 calibration: minmax, entropy or percentile.")] = "minmax",
     allow_failed: Annotated[bool, typer.Option(help="Exit 0 even if some artifact failed its gate (it is still not shipped).")] = False,
     robustness: Annotated[bool, typer.Option(help="Run the corruption suite on eager vs the best int8 artifact.")] = True,
+    int8_gates: Annotated[str, typer.Option("--int8-gates", help="How int8 gates are decided: 'interval' (for the number of validation images: a 95 % interval where one image could swing the verdict, else the point estimate) or 'point' (the point estimate alone).")] = "interval",
     as_json: JsonOpt = False,
 ) -> None:
     """Export, quantize and hold every artifact to its parity gate; write a self-describing bundle."""
@@ -549,7 +550,8 @@ def export_cmd(
         from edgeclf.runtime.gate import c_runtime_rows
 
         res = export_run(run_dir, out_dir, _csv_list(formats), _csv_list(precision), profile, calibration_images,
-                         calibration_method, allow_failed, robustness, log=log, runtime_gate=c_runtime_rows)
+                         calibration_method, allow_failed, robustness, log=log, runtime_gate=c_runtime_rows,
+                         int8_evidence=int8_gates)
         rows = res.rows
     except ExportFailed as e:
         failure = e

@@ -68,7 +68,13 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
     assert len(sel["candidates"]) > 10 and any(not c["weights_here"] for c in sel["candidates"])
     ledger = (out / "run" / "test_ledger.jsonl").read_text().splitlines()
     assert len(ledger) == 1  # the test split was touched, once
-    assert {"onnx/fp32", "onnx/int8", "openvino/fp32"} <= set(r["export"]["artifacts"])
+    assert {"onnx/fp32", "openvino/fp32"} <= set(r["export"]["artifacts"])
+    # int8 on this build's 6 validation images: shipped only if its gates could be decided; here one image
+    # would swing them, so it must be named "insufficient evidence" with the rule (statistically sound gates)
+    int8 = next(row for row in r["export"]["parity"] if (row["format"], row["precision"]) == ("onnx", "int8"))
+    assert ("onnx/int8" in r["export"]["artifacts"]) == (int8["status"] == "ok")
+    assert int8["status"] == "ok" or (int8["status"] in ("insufficient_evidence", "parity_failed")
+                                      and "insufficient evidence" in (int8["error"] or "") + str(r["export"]["failed"]))
     assert any(row["format"].startswith("c-runtime") for row in r["export"]["parity"])
     assert r["benchmark"]["source"] == "measured" and r["benchmark"]["latency_ms_p95"] > 0
     pkg = out / r["package"]["package"]

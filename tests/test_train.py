@@ -202,6 +202,7 @@ def test_ddp_two_cpu_processes(tiny_manifest: Path, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "run")
 
 
+@pytest.mark.slow  # two full CLI trainings with loader workers: minutes on 2 cores; the in-process resume test stays default
 def test_resume_after_kill_9_with_workers(tiny_manifest: Path, tmp_path: Path) -> None:
     """A real ``kill -9`` of `edgeclf train` (2 loader workers) after its first epoch, then --resume."""
     import signal

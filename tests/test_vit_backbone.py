@@ -267,6 +267,7 @@ def vit_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         allow_failed=True,
         robustness=False,
         runtime_gate=c_runtime_rows,
+        int8_evidence="point",  # 6 validation images: this proves the int8 chain, the interval rule is tested elsewhere
     )
     return {"base": base, "run": base / "run", "bundle": base / "bundle", "rows": result.rows}
 

@@ -38,6 +38,8 @@ INT8_MIN_AGREEMENT = 0.98
 #: (not shipped either, but named for what it is: more validation images would decide it). The
 #: per-class recall guards, which exist to catch a rare class hidden in the average, only turn a
 #: failing point estimate into "insufficient evidence"; a passing one stays passed.
+#: ``int8_evidence="point"`` (``edgeclf export --int8-gates point``) decides every int8 gate by its
+#: point estimate whatever the number of images: the rule before, for a caller who accepts it.
 MIN_BUDGET_IMAGES = 5
 EVIDENCE_LEVEL = 0.95
 
@@ -185,7 +187,7 @@ def int8_gates(r: ParityResult, y: np.ndarray, pred_artifact: np.ndarray, pred_e
 
 
 def compare(fmt: str, precision: str, artifact_logits: np.ndarray, eager_logits: np.ndarray, y: np.ndarray,
-            classes: list[str], temperature: float, seconds: float) -> ParityResult:
+            classes: list[str], temperature: float, seconds: float, int8_evidence: str = "interval") -> ParityResult:
     """Parity figures of one artifact's validation logits against the eager model's."""
     n = len(classes)
     pa, pe = artifact_logits.argmax(1), eager_logits.argmax(1)
@@ -203,7 +205,7 @@ def compare(fmt: str, precision: str, artifact_logits: np.ndarray, eager_logits:
         kl_divergence=kl, ece_calibrated=ece(softmax(artifact_logits, temperature), y),
         ms_per_image=1000.0 * seconds / max(1, len(y)), passed=False,
     )
-    if precision == "int8":
+    if precision == "int8" and int8_evidence == "interval":
         r.status, r.failures, r.rules = int8_gates(r, y, pa, pe, classes)
     else:
         r.failures = check_gates(precision, r)
@@ -214,11 +216,11 @@ def compare(fmt: str, precision: str, artifact_logits: np.ndarray, eager_logits:
 
 
 def run_parity(fmt: str, precision: str, predictor: Any, images: Sequence[np.ndarray], eager_logits: np.ndarray,
-               y: np.ndarray, classes: list[str], temperature: float) -> tuple[ParityResult, np.ndarray]:
+               y: np.ndarray, classes: list[str], temperature: float, int8_evidence: str = "interval") -> tuple[ParityResult, np.ndarray]:
     t0 = time.perf_counter()
     logits = np.asarray(predictor(images), dtype=np.float32)
     seconds = time.perf_counter() - t0
-    return compare(fmt, precision, logits, eager_logits, y, classes, temperature, seconds), logits
+    return compare(fmt, precision, logits, eager_logits, y, classes, temperature, seconds, int8_evidence), logits
 
 
 # ---- the decision policy's gates ----------------------------------------------------------------------------------

@@ -90,7 +90,8 @@ class RuntimeGate(Protocol):
     """
 
     def __call__(self, bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any,
-                 classes: list[str], temperature: float, log: Log, policy: Any = None) -> list[dict[str, Any]]: ...
+                 classes: list[str], temperature: float, log: Log, policy: Any = None,
+                 int8_evidence: str = "interval") -> list[dict[str, Any]]: ...
 
 
 class ExportFailed(EdgeclfError):
@@ -143,12 +144,17 @@ def plan_jobs(formats: list[str] | None, precisions: list[str] | None, profile: 
 def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, precisions: list[str] | None = None,
                profile: str | None = None, calibration_images: int = 128, calibration_method: str = "minmax",
                allow_failed: bool = False, robustness: bool = True, robustness_images: int = 150,
-               log: Log | None = None, runtime_gate: RuntimeGate | None = None) -> ExportResult:
+               log: Log | None = None, runtime_gate: RuntimeGate | None = None,
+               int8_evidence: str = "interval") -> ExportResult:
     """Export ``run_dir``'s shipped checkpoint into a bundle at ``out_dir``, every artifact gated.
 
     ``runtime_gate`` (e.g. ``edgeclf.runtime.gate.c_runtime_rows``) adds the device runtime's own
-    rows to the parity table; without it only the Python engines are gated.
+    rows to the parity table; without it only the Python engines are gated. ``int8_evidence``:
+    ``interval`` (int8 gates decided for the number of validation images, see ``export.parity``)
+    or ``point`` (by the point estimate alone).
     """
+    if int8_evidence not in ("interval", "point"):
+        raise ConfigError(f"int8 gate evidence must be interval or point, got {int8_evidence!r}")
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.run import Evaluation
     from edgeclf.export.exporters import export_artifact
@@ -232,7 +238,8 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                     attempts.append({"options": dict(options), "status": art.status, "error": art.error})
                     break
                 runner = load_runner(work, art, run.spec, run.classes)
-                res, art_logits = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature)
+                res, art_logits = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature,
+                                             int8_evidence)
                 dec = None
                 if policy is not None and not policy.is_argmax:
                     dec = decision_check(policy, art_logits, val.logits, val.y, run.classes, temperature)
@@ -291,7 +298,8 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
         manifest.artifacts = entries
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
-        for row in (runtime_gate(work, entries, val_images, val, run.classes, temperature, log, policy)
+        for row in (runtime_gate(work, entries, val_images, val, run.classes, temperature, log, policy,
+                                 int8_evidence=int8_evidence)
                     if runtime_gate is not None else []):
             rows.append(row)
             if row["status"] in ("parity_failed", "insufficient_evidence"):

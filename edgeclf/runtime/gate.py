@@ -20,7 +20,7 @@ Log = Callable[[str], None]
 
 
 def c_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any, classes: list[str],
-                   temperature: float, log: Log, policy: Any = None) -> list[dict[str, Any]]:
+                   temperature: float, log: Log, policy: Any = None, int8_evidence: str = "interval") -> list[dict[str, Any]]:
     """The shipped C runtime gated like one more artifact: for each artifact it can run, the
     whole C++ path (preprocessing from the manifest + backend) against the eager model.
 
@@ -52,7 +52,8 @@ def c_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.n
             return np.concatenate(out)
 
         with clf:
-            res, c_logits = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature)
+            res, c_logits = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature,
+                                       int8_evidence)
             dec = None
             if policy is not None:
                 dec = cpp_decision_match(clf, images, c_logits, policy, temperature)

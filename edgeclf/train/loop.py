@@ -204,7 +204,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     recorded = _recorded_digests(path)
     if recorded and sha256_bytes(data) not in recorded:
         raise CheckpointError(f"checkpoint {path} does not match its recorded SHA-256 ({checkpoint_digest_path(path).name}): "
-                              "the file is damaged; restore it from a copy or train again")
+                              "the file is corrupt (damaged or altered); restore it from a copy or train again")
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
