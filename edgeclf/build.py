@@ -361,12 +361,13 @@ def _select_at(out: Path, sel: dict[str, Any], resolution: int, backbone: str) -
 
 def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
     from edgeclf.evaluate.decision import DecisionRequest
-    from edgeclf.evaluate.run import Evaluation, evaluate
+    from edgeclf.evaluate.run import Evaluation
 
     run_dir = out / "run"
+    ev = Evaluation(run_dir, log)  # one model load for the policy fit, validation and test
     # the decision policy is fitted on validation before the test split is touched (argmax when none is asked)
-    policy_doc = Evaluation(run_dir, log).fit_decision(opts.decision or DecisionRequest())
-    val = evaluate(run_dir, "val", robustness=opts.robustness, explain=False, log=log)
+    policy_doc = ev.fit_decision(opts.decision or DecisionRequest())
+    val = ev.evaluate("val", robustness=opts.robustness, explain=False)
     test_path = run_dir / "eval" / "test" / "metrics.json"
     if test_path.is_file():  # touched once already (an interrupted build): read, never re-evaluate
         test = json.loads(test_path.read_text(encoding="utf-8"))
@@ -374,7 +375,7 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
             log("the test split was evaluated before this decision policy was fitted; its test figures are not "
                 "reported (the test split is touched once; evaluate it again with --allow-test-reuse, marked as reused)")
     else:
-        test = evaluate(run_dir, "test", robustness=False, explain=False, log=log)
+        test = ev.evaluate("test", robustness=False, explain=False)
     pick = ("accuracy", "balanced_accuracy", "macro_f1")
     res = {"val": {k: val.get(k) for k in pick}, "test": {k: test.get(k) for k in pick},
            "val_ci": val.get("ci"), "test_ci": test.get("ci"),

@@ -62,6 +62,17 @@ class Prediction:
         return out
 
 
+def refuse_unusable(image: object) -> None:
+    """The input checks both Python faces share: bytes are not decoded implicitly, and an array shaped
+    like a channels-first tensor ((1|3, H, W) with H larger) is not read as a tiny HxWxC image."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raise DataError("image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), "
+                        "or pass a file path")
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[0] < image.shape[1]:
+        raise DataError(f"image array of shape {image.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
+                        "np.transpose(a, (1, 2, 0))")
+
+
 def to_rgb_array(image: ImageLike) -> np.ndarray:
     """Any accepted image to HxWx3 uint8 RGB, with explicit conversions and clear errors."""
     from edgeclf.data._image import ImageDecodeError, load_rgb, to_rgb
@@ -82,10 +93,7 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
                 raise DataError("image array contains NaN or infinity")
             raise DataError(f"image arrays must be uint8 (0..255), got {a.dtype}; convert explicitly, e.g. "
                             "(x * 255).round().clip(0, 255).astype(np.uint8)")
-        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[0] < a.shape[1]:
-            # (3, H, W) or (3, H, 4): a channels-first tensor, not an image a few pixels high
-            raise DataError(f"image array of shape {a.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
-                            "np.transpose(a, (1, 2, 0))")
+        refuse_unusable(a)
         if a.ndim == 2:  # grayscale
             return np.repeat(a[:, :, None], 3, axis=2)
         if a.ndim == 3 and a.shape[2] == 1:
@@ -95,9 +103,7 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
         if a.ndim == 3 and a.shape[2] == 3:
             return a
         raise DataError(f"image arrays must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA); got shape {a.shape}")
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        raise DataError("image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), "
-                        "or pass a file path")
+    refuse_unusable(image)
     raise DataError(f"cannot use {type(image).__name__} as an image; pass a path, a PIL image or a uint8 array")
 
 

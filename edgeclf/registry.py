@@ -311,14 +311,12 @@ def validate_bundle(bundle_dir: Path) -> BundleManifest:
     from edgeclf.errors import EdgeclfError
     from edgeclf.inference import BundleClassifier
 
-    manifest = read_bundle(bundle_dir, verify=True)
     try:
-        BundleClassifier(bundle_dir)
+        return BundleClassifier(bundle_dir).manifest  # read_bundle(verify=True), then the artifact opened
     except BundleError:
         raise
     except EdgeclfError as e:
         raise BundleError(f"bundle {bundle_dir} does not load: {e}") from None
-    return manifest
 
 
 def _make_entry(bundle_dir: Path, version: str, manifest: BundleManifest, digest: str) -> RegistryEntry:

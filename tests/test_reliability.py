@@ -129,9 +129,8 @@ def test_the_c_runtime_face_refuses_the_same_images(tmp_path: Path, bad: object,
         clf.classify(bad)  # type: ignore[arg-type]
 
 
-def test_predict_keeps_only_resized_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_keeps_only_resized_copies(tmp_path: Path) -> None:
     """Each input is decoded and resized before the next is decoded (large inputs are not all held)."""
-    import edgeclf.inference as inf
     from edgeclf.inference import BundleClassifier
 
     b = make_synthetic_bundle(tmp_path / "b", crop=32, resize=40)
@@ -146,7 +145,6 @@ def test_predict_keeps_only_resized_copies(tmp_path: Path, monkeypatch: pytest.M
     got = clf.classify(big, top_k=3)
     assert all(max(s[:2]) <= 60 for s in seen), seen  # the runner only ever saw the small copies
     assert np.allclose([g.probabilities for g in got], full, atol=1e-6)  # and gives what full-size inputs give
-    del inf
 
 
 # ---- checkpoints are data too ------------------------------------------------------------------

@@ -94,13 +94,18 @@ def test_c_api_under_sanitizers(asan_build: Path, tmp_path: Path, bands: str) ->
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr
 
 
+def _every_rule_policy() -> object:
+    """A decision policy that exercises every rule of the decision path (biases, costs, energy reject)."""
+    from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
+
+    return DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
+                          reject=RejectRule(score="energy", threshold=0.8))
+
+
 @pytest.mark.slow
 def test_fuzz_bounded(asan_build: Path, tmp_path: Path) -> None:
     """The fuzz target (libFuzzer under clang, a random driver otherwise) for 60 s under ASan/UBSan."""
-    from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
-
-    policy = DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
-                            reject=RejectRule(score="energy", threshold=0.8))  # every rule of the decision path
+    policy = _every_rule_policy()
     bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear", decision=policy)
     exe = asan_build / "edgeclf_fuzz"
     env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SECONDS="60")
@@ -285,12 +290,9 @@ def test_fuzz_a_million_executions(asan_build: Path, tmp_path: Path) -> None:
     shared manifest cases (run with -m slow; the figures go into the issue notes)."""
     if "clang" in _run(["cmake", "-L", "-N", str(asan_build)]).stdout.lower():
         pytest.skip("libFuzzer build: run edgeclf_fuzz with -runs=1000000 and the seeds folder as its corpus")
-    from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
-
     seeds = tmp_path / "seeds"
     assert write_fuzz_seeds(seeds) >= 40
-    policy = DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
-                            reject=RejectRule(score="energy", threshold=0.8))
+    policy = _every_rule_policy()
     bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear", decision=policy)
     workers = max(1, os.cpu_count() or 1)  # one process per core, each with its own random seed
     runs = -(-1_000_000 // workers)

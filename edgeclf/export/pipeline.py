@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import os
 import platform
 import socket
@@ -46,13 +47,11 @@ STALE_AFTER_S = 24 * 3600
 
 
 def clean_stale_work(out_dir: Path, log: Log | None = None) -> list[Path]:
-    """Remove what interrupted exports to ``out_dir`` left beside it (``.<name>.XXXX`` folders).
+    """Remove what interrupted exports to ``out_dir`` left beside it (``.<name>.<random>`` folders).
 
     Only folders carrying our marker are touched, and only stale ones: their process is gone
     (same host) or they are older than STALE_AFTER_S (another host sharing the disk).
     """
-    import json
-
     removed = []
     for d in Path(out_dir).parent.glob(f".{Path(out_dir).name}.*"):
         marker = d / WORK_MARKER
@@ -324,8 +323,6 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
 
 
 def ev_metrics(run_dir: Path) -> dict[str, Any]:
-    import json
-
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     keep = {"baselines": m.get("baselines"), "finetuned": {k: v for k, v in (m.get("finetuned") or {}).items()
                                                            if k in ("epoch", "accuracy", "macro_f1", "n", "candidate")},

@@ -94,13 +94,11 @@ def _as_array(image: ImageInput) -> np.ndarray:
             raise DataError("empty image array")
         if image.dtype != np.uint8:
             raise DataError(f"image arrays must be uint8, got {image.dtype}")
-        if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[0] < image.shape[1]:
-            raise DataError(f"image array of shape {image.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
-                            "np.transpose(a, (1, 2, 0))")
+    from edgeclf.inference import refuse_unusable
+
+    refuse_unusable(image)
+    if isinstance(image, np.ndarray):
         return image
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        raise DataError("image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), "
-                        "or pass a file path")
     raise DataError(f"cannot use {type(image).__name__} as an image; pass a path, a PIL image or a uint8 array")
 
 
