@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Each bootstraps .venv idempotently first.
-.PHONY: demo test bootstrap
+.PHONY: demo test lint bootstrap
 
 PYTEST_ARGS ?=
 
@@ -10,5 +10,10 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0
 
-test: bootstrap
+# Lint and format check first (seconds), then the default test suite.
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+test: lint
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -49,17 +49,27 @@ def shared(name: str) -> Path:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("edgeclf latency", "edgeclf latency benchmarks")
     group.addoption("--bundle", default=None, help="bundle directory to benchmark (from `edgeclf export`)")
-    group.addoption("--profile", default=None,
-                    help="hardware profile (name or YAML path): recorded with the results; rows get a budget verdict")
-    group.addoption("--budget-check", action="store_true", default=False,
-                    help="fail the run when a measured batch-1 p95 exceeds the --profile budget "
-                         "(only meaningful on the target device)")
+    group.addoption(
+        "--profile",
+        default=None,
+        help="hardware profile (name or YAML path): recorded with the results; rows get a budget verdict",
+    )
+    group.addoption(
+        "--budget-check",
+        action="store_true",
+        default=False,
+        help="fail the run when a measured batch-1 p95 exceeds the --profile budget (only meaningful on the target device)",
+    )
     group.addoption("--bench-runtime", default=None, help="comma list of runtimes to measure (default: all here)")
     group.addoption("--bench-batch", default="1,8", help="comma list of batch sizes (default 1,8)")
     group.addoption("--bench-rounds", type=int, default=ROUNDS, help=f"timed rounds per row (default {ROUNDS})")
     group.addoption("--bench-warmup", type=int, default=WARMUP, help=f"untimed calls before them (default {WARMUP})")
-    group.addoption("--bench-threads", type=int, default=None,
-                    help="intra-op threads (default: the profile's compute.threads, else the runtime's)")
+    group.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="intra-op threads (default: the profile's compute.threads, else the runtime's)",
+    )
 
 
 @dataclass
@@ -149,8 +159,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
             suite.manifest = read_bundle(suite.bundle_dir, verify=True)
             runtimes = config.getoption("--bench-runtime", None)
-            todo, _ = plan(suite.bundle_dir, suite.manifest, runtimes.split(",") if runtimes else None,
-                           threads=suite.threads)
+            todo, _ = plan(suite.bundle_dir, suite.manifest, runtimes.split(",") if runtimes else None, threads=suite.threads)
             cases = [(m, b) for m in todo for b in suite.batches]
     except EdgeclfError as e:
         raise _usage(str(e)) from None
@@ -218,16 +227,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for r in suite.results:
         if r.budget is None or r.budget.verdict == "not_checked":
             continue
-        tr.write_line(f"{r.budget.verdict.upper():5} {r.label}: {r.budget.reason}",
-                      red=r.budget.verdict == "over", green=r.budget.verdict == "fits")
+        tr.write_line(
+            f"{r.budget.verdict.upper():5} {r.label}: {r.budget.reason}",
+            red=r.budget.verdict == "over",
+            green=r.budget.verdict == "fits",
+        )
     for note in prof.notes(suite.env, suite.threads):
         tr.write_line(f"note: {note}", yellow=True)
     if config.getoption("--budget-check", False):
         checked = _checked(suite)
         over = [r for r in checked if r.budget.verdict == "over"]
         if not checked:
-            tr.write_line(f"BUDGET CHECK FAILED: no batch-1 row of a runtime/precision that {prof.name} lists "
-                          "was measured; nothing was checked", red=True, bold=True)
+            tr.write_line(
+                f"BUDGET CHECK FAILED: no batch-1 row of a runtime/precision that {prof.name} lists "
+                "was measured; nothing was checked",
+                red=True,
+                bold=True,
+            )
         elif over:
             tr.write_line(f"BUDGET CHECK FAILED: {len(over)} of {len(checked)} rows over budget", red=True, bold=True)
         else:

@@ -39,11 +39,11 @@ def test_costmodel_vs_measured(benchmark, request, tmp_path, this_host, backbone
     import onnxruntime as ort
     import timm
 
+    from edgeclf.bench.calibrate import weights_available as _weights_available
     from edgeclf.export.onnx_export import export_onnx_fp32
     from edgeclf.models import get_backbone, load_pretrained
     from edgeclf.preprocess import PreprocessSpec
     from edgeclf.select import CostModel, load_calibration, model_counts
-    from edgeclf.bench.calibrate import weights_available as _weights_available
 
     calibration = load_calibration()
     if calibration is None:
@@ -83,12 +83,26 @@ def test_costmodel_vs_measured(benchmark, request, tmp_path, this_host, backbone
     error_here = 100 * (here.p50_ms / p50 - 1)
     benchmark.extra_info.update(versions())
     benchmark.extra_info.update(
-        backbone=backbone, resolution=size, weights=weights, runtime="onnxruntime", precision="fp32", batch=1,
-        threads=calibration.host.threads, p50_ms=round(p50, 3), p90_ms=round(p90, 3), p99_ms=round(p99, 3),
-        estimated_p50_ms=round(estimate.p50_ms, 3), estimate_error_pct=round(error, 1),
-        estimated_p50_ms_this_host=round(here.p50_ms, 3), estimate_error_pct_this_host=round(error_here, 1),
-        this_host_gemm_gflops=this_host.gemm_gflops, calibration_gemm_gflops=calibration.host.gemm_gflops,
-        calibrated=calibration.created, profile=request.config.getoption("--profile") or calibration.host.matched_profile,
+        backbone=backbone,
+        resolution=size,
+        weights=weights,
+        runtime="onnxruntime",
+        precision="fp32",
+        batch=1,
+        threads=calibration.host.threads,
+        p50_ms=round(p50, 3),
+        p90_ms=round(p90, 3),
+        p99_ms=round(p99, 3),
+        estimated_p50_ms=round(estimate.p50_ms, 3),
+        estimate_error_pct=round(error, 1),
+        estimated_p50_ms_this_host=round(here.p50_ms, 3),
+        estimate_error_pct_this_host=round(error_here, 1),
+        this_host_gemm_gflops=this_host.gemm_gflops,
+        calibration_gemm_gflops=calibration.host.gemm_gflops,
+        calibrated=calibration.created,
+        profile=request.config.getoption("--profile") or calibration.host.matched_profile,
     )
-    print(f"\n{backbone} {size} px: measured p50 {p50:.2f} ms, estimated {estimate.p50_ms:.2f} ms ({error:+.1f} %) "
-          f"with the calibration host's figures, {here.p50_ms:.2f} ms ({error_here:+.1f} %) with this host's")
+    print(
+        f"\n{backbone} {size} px: measured p50 {p50:.2f} ms, estimated {estimate.p50_ms:.2f} ms ({error:+.1f} %) "
+        f"with the calibration host's figures, {here.p50_ms:.2f} ms ({error_here:+.1f} %) with this host's"
+    )

@@ -39,8 +39,9 @@ def test_latency(benchmark, request, latency_suite, latency_case) -> None:
     benchmark.pedantic(once, rounds=suite.rounds, warmup_rounds=0, iterations=1)
     result = m.result(x, seconds, suite.warmup, suite.profile)
     suite.results.append(result)
-    info = result.extra_info(suite.env, suite.profile.name if suite.profile else request.config.getoption("--profile"),
-                             suite.manifest.name)
+    info = result.extra_info(
+        suite.env, suite.profile.name if suite.profile else request.config.getoption("--profile"), suite.manifest.name
+    )
     size_mb = (suite.bundle_dir / m.artifact.file).stat().st_size + sum(e.size_bytes for e in m.artifact.extra_files)
     info["size_mb"] = round(size_mb / 1e6, 2)
     fp32 = suite.p50.get((result.runtime, result.format, "fp32", batch))
@@ -49,10 +50,18 @@ def test_latency(benchmark, request, latency_suite, latency_case) -> None:
     suite.p50[(result.runtime, result.format, result.precision, batch)] = result.latency.p50_ms
     benchmark.extra_info.update(info)
     lat = result.latency
-    print(f"\n{result.label}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f}, p95 {lat.p95_ms:.2f}, p99 {lat.p99_ms:.2f}, "
-          f"{result.images_per_s:.1f} img/s, peak RSS {result.peak_rss_mb:.0f} MB, {info['size_mb']:.2f} MB"
-          + (f", {result.precision}/fp32 p50 {info[f'{result.precision}_over_fp32_p50']:.3f}"
-             if f"{result.precision}_over_fp32_p50" in info else ""))
+    print(
+        f"\n{result.label}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f}, p95 {lat.p95_ms:.2f}, p99 {lat.p99_ms:.2f}, "
+        f"{result.images_per_s:.1f} img/s, peak RSS {result.peak_rss_mb:.0f} MB, {info['size_mb']:.2f} MB"
+        + (
+            f", {result.precision}/fp32 p50 {info[f'{result.precision}_over_fp32_p50']:.3f}"
+            if f"{result.precision}_over_fp32_p50" in info
+            else ""
+        )
+    )
     if request.config.getoption("--budget-check") and result.budget is not None and result.budget.verdict == "over":
-        pytest.fail(f"over the {result.budget.profile} latency budget: {result.label} {result.budget.reason} "
-                    "(a verdict about this machine; it holds for the device only when run there)", pytrace=False)
+        pytest.fail(
+            f"over the {result.budget.profile} latency budget: {result.label} {result.budget.reason} "
+            "(a verdict about this machine; it holds for the device only when run there)",
+            pytrace=False,
+        )

@@ -43,8 +43,17 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(manifest: Path, out: Path, cache: str, **over: object) -> dict:
-    cfg = load_config(None, {"data.manifest": manifest, "data.cache_dir": cache, "finetune.epochs": EPOCHS,
-                             "finetune.early_stopping_patience": EPOCHS, "seed": 0, **over})
+    cfg = load_config(
+        None,
+        {
+            "data.manifest": manifest,
+            "data.cache_dir": cache,
+            "finetune.epochs": EPOCHS,
+            "finetune.early_stopping_patience": EPOCHS,
+            "seed": 0,
+            **over,
+        },
+    )
     t0 = time.perf_counter()
     m = train(cfg, out).metrics
     wall = time.perf_counter() - t0
@@ -53,10 +62,15 @@ def _run(manifest: Path, out: Path, cache: str, **over: object) -> dict:
     epoch_s = [h["seconds"] for h in hist]
     # time to best: everything before fine-tuning (features or trunk cache, probe) + epochs up to the best
     before = wall - sum(epoch_s)
-    return {"wall_s": round(wall, 1), "before_finetune_s": round(before, 1),
-            "images_per_s": [h["images_per_second"] for h in hist],
-            "best_val_macro_f1": hist[best]["val_macro_f1"], "time_to_best_s": round(before + sum(epoch_s[: best + 1]), 1),
-            "shipped": m["selection"]["selected"], "shipped_val_macro_f1": m["finetuned"]["macro_f1"]}
+    return {
+        "wall_s": round(wall, 1),
+        "before_finetune_s": round(before, 1),
+        "images_per_s": [h["images_per_second"] for h in hist],
+        "best_val_macro_f1": hist[best]["val_macro_f1"],
+        "time_to_best_s": round(before + sum(epoch_s[: best + 1]), 1),
+        "shipped": m["selection"]["selected"],
+        "shipped_val_macro_f1": m["finetuned"]["macro_f1"],
+    }
 
 
 @pytest.mark.heavy
@@ -64,20 +78,26 @@ def test_time_to_quality(benchmark, manifest: Path) -> None:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")
         # decode cache warm for both (no fine-tuning, no views: only the decode and the probe)
-        train(load_config(None, {"data.manifest": manifest, "data.cache_dir": cache, "finetune.epochs": 0,
-                                 "finetune.cache_views": 0}), Path(tmp) / "warm")
+        train(
+            load_config(
+                None, {"data.manifest": manifest, "data.cache_dir": cache, "finetune.epochs": 0, "finetune.cache_views": 0}
+            ),
+            Path(tmp) / "warm",
+        )
         results = {}
 
         def both() -> None:
-            results["whole_network"] = _run(manifest, Path(tmp) / f"full-{len(results)}", cache,
-                                            **{"finetune.unfreeze": "all"})
+            results["whole_network"] = _run(manifest, Path(tmp) / f"full-{len(results)}", cache, **{"finetune.unfreeze": "all"})
             results["cached_partial"] = _run(manifest, Path(tmp) / f"part-{len(results)}", cache)
 
         benchmark.pedantic(both, rounds=1, iterations=1)
     full, part = results["whole_network"], results["cached_partial"]
-    ratio = {"wall": round(full["wall_s"] / part["wall_s"], 2),
-             "time_to_best": round(full["time_to_best_s"] / part["time_to_best_s"], 2)}
-    benchmark.extra_info.update({"whole_network": full, "cached_partial": part, "speedup": ratio,
-                                 "train_images": N_TRAIN, "epochs": EPOCHS, **versions()})
+    ratio = {
+        "wall": round(full["wall_s"] / part["wall_s"], 2),
+        "time_to_best": round(full["time_to_best_s"] / part["time_to_best_s"], 2),
+    }
+    benchmark.extra_info.update(
+        {"whole_network": full, "cached_partial": part, "speedup": ratio, "train_images": N_TRAIN, "epochs": EPOCHS, **versions()}
+    )
     print(json.dumps(benchmark.extra_info, indent=1))
     assert part["best_val_macro_f1"] > 0 and full["best_val_macro_f1"] > 0

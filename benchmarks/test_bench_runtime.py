@@ -47,8 +47,16 @@ def _median(benchmark: Any) -> float | None:
 
 
 def _info(benchmark: Any, clf: Any, kind: str, precision: str) -> None:
-    benchmark.extra_info.update(runtime=f"edgeclf-c/{clf.backend}", precision=clf.precision, requested=precision,
-                                artifact=clf.artifact, kind=kind, frame="640x480 RGB8", batch=1, **versions())
+    benchmark.extra_info.update(
+        runtime=f"edgeclf-c/{clf.backend}",
+        precision=clf.precision,
+        requested=precision,
+        artifact=clf.artifact,
+        kind=kind,
+        frame="640x480 RGB8",
+        batch=1,
+        **versions(),
+    )
 
 
 @pytest.fixture(scope="module", params=PRECISIONS)
@@ -88,8 +96,14 @@ def test_python_reference(benchmark: Any, bundle_dir: Path) -> None:
             torch.softmax(model(x[None]), 1).topk(k)
 
     _pedantic(benchmark, once, rounds=30)
-    benchmark.extra_info.update(runtime="python-reference (PIL + eager timm)", precision="fp32", kind="reference",
-                                frame="640x480 RGB8", batch=1, **versions())
+    benchmark.extra_info.update(
+        runtime="python-reference (PIL + eager timm)",
+        precision="fp32",
+        kind="reference",
+        frame="640x480 RGB8",
+        batch=1,
+        **versions(),
+    )
     _medians[("reference", "")] = _median(benchmark)
 
 

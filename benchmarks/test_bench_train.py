@@ -69,8 +69,9 @@ def edgeclf_epoch(root, rows, cache_dir, epoch):
     ds = ManifestDataset(rows, root, classes, spec, DecodeCache(cache_dir, spec), cfg.augment, 0)
     sampler = EpochSampler(ds.targets, 0)
     sampler.set_epoch(epoch)
-    loader = torch.utils.data.DataLoader(ds, BATCH, sampler=sampler, num_workers=2, prefetch_factor=4,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        ds, BATCH, sampler=sampler, num_workers=2, prefetch_factor=4, generator=torch.Generator().manual_seed(0)
+    )
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     model.train()
     amp = _amp()
@@ -87,9 +88,17 @@ def plain_timm_epoch(root, rows):
 
     model = _model()
     cfg = model.pretrained_cfg
-    tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(224, scale=(0.35, 1.0), antialias=False),
-                     v2.RandomHorizontalFlip(), v2.RandomRotation(10), v2.ColorJitter(0.2, 0.2, 0.2),
-                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg["mean"], cfg["std"])])
+    tf = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(224, scale=(0.35, 1.0), antialias=False),
+            v2.RandomHorizontalFlip(),
+            v2.RandomRotation(10),
+            v2.ColorJitter(0.2, 0.2, 0.2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(cfg["mean"], cfg["std"]),
+        ]
+    )
     classes = sorted({r.label for r in rows})
 
     class DS(torch.utils.data.Dataset):
@@ -124,11 +133,18 @@ def test_train_throughput_vs_plain_timm(benchmark, subset) -> None:
         benchmark.pedantic(one_round, rounds=3, warmup_rounds=0)
     ratio = (N_IMAGES / statistics.median(ours)) / (N_IMAGES / statistics.median(plain))
     benchmark.extra_info.update(versions())
-    benchmark.extra_info.update(images=N_IMAGES, batch=BATCH, amp=_amp(),
-                                edgeclf_img_s=round(N_IMAGES / statistics.median(ours), 2),
-                                plain_timm_img_s=round(N_IMAGES / statistics.median(plain), 2),
-                                throughput_ratio=round(ratio, 3))
-    print(f"\nedgeclf {N_IMAGES / statistics.median(ours):.1f} img/s, plain timm {N_IMAGES / statistics.median(plain):.1f} img/s, ratio {ratio:.3f}")
+    benchmark.extra_info.update(
+        images=N_IMAGES,
+        batch=BATCH,
+        amp=_amp(),
+        edgeclf_img_s=round(N_IMAGES / statistics.median(ours), 2),
+        plain_timm_img_s=round(N_IMAGES / statistics.median(plain), 2),
+        throughput_ratio=round(ratio, 3),
+    )
+    print(
+        f"\nedgeclf {N_IMAGES / statistics.median(ours):.1f} img/s, "
+        f"plain timm {N_IMAGES / statistics.median(plain):.1f} img/s, ratio {ratio:.3f}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +164,9 @@ def test_decode_cache_epoch_time(benchmark, request, data) -> None:
     root, rows = request.getfixturevalue("subset" if data.startswith("trashnet") else "elpv_subset")
     from edgeclf.preprocess import PreprocessSpec
 
-    spec = PreprocessSpec.from_timm_config({"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
-                                            "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    spec = PreprocessSpec.from_timm_config(
+        {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    )
     classes = sorted({r.label for r in rows})
     firsts, seconds = [], []
 
@@ -166,6 +183,10 @@ def test_decode_cache_epoch_time(benchmark, request, data) -> None:
 
     benchmark.pedantic(one_round, rounds=3, warmup_rounds=0)
     ratio = statistics.median(seconds) / statistics.median(firsts)
-    benchmark.extra_info.update(data=data, first_epoch_s=round(statistics.median(firsts), 3),
-                                second_epoch_s=round(statistics.median(seconds), 3), second_over_first=round(ratio, 3))
+    benchmark.extra_info.update(
+        data=data,
+        first_epoch_s=round(statistics.median(firsts), 3),
+        second_epoch_s=round(statistics.median(seconds), 3),
+        second_over_first=round(ratio, 3),
+    )
     print(f"\n{data}: first epoch {statistics.median(firsts):.2f}s, second {statistics.median(seconds):.2f}s, ratio {ratio:.2f}")

@@ -36,8 +36,16 @@ def matching_session(module: nn.Module, example: torch.Tensor, rtol: float, n_ou
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example[:1].contiguous(),), buf, input_names=["x"], output_names=names,
-                              dynamic_axes={k: {0: "n"} for k in ["x", *names]}, dynamo=False, opset_version=17)
+            torch.onnx.export(
+                module,
+                (example[:1].contiguous(),),
+                buf,
+                input_names=["x"],
+                output_names=names,
+                dynamic_axes={k: {0: "n"} for k in ["x", *names]},
+                dynamo=False,
+                opset_version=17,
+            )
         so = ort.SessionOptions()
         so.intra_op_num_threads = torch.get_num_threads()
         so.log_severity_level = 3
@@ -46,7 +54,7 @@ def matching_session(module: nn.Module, example: torch.Tensor, rtol: float, n_ou
             ref = module(example.contiguous(memory_format=torch.channels_last))
         refs = [r.float().numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
         got = sess.run(None, {"x": example.contiguous().numpy()})
-        diff = max(float(np.abs(g - r).max()) / max(1.0, float(np.abs(r).max())) for g, r in zip(got, refs))
+        diff = max(float(np.abs(g - r).max()) / max(1.0, float(np.abs(r).max())) for g, r in zip(got, refs, strict=False))
         return Match(sess if diff <= rtol else None, diff, None)
     except Exception as e:  # noqa: BLE001 - any export/runtime failure: eager is always right
         return Match(None, None, f"{type(e).__name__}: {str(e)[:120]}")

@@ -49,8 +49,14 @@ def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int],
     if not enabled or not err.is_terminal:
         yield lambda done, total: None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as prog:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as prog:
         task = prog.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -76,16 +82,22 @@ def _render_audit(report: Any, out_dir: Path | None) -> None:
     out.print(f"modes: {report.modes}   formats: {report.formats}")
     if report.sizes:
         s = report.sizes
-        out.print(f"sizes: width {s.width_min}..{s.width_max} (median {s.width_median:g}), "
-                  f"height {s.height_min}..{s.height_max} (median {s.height_median:g}), "
-                  f"{s.distinct_sizes} distinct, most common {s.most_common_size}")
+        out.print(
+            f"sizes: width {s.width_min}..{s.width_max} (median {s.width_median:g}), "
+            f"height {s.height_min}..{s.height_max} (median {s.height_median:g}), "
+            f"{s.distinct_sizes} distinct, most common {s.most_common_size}"
+        )
     n_exact = sum(len(e.paths) - 1 for e in report.exact_duplicates)
-    out.print(f"exact duplicates: {len(report.exact_duplicates)} sets ({n_exact} redundant files); "
-              f"near-duplicate pairs (pHash <= {report.near_duplicate_max_bits} bits): {len(report.near_duplicates)}; "
-              f"label conflicts: [bold]{report.label_conflicts}[/]")
-    for title, items, style in (("unreadable (skipped)", report.unreadable, "red"),
-                                ("warnings", report.warnings, "yellow"),
-                                ("ignored", report.ignored, "dim")):
+    out.print(
+        f"exact duplicates: {len(report.exact_duplicates)} sets ({n_exact} redundant files); "
+        f"near-duplicate pairs (pHash <= {report.near_duplicate_max_bits} bits): {len(report.near_duplicates)}; "
+        f"label conflicts: [bold]{report.label_conflicts}[/]"
+    )
+    for title, items, style in (
+        ("unreadable (skipped)", report.unreadable, "red"),
+        ("warnings", report.warnings, "yellow"),
+        ("ignored", report.ignored, "dim"),
+    ):
         if items:
             out.print(f"[{style}]{title}: {len(items)}[/]")
             for p in items[:20]:
@@ -105,7 +117,9 @@ from edgeclf.data.split import run_split  # noqa: E402  (the library function th
 def data_audit(
     data_dir: Annotated[Path, typer.Argument(help="ImageFolder tree: one sub-folder per class.")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write audit.json and samples/<class>.png here.")] = None,
-    near_dup_bits: Annotated[int | None, typer.Option(help="Max pHash Hamming distance (of 64 bits) for near-duplicates.")] = None,
+    near_dup_bits: Annotated[
+        int | None, typer.Option(help="Max pHash Hamming distance (of 64 bits) for near-duplicates.")
+    ] = None,
     grid: Annotated[int, typer.Option(help="Images per class in each sample grid.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed for choosing sample-grid images.")] = 0,
     as_json: JsonOpt = False,
@@ -134,8 +148,10 @@ def _render_split(summary: dict[str, Any]) -> None:
     out.print(t)
     for cls, why in summary["dropped_classes"].items():
         out.print(f"[yellow]dropped {cls}[/]: {why}")
-    out.print(f"near-duplicate pairs across splits: [bold green]{summary['cross_split_duplicate_pairs']}[/] "
-              f"(a naive random split would have leaked {summary['naive_random_split_duplicate_pairs']})")
+    out.print(
+        f"near-duplicate pairs across splits: [bold green]{summary['cross_split_duplicate_pairs']}[/] "
+        f"(a naive random split would have leaked {summary['naive_random_split_duplicate_pairs']})"
+    )
     out.print(f"data set fingerprint: [bold]{summary['fingerprint']}[/]")
 
 
@@ -146,8 +162,12 @@ def data_split(
     val: Annotated[float, typer.Option(help="Fraction of each class for validation.")] = 0.15,
     test: Annotated[float, typer.Option(help="Fraction of each class for the test set.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of the group order; same seed, same manifest.")] = 0,
-    drop_small_classes: Annotated[bool, typer.Option(help="Leave out classes too small for every split instead of failing.")] = False,
-    near_dup_bits: Annotated[int | None, typer.Option(help="Max pHash Hamming distance (of 64 bits) for near-duplicates.")] = None,
+    drop_small_classes: Annotated[
+        bool, typer.Option(help="Leave out classes too small for every split instead of failing.")
+    ] = False,
+    near_dup_bits: Annotated[
+        int | None, typer.Option(help="Max pHash Hamming distance (of 64 bits) for near-duplicates.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stratified, duplicate-grouped train/val/test split; writes the manifest and its fingerprint."""
@@ -232,9 +252,15 @@ def backbones(as_json: JsonOpt = False) -> None:
     for col in ("name", "weights", "input", "interp", "params (M)", "GFLOPs", "ImageNet top-1"):
         t.add_column(col, justify="right" if col[0] in "pGI" else "left")
     for i in infos:
-        t.add_row(i.name + (" [bold](default)[/]" if i.default else ""), i.weight_package or "hub / --weights",
-                  f"{i.input_size}", i.interpolation, f"{i.params_m:.2f}", f"{i.gflops:.2f}",
-                  f"{i.imagenet_top1:.1f}" if i.imagenet_top1 else "?")
+        t.add_row(
+            i.name + (" [bold](default)[/]" if i.default else ""),
+            i.weight_package or "hub / --weights",
+            f"{i.input_size}",
+            i.interpolation,
+            f"{i.params_m:.2f}",
+            f"{i.gflops:.2f}",
+            f"{i.imagenet_top1:.1f}" if i.imagenet_top1 else "?",
+        )
     out.print(t)
 
 
@@ -242,7 +268,9 @@ def backbones(as_json: JsonOpt = False) -> None:
 def train_cmd(
     run_dir: Annotated[Path, typer.Option("--out", help="Run directory to create (or continue with --resume).")],
     manifest: Annotated[Path | None, typer.Option("--manifest", help="Split manifest from `edgeclf data split`.")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="ImageFolder tree: audit + split it into RUN_DIR/splits.csv first.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="ImageFolder tree: audit + split it into RUN_DIR/splits.csv first.")
+    ] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder the manifest paths are relative to.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone name (see `edgeclf backbones`).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Pretrained weights file (.pth/.safetensors) for the backbone.")] = None,
@@ -253,8 +281,16 @@ def train_cmd(
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML recipe; flags override it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in RUN_DIR.")] = False,
-    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Search the recipe for this long (15m, 1h, 900s); trials chosen on validation macro-F1.")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma list of seeds: one run each, the spread reported, the best on validation shipped.")] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--time-budget", help="Search the recipe for this long (15m, 1h, 900s); trials chosen on validation macro-F1."
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", help="Comma list of seeds: one run each, the spread reported, the best on validation shipped."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Candidates on validation (majority class, linear probe, fine-tuning); the best one is shipped."""
@@ -268,9 +304,19 @@ def train_cmd(
     if time_budget:
         parse_duration(time_budget)
     # every flag is checked before anything is written into the run folder
-    load_config(config, {"data.root": data_root, "data.workers": workers, "model.backbone": backbone,
-                         "model.weights": weights, "model.image_size": image_size, "finetune.epochs": epochs,
-                         "batch_size": batch_size, "seed": seed})
+    load_config(
+        config,
+        {
+            "data.root": data_root,
+            "data.workers": workers,
+            "model.backbone": backbone,
+            "model.weights": weights,
+            "model.image_size": image_size,
+            "finetune.epochs": epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+        },
+    )
     if data is not None and manifest is None:
         from edgeclf.data._index import index_dataset
         from edgeclf.data.split import SplitConfig
@@ -285,14 +331,24 @@ def train_cmd(
             summary = run_split(index, manifest, SplitConfig(seed=seed or 0))
             if not as_json:
                 _render_split(summary)
-    overrides = {"data.manifest": manifest, "data.root": data_root, "data.workers": workers,
-                 "model.backbone": backbone, "model.weights": weights, "model.image_size": image_size,
-                 "finetune.epochs": epochs, "batch_size": batch_size, "seed": seed}
+    overrides = {
+        "data.manifest": manifest,
+        "data.root": data_root,
+        "data.workers": workers,
+        "model.backbone": backbone,
+        "model.weights": weights,
+        "model.image_size": image_size,
+        "finetune.epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
     if resume and manifest is None and (run_dir / "config.yaml").is_file():
         import yaml
 
         stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["config"]
-        cfg = load_config(None, {**{k: v for k, v in _flatten(stored).items()}, **{k: v for k, v in overrides.items() if v is not None}})
+        cfg = load_config(
+            None, {**{k: v for k, v in _flatten(stored).items()}, **{k: v for k, v in overrides.items() if v is not None}}
+        )
     else:
         cfg = load_config(config, overrides)
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
@@ -321,14 +377,21 @@ def train_cmd(
     selected = (m.get("selection") or {}).get("selected")
     for c in m.get("candidates", []):
         b = "[bold]" if c["name"] == selected else ""
-        t.add_row(f"{b}{c['name']}{' (shipped)' if c['name'] == selected else ''}", f"{b}{c['val']['accuracy']:.4f}",
-                  f"{b}{c['val']['macro_f1']:.4f}", f"{c.get('seconds', 0):.0f}")
+        t.add_row(
+            f"{b}{c['name']}{' (shipped)' if c['name'] == selected else ''}",
+            f"{b}{c['val']['accuracy']:.4f}",
+            f"{b}{c['val']['macro_f1']:.4f}",
+            f"{c.get('seconds', 0):.0f}",
+        )
     out.print(t)
     if m.get("selection"):
         out.print(m["selection"]["reason"])
     if m.get("seeds"):
         sd = m["seeds"]
-        out.print(f"over seeds {sd['seeds']}: val macro-F1 {sd['mean']:.4f} ± {sd['std']:.4f} (min {sd['min']:.4f}, max {sd['max']:.4f})")
+        out.print(
+            f"over seeds {sd['seeds']}: val macro-F1 {sd['mean']:.4f} ± {sd['std']:.4f} "
+            f"(min {sd['min']:.4f}, max {sd['max']:.4f})"
+        )
     gate = (m.get("quality_gates") or {}).get("every_class_recalled") or {}
     if gate.get("passed") is False:
         err.print(f"[yellow]warning:[/] the shipped model never predicts {', '.join(gate['classes'])} on validation")
@@ -347,24 +410,72 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-OptimizeOpt = Annotated[str | None, typer.Option("--optimize", help="Decision policy: 'macro-f1' fits per-class biases "
-                                                "(prior correction) that maximise validation macro-F1.", rich_help_panel="Decision policy")]
-MinRecallOpt = Annotated[str | None, typer.Option("--min-recall", help="Decision policy: recall targets, CLASS=0.95[,CLASS=...], "
-                                                  "met on validation with the least change elsewhere.", rich_help_panel="Decision policy")]
-CostsOpt = Annotated[Path | None, typer.Option("--costs", help="Decision policy: cost matrix YAML (cost of deciding j when the "
-                                               "truth is i); decides Bayes-optimally.", rich_help_panel="Decision policy")]
-RejectOpt = Annotated[bool, typer.Option("--reject", help="Decision policy: answer 'unknown' when the evidence is too weak.",
-                                         rich_help_panel="Decision policy")]
-CoverageOpt = Annotated[float | None, typer.Option("--coverage", help="Reject target without --ood-dir: keep at least this share "
-                                                   "of validation images (default 0.95).", rich_help_panel="Decision policy")]
-OodDirOpt = Annotated[Path | None, typer.Option("--ood-dir", help="Reject target: a folder of out-of-distribution images, split in "
-                                                "halves (threshold fitted on one, reported on the other).", rich_help_panel="Decision policy")]
-OodAcceptOpt = Annotated[float | None, typer.Option("--ood-accept", help="With --ood-dir: accept at most this share of its "
-                                                    "validation half (default 0.05).", rich_help_panel="Decision policy")]
+OptimizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--optimize",
+        help="Decision policy: 'macro-f1' fits per-class biases (prior correction) that maximise validation macro-F1.",
+        rich_help_panel="Decision policy",
+    ),
+]
+MinRecallOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--min-recall",
+        help="Decision policy: recall targets, CLASS=0.95[,CLASS=...], met on validation with the least change elsewhere.",
+        rich_help_panel="Decision policy",
+    ),
+]
+CostsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--costs",
+        help="Decision policy: cost matrix YAML (cost of deciding j when the truth is i); decides Bayes-optimally.",
+        rich_help_panel="Decision policy",
+    ),
+]
+RejectOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reject", help="Decision policy: answer 'unknown' when the evidence is too weak.", rich_help_panel="Decision policy"
+    ),
+]
+CoverageOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--coverage",
+        help="Reject target without --ood-dir: keep at least this share of validation images (default 0.95).",
+        rich_help_panel="Decision policy",
+    ),
+]
+OodDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ood-dir",
+        help="Reject target: a folder of out-of-distribution images, split in "
+        "halves (threshold fitted on one, reported on the other).",
+        rich_help_panel="Decision policy",
+    ),
+]
+OodAcceptOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--ood-accept",
+        help="With --ood-dir: accept at most this share of its validation half (default 0.05).",
+        rich_help_panel="Decision policy",
+    ),
+]
 
 
-def _decision_request(optimize: str | None, min_recall: str | None, costs: Path | None, reject: bool,
-                      coverage: float | None, ood_dir: Path | None, ood_accept: float | None) -> Any:
+def _decision_request(
+    optimize: str | None,
+    min_recall: str | None,
+    costs: Path | None,
+    reject: bool,
+    coverage: float | None,
+    ood_dir: Path | None,
+    ood_accept: float | None,
+) -> Any:
     from edgeclf.evaluate.decision import make_request
 
     req = make_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
@@ -385,21 +496,30 @@ def _render_decision(m: dict[str, Any]) -> None:
         t.add_row(c, f"{v['recall']:.3f}", f"{b['recall']:.3f}", f"{v['precision']:.3f}", f"{b['precision']:.3f}")
     out.print(t)
     sel = pol["selective_accuracy"]
-    out.print(f"policy: macro-F1 {pol['macro_f1']:.4f} (argmax {base['macro_f1']:.4f}) · coverage {pol['coverage']:.3f} · "
-              f"selective accuracy {'–' if sel is None else f'{sel:.4f}'}"
-              + (f" · expected cost {pol['expected_cost']:.4f} (argmax {base.get('expected_cost', 0):.4f})"
-                 if "expected_cost" in pol else ""))
+    out.print(
+        f"policy: macro-F1 {pol['macro_f1']:.4f} (argmax {base['macro_f1']:.4f}) · coverage {pol['coverage']:.3f} · "
+        f"selective accuracy {'–' if sel is None else f'{sel:.4f}'}"
+        + (
+            f" · expected cost {pol['expected_cost']:.4f} (argmax {base.get('expected_cost', 0):.4f})"
+            if "expected_cost" in pol
+            else ""
+        )
+    )
     if "ood" in d:
         o = d["ood"]
-        out.print(f"out-of-distribution ({o['ood_images']} images): AUROC {o['auroc']:.4f}, FPR at 95% TPR "
-                  f"{o['fpr_at_95_tpr']:.4f}" + (f", unknown rate {o['ood_unknown_rate']:.3f}" if "ood_unknown_rate" in o else ""))
+        out.print(
+            f"out-of-distribution ({o['ood_images']} images): AUROC {o['auroc']:.4f}, FPR at 95% TPR "
+            f"{o['fpr_at_95_tpr']:.4f}" + (f", unknown rate {o['ood_unknown_rate']:.3f}" if "ood_unknown_rate" in o else "")
+        )
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     split: Annotated[str, typer.Option(help="val, or test (once per model: see --allow-test-reuse).")] = "val",
-    allow_test_reuse: Annotated[bool, typer.Option(help="Evaluate the test split again; every output is marked as reused.")] = False,
+    allow_test_reuse: Annotated[
+        bool, typer.Option(help="Evaluate the test split again; every output is marked as reused.")
+    ] = False,
     robustness: Annotated[bool, typer.Option(help="Run the corruption suite.")] = True,
     robustness_images: Annotated[int, typer.Option(help="Images (sampled) for the corruption suite.")] = 300,
     explain: Annotated[bool, typer.Option(help="Embeddings projection and Grad-CAM figures.")] = True,
@@ -421,8 +541,17 @@ def evaluate_cmd(
     req = _decision_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
     with _progress("evaluating", True) as cb:
-        m = evaluate(run_dir, split, allow_test_reuse, robustness, explain, robustness_images, log=log,
-                     progress=lambda label, d, t: cb(d, t), decision=req)
+        m = evaluate(
+            run_dir,
+            split,
+            allow_test_reuse,
+            robustness,
+            explain,
+            robustness_images,
+            log=log,
+            progress=lambda label, d, t: cb(d, t),
+            decision=req,
+        )
     if as_json:
         _print_json(m)
         return
@@ -434,10 +563,14 @@ def evaluate_cmd(
         t.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
     out.print(t)
     cal = m["calibration"]
-    out.print(f"accuracy {m['accuracy']:.4f} · balanced {m['balanced_accuracy']:.4f} · macro-F1 [bold]{m['macro_f1']:.4f}[/] · "
-              f"weighted-F1 {m['weighted_f1']:.4f}")
-    out.print(f"calibration: T = {cal['temperature']:.3f} (fitted on val); ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}; "
-              f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
+    out.print(
+        f"accuracy {m['accuracy']:.4f} · balanced {m['balanced_accuracy']:.4f} · macro-F1 [bold]{m['macro_f1']:.4f}[/] · "
+        f"weighted-F1 {m['weighted_f1']:.4f}"
+    )
+    out.print(
+        f"calibration: T = {cal['temperature']:.3f} (fitted on val); ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}; "
+        f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
+    )
     for g, v in m["verdict"]["gates"].items():
         out.print(f"  {'[green]pass[/]' if v['passed'] else '[red]FAIL[/]'}  {g}: {v['rule']}")
     _render_decision(m)
@@ -459,7 +592,10 @@ def _run_temperature(run_dir: Path) -> float:
 def label_suggest(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     unlabeled_dir: Annotated[Path, typer.Argument(help="Folder of unlabelled images (searched recursively).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write suggestions.csv and the grid (default: UNLABELED_DIR/edgeclf-suggestions).")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write suggestions.csv and the grid (default: UNLABELED_DIR/edgeclf-suggestions)."),
+    ] = None,
     top_k: Annotated[int, typer.Option(help="Labels listed per image.")] = 3,
     as_json: JsonOpt = False,
 ) -> None:
@@ -471,11 +607,27 @@ def label_suggest(
     temp = _run_temperature(run_dir)
     with _progress("predicting", not as_json) as cb:
         res = suggest_labels(load_run(run_dir), unlabeled_dir, out_dir, temperature=temp, top_k=top_k, progress=cb)
-    rows = [{"rank": s.rank, "path": s.path, "suggested_label": s.suggested_label, "confidence": s.confidence,
-             "margin": s.margin, "top_k": [list(t) for t in s.top_k]} for s in res.suggestions]
+    rows = [
+        {
+            "rank": s.rank,
+            "path": s.path,
+            "suggested_label": s.suggested_label,
+            "confidence": s.confidence,
+            "margin": s.margin,
+            "top_k": [list(t) for t in s.top_k],
+        }
+        for s in res.suggestions
+    ]
     if as_json:
-        _print_json({"temperature": temp, "suggestions": rows, "skipped": [vars(p) for p in res.skipped],
-                     "csv": str(res.csv_path), "grid": str(res.grid_path)})
+        _print_json(
+            {
+                "temperature": temp,
+                "suggestions": rows,
+                "skipped": [vars(p) for p in res.skipped],
+                "csv": str(res.csv_path),
+                "grid": str(res.grid_path),
+            }
+        )
         return
     t = Table(title=f"{len(rows)} images, most uncertain first (temperature {temp:.3f})")
     for col in ("rank", "path", "suggested", "confidence", "margin"):
@@ -491,7 +643,9 @@ def label_suggest(
 @label_app.command("audit")
 def label_audit(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write label_audit.csv/png (default: RUN_DIR/label-audit).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to write label_audit.csv/png (default: RUN_DIR/label-audit).")
+    ] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds for out-of-fold predictions.")] = 5,
     threshold: Annotated[float, typer.Option(help="Flag when another class gets at least this out-of-fold probability.")] = 0.7,
     as_json: JsonOpt = False,
@@ -505,11 +659,21 @@ def label_audit(
         res = audit_labels(load_run(run_dir), out_dir, folds=folds, threshold=threshold, progress=cb)
     rows = [vars(s) for s in res.suspects]
     if as_json:
-        _print_json({"folds": res.folds, "grouped": res.grouped, "images": res.n_images, "suspects": rows,
-                     "csv": str(res.csv_path), "grid": str(res.grid_path)})
+        _print_json(
+            {
+                "folds": res.folds,
+                "grouped": res.grouped,
+                "images": res.n_images,
+                "suspects": rows,
+                "csv": str(res.csv_path),
+                "grid": str(res.grid_path),
+            }
+        )
         return
-    t = Table(title=f"{len(rows)} suspects among {res.n_images} training images ({res.folds}-fold, "
-                    f"{'grouped' if res.grouped else 'not grouped'}, threshold {threshold})")
+    t = Table(
+        title=f"{len(rows)} suspects among {res.n_images} training images ({res.folds}-fold, "
+        f"{'grouped' if res.grouped else 'not grouped'}, threshold {threshold})"
+    )
     for col in ("path", "given", "suggested", "p(suggested)", "p(given)"):
         t.add_column(col)
     for r in rows[:25]:
@@ -529,14 +693,29 @@ def _csv_list(v: str | None) -> list[str] | None:
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to create.")],
-    formats: Annotated[str | None, typer.Option(help="Comma list of onnx,openvino,torchscript,tensorrt (default: all, or the profile's).")] = None,
+    formats: Annotated[
+        str | None, typer.Option(help="Comma list of onnx,openvino,torchscript,tensorrt (default: all, or the profile's).")
+    ] = None,
     precision: Annotated[str | None, typer.Option(help="Comma list of fp32,fp16,int8 (default: all, or the profile's).")] = None,
-    profile: Annotated[str | None, typer.Option(help="Target hardware profile: picks formats/precisions, recorded in the bundle.")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Target hardware profile: picks formats/precisions, recorded in the bundle.")
+    ] = None,
     calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate int8.")] = 128,
-    calibration_method: Annotated[str, typer.Option(help="ONNX Runtime int8 calibration: minmax, entropy or percentile.")] = "minmax",
-    allow_failed: Annotated[bool, typer.Option(help="Exit 0 even if some artifact failed its gate (it is still not shipped).")] = False,
+    calibration_method: Annotated[
+        str, typer.Option(help="ONNX Runtime int8 calibration: minmax, entropy or percentile.")
+    ] = "minmax",
+    allow_failed: Annotated[
+        bool, typer.Option(help="Exit 0 even if some artifact failed its gate (it is still not shipped).")
+    ] = False,
     robustness: Annotated[bool, typer.Option(help="Run the corruption suite on eager vs the best int8 artifact.")] = True,
-    int8_gates: Annotated[str, typer.Option("--int8-gates", help="How int8 gates are decided: 'interval' (for the number of validation images: a 95 % interval where one image could swing the verdict, else the point estimate) or 'point' (the point estimate alone).")] = "interval",
+    int8_gates: Annotated[
+        str,
+        typer.Option(
+            "--int8-gates",
+            help="How int8 gates are decided: 'interval' (for the number of validation images: a 95 % interval "
+            "where one image could swing the verdict, else the point estimate) or 'point' (the point estimate alone).",
+        ),
+    ] = "interval",
     as_json: JsonOpt = False,
 ) -> None:
     """Export, quantize and hold every artifact to its parity gate; write a self-describing bundle."""
@@ -549,13 +728,28 @@ def export_cmd(
     try:
         from edgeclf.runtime.gate import c_runtime_rows
 
-        res = export_run(run_dir, out_dir, _csv_list(formats), _csv_list(precision), profile, calibration_images,
-                         calibration_method, allow_failed, robustness, log=log, runtime_gate=c_runtime_rows,
-                         int8_evidence=int8_gates)
+        res = export_run(
+            run_dir,
+            out_dir,
+            _csv_list(formats),
+            _csv_list(precision),
+            profile,
+            calibration_images,
+            calibration_method,
+            allow_failed,
+            robustness,
+            log=log,
+            runtime_gate=c_runtime_rows,
+            int8_evidence=int8_gates,
+        )
         rows = res.rows
     except ExportFailed as e:
         failure = e
-        rows = json.loads((out_dir / "parity.json").read_text(encoding="utf-8"))["table"] if (out_dir / "parity.json").is_file() else []
+        rows = (
+            json.loads((out_dir / "parity.json").read_text(encoding="utf-8"))["table"]
+            if (out_dir / "parity.json").is_file()
+            else []
+        )
     if as_json:
         _print_json({"bundle": str(out_dir), "table": rows, "failed": str(failure) if failure else None})
     else:
@@ -565,9 +759,16 @@ def export_cmd(
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
         for r in rows:
             style = {"ok": "green", "reference": "bold"}.get(r["status"], "red" if r["status"] != "skipped" else "yellow")
-            t.add_row(r["format"], r["precision"], f"[{style}]{r['status']}[/]", fmt(r.get("size_mb"), ".2f"),
-                      fmt(r.get("macro_f1"), ".4f"), fmt(r.get("delta_macro_f1"), "+.4f"), fmt(r.get("agreement"), ".4f"),
-                      fmt(r.get("ms_per_image"), ".2f"))
+            t.add_row(
+                r["format"],
+                r["precision"],
+                f"[{style}]{r['status']}[/]",
+                fmt(r.get("size_mb"), ".2f"),
+                fmt(r.get("macro_f1"), ".4f"),
+                fmt(r.get("delta_macro_f1"), "+.4f"),
+                fmt(r.get("agreement"), ".4f"),
+                fmt(r.get("ms_per_image"), ".2f"),
+            )
         out.print(t)
         for r in rows:
             if r.get("error") and r["status"] != "ok":
@@ -580,18 +781,43 @@ def export_cmd(
 def build_cmd(
     profile: Annotated[str, typer.Option("--profile", help="Hardware profile name or YAML file (see `edgeclf profiles list`).")],
     data: Annotated[str, typer.Option("--data", help="ImageFolder tree, or 'elpv' for the embedded elpv data set.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Build folder (re-running it resumes finished stages).")] = Path("edgeclf-build"),
-    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="p95 latency budget (ms), instead of the profile's.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Build folder (re-running it resumes finished stages).")] = Path(
+        "edgeclf-build"
+    ),
+    budget_ms: Annotated[
+        float | None, typer.Option("--budget-ms", help="p95 latency budget (ms), instead of the profile's.")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Training YAML recipe.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Force this input resolution instead of the selection's.")] = None,
     backbones: Annotated[str | None, typer.Option(help="Comma list of candidate backbones (default: all registered).")] = None,
-    measure: Annotated[bool | None, typer.Option("--measure/--estimate", help="On the target: time the leading candidates for the selection and the final bundle here instead of estimating (default: the bundle is measured when this host is the target; the selection is estimated).")] = None,
+    measure: Annotated[
+        bool | None,
+        typer.Option(
+            "--measure/--estimate",
+            help="On the target: time the leading candidates for the selection and the final bundle here instead of "
+            "estimating (default: the bundle is measured when this host is the target; the selection is estimated).",
+        ),
+    ] = None,
     robustness: Annotated[bool, typer.Option(help="Run the corruption suites (evaluation and export).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
-    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Search the training recipe (and backbone) for this long, e.g. 15m, 1h, 900s; chosen on validation macro-F1 only.")] = None,
-    allow_weak: Annotated[bool, typer.Option("--allow-weak", help="Exit 0 even when the shipped model never predicts some class on validation (the registry still refuses to promote it).")] = False,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--time-budget",
+            help="Search the training recipe (and backbone) for this long, e.g. 15m, 1h, 900s; "
+            "chosen on validation macro-F1 only.",
+        ),
+    ] = None,
+    allow_weak: Annotated[
+        bool,
+        typer.Option(
+            "--allow-weak",
+            help="Exit 0 even when the shipped model never predicts some class on validation "
+            "(the registry still refuses to promote it).",
+        ),
+    ] = False,
     optimize: OptimizeOpt = None,
     min_recall: MinRecallOpt = None,
     costs: CostsOpt = None,
@@ -606,16 +832,33 @@ def build_cmd(
     from edgeclf.train.search import parse_duration
 
     req = _decision_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
-    opts = BuildOptions(decision=req, profile=profile, data_dir=Path(data), out=out_dir, budget_ms=budget_ms, config=config, epochs=epochs,
-                        batch_size=batch_size, seed=seed, measure=measure, image_size=image_size, robustness=robustness,
-                        backbones=_csv_list(backbones), allow_weak=allow_weak,
-                        time_budget_s=parse_duration(time_budget) if time_budget else None)
+    opts = BuildOptions(
+        decision=req,
+        profile=profile,
+        data_dir=Path(data),
+        out=out_dir,
+        budget_ms=budget_ms,
+        config=config,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        measure=measure,
+        image_size=image_size,
+        robustness=robustness,
+        backbones=_csv_list(backbones),
+        allow_weak=allow_weak,
+        time_budget_s=parse_duration(time_budget) if time_budget else None,
+    )
     console = err if as_json else out
     log = lambda m: console.print(f"  [dim]{m}[/]")  # noqa: E731
     marks = {"running": "[bold cyan]▶[/]", "done": "[green]✓[/]", "cached": "[green]✓[/] [dim](cached)[/]"}
     with _progress("training", not as_json) as cb:
-        res = build(opts, log=log, on_stage=lambda name, state: console.print(f"{marks[state]} [bold]{name}[/]"),
-                    progress=lambda label, d, t: cb(d, t))
+        res = build(
+            opts,
+            log=log,
+            on_stage=lambda name, state: console.print(f"{marks[state]} [bold]{name}[/]"),
+            progress=lambda label, d, t: cb(d, t),
+        )
     weak = weak_classes(res["results"].get("train", {}))
     if as_json:
         _print_json(res)
@@ -635,11 +878,15 @@ def build_cmd(
         "select": f"{sel['backbone']} @ {sel['resolution']} px, {sel['precision']} on {sel['runtime']}",
         "train": f"val macro-F1 {r['train'].get('val_macro_f1') or 0:.4f} ({r['train'].get('candidate') or 'finetune'})",
         "evaluate": f"test macro-F1 {ev['test'].get('macro_f1') or 0:.4f} (once)"
-                    + (f"; policy {ev['decision']['describe']}: test macro-F1 {ev['decision']['test']['macro_f1']:.4f}, "
-                       f"coverage {ev['decision']['test']['coverage']:.3f}" if (ev.get("decision") or {}).get("test") else ""),
+        + (
+            f"; policy {ev['decision']['describe']}: test macro-F1 {ev['decision']['test']['macro_f1']:.4f}, "
+            f"coverage {ev['decision']['test']['coverage']:.3f}"
+            if (ev.get("decision") or {}).get("test")
+            else ""
+        ),
         "export": f"{len(r['export']['artifacts'])} artifacts, {len(r['export']['failed'])} failed",
         "benchmark": f"p95 {b['latency_ms_p95']:.2f} ms [{b['source'].upper()}] vs {b['budget_ms']} ms: "
-                     f"{'fits' if b['fits'] else 'OVER'}",
+        f"{'fits' if b['fits'] else 'OVER'}",
         "package": r["package"]["package"],
         "report": "report.md",
     }
@@ -649,8 +896,10 @@ def build_cmd(
     if b["source"] == "estimate":
         out.print(f"[yellow]latency is an ESTIMATE[/]: {b['label']}")
     if weak:
-        msg = (f"quality gate every_class_recalled FAILED: the shipped model never predicts {', '.join(weak)} on "
-               "validation; the bundle is written but the registry will not promote it")
+        msg = (
+            f"quality gate every_class_recalled FAILED: the shipped model never predicts {', '.join(weak)} on "
+            "validation; the bundle is written but the registry will not promote it"
+        )
         if allow_weak:
             out.print(f"[yellow]warning:[/] {msg} (--allow-weak)")
         else:
@@ -673,12 +922,17 @@ def predict_cmd(
     preds = clf.classify(images, top_k)
     art = f"{clf.artifact.format}/{clf.artifact.precision}"
     if as_json:
-        _print_json({"artifact": art, "decision_policy": clf.manifest.policy().describe(),
-                     "predictions": [{"image": str(p), **pr.to_dict()} for p, pr in zip(images, preds)]})
+        _print_json(
+            {
+                "artifact": art,
+                "decision_policy": clf.manifest.policy().describe(),
+                "predictions": [{"image": str(p), **pr.to_dict()} for p, pr in zip(images, preds, strict=False)],
+            }
+        )
         return
     policy = clf.manifest.policy()
-    for p, pr in zip(images, preds):
-        line = f"[bold]{p}[/]: " + ", ".join(f"{lab} {prob:.3f}" for lab, prob in zip(pr.labels, pr.probabilities))
+    for p, pr in zip(images, preds, strict=False):
+        line = f"[bold]{p}[/]: " + ", ".join(f"{lab} {prob:.3f}" for lab, prob in zip(pr.labels, pr.probabilities, strict=False))
         if not policy.is_argmax and pr.decision is not None:
             d = pr.decision
             line += f"  → decision [bold]{'UNKNOWN' if d.unknown else d.label}[/] ({d.rule})"
@@ -688,13 +942,18 @@ def predict_cmd(
 
 # ----------------------------------------------------------------------------- registry
 
-registry_app = typer.Typer(help="Bundle versions: add, list, promote, roll back, locate the current one.",
-                           no_args_is_help=True)
+registry_app = typer.Typer(help="Bundle versions: add, list, promote, roll back, locate the current one.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
-RootOpt = Annotated[Path | None, typer.Option(
-    "--root", envvar="EDGECLF_REGISTRY", show_envvar=True,
-    help="Registry folder (default: $EDGECLF_REGISTRY, else ./edgeclf-registry).")]
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        envvar="EDGECLF_REGISTRY",
+        show_envvar=True,
+        help="Registry folder (default: $EDGECLF_REGISTRY, else ./edgeclf-registry).",
+    ),
+]
 
 
 def _registry(root: Path | None) -> Any:
@@ -706,7 +965,9 @@ def _registry(root: Path | None) -> Any:
 @registry_app.command("add")
 def registry_add(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory from `edgeclf export`.")],
-    version: Annotated[str | None, typer.Option("--version", help="Version to store it as (MAJOR.MINOR.PATCH); default: next patch.")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Version to store it as (MAJOR.MINOR.PATCH); default: next patch.")
+    ] = None,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -717,12 +978,13 @@ def registry_add(
         return
     e = res.entry
     if res.already_present:
-        out.print(f"{bundle} is already in the registry as version [bold]{e.version}[/] ({e.content_hash[:19]})",
-                  soft_wrap=True)
+        out.print(f"{bundle} is already in the registry as version [bold]{e.version}[/] ({e.content_hash[:19]})", soft_wrap=True)
         return
     style = "green" if e.parity.verdict == "passed" else "red"
-    out.print(f"added {e.name} as version [bold]{e.version}[/] ({e.content_hash[:19]}), "
-              f"parity [{style}]{e.parity.verdict}[/]", soft_wrap=True)
+    out.print(
+        f"added {e.name} as version [bold]{e.version}[/] ({e.content_hash[:19]}), parity [{style}]{e.parity.verdict}[/]",
+        soft_wrap=True,
+    )
     for f in e.parity.failures:
         out.print(f"  [red]{f}[/]", soft_wrap=True)
 
@@ -735,8 +997,14 @@ def registry_list(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     cur = reg.current()
     current = cur.version if cur else None
     if as_json:
-        _print_json({"root": str(reg.root.resolve()), "current": current, "stack": cur.stack if cur else [],
-                     "versions": [{**e.model_dump(mode="json"), "current": e.version == current} for e in entries]})
+        _print_json(
+            {
+                "root": str(reg.root.resolve()),
+                "current": current,
+                "stack": cur.stack if cur else [],
+                "versions": [{**e.model_dump(mode="json"), "current": e.version == current} for e in entries],
+            }
+        )
         return
     t = Table(title=f"{reg.root}: {len(entries)} version(s)")
     for col in ("", "version", "hash", "added", "name", "macro-F1", "parity", "decision"):
@@ -744,8 +1012,16 @@ def registry_list(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     for e in entries:
         f1 = "–" if e.metrics.macro_f1 is None else f"{e.metrics.macro_f1:.4f}"
         style = "green" if e.parity.verdict == "passed" else "red"
-        t.add_row("*" if e.version == current else "", e.version, e.content_hash.removeprefix("sha256:")[:12],
-                  e.added[:16].replace("T", " "), e.name, f1, f"[{style}]{e.parity.verdict}[/]", e.decision)
+        t.add_row(
+            "*" if e.version == current else "",
+            e.version,
+            e.content_hash.removeprefix("sha256:")[:12],
+            e.added[:16].replace("T", " "),
+            e.name,
+            f1,
+            f"[{style}]{e.parity.verdict}[/]",
+            e.decision,
+        )
     out.print(t)
     out.print(f"current: [bold]{current}[/]" if current else "current: none (run `edgeclf registry promote VERSION`)")
 
@@ -795,7 +1071,9 @@ def registry_path(
 
 @app.command("demo")
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its data, audit and manifest.")] = Path("demo-out"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its data, audit and manifest.")] = Path(
+        "demo-out"
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """The main job on the embedded default data set (elpv, installed from PyPI): audit + split."""
@@ -832,11 +1110,14 @@ def _render_bench(rep: Any) -> None:
     env, s = rep.environment, rep.settings
     threads = s.threads if s.threads else "runtime default"
     start = "frames + preprocessing" if s.include_preprocess else "preprocessed tensor"
-    t = Table(title=f"{rep.bundle.name} ({rep.bundle.input_size} px): latency in ms, {s.rounds} rounds after "
-                    f"{s.warmup} warm-up, threads {threads}, from the {start}",
-              caption=f"{env.cpu_model} · {env.machine} · {env.cpu_count} CPUs · "
-                      + " ".join(f"{k} {v}" for k, v in env.versions.items()),
-              box=box.SIMPLE_HEAD, padding=0)
+    t = Table(
+        title=f"{rep.bundle.name} ({rep.bundle.input_size} px): latency in ms, {s.rounds} rounds after "
+        f"{s.warmup} warm-up, threads {threads}, from the {start}",
+        caption=f"{env.cpu_model} · {env.machine} · {env.cpu_count} CPUs · "
+        + " ".join(f"{k} {v}" for k, v in env.versions.items()),
+        box=box.SIMPLE_HEAD,
+        padding=0,
+    )
     for col in ("runtime", "precision", "batch", "p50", "p90", "p95", "p99", "img/s", "RSS MB"):
         t.add_column(col, justify="left" if col in ("runtime", "precision") else "right", no_wrap=True)
     if rep.profile is not None:
@@ -845,15 +1126,30 @@ def _render_bench(rep: Any) -> None:
         lat = r.latency
         delta = f"+{r.rss_delta_mb:.0f}" if r.rss_delta_mb is not None else ""
         runtime = r.runtime if r.runtime == r.engine else f"{r.runtime} ({r.format})"
-        row = [runtime, r.precision, str(r.batch), _ms(lat.p50_ms), _ms(lat.p90_ms), _ms(lat.p95_ms),
-               _ms(lat.p99_ms), f"{r.images_per_s:.1f}", f"{r.peak_rss_mb:.0f}{delta}"]
+        row = [
+            runtime,
+            r.precision,
+            str(r.batch),
+            _ms(lat.p50_ms),
+            _ms(lat.p90_ms),
+            _ms(lat.p95_ms),
+            _ms(lat.p99_ms),
+            f"{r.images_per_s:.1f}",
+            f"{r.peak_rss_mb:.0f}{delta}",
+        ]
         if rep.profile is not None:
             row.append(_VERDICT_STYLE[r.budget.verdict] if r.budget else "")
         t.add_row(*row)
     out.print(t)
-    out.print("[dim]RSS MB: peak resident memory of the process, + what loading and running the artifact added"
-              + ("" if not rep.results or rep.results[0].rss_method == "vmhwm_reset"
-                 else " (lifetime peak: the per-artifact reset is not available here)") + "[/]")
+    out.print(
+        "[dim]RSS MB: peak resident memory of the process, + what loading and running the artifact added"
+        + (
+            ""
+            if not rep.results or rep.results[0].rss_method == "vmhwm_reset"
+            else " (lifetime peak: the per-artifact reset is not available here)"
+        )
+        + "[/]"
+    )
     for sk in rep.skipped:
         out.print(f"[yellow]skipped {sk.runtime} {sk.format}/{sk.precision}[/]: {sk.reason}", highlight=False)
     for note in rep.notes:
@@ -865,21 +1161,34 @@ def _render_compare(cmp: Any) -> None:
 
     ids = {src.label: str(i + 1) for i, src in enumerate(cmp.sources)}
     for src in cmp.sources:
-        out.print(f"[bold]{ids[src.label]}[/] {src.label}: {src.kind}, bundle {src.bundle or '?'}, profile {src.profile or '–'}, "
-                  f"{'; '.join(src.cpu_models) or 'CPU unknown'}" + (f", {src.created}" if src.created else ""),
-                  highlight=False)
+        out.print(
+            f"[bold]{ids[src.label]}[/] {src.label}: {src.kind}, bundle {src.bundle or '?'}, profile {src.profile or '–'}, "
+            f"{'; '.join(src.cpu_models) or 'CPU unknown'}" + (f", {src.created}" if src.created else ""),
+            highlight=False,
+        )
     t = Table(title=f"{len(cmp.rows)} rows from {len(cmp.sources)} file(s): latency in ms", box=box.SIMPLE_HEAD, padding=0)
     verdicts = any(r.verdict for r in cmp.rows)
     ratios = len(cmp.sources) > 1
-    for col in ("#", "runtime", "precision", "batch", "p50", "p95", "p99", "img/s", "RSS MB") + (
-            ("budget",) if verdicts else ()) + (("×p50",) if ratios else ()):
+    for col in (
+        ("#", "runtime", "precision", "batch", "p50", "p95", "p99", "img/s", "RSS MB")
+        + (("budget",) if verdicts else ())
+        + (("×p50",) if ratios else ())
+    ):
         t.add_column(col, justify="left" if col in ("runtime", "precision", "budget") else "right", no_wrap=True)
     formats = {"onnxruntime": "onnx", "openvino": "openvino", "torch": "torchscript", "tensorrt": "tensorrt"}
     for r in cmp.rows:
         runtime = r.runtime if r.format in ("-", formats.get(r.runtime)) else f"{r.runtime} ({r.format})"
-        row = [ids[r.source], runtime, r.precision + (" +pre" if r.includes_preprocess else ""), str(r.batch),
-               _ms(r.p50_ms), _ms(r.p95_ms), _ms(r.p99_ms), "–" if r.images_per_s is None else f"{r.images_per_s:.1f}",
-               "–" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"]
+        row = [
+            ids[r.source],
+            runtime,
+            r.precision + (" +pre" if r.includes_preprocess else ""),
+            str(r.batch),
+            _ms(r.p50_ms),
+            _ms(r.p95_ms),
+            _ms(r.p99_ms),
+            "–" if r.images_per_s is None else f"{r.images_per_s:.1f}",
+            "–" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+        ]
         if verdicts:
             row.append(_VERDICT_STYLE.get(r.verdict or "", r.verdict or "–"))
         if ratios:
@@ -892,18 +1201,39 @@ def _render_compare(cmp: Any) -> None:
 
 @app.command("bench")
 def bench_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="A bundle directory; with --compare, bench result JSON files.",
-                                                show_default=False)],
-    runtime: Annotated[str | None, typer.Option(help="Comma list: onnxruntime, openvino, torch, tensorrt, or a registered runner (e.g. cpp). Default: all.")] = None,
+    paths: Annotated[
+        list[Path], typer.Argument(help="A bundle directory; with --compare, bench result JSON files.", show_default=False)
+    ],
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="Comma list: onnxruntime, openvino, torch, tensorrt, or a registered runner (e.g. cpp). Default: all."),
+    ] = None,
     precision: Annotated[str | None, typer.Option(help="Comma list of fp32,fp16,int8. Default: every shipped artifact.")] = None,
     batch: Annotated[str | None, typer.Option(help="Comma list of batch sizes. [default: 1,8]")] = None,
-    rounds: Annotated[int | None, typer.Option(min=1, help="Timed calls per runtime, artifact and batch size. [default: 50]")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Timed calls per runtime, artifact and batch size. [default: 50]")
+    ] = None,
     warmup: Annotated[int | None, typer.Option(min=0, help="Untimed warm-up calls before them. [default: 5]")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads (default: the profile's, else the runtime's).")] = None,
-    profile: Annotated[str | None, typer.Option(help="Mark batch-1 rows against this profile's p95 budget; meaningful only when run on that device.")] = None,
-    preprocess: Annotated[bool, typer.Option("--preprocess", help="Time the reference preprocessing of 640x480 frames as well.")] = False,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Also write the result (or comparison) JSON to this file.")] = None,
-    compare_files: Annotated[bool, typer.Option("--compare", help="Compare result files (edgeclf bench --out; pytest-benchmark --benchmark-json) instead of measuring.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Intra-op threads (default: the profile's, else the runtime's).")
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Mark batch-1 rows against this profile's p95 budget; meaningful only when run on that device."),
+    ] = None,
+    preprocess: Annotated[
+        bool, typer.Option("--preprocess", help="Time the reference preprocessing of 640x480 frames as well.")
+    ] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write the result (or comparison) JSON to this file.")
+    ] = None,
+    compare_files: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Compare result files (edgeclf bench --out; pytest-benchmark --benchmark-json) instead of measuring.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency (p50/p90/p95/p99), throughput and peak memory of a bundle's artifacts on this machine."""
@@ -911,9 +1241,20 @@ def bench_cmd(
     from edgeclf.bench import DEFAULT_BATCHES, DEFAULT_ROUNDS, DEFAULT_WARMUP, compare, run_bench
 
     if compare_files:
-        given = [n for n, v in (("--runtime", runtime), ("--precision", precision), ("--batch", batch),
-                                ("--rounds", rounds), ("--warmup", warmup), ("--threads", threads),
-                                ("--profile", profile), ("--preprocess", preprocess or None)) if v is not None]
+        given = [
+            n
+            for n, v in (
+                ("--runtime", runtime),
+                ("--precision", precision),
+                ("--batch", batch),
+                ("--rounds", rounds),
+                ("--warmup", warmup),
+                ("--threads", threads),
+                ("--profile", profile),
+                ("--preprocess", preprocess or None),
+            )
+            if v is not None
+        ]
         if given:
             raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --compare")
         cmp = compare(paths)
@@ -929,10 +1270,18 @@ def bench_cmd(
     if paths[0].is_file() and paths[0].suffix == ".json":
         raise typer.BadParameter(f"{paths[0]} is a file; to compare result files, pass --compare")
     with _progress("benchmarking", not as_json) as cb:
-        rep = run_bench(paths[0], batches=batch or DEFAULT_BATCHES, rounds=rounds or DEFAULT_ROUNDS,
-                        warmup=DEFAULT_WARMUP if warmup is None else warmup, runtimes=_csv_list(runtime),
-                        precisions=_csv_list(precision), threads=threads, profile=profile, include_preprocess=preprocess,
-                        progress=lambda label, done, total: cb(done, total))
+        rep = run_bench(
+            paths[0],
+            batches=batch or DEFAULT_BATCHES,
+            rounds=rounds or DEFAULT_ROUNDS,
+            warmup=DEFAULT_WARMUP if warmup is None else warmup,
+            runtimes=_csv_list(runtime),
+            precisions=_csv_list(precision),
+            threads=threads,
+            profile=profile,
+            include_preprocess=preprocess,
+            progress=lambda label, done, total: cb(done, total),
+        )
     if out_file is not None:
         write_json(out_file, rep.to_json_dict())
     if as_json:

@@ -40,8 +40,14 @@ class Decision:
         return self.label is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "unknown": self.unknown, "rule": self.rule, "top_label": self.top_label,
-                "probability": self.probability, "score": self.score}
+        return {
+            "label": self.label,
+            "unknown": self.unknown,
+            "rule": self.rule,
+            "top_label": self.top_label,
+            "probability": self.probability,
+            "score": self.score,
+        }
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class Prediction:
         return self.labels[0]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"top_k": [{"label": lab, "probability": p} for lab, p in zip(self.labels, self.probabilities)]}
+        pairs = zip(self.labels, self.probabilities, strict=True)
+        out: dict[str, Any] = {"top_k": [{"label": lab, "probability": p} for lab, p in pairs]}
         if self.decision is not None:
             out["decision"] = self.decision.to_dict()
         return out
@@ -66,11 +73,13 @@ def refuse_unusable(image: object) -> None:
     """The input checks both Python faces share: bytes are not decoded implicitly, and an array shaped
     like a channels-first tensor ((1|3, H, W) with H larger) is not read as a tiny HxWxC image."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        raise DataError("image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), "
-                        "or pass a file path")
+        raise DataError(
+            "image bytes are not accepted directly; decode them first, e.g. PIL.Image.open(io.BytesIO(data)), or pass a file path"
+        )
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[0] < image.shape[1]:
-        raise DataError(f"image array of shape {image.shape} looks channels-first (CxHxW); pass HxWxC, e.g. "
-                        "np.transpose(a, (1, 2, 0))")
+        raise DataError(
+            f"image array of shape {image.shape} looks channels-first (CxHxW); pass HxWxC, e.g. np.transpose(a, (1, 2, 0))"
+        )
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
@@ -91,8 +100,10 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
         if a.dtype != np.uint8:
             if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
                 raise DataError("image array contains NaN or infinity")
-            raise DataError(f"image arrays must be uint8 (0..255), got {a.dtype}; convert explicitly, e.g. "
-                            "(x * 255).round().clip(0, 255).astype(np.uint8)")
+            raise DataError(
+                f"image arrays must be uint8 (0..255), got {a.dtype}; convert explicitly, e.g. "
+                "(x * 255).round().clip(0, 255).astype(np.uint8)"
+            )
         refuse_unusable(a)
         if a.ndim == 2:  # grayscale
             return np.repeat(a[:, :, None], 3, axis=2)
@@ -114,14 +125,19 @@ def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | N
     for row in (parity or {}).get("table", []):
         if row.get("ms_per_image") is not None:
             speed[(row["format"], row["precision"])] = row["ms_per_image"]
-    candidates = [a for a in manifest.artifacts if a.status == "ok"
-                  and importlib.util.find_spec(_RUNTIME_MODULE.get(a.runtime, a.runtime)) is not None]
+    candidates = [
+        a
+        for a in manifest.artifacts
+        if a.status == "ok" and importlib.util.find_spec(_RUNTIME_MODULE.get(a.runtime, a.runtime)) is not None
+    ]
     if runtime is not None:
         candidates = [a for a in candidates if a.runtime == runtime]
     if not candidates:
         have = ", ".join(sorted({f"{a.runtime}/{a.precision}" for a in manifest.artifacts})) or "none"
-        raise ConfigError(f"no artifact in {bundle_dir} can run here{f' on {runtime}' if runtime else ''} "
-                          f"(bundle has: {have}); install the runtime or re-export")
+        raise ConfigError(
+            f"no artifact in {bundle_dir} can run here{f' on {runtime}' if runtime else ''} "
+            f"(bundle has: {have}); install the runtime or re-export"
+        )
     return min(candidates, key=lambda a: speed.get((a.format, a.precision), float("inf")))
 
 
@@ -138,25 +154,44 @@ class BundleClassifier:
         self.labels = self.manifest.labels
         a = self.artifact
         try:
-            self.runner = load_runner(self.bundle_dir, {"format": a.format, "precision": a.precision, "file": a.file,
-                                                        "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime,
-                                                        "status": "ok", "error": None, "export_seconds": 0.0,
-                                                        "details": a.details}, self.spec, self.labels, threads=threads)
+            self.runner = load_runner(
+                self.bundle_dir,
+                {
+                    "format": a.format,
+                    "precision": a.precision,
+                    "file": a.file,
+                    "extra_files": [e.file for e in a.extra_files],
+                    "runtime": a.runtime,
+                    "status": "ok",
+                    "error": None,
+                    "export_seconds": 0.0,
+                    "details": a.details,
+                },
+                self.spec,
+                self.labels,
+                threads=threads,
+            )
         except BundleError:
             raise
         except Exception as e:  # noqa: BLE001 - the runtimes raise their own types for a file they cannot load
-            raise BundleError(f"bundle {self.bundle_dir}: {a.file} matches its SHA-256 but {a.runtime} cannot load it "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export the "
-                              "bundle") from None
+            raise BundleError(
+                f"bundle {self.bundle_dir}: {a.file} matches its SHA-256 but {a.runtime} cannot load it "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export the "
+                "bundle"
+            ) from None
         try:  # one black frame: the model's outputs must match the labels now, not at the first real image
             probe = np.asarray(self.runner([np.zeros((self.spec.crop_size, self.spec.crop_size, 3), np.uint8)]))
         except Exception as e:  # noqa: BLE001
-            raise BundleError(f"bundle {self.bundle_dir}: {a.file} does not run with the manifest's {len(self.labels)} "
-                              f"labels and preprocessing ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                              "re-export the bundle") from None
+            raise BundleError(
+                f"bundle {self.bundle_dir}: {a.file} does not run with the manifest's {len(self.labels)} "
+                f"labels and preprocessing ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "re-export the bundle"
+            ) from None
         if probe.ndim != 2 or probe.shape[1] != len(self.labels):
-            raise BundleError(f"bundle {self.bundle_dir}: {a.file} has {probe.shape[-1] if probe.ndim else 0} outputs but "
-                              f"the manifest has {len(self.labels)} labels; re-export the bundle")
+            raise BundleError(
+                f"bundle {self.bundle_dir}: {a.file} has {probe.shape[-1] if probe.ndim else 0} outputs but "
+                f"the manifest has {len(self.labels)} labels; re-export the bundle"
+            )
 
     def logits(self, images: Sequence[ImageLike]) -> np.ndarray:
         from edgeclf.preprocess import resize_uint8
@@ -164,8 +199,7 @@ class BundleClassifier:
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]
         if isinstance(images, (bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
-            raise DataError(f"images must be a path, a PIL image, a uint8 array or a list of them, got "
-                            f"{type(images).__name__}")
+            raise DataError(f"images must be a path, a PIL image, a uint8 array or a list of them, got {type(images).__name__}")
         if len(images) == 0:
             raise DataError("no images given")
         # decode and resize one image at a time: only the small resized copies are kept (resizing is the
@@ -186,12 +220,20 @@ class BundleClassifier:
         for j, p in enumerate(probs):
             order = np.argsort(-p, kind="stable")[:k]
             idx = int(d.index[j])
-            dec = Decision(idx, self.labels[idx] if idx >= 0 else None, RULES[int(d.rule[j])], self.labels[int(d.argmax[j])],
-                           float(d.probability[j]), float(d.score[j]))
+            dec = Decision(
+                idx,
+                self.labels[idx] if idx >= 0 else None,
+                RULES[int(d.rule[j])],
+                self.labels[int(d.argmax[j])],
+                float(d.probability[j]),
+                float(d.score[j]),
+            )
             out.append(Prediction([self.labels[i] for i in order], [float(p[i]) for i in order], dec))
         return out
 
 
-def predict(bundle: str | Path, images: Sequence[ImageLike] | ImageLike, top_k: int = 5, runtime: str | None = None) -> list[Prediction]:
+def predict(
+    bundle: str | Path, images: Sequence[ImageLike] | ImageLike, top_k: int = 5, runtime: str | None = None
+) -> list[Prediction]:
     """Classify ``images`` (paths, PIL images or uint8 arrays) with a bundle; calibrated top-k per image."""
     return BundleClassifier(bundle, runtime).classify(images, top_k)

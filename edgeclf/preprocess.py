@@ -80,22 +80,35 @@ class PreprocessSpec:
                 f"preprocessing needs 0 < crop_size <= resize_size <= {MAX_RESIZE_SIZE}, got crop {self.crop_size}, "
                 f"resize {self.resize_size}"
             )
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                   for x in (*self.mean, *self.std, self.scale)) or not self.scale > 0:
-            raise ConfigError(f"preprocessing mean, std and scale must be finite numbers, scale > 0; got "
-                              f"{self.mean}, {self.std}, {self.scale}")
+        if (
+            not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in (*self.mean, *self.std, self.scale)
+            )
+            or not self.scale > 0
+        ):
+            raise ConfigError(
+                f"preprocessing mean, std and scale must be finite numbers, scale > 0; got {self.mean}, {self.std}, {self.scale}"
+            )
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ConfigError(f"interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ConfigError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
         if self.antialias is not False:
             raise ConfigError("antialiased resizing is not part of preprocessing spec version 1")
-        fixed = {"color_order": "RGB", "resize_mode": "shorter_side", "rounding": "half_to_even", "crop_offset": "floor",
-                 "layout": "NCHW", "dtype": "float32"}
+        fixed = {
+            "color_order": "RGB",
+            "resize_mode": "shorter_side",
+            "rounding": "half_to_even",
+            "crop_offset": "floor",
+            "layout": "NCHW",
+            "dtype": "float32",
+        }
         for name, want in fixed.items():
             if getattr(self, name) != want:
-                raise ConfigError(f"preprocessing {name} = {getattr(self, name)!r} is not supported (spec version 1 "
-                                  f"implements {want!r})")
+                raise ConfigError(
+                    f"preprocessing {name} = {getattr(self, name)!r} is not supported (spec version 1 implements {want!r})"
+                )
 
     @classmethod
     def from_timm_config(cls, cfg: dict[str, Any], image_size: int | None = None) -> PreprocessSpec:
@@ -126,7 +139,9 @@ class PreprocessSpec:
             raise ConfigError(f"unknown preprocessing fields: {', '.join(sorted(unknown))}")
         v = d.get("version", PREPROCESS_SPEC_VERSION)
         if isinstance(v, bool) or v != PREPROCESS_SPEC_VERSION:
-            raise ConfigError(f"preprocessing spec version {d.get('version')} is not supported (expected {PREPROCESS_SPEC_VERSION})")
+            raise ConfigError(
+                f"preprocessing spec version {d.get('version')} is not supported (expected {PREPROCESS_SPEC_VERSION})"
+            )
         try:
             if not isinstance(d["mean"], (list, tuple)) or not isinstance(d["std"], (list, tuple)):
                 raise TypeError("mean and std must be lists of 3 numbers")

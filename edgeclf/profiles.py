@@ -72,10 +72,23 @@ _SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 ISA_FEATURES: dict[str, frozenset[str]] = {
     "x86_64": frozenset(
         {
-            "sse4_2", "avx", "avx2", "fma", "f16c",
-            "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
-            "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
-            "amx_tile", "amx_int8", "amx_bf16",
+            "sse4_2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512cd",
+            "avx512bw",
+            "avx512dq",
+            "avx512vl",
+            "avx512_vnni",
+            "avx512_bf16",
+            "avx512_fp16",
+            "avx_vnni",
+            "amx_tile",
+            "amx_int8",
+            "amx_bf16",
         }
     ),
     "aarch64": frozenset({"neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2"}),
@@ -124,9 +137,7 @@ class Cpu(_Strict):
     model: str = Field(min_length=1, description="CPU core or part, e.g. 'Arm Cortex-A76'.")
     arch: Literal["aarch64", "x86_64"]
     cores: int = Field(gt=0, description="Physical cores available to inference.")
-    threads: int | None = Field(
-        default=None, gt=0, description="Hardware threads (SMT); defaults to cores."
-    )
+    threads: int | None = Field(default=None, gt=0, description="Hardware threads (SMT); defaults to cores.")
     max_freq_ghz: float = Field(gt=0)
     isa_features: list[str] = Field(
         default_factory=list,
@@ -188,8 +199,7 @@ class Gpu(_Strict):
     def _capability_is_text(cls, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             raise ValueError(
-                f'write the compute capability as a quoted string, e.g. "{value}" '
-                "(as a number, 8.10 would read as 8.1)"
+                f'write the compute capability as a quoted string, e.g. "{value}" (as a number, 8.10 would read as 8.1)'
             )
         return value
 
@@ -213,9 +223,7 @@ class Memory(_Strict):
 
     ram_gb: float = Field(gt=0)
     technology: str | None = Field(default=None, min_length=1, description="e.g. 'LPDDR5, 256-bit'")
-    shared_with_gpu: bool = Field(
-        default=False, description="True on SoCs where CPU and GPU share one DRAM pool."
-    )
+    shared_with_gpu: bool = Field(default=False, description="True on SoCs where CPU and GPU share one DRAM pool.")
 
 
 class RuntimeSupport(_Strict):
@@ -247,8 +255,7 @@ class RuntimeSupport(_Strict):
         if self.runtime == "onnxruntime":
             if self.device is not None:
                 raise ValueError(
-                    "onnxruntime takes execution_provider, not device "
-                    "(e.g. execution_provider: CUDAExecutionProvider)"
+                    "onnxruntime takes execution_provider, not device (e.g. execution_provider: CUDAExecutionProvider)"
                 )
             ep = self.execution_provider or "CPUExecutionProvider"
             if ep not in ORT_EXECUTION_PROVIDERS:
@@ -260,17 +267,11 @@ class RuntimeSupport(_Strict):
                 )
         else:
             if self.execution_provider is not None:
-                raise ValueError(
-                    f"execution_provider applies to onnxruntime only; for {self.runtime} "
-                    "use device"
-                )
+                raise ValueError(f"execution_provider applies to onnxruntime only; for {self.runtime} use device")
             devices = RUNTIME_DEVICES[self.runtime]
             dev = self.device or _DEFAULT_DEVICE[self.runtime]
             if dev not in devices:
-                raise ValueError(
-                    f"{self.runtime} device {dev!r} is not supported; use one of "
-                    f"{', '.join(devices)}"
-                )
+                raise ValueError(f"{self.runtime} device {dev!r} is not supported; use one of {', '.join(devices)}")
         return self
 
     @property
@@ -305,9 +306,7 @@ class Compute(_Strict):
     peak_fp16_gflops: float | None = Field(default=None, gt=0)
     peak_int8_gops: float | None = Field(default=None, gt=0)
     memory_bandwidth_gb_per_s: float = Field(gt=0, description="DRAM bandwidth, 10^9 bytes/s.")
-    threads: int | None = Field(
-        default=None, gt=0, description="Intra-op threads the runtime uses; required for cpu."
-    )
+    threads: int | None = Field(default=None, gt=0, description="Intra-op threads the runtime uses; required for cpu.")
 
     @model_validator(mode="after")
     def _check(self) -> Compute:
@@ -372,9 +371,7 @@ class HardwareProfile(_Strict):
                 )
             needs_cuda = rt.runtime == "tensorrt" or rt.backend in _CUDA_EXECUTION_PROVIDERS
             if needs_cuda and (self.gpu is None or self.gpu.cuda_compute_capability is None):
-                raise ValueError(
-                    f"{where} needs an NVIDIA GPU: add gpu with cuda_compute_capability"
-                )
+                raise ValueError(f"{where} needs an NVIDIA GPU: add gpu with cuda_compute_capability")
             for precision in rt.precisions:
                 if self.compute.peak_gops(precision) is None:
                     raise ValueError(
@@ -385,8 +382,7 @@ class HardwareProfile(_Strict):
             raise ValueError("compute.target is gpu but the profile has no gpu section")
         if self.compute.threads is not None and self.compute.threads > self.cpu.hardware_threads:
             raise ValueError(
-                f"compute.threads ({self.compute.threads}) exceeds the CPU's "
-                f"{self.cpu.hardware_threads} hardware threads"
+                f"compute.threads ({self.compute.threads}) exceeds the CPU's {self.cpu.hardware_threads} hardware threads"
             )
         ram_mb = self.memory.ram_gb * 1024
         if self.budgets.memory_mb > ram_mb:
@@ -482,9 +478,7 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> HardwareProfile:
         return profile
     if text and Path(text).is_file():
         return _load_path(Path(text))
-    available = ", ".join(builtins) if builtins else (
-        f"none found in {builtin_profiles_dir()} (the installation is incomplete)"
-    )
+    available = ", ".join(builtins) if builtins else (f"none found in {builtin_profiles_dir()} (the installation is incomplete)")
     hint = difflib.get_close_matches(text, list(builtins), n=1)
     raise ProfileError(
         f"unknown hardware profile {text!r}"
@@ -540,9 +534,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     return loader.construct_mapping(node, deep=True)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _parse_yaml(text: str, source: str) -> Any:

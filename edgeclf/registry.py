@@ -187,8 +187,10 @@ def _bundle_files(bundle_dir: Path) -> list[str]:
     for p in sorted(bundle_dir.rglob("*")):
         rel = p.relative_to(bundle_dir).as_posix()
         if p.is_symlink():
-            raise BundleError(f"bundle {bundle_dir} contains a symbolic link ({rel}); "
-                              "the registry stores plain files only: replace it with the file it points to")
+            raise BundleError(
+                f"bundle {bundle_dir} contains a symbolic link ({rel}); "
+                "the registry stores plain files only: replace it with the file it points to"
+            )
         if p.is_file():
             files.append(rel)
         elif not p.is_dir():
@@ -216,6 +218,7 @@ def content_hash(bundle_dir: Path, manifest: BundleManifest) -> str:
 
 def metrics_summary(manifest: BundleManifest) -> MetricsSummary:
     """Test-split numbers when the test split was evaluated, else validation, else fine-tuning."""
+
     def num(v: Any) -> float | None:
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -297,8 +300,7 @@ def parity_verdict(bundle_dir: Path, manifest: BundleManifest) -> ParityVerdict:
         if a.status != "ok":
             failures.append(f"{a.format}/{a.precision}: shipped with status {a.status} ({MANIFEST})")
     if not rows and not failures:
-        return ParityVerdict(verdict="missing", failures=["the bundle holds no per-artifact parity results"],
-                             shipped=shipped)
+        return ParityVerdict(verdict="missing", failures=["the bundle holds no per-artifact parity results"], shipped=shipped)
     if not manifest.artifacts:
         failures.append("the bundle ships no artifact")
     return ParityVerdict(verdict="failed" if failures else "passed", failures=failures, skipped=skipped, shipped=shipped)
@@ -322,11 +324,19 @@ def validate_bundle(bundle_dir: Path) -> BundleManifest:
 def _make_entry(bundle_dir: Path, version: str, manifest: BundleManifest, digest: str) -> RegistryEntry:
     files = _bundle_files(bundle_dir)
     return RegistryEntry(
-        version=version, content_hash=digest, name=manifest.name, added=_now(), bundle_created=manifest.created,
-        labels=list(manifest.labels), target_profile=manifest.target_profile, files=len(files),
+        version=version,
+        content_hash=digest,
+        name=manifest.name,
+        added=_now(),
+        bundle_created=manifest.created,
+        labels=list(manifest.labels),
+        target_profile=manifest.target_profile,
+        files=len(files),
         size_bytes=sum((bundle_dir / f).stat().st_size for f in files),
-        metrics=metrics_summary(manifest), parity=parity_verdict(bundle_dir, manifest),
-        decision=manifest.policy().describe())
+        metrics=metrics_summary(manifest),
+        parity=parity_verdict(bundle_dir, manifest),
+        decision=manifest.policy().describe(),
+    )
 
 
 def _copy_tree(src: Path, dst: Path, files: list[str]) -> None:
@@ -385,16 +395,20 @@ class Registry:
 
     def _require(self) -> None:
         if not self.exists():
-            raise RegistryError(f"{self.root} is not an edgeclf registry (no {INDEX}); create it with "
-                                f"`edgeclf registry add BUNDLE --root {self.root}` or set {ENV_ROOT}")
+            raise RegistryError(
+                f"{self.root} is not an edgeclf registry (no {INDEX}); create it with "
+                f"`edgeclf registry add BUNDLE --root {self.root}` or set {ENV_ROOT}"
+            )
 
     def _read_index(self) -> RegistryIndex:
         try:
             raw = json.loads(self.index_path.read_text(encoding="utf-8"))
             return RegistryIndex.model_validate(raw)
         except (ValueError, UnicodeDecodeError, ValidationError) as e:
-            raise RegistryError(f"{self.index_path} is damaged ({str(e).splitlines()[0]}); "
-                                "restore it from a backup, or re-add the bundles to a new registry") from None
+            raise RegistryError(
+                f"{self.index_path} is damaged ({str(e).splitlines()[0]}); "
+                "restore it from a backup, or re-add the bundles to a new registry"
+            ) from None
 
     def index(self) -> RegistryIndex:
         self._require()
@@ -411,8 +425,9 @@ class Registry:
             if e.version == version:
                 return e
         known = ", ".join(e.version for e in entries) or "none"
-        raise RegistryError(f"version {version} is not in the registry {self.root} (versions: {known}); "
-                            "see `edgeclf registry list`")
+        raise RegistryError(
+            f"version {version} is not in the registry {self.root} (versions: {known}); see `edgeclf registry list`"
+        )
 
     def current(self) -> Pointer | None:
         """The pointer, or ``None`` when nothing has been promoted yet."""
@@ -425,8 +440,10 @@ class Registry:
             p = Pointer.model_validate(json.loads(raw))
             parse_version(p.version)
         except (ValueError, ValidationError, RegistryError) as e:
-            raise RegistryError(f"{self.pointer_path} is damaged ({str(e).splitlines()[0]}); "
-                                "promote a version again with `edgeclf registry promote VERSION`") from None
+            raise RegistryError(
+                f"{self.pointer_path} is damaged ({str(e).splitlines()[0]}); "
+                "promote a version again with `edgeclf registry promote VERSION`"
+            ) from None
         return p
 
     def path(self, which: str = "current") -> Path:
@@ -437,8 +454,10 @@ class Registry:
                 raise RegistryError(f"nothing is promoted in {self.root} yet; run `edgeclf registry promote VERSION`")
             d = (self.root / p.path).resolve()
             if d != self.version_dir(p.version).resolve():
-                raise RegistryError(f"{self.pointer_path} points outside {self.root / VERSIONS}; "
-                                    "promote a version again with `edgeclf registry promote VERSION`")
+                raise RegistryError(
+                    f"{self.pointer_path} points outside {self.root / VERSIONS}; "
+                    "promote a version again with `edgeclf registry promote VERSION`"
+                )
         else:
             d = self.version_dir(self.entry(which).version).resolve()
         if not d.is_dir():
@@ -467,8 +486,9 @@ class Registry:
         if self.root.exists() and not self.root.is_dir():
             raise RegistryError(f"{self.root} is a file, not a registry folder; pick another --root")
         if not self.exists() and self.root.exists() and any(p.name != LOCK for p in self.root.iterdir()):
-            raise RegistryError(f"{self.root} exists and is not an edgeclf registry (no {INDEX}); "
-                                "pick an empty or new folder with --root")
+            raise RegistryError(
+                f"{self.root} exists and is not an edgeclf registry (no {INDEX}); pick an empty or new folder with --root"
+            )
 
     def _init_root(self) -> None:
         if self.exists():
@@ -521,23 +541,28 @@ class Registry:
             same = next((e for e in index.entries if e.content_hash == digest), None)
             if same is not None:
                 if version is not None and version != same.version:
-                    raise RegistryError(f"this bundle is already in the registry as version {same.version} "
-                                        f"(content {digest[:19]}); not adding it again as {version}")
+                    raise RegistryError(
+                        f"this bundle is already in the registry as version {same.version} "
+                        f"(content {digest[:19]}); not adding it again as {version}"
+                    )
                 try:
                     self._verify_stored(same)
                 except RegistryError as e:  # the stored copy is gone or damaged: this bundle repairs it
                     log.warning("%s; copying it again from %s", e, src)
                     self._store(src, same.version, digest)
-                    return AddResult(entry=same, path=str(self.version_dir(same.version).resolve()),
-                                     already_present=True, repaired=True)
+                    return AddResult(
+                        entry=same, path=str(self.version_dir(same.version).resolve()), already_present=True, repaired=True
+                    )
                 return AddResult(entry=same, path=str(self.version_dir(same.version).resolve()), already_present=True)
             taken = [e.version for e in index.entries]
             taken += [p.name for p in (self.root / VERSIONS).iterdir() if _SEMVER.match(p.name) and p.name not in taken]
             if version is None:
                 version = next_version(taken)
             elif version in taken:
-                raise RegistryError(f"version {version} is already in the registry {self.root} with different content; "
-                                    f"choose another with --version, or omit it to get {next_version(taken)}")
+                raise RegistryError(
+                    f"version {version} is already in the registry {self.root} with different content; "
+                    f"choose another with --version, or omit it to get {next_version(taken)}"
+                )
             final, entry = self._store(src, version, digest)
             index.entries.append(entry)
             write_json(self.index_path, index.model_dump(mode="json"))
@@ -571,16 +596,20 @@ class Registry:
         """A stored version's files against its manifest, its recorded content hash, and the full load check."""
         d = self.version_dir(entry.version)
         if not d.is_dir():
-            raise RegistryError(f"version {entry.version}: its folder {d} is missing; re-add the bundle "
-                                "(`edgeclf registry add BUNDLE` copies it again)")
+            raise RegistryError(
+                f"version {entry.version}: its folder {d} is missing; re-add the bundle "
+                "(`edgeclf registry add BUNDLE` copies it again)"
+            )
         try:
             m = validate_bundle(d)
             digest = content_hash(d, m)
         except BundleError as e:
             raise RegistryError(f"version {entry.version} is damaged in the registry ({e}); re-add the bundle") from None
         if digest != entry.content_hash:
-            raise RegistryError(f"version {entry.version} changed on disk since it was added "
-                                f"(content {digest[:19]} != recorded {entry.content_hash[:19]}); re-add the bundle")
+            raise RegistryError(
+                f"version {entry.version} changed on disk since it was added "
+                f"(content {digest[:19]} != recorded {entry.content_hash[:19]}); re-add the bundle"
+            )
         return m
 
     def _check_stored(self, entry: RegistryEntry) -> Path:
@@ -591,27 +620,42 @@ class Registry:
         if weak:
             detail = ((m.metrics or {}).get("quality_gates") or {}).get("every_class_recalled") or {}
             classes = ", ".join(detail.get("classes") or []) if isinstance(detail, dict) else ""
-            raise RegistryError(f"version {entry.version} cannot be promoted: {'; '.join(weak)}"
-                                f"{f' (validation recall 0 for: {classes})' if classes else ''}; "
-                                "fix the data or the recipe for those classes and build again")
+            raise RegistryError(
+                f"version {entry.version} cannot be promoted: {'; '.join(weak)}"
+                f"{f' (validation recall 0 for: {classes})' if classes else ''}; "
+                "fix the data or the recipe for those classes and build again"
+            )
         verdict = parity_verdict(d, m)
         if verdict.verdict != "passed":
             why = "; ".join(verdict.failures) or verdict.verdict
-            raise RegistryError(f"version {entry.version} cannot be promoted: its parity gates did not pass ({why}); "
-                                "re-export the run so every artifact passes its gate, then add the new bundle")
+            raise RegistryError(
+                f"version {entry.version} cannot be promoted: its parity gates did not pass ({why}); "
+                "re-export the run so every artifact passes its gate, then add the new bundle"
+            )
         return d
 
-    def _switch(self, entry: RegistryEntry, stack: list[str], action: Literal["promote", "rollback"],
-                previous: str | None) -> PointerChange:
-        pointer = Pointer(version=entry.version, path=f"{VERSIONS}/{entry.version}", content_hash=entry.content_hash,
-                          promoted_at=_now(), stack=stack)
+    def _switch(
+        self, entry: RegistryEntry, stack: list[str], action: Literal["promote", "rollback"], previous: str | None
+    ) -> PointerChange:
+        pointer = Pointer(
+            version=entry.version,
+            path=f"{VERSIONS}/{entry.version}",
+            content_hash=entry.content_hash,
+            promoted_at=_now(),
+            stack=stack,
+        )
         write_json(self.pointer_path, pointer.model_dump(mode="json"))  # temp file + os.replace
         _fsync_dir(self.root)
         index = self._read_index()
         index.events.append(PointerEvent(action=action, version=entry.version, previous=previous, at=pointer.promoted_at))
         write_json(self.index_path, index.model_dump(mode="json"))
-        return PointerChange(action=action, previous=previous, current=entry.version,
-                             path=str(self.version_dir(entry.version).resolve()), changed=True)
+        return PointerChange(
+            action=action,
+            previous=previous,
+            current=entry.version,
+            path=str(self.version_dir(entry.version).resolve()),
+            changed=True,
+        )
 
     def promote(self, version: str) -> PointerChange:
         """Point ``current`` at ``version`` after re-verifying it; refuses failed parity gates."""
@@ -624,8 +668,13 @@ class Registry:
                 cur = None
             if cur is not None and cur.version == version:
                 self._verify_stored(entry)  # "already current" only when it is really there
-                return PointerChange(action="promote", previous=version, current=version,
-                                     path=str(self.version_dir(version).resolve()), changed=False)
+                return PointerChange(
+                    action="promote",
+                    previous=version,
+                    current=version,
+                    path=str(self.version_dir(version).resolve()),
+                    changed=False,
+                )
             self._check_stored(entry)
             stack = [*(cur.stack if cur else []), version]
             return self._switch(entry, stack, "promote", cur.version if cur else None)
@@ -637,14 +686,31 @@ class Registry:
             if cur is None:
                 raise RegistryError(f"nothing is promoted in {self.root}; there is nothing to roll back")
             if len(cur.stack) < 2:
-                raise RegistryError(f"version {cur.version} is the first promoted version; there is no earlier one "
-                                    "to roll back to (promote a specific version instead)")
+                raise RegistryError(
+                    f"version {cur.version} is the first promoted version; there is no earlier one "
+                    "to roll back to (promote a specific version instead)"
+                )
             target = cur.stack[-2]
             entry = self.entry(target)
             self._check_stored(entry)
             return self._switch(entry, cur.stack[:-1], "rollback", cur.version)
 
 
-__all__ = ["AddResult", "MetricsSummary", "ParityVerdict", "Pointer", "PointerChange", "PointerEvent", "Registry",
-           "RegistryEntry", "RegistryError", "RegistryIndex", "content_hash", "default_root", "metrics_summary",
-           "next_version", "parity_verdict", "parse_version"]
+__all__ = [
+    "AddResult",
+    "MetricsSummary",
+    "ParityVerdict",
+    "Pointer",
+    "PointerChange",
+    "PointerEvent",
+    "Registry",
+    "RegistryEntry",
+    "RegistryError",
+    "RegistryIndex",
+    "content_hash",
+    "default_root",
+    "metrics_summary",
+    "next_version",
+    "parity_verdict",
+    "parse_version",
+]

@@ -15,6 +15,7 @@ _BOOTSTRAP_BLOCK_ITEMS = 2_000_000
 
 BOOTSTRAP_METHOD = "stratified bootstrap, percentile"
 
+
 class MetricInputError(EdgeclfError):
     """Labels or predictions handed to a metric are inconsistent (lengths, class indices, settings)."""
 
@@ -39,8 +40,9 @@ def _check_settings(n_resamples: int, level: float) -> None:
         raise MetricInputError(f"level must lie strictly between 0 and 1, got {level}")
 
 
-def stratified_resamples(y_true: np.ndarray, n_resamples: int, seed: int = 0,
-                         block_items: int = _BOOTSTRAP_BLOCK_ITEMS) -> Iterator[np.ndarray]:
+def stratified_resamples(
+    y_true: np.ndarray, n_resamples: int, seed: int = 0, block_items: int = _BOOTSTRAP_BLOCK_ITEMS
+) -> Iterator[np.ndarray]:
     """Blocks of bootstrap resamples, each row one resample: positions into ``y_true``.
 
     Every row draws, within each true class, as many items as that class has, with
@@ -91,8 +93,9 @@ def _interval(value: float, samples: np.ndarray, level: float) -> dict[str, floa
     return {"value": float(value), "low": float(lo), "high": float(hi)}
 
 
-def _bootstrap_scores(y_true: np.ndarray, preds: list[np.ndarray], n_classes: int, n_resamples: int,
-                      seed: int) -> list[dict[str, np.ndarray]]:
+def _bootstrap_scores(
+    y_true: np.ndarray, preds: list[np.ndarray], n_classes: int, n_resamples: int, seed: int
+) -> list[dict[str, np.ndarray]]:
     """Scores of each prediction array on the same stratified resamples (one row per resample)."""
     support = np.bincount(y_true, minlength=n_classes).astype(np.float64)
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in preds]
@@ -103,8 +106,9 @@ def _bootstrap_scores(y_true: np.ndarray, preds: list[np.ndarray], n_classes: in
     return [{key: np.concatenate([d[key] for d in ps]) for key in ps[0]} for ps in parts]
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], n_resamples: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Percentile intervals for accuracy, macro-F1 and each class's recall.
 
     Stratified bootstrap: each of ``n_resamples`` resamples draws, within every true class,
@@ -130,20 +134,32 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], n_r
             recall[c] = _interval(point["recall"][0, i], boot["recall"][:, i], level)
         else:
             recall[c] = {"value": None, "low": None, "high": None}
-    return {"method": BOOTSTRAP_METHOD, "n_resamples": int(n_resamples), "seed": int(seed), "level": float(level),
-            "n": int(len(t)),
-            "accuracy": _interval(point["accuracy"][0], boot["accuracy"], level),
-            "macro_f1": _interval(point["macro_f1"][0], boot["macro_f1"], level),
-            "per_class_recall": recall}
+    return {
+        "method": BOOTSTRAP_METHOD,
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "level": float(level),
+        "n": int(len(t)),
+        "accuracy": _interval(point["accuracy"][0], boot["accuracy"], level),
+        "macro_f1": _interval(point["macro_f1"][0], boot["macro_f1"], level),
+        "per_class_recall": recall,
+    }
 
 
 #: Metrics :func:`paired_bootstrap_diff` can compare.
 PAIRED_METRICS = ("macro_f1", "accuracy")
 
 
-def paired_bootstrap_diff(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, classes: list[str],
-                          metric: str = "macro_f1", n_resamples: int = 1000, seed: int = 0,
-                          level: float = 0.95) -> dict[str, Any]:
+def paired_bootstrap_diff(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    classes: list[str],
+    metric: str = "macro_f1",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Interval of ``metric(a) - metric(b)``, both scored on the same stratified resamples.
 
     Pairing removes the variation the two models share (the same hard images land in both),
@@ -171,8 +187,20 @@ def paired_bootstrap_diff(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.nda
     recall = []
     for c in range(k):
         rc = _interval(float(ra[c] - rb[c]), sa["recall"][:, c] - sb["recall"][:, c], level)
-        recall.append({"class": classes[c], "support": int(support[c]), "diff": rc["value"], "low": rc["low"],
-                       "high": rc["high"]})
-    return {"method": f"paired {BOOTSTRAP_METHOD}", "metric": metric, "n_resamples": int(n_resamples), "seed": int(seed),
-            "level": float(level), "a": va, "b": vb, "diff": ci["value"], "low": ci["low"], "high": ci["high"],
-            "significant": bool(ci["low"] > 0 or ci["high"] < 0), "recall": recall}
+        recall.append(
+            {"class": classes[c], "support": int(support[c]), "diff": rc["value"], "low": rc["low"], "high": rc["high"]}
+        )
+    return {
+        "method": f"paired {BOOTSTRAP_METHOD}",
+        "metric": metric,
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "level": float(level),
+        "a": va,
+        "b": vb,
+        "diff": ci["value"],
+        "low": ci["low"],
+        "high": ci["high"],
+        "significant": bool(ci["low"] > 0 or ci["high"] < 0),
+        "recall": recall,
+    }

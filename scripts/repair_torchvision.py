@@ -249,8 +249,8 @@ def stub_source(soname: str, symbols: Iterable[UndefinedSymbol]) -> str:
         "#include <stdlib.h>",
         "",
         "__attribute__((noreturn)) static void stub_called(const char *name) {",
-        "    fprintf(stderr, \"torchvision CPU stub: %s from " + soname + " was called; \"",
-        "            \"this CUDA code path cannot run with a CPU-only torch\\n\", name);",
+        '    fprintf(stderr, "torchvision CPU stub: %s from ' + soname + ' was called; "',
+        '            "this CUDA code path cannot run with a CPU-only torch\\n", name);',
         "    abort();",
         "}",
         "",
@@ -262,10 +262,7 @@ def stub_source(soname: str, symbols: Iterable[UndefinedSymbol]) -> str:
         if symbol.kind == "TLS":
             lines.append(f"__thread unsigned char tls_{number}[{STUB_DATA_SIZE}] {label};")
         elif symbol.kind == "OBJECT":
-            lines.append(
-                f"unsigned char data_{number}[{STUB_DATA_SIZE}] {label} "
-                "__attribute__((aligned(64)));"
-            )
+            lines.append(f"unsigned char data_{number}[{STUB_DATA_SIZE}] {label} __attribute__((aligned(64)));")
         elif LOAD_TIME_HOOK.fullmatch(symbol.name):
             lines.append(f"long hook_{number}(void) {label};")
             lines.append(f"long hook_{number}(void) {{ return 0; }}")
@@ -447,9 +444,7 @@ def probe(extensions: Sequence[Path]) -> str | None:
     return lines[-1] if lines else f"exit status {result.returncode}"
 
 
-def plan_extension(
-    extension: Path, elf: Elf, resolver: Resolver, scope: set[str]
-) -> ExtensionPlan:
+def plan_extension(extension: Path, elf: Elf, resolver: Resolver, scope: set[str]) -> ExtensionPlan:
     """Find the missing libraries of one extension and the symbols to stub for them.
 
     ``scope`` holds the symbols the interpreter itself defines (the Python C API).
@@ -540,9 +535,7 @@ def build_stub(cc: str, soname: str, symbols: Sequence[UndefinedSymbol], target:
 
 def set_runpath(patchelf: str, extension: Path, runpath: Sequence[str]) -> None:
     """Set the RUNPATH of a copy of ``extension``, then swap the copy in."""
-    fd, temporary = tempfile.mkstemp(
-        dir=extension.parent, prefix=f".{extension.name}.", suffix=".tmp"
-    )
+    fd, temporary = tempfile.mkstemp(dir=extension.parent, prefix=f".{extension.name}.", suffix=".tmp")
     os.close(fd)
     try:
         shutil.copy2(extension, temporary)
@@ -579,9 +572,7 @@ def update_record(changed: Sequence[Path]) -> None:
 
 def verify() -> str:
     """Check torchvision, its ops, JPEG codec and timm in a fresh interpreter."""
-    result = subprocess.run(
-        [sys.executable, "-c", VERIFY_CODE], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", VERIFY_CODE], capture_output=True, text=True, check=False)
     lines = (result.stdout + result.stderr).strip().splitlines()
     last = lines[-1] if lines else f"exit status {result.returncode}"
     if result.returncode != 0:
@@ -613,9 +604,7 @@ class Install:
 
     def extensions(self) -> list[Path]:
         """torchvision's extension modules (its own .so files, not the stubs)."""
-        return sorted(
-            path for path in self.package_dir.rglob("*.so") if self.stub_dir not in path.parents
-        )
+        return sorted(path for path in self.package_dir.rglob("*.so") if self.stub_dir not in path.parents)
 
     def show(self, path: Path) -> str:
         return path.relative_to(self.package_dir.parent).as_posix()
@@ -690,9 +679,7 @@ def repair(check_only: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", 1)[0])
-    parser.add_argument(
-        "--check", action="store_true", help="only report; exit 1 if a repair is needed"
-    )
+    parser.add_argument("--check", action="store_true", help="only report; exit 1 if a repair is needed")
     args = parser.parse_args(argv)
     try:
         return repair(check_only=args.check)

@@ -101,9 +101,19 @@ def make_tiny_run(base: Path) -> Path:
         shutil.rmtree(master, ignore_errors=True)
         master.mkdir(parents=True)
         m = make_tiny_manifest(master)
-        cfg = load_config(None, {"data.manifest": m, "data.workers": 0, "data.cache_dir": str(master / "cache"),
-                                 "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 1, "batch_size": 8,
-                                 "amp": "off"})
+        cfg = load_config(
+            None,
+            {
+                "data.manifest": m,
+                "data.workers": 0,
+                "data.cache_dir": str(master / "cache"),
+                "model.image_size": 64,
+                "probe.epochs": 5,
+                "finetune.epochs": 1,
+                "batch_size": 8,
+                "amp": "off",
+            },
+        )
         train(cfg, master / "run")
         _TINY_MASTER["base"] = master
     base = Path(base)
@@ -124,20 +134,33 @@ def tiny_onnx_bytes(classes: int, crop: int, seed: int = 0) -> bytes:
     b = helper.make_tensor("b", TensorProto.FLOAT, [n], rng.normal(size=n).astype(np.float32).tolist())
     axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
-         helper.make_node("MatMul", ["m", "w"], ["mw"]),
-         helper.make_node("Add", ["mw", "b"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])], [w, b, axes])
+        [
+            helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+            helper.make_node("MatMul", ["m", "w"], ["mw"]),
+            helper.make_node("Add", ["mw", "b"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])],
+        [w, b, axes],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
-def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = None, interpolation: str = "bicubic",
-                          labels: tuple[str, ...] = ("a", "b", "c"), temperature: float = 1.5,
-                          mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                          std: tuple[float, float, float] = (0.229, 0.224, 0.225), decision: object = None) -> Path:
+def make_synthetic_bundle(
+    dest: Path,
+    *,
+    crop: int = 32,
+    resize: int | None = None,
+    interpolation: str = "bicubic",
+    labels: tuple[str, ...] = ("a", "b", "c"),
+    temperature: float = 1.5,
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    decision: object = None,
+) -> Path:
     """A small but real bundle: a tiny ONNX classifier (channel means -> linear layer) with a
     manifest written through the bundle's own model. For runtime tests that need many specs
     and fast inference, not accuracy."""
@@ -148,15 +171,39 @@ def make_synthetic_bundle(dest: Path, *, crop: int = 32, resize: int | None = No
 
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "model.onnx").write_bytes(tiny_onnx_bytes(len(labels), crop))
-    spec = PreprocessSpec(resize_size=resize or crop, crop_size=crop, interpolation=interpolation,  # type: ignore[arg-type]
-                          mean=mean, std=std)
+    spec = PreprocessSpec(
+        resize_size=resize or crop,
+        crop_size=crop,
+        interpolation=interpolation,  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
+    )
     p = dest / "model.onnx"
-    art = ArtifactEntry(file="model.onnx", format="onnx", runtime="onnxruntime", precision="fp32",
-                        sha256=sha256_file(p), size_bytes=p.stat().st_size, status="ok")
-    manifest = BundleManifest(schema_version=SCHEMA_VERSION, min_runtime_version=MIN_RUNTIME_VERSION, name="synthetic",
-                              created="2026-01-01T00:00:00Z", creator={"edgeclf": "test"}, labels=list(labels),
-                              preprocess=spec.to_dict(), temperature=temperature, source_run={}, dataset_fingerprint="0" * 64,
-                              calibration_data={}, metrics={}, artifacts=[art], decision=decision)
+    art = ArtifactEntry(
+        file="model.onnx",
+        format="onnx",
+        runtime="onnxruntime",
+        precision="fp32",
+        sha256=sha256_file(p),
+        size_bytes=p.stat().st_size,
+        status="ok",
+    )
+    manifest = BundleManifest(
+        schema_version=SCHEMA_VERSION,
+        min_runtime_version=MIN_RUNTIME_VERSION,
+        name="synthetic",
+        created="2026-01-01T00:00:00Z",
+        creator={"edgeclf": "test"},
+        labels=list(labels),
+        preprocess=spec.to_dict(),
+        temperature=temperature,
+        source_run={},
+        dataset_fingerprint="0" * 64,
+        calibration_data={},
+        metrics={},
+        artifacts=[art],
+        decision=decision,
+    )
     write_manifest(dest, manifest)
     return dest
 

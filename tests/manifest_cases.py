@@ -37,6 +37,7 @@ def edit(fn: Callable[[dict[str, Any]], Any]) -> Callable[[Path], None]:
         m = _manifest(b)
         fn(m)
         _write(b, m)
+
     return go
 
 
@@ -50,6 +51,7 @@ def set_key(path: str, value: Any) -> Callable[[Path], None]:
             node[int(last)] = value
         else:
             node[last] = value
+
     return edit(fn)
 
 
@@ -60,6 +62,7 @@ def drop_key(path: str) -> Callable[[Path], None]:
         for k in head:
             node = node[int(k)] if isinstance(node, list) else node[k]
         del node[last]
+
     return edit(fn)
 
 
@@ -76,6 +79,7 @@ def old_schema(b: Path) -> None:  # a bundle written before the decision section
 
 def outside_file(target: str) -> Callable[[Path], None]:
     """The artifact entry names a file outside the bundle, with that file's real hash and size."""
+
     def go(b: Path) -> None:
         import hashlib
 
@@ -85,6 +89,7 @@ def outside_file(target: str) -> Callable[[Path], None]:
         m["artifacts"][0]["file"] = target.replace("{OUT}", str(outside))
         m["artifacts"][0]["sha256"] = hashlib.sha256(outside.read_bytes()).hexdigest()
         _write(b, m)
+
     return go
 
 
@@ -114,6 +119,7 @@ def garbage_with_its_hash(b: Path) -> None:
 def parity(text: str) -> Callable[[Path], None]:
     def go(b: Path) -> None:
         (b / "parity.json").write_text(text, encoding="utf-8")
+
     return go
 
 
@@ -152,8 +158,12 @@ CASES: list[Case] = [
     Case("parity.json truncated", parity(GOOD_PARITY[:25]), False, "parity.json"),
     Case("parity.json row without format", parity(json.dumps({"table": [{"precision": "fp32"}]})), False, "parity.json"),
     Case("parity.json without a table", parity(json.dumps({"rows": []})), False, "parity.json"),
-    Case("parity.json ms_per_image as text", parity(json.dumps({"table": [{"format": "onnx", "precision": "fp32",
-                                                                          "ms_per_image": "fast"}]})), False, "parity.json"),
+    Case(
+        "parity.json ms_per_image as text",
+        parity(json.dumps({"table": [{"format": "onnx", "precision": "fp32", "ms_per_image": "fast"}]})),
+        False,
+        "parity.json",
+    ),
     # values
     Case("temperature 0", set_key("temperature", 0.0), False, "temperature"),
     Case("temperature -1", set_key("temperature", -1.0), False, "temperature"),

@@ -15,14 +15,14 @@ from tests.conftest import REPO
 
 #: The flow, first to last; a package may import from its own layer and the ones before it.
 LAYERS: list[set[str]] = [
-    {"errors", "_io", "stats", "preprocess", "_onnx_match"},   # shared foundations
+    {"errors", "_io", "stats", "preprocess", "_onnx_match"},  # shared foundations
     {"data"},
     {"profiles", "models"},
     {"select"},
     {"train"},
     {"evaluate"},
     {"export"},
-    {"inference", "runtime", "_runtime"},                      # the two faces of a loaded bundle
+    {"inference", "runtime", "_runtime"},  # the two faces of a loaded bundle
     {"bench"},
     {"registry"},
     {"build"},

@@ -95,7 +95,8 @@ def test_near_duplicate_pairs_match_brute_force() -> None:
     got = near_duplicate_pairs(hashes, 6, block=7)
     want = [
         (i, j, bin(int(hashes[i]) ^ int(hashes[j])).count("1"))
-        for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
         if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 6
     ]
     assert sorted(got) == sorted(want)

@@ -66,21 +66,45 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bundle")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, len(LABELS))).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, len(LABELS))
+    ).eval()
     spec = PreprocessSpec(resize_size=36, crop_size=32, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
     entries = []
     for fmt in ("onnx", "torchscript"):
         art = export_artifact(fmt, "fp32", model, spec, out, None, json.dumps({"labels": LABELS}))
         assert art.status == "ok", art.error
         e = file_entry(out, art.file)
-        entries.append(ArtifactEntry(file=art.file, format=art.format, runtime=art.runtime, precision=art.precision,
-                                     sha256=e.sha256, size_bytes=e.size_bytes,
-                                     extra_files=[file_entry(out, f) for f in art.extra_files], status="ok"))
-    write_manifest(out, BundleManifest(
-        schema_version=SCHEMA_VERSION, min_runtime_version=MIN_RUNTIME_VERSION, name="tiny", created="2025-01-01",
-        creator={"edgeclf": "test"}, labels=LABELS, preprocess=spec.to_dict(), temperature=1.0, source_run={},
-        dataset_fingerprint="sha256:0", calibration_data={}, metrics={}, artifacts=entries))
+        entries.append(
+            ArtifactEntry(
+                file=art.file,
+                format=art.format,
+                runtime=art.runtime,
+                precision=art.precision,
+                sha256=e.sha256,
+                size_bytes=e.size_bytes,
+                extra_files=[file_entry(out, f) for f in art.extra_files],
+                status="ok",
+            )
+        )
+    write_manifest(
+        out,
+        BundleManifest(
+            schema_version=SCHEMA_VERSION,
+            min_runtime_version=MIN_RUNTIME_VERSION,
+            name="tiny",
+            created="2025-01-01",
+            creator={"edgeclf": "test"},
+            labels=LABELS,
+            preprocess=spec.to_dict(),
+            temperature=1.0,
+            source_run={},
+            dataset_fingerprint="sha256:0",
+            calibration_data={},
+            metrics={},
+            artifacts=entries,
+        ),
+    )
     return out
 
 
@@ -88,8 +112,10 @@ def make_profile(path: Path, budget_ms: float) -> Path:
     """The x86-64-avx2 profile with another p95 budget, as a YAML file."""
     text = (REPO / "hardware_profiles" / "x86-64-avx2.yaml").read_text(encoding="utf-8")
     assert "latency_ms_p95: 50 " in text
-    path.write_text(text.replace("name: x86-64-avx2", "name: test-device")
-                    .replace("latency_ms_p95: 50 ", f"latency_ms_p95: {budget_ms:f} "), encoding="utf-8")
+    path.write_text(
+        text.replace("name: x86-64-avx2", "name: test-device").replace("latency_ms_p95: 50 ", f"latency_ms_p95: {budget_ms:f} "),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -140,8 +166,10 @@ def test_cpu_model_and_versions() -> None:
     assert cpu_model("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6338\n") == "Intel(R) Xeon(R) Gold 6338"
     pi = "processor\t: 0\nBogoMIPS\t: 108.00\n\nRevision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n"
     assert cpu_model(pi, "") == "Raspberry Pi 5 Model B Rev 1.0"
-    assert cpu_model("processor\t: 0\nCPU part\t: 0xd42\n", "NVIDIA Jetson Orin Nano Developer Kit\x00") == \
-        "NVIDIA Jetson Orin Nano Developer Kit"
+    assert (
+        cpu_model("processor\t: 0\nCPU part\t: 0xd42\n", "NVIDIA Jetson Orin Nano Developer Kit\x00")
+        == "NVIDIA Jetson Orin Nano Developer Kit"
+    )
     assert cpu_model("", "")  # falls back to what platform reports
     v = library_versions()
     assert {"python", "edgeclf", "numpy", "onnxruntime"} <= set(v)
@@ -155,8 +183,16 @@ def _env(machine: str = "x86_64", cpus: int = 2) -> Environment:
 
 
 def test_budget_verdict() -> None:
-    prof = ProfileInfo(name="dev", device="Dev board", cpu_model="c", arch="x86_64", threads=4, latency_ms_p95=10,
-                       memory_mb=100, runtimes={"onnxruntime": ["fp32", "int8"], "openvino": ["fp32"]})
+    prof = ProfileInfo(
+        name="dev",
+        device="Dev board",
+        cpu_model="c",
+        arch="x86_64",
+        threads=4,
+        latency_ms_p95=10,
+        memory_mb=100,
+        runtimes={"onnxruntime": ["fp32", "int8"], "openvino": ["fp32"]},
+    )
     assert budget_verdict(prof, "onnxruntime", "fp32", 1, 9.99).verdict == "fits"
     assert budget_verdict(prof, "onnxruntime", "int8", 1, 10.0).verdict == "fits"  # the budget itself fits
     over = budget_verdict(prof, "openvino", "fp32", 1, 10.01)
@@ -187,7 +223,11 @@ def test_profile_info_and_target_notes() -> None:
 def test_run_bench_rows(report, tiny_bundle: Path) -> None:
     python_rows = [r for r in report.results if r.runtime != "cpp"]  # cpp: the C runtime's entry-point runner
     assert [(r.runtime, r.format, r.batch) for r in python_rows] == [
-        ("onnxruntime", "onnx", 1), ("onnxruntime", "onnx", 2), ("torch", "torchscript", 1), ("torch", "torchscript", 2)]
+        ("onnxruntime", "onnx", 1),
+        ("onnxruntime", "onnx", 2),
+        ("torch", "torchscript", 1),
+        ("torch", "torchscript", 2),
+    ]
     cpp_rows = [r for r in report.results if r.runtime == "cpp"]
     assert all(r.format == "onnx" and r.includes_preprocess for r in cpp_rows)
     for r in python_rows:
@@ -231,8 +271,7 @@ def test_report_json_round_trip(report, tmp_path: Path) -> None:
 
 
 def test_filters_and_errors(tiny_bundle: Path) -> None:
-    rep = run_bench(tiny_bundle, runtimes=["ort"], precisions=["fp32"], batches="1", rounds=2, warmup=0,
-                    image_size=(40, 48))
+    rep = run_bench(tiny_bundle, runtimes=["ort"], precisions=["fp32"], batches="1", rounds=2, warmup=0, image_size=(40, 48))
     assert {r.runtime for r in rep.results} == {"onnxruntime"} and len(rep.results) == 1
     assert rep.settings.runtimes == ["onnxruntime"] and rep.profile is None and rep.notes == []
     none = run_bench(tiny_bundle, runtimes=["openvino"], batches="1", rounds=1, warmup=0, image_size=(40, 48))
@@ -267,11 +306,16 @@ def test_extra_runner_hook(tiny_bundle: Path) -> None:
         def __call__(self, batch) -> object:
             raise RuntimeError("boom")
 
-    rep = run_bench(tiny_bundle, runtimes=["cpp", "unbuilt", "crashing"], batches=[1], rounds=3, warmup=2,
-                    image_size=(40, 48),
-                    extra_runners={"cpp": stub_factory, "unbuilt": unbuilt, "crashing": lambda r: Crashing()})
-    assert [(r.runtime, r.engine, r.format, r.includes_preprocess) for r in rep.results] == [
-        ("cpp", "onnxruntime", "onnx", True)]
+    rep = run_bench(
+        tiny_bundle,
+        runtimes=["cpp", "unbuilt", "crashing"],
+        batches=[1],
+        rounds=3,
+        warmup=2,
+        image_size=(40, 48),
+        extra_runners={"cpp": stub_factory, "unbuilt": unbuilt, "crashing": lambda r: Crashing()},
+    )
+    assert [(r.runtime, r.engine, r.format, r.includes_preprocess) for r in rep.results] == [("cpp", "onnxruntime", "onnx", True)]
     assert calls == [(1, (40, 48, 3))] * 5  # 2 warm-up + 3 timed, on frames of the asked size
     reasons = {(s.runtime, s.format): s.reason for s in rep.skipped}
     assert reasons[("unbuilt", "onnx")] == reasons[("unbuilt", "torchscript")] == "the C++ runtime module is not built"
@@ -292,21 +336,24 @@ def test_extra_runner_hook(tiny_bundle: Path) -> None:
         register_runner("onnxruntime", stub_factory)
 
 
-def test_entry_point_runner(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                            caplog: pytest.LogCaptureFixture) -> None:
+def test_entry_point_runner(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """An installed package adds a runtime through the edgeclf.bench_runners entry-point group."""
     dist = tmp_path / "edgeclf_bench_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgeclf-bench-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[edgeclf.bench_runners]\nstub = edgeclf_bench_plugin:factory\n"
-                                           "broken = edgeclf_bench_plugin:no_such_factory\n")
+    (dist / "entry_points.txt").write_text(
+        "[edgeclf.bench_runners]\nstub = edgeclf_bench_plugin:factory\nbroken = edgeclf_bench_plugin:no_such_factory\n"
+    )
     (tmp_path / "edgeclf_bench_plugin.py").write_text(
         "class Runner:\n"
         "    includes_preprocess = False\n"
         "    def __call__(self, batch):\n"
         "        return batch.tensor.sum()\n"
         "def factory(request):\n"
-        "    return Runner() if request.artifact.format == 'onnx' else None\n")
+        "    return Runner() if request.artifact.format == 'onnx' else None\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     factories = runner_factories()
     assert "stub" in factories and "broken" not in factories
@@ -329,15 +376,27 @@ def test_compare_reports_and_pytest_benchmark(report, tmp_path: Path) -> None:
     b.write_text(json.dumps(doc))
     first = report.results[0]
     pb = tmp_path / "pb.json"
-    pb.write_text(json.dumps({
-        "machine_info": {"cpu": {"brand_raw": "Bench CPU"}}, "datetime": "2025-01-01T00:00:00",
-        "benchmarks": [
-            {"name": "test_latency[x]", "extra_info": first.extra_info(report.environment, "test-device", "tiny"),
-             "stats": {"median": 0.5, "mean": 0.5}},
-            {"name": "test_latency[y]", "extra_info": {"runtime": "openvino", "precision": "int8", "batch": 4},
-             "stats": {"median": 0.002, "mean": 0.004}},
-            {"name": "test_index_throughput[1]", "extra_info": {"workers": 1}, "stats": {"median": 1.0}},
-        ]}))
+    pb.write_text(
+        json.dumps(
+            {
+                "machine_info": {"cpu": {"brand_raw": "Bench CPU"}},
+                "datetime": "2025-01-01T00:00:00",
+                "benchmarks": [
+                    {
+                        "name": "test_latency[x]",
+                        "extra_info": first.extra_info(report.environment, "test-device", "tiny"),
+                        "stats": {"median": 0.5, "mean": 0.5},
+                    },
+                    {
+                        "name": "test_latency[y]",
+                        "extra_info": {"runtime": "openvino", "precision": "int8", "batch": 4},
+                        "stats": {"median": 0.002, "mean": 0.004},
+                    },
+                    {"name": "test_index_throughput[1]", "extra_info": {"workers": 1}, "stats": {"median": 1.0}},
+                ],
+            }
+        )
+    )
     cmp = compare([a, b, pb])
     assert [s.label for s in cmp.sources] == ["a/run.json", "b/run.json", "pb.json"]  # same names: parent added
     group = [r for r in cmp.rows if r.key == cmp.rows[0].key]
@@ -365,16 +424,49 @@ def test_cli_bench_json_out_table_and_compare(tiny_bundle: Path, tmp_path: Path)
 
     cli = CliRunner()
     out = tmp_path / "r.json"
-    res = cli.invoke(app, ["bench", str(tiny_bundle), "--runtime", "onnxruntime", "--batch", "1,2", "--rounds", "3",
-                           "--warmup", "1", "--json", "--out", str(out)])
+    res = cli.invoke(
+        app,
+        [
+            "bench",
+            str(tiny_bundle),
+            "--runtime",
+            "onnxruntime",
+            "--batch",
+            "1,2",
+            "--rounds",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["kind"] == "edgeclf.bench" and [r["batch"] for r in doc["results"]] == [1, 2]
     assert json.loads(out.read_text()) == doc
 
     tight = make_profile(tmp_path / "tight.yaml", IMPOSSIBLE_MS)
-    res = cli.invoke(app, ["bench", str(tiny_bundle), "--runtime", "ort", "--batch", "1", "--rounds", "2",
-                           "--warmup", "0", "--profile", str(tight), "--out", str(tmp_path / "t.json")])
+    res = cli.invoke(
+        app,
+        [
+            "bench",
+            str(tiny_bundle),
+            "--runtime",
+            "ort",
+            "--batch",
+            "1",
+            "--rounds",
+            "2",
+            "--warmup",
+            "0",
+            "--profile",
+            str(tight),
+            "--out",
+            str(tmp_path / "t.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "over" in res.stdout and "only mean something when measured on the target device" in res.stdout
     assert read_report(tmp_path / "t.json").results[0].budget.verdict == "over"
@@ -395,10 +487,12 @@ def test_cli_bench_json_out_table_and_compare(tiny_bundle: Path, tmp_path: Path)
 def test_cli_user_errors_are_one_line(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edgeclf.cli import main
 
-    for args, expected in ((["bench", str(tiny_bundle), "--batch", "0"], "batch sizes must be within"),
-                           (["bench", str(tiny_bundle), "--runtime", "nope"], "unknown runtime nope"),
-                           (["bench", "--compare", str(tiny_bundle)], "is a directory"),
-                           (["bench", str(tmp_path / "nowhere")], "not an edgeclf bundle")):
+    for args, expected in (
+        (["bench", str(tiny_bundle), "--batch", "0"], "batch sizes must be within"),
+        (["bench", str(tiny_bundle), "--runtime", "nope"], "unknown runtime nope"),
+        (["bench", "--compare", str(tiny_bundle)], "is a directory"),
+        (["bench", str(tmp_path / "nowhere")], "not an edgeclf bundle"),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(args)
         err = capsys.readouterr().err
@@ -410,8 +504,9 @@ def test_cli_user_errors_are_one_line(tiny_bundle: Path, tmp_path: Path, capsys:
 
 
 def run_suite(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_benchmark_suite_runs_as_tests(tiny_bundle: Path) -> None:
@@ -425,21 +520,48 @@ def test_benchmark_suite_runs_as_tests(tiny_bundle: Path) -> None:
 def test_benchmark_budget_check_fails_the_run(tiny_bundle: Path, tmp_path: Path) -> None:
     tight = make_profile(tmp_path / "tight.yaml", IMPOSSIBLE_MS)
     out = tmp_path / "pb.json"
-    proc = run_suite("benchmarks/test_bench_latency.py", "--benchmark-only", "--bundle", str(tiny_bundle),
-                     "--bench-batch", "1", "--bench-rounds", "2", "--bench-warmup", "0", "--bench-runtime", "onnxruntime",
-                     "--profile", str(tight), "--budget-check", "--benchmark-json", str(out))
+    proc = run_suite(
+        "benchmarks/test_bench_latency.py",
+        "--benchmark-only",
+        "--bundle",
+        str(tiny_bundle),
+        "--bench-batch",
+        "1",
+        "--bench-rounds",
+        "2",
+        "--bench-warmup",
+        "0",
+        "--bench-runtime",
+        "onnxruntime",
+        "--profile",
+        str(tight),
+        "--budget-check",
+        "--benchmark-json",
+        str(out),
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "BUDGET CHECK FAILED: 1 of 1 rows over budget" in proc.stdout and "over the test-device" in proc.stdout
     rows = compare([out]).rows  # the suite's JSON feeds the comparison table
     assert [(r.runtime, r.batch, r.verdict) for r in rows] == [("onnxruntime", 1, "over")]
     ei = json.loads(out.read_text())["benchmarks"][0]["extra_info"]
-    assert {"profile", "runtime", "precision", "versions", "cpu_model", "p50_ms", "p90_ms", "p99_ms",
-            "peak_rss_mb"} <= set(ei)
+    assert {"profile", "runtime", "precision", "versions", "cpu_model", "p50_ms", "p90_ms", "p99_ms", "peak_rss_mb"} <= set(ei)
 
     generous = make_profile(tmp_path / "generous.yaml", GENEROUS_MS)
-    proc = run_suite("benchmarks/test_bench_latency.py", "--benchmark-only", "--bundle", str(tiny_bundle),
-                     "--bench-batch", "1", "--bench-rounds", "2", "--bench-warmup", "0", "--profile", str(generous),
-                     "--budget-check")
+    proc = run_suite(
+        "benchmarks/test_bench_latency.py",
+        "--benchmark-only",
+        "--bundle",
+        str(tiny_bundle),
+        "--bench-batch",
+        "1",
+        "--bench-rounds",
+        "2",
+        "--bench-warmup",
+        "0",
+        "--profile",
+        str(generous),
+        "--budget-check",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # onnxruntime and the C runtime on the ONNX artifact; torch is not a runtime of the profile
     assert "budget check passed: 2 checked row(s) within budget" in proc.stdout, proc.stdout

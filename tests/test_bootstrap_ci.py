@@ -145,15 +145,18 @@ def test_paired_difference_two_images_apart_is_noise() -> None:
     assert d["high"] - d["low"] < (ci["macro_f1"]["high"] - ci["macro_f1"]["low"]) / 3
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: bootstrap_ci([0, 1], [0], CLASSES), "2 items but y_pred has 1"),
-    (lambda: bootstrap_ci([0, 3], [0, 1], CLASSES), "outside 0..2"),
-    (lambda: bootstrap_ci([], [], CLASSES), "empty"),
-    (lambda: bootstrap_ci([0, 1], [0, 1], CLASSES, n_resamples=0), "n_resamples"),
-    (lambda: bootstrap_ci([0, 1], [0, 1], CLASSES, level=1.0), "level"),
-    (lambda: paired_bootstrap_diff([0, 1], [0, 1], [0, 1], CLASSES, metric="auc"), "macro_f1, accuracy"),
-    (lambda: paired_bootstrap_diff([0, 1], [0, 1], [0], CLASSES), "2, 2 and 1 items"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: bootstrap_ci([0, 1], [0], CLASSES), "2 items but y_pred has 1"),
+        (lambda: bootstrap_ci([0, 3], [0, 1], CLASSES), "outside 0..2"),
+        (lambda: bootstrap_ci([], [], CLASSES), "empty"),
+        (lambda: bootstrap_ci([0, 1], [0, 1], CLASSES, n_resamples=0), "n_resamples"),
+        (lambda: bootstrap_ci([0, 1], [0, 1], CLASSES, level=1.0), "level"),
+        (lambda: paired_bootstrap_diff([0, 1], [0, 1], [0, 1], CLASSES, metric="auc"), "macro_f1, accuracy"),
+        (lambda: paired_bootstrap_diff([0, 1], [0, 1], [0], CLASSES), "2, 2 and 1 items"),
+    ],
+)
 def test_bad_input_is_a_user_error(call, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(MetricInputError, match=match) as e:
         call()

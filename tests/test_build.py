@@ -49,16 +49,34 @@ def test_data_key_follows_the_files(tmp_path: Path) -> None:
 def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, BuildOptions]:
     base = tmp_path_factory.mktemp("build")
     data = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
-    opts = BuildOptions(profile="x86-64-avx512", data_dir=data, out=base / "out", epochs=1, image_size=64,
-                        robustness=False, calibration_images=8, workers=0, measure=True)
+    opts = BuildOptions(
+        profile="x86-64-avx512",
+        data_dir=data,
+        out=base / "out",
+        epochs=1,
+        image_size=64,
+        robustness=False,
+        calibration_images=8,
+        workers=0,
+        measure=True,
+    )
     res = build(opts)
     return base / "out", res, opts
 
 
 def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
     out, res, _ = tiny_build
-    assert [s["stage"] for s in res["stages"]] == ["audit", "split", "select", "train", "evaluate", "export",
-                                                   "benchmark", "package", "report"]
+    assert [s["stage"] for s in res["stages"]] == [
+        "audit",
+        "split",
+        "select",
+        "train",
+        "evaluate",
+        "export",
+        "benchmark",
+        "package",
+        "report",
+    ]
     r = res["results"]
     assert r["audit"]["num_images"] == 30 and r["audit"]["num_classes"] == 3
     # the most accurate fitting candidate with weights here (lite0/1/2 all are installed)
@@ -73,16 +91,24 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
     # would swing them, so it must be named "insufficient evidence" with the rule (statistically sound gates)
     int8 = next(row for row in r["export"]["parity"] if (row["format"], row["precision"]) == ("onnx", "int8"))
     assert ("onnx/int8" in r["export"]["artifacts"]) == (int8["status"] == "ok")
-    assert int8["status"] == "ok" or (int8["status"] in ("insufficient_evidence", "parity_failed")
-                                      and "insufficient evidence" in (int8["error"] or "") + str(r["export"]["failed"]))
+    assert int8["status"] == "ok" or (
+        int8["status"] in ("insufficient_evidence", "parity_failed")
+        and "insufficient evidence" in (int8["error"] or "") + str(r["export"]["failed"])
+    )
     assert any(row["format"].startswith("c-runtime") for row in r["export"]["parity"])
     assert r["benchmark"]["source"] == "measured" and r["benchmark"]["latency_ms_p95"] > 0
     pkg = out / r["package"]["package"]
     with tarfile.open(pkg) as tar:
         names = tar.getnames()
     top = names[0].split("/")[0]
-    for want in ["README.md", "bundle/edgeclf.json", "include/edgeclf/edgeclf.h", "examples/classify.c",
-                 "src/CMakeLists.txt", "lib/cmake/edgeclf/edgeclfConfig.cmake"]:
+    for want in [
+        "README.md",
+        "bundle/edgeclf.json",
+        "include/edgeclf/edgeclf.h",
+        "examples/classify.c",
+        "src/CMakeLists.txt",
+        "lib/cmake/edgeclf/edgeclfConfig.cmake",
+    ]:
         assert f"{top}/{want}" in names, want
     assert any(n.startswith(f"{top}/lib/libedgeclf.so") for n in names)
     report = (out / "report.md").read_text()
@@ -129,8 +155,9 @@ def test_measure_times_the_choice_instead_of_estimating(tmp_path: Path) -> None:
 
     if not host_is_target(load_profile("x86-64-avx512"))[0]:
         pytest.skip("this host is not an x86-64-avx512: --measure estimates instead")
-    opts = BuildOptions(profile="x86-64-avx512", data_dir=tmp_path, out=tmp_path, measure=True,
-                        backbones=["tf_efficientnet_lite0"])
+    opts = BuildOptions(
+        profile="x86-64-avx512", data_dir=tmp_path, out=tmp_path, measure=True, backbones=["tf_efficientnet_lite0"]
+    )
     lines: list[str] = []
     res = _stage_select(opts, tmp_path, lines.append)
     assert res["latency_source"] == "measured"
@@ -140,8 +167,17 @@ def test_measure_times_the_choice_instead_of_estimating(tmp_path: Path) -> None:
     assert measured and all(c["latency_ms_p95"] > 0 for c in measured)
     # a budget the measured time cannot meet is refused, naming the measured candidate
     with pytest.raises(Exception, match="closest"):
-        _stage_select(BuildOptions(profile="x86-64-avx512", data_dir=tmp_path, out=tmp_path, measure=True,
-                                   backbones=["tf_efficientnet_lite0"], budget_ms=0.001), tmp_path)
+        _stage_select(
+            BuildOptions(
+                profile="x86-64-avx512",
+                data_dir=tmp_path,
+                out=tmp_path,
+                measure=True,
+                backbones=["tf_efficientnet_lite0"],
+                budget_ms=0.001,
+            ),
+            tmp_path,
+        )
 
 
 # The JPEG case: the example decodes with stb_image, Python with PIL (libjpeg-turbo); they
@@ -177,14 +213,25 @@ def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict,
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert "./build-example/edgeclf_classify bundle image.jpg" in readme
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
-    subprocess.run(["cmake", "-S", "examples", "-B", "build-example", f"-DCMAKE_PREFIX_PATH={root}"], cwd=root, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", "-S", "examples", "-B", "build-example", f"-DCMAKE_PREFIX_PATH={root}"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["cmake", "--build", "build-example"], cwd=root, env=env, check=True, capture_output=True)
     exe = root / "build-example" / "edgeclf_classify"
 
     def classify(image: Path, backend: str) -> tuple[str, list[list[str]]]:
-        done = subprocess.run([str(exe), "bundle", str(image)], cwd=root, capture_output=True, text=True, check=True,
-                              env={**env, "EDGECLF_BACKEND": backend, "EDGECLF_PRECISION": "fp32"})
+        done = subprocess.run(
+            [str(exe), "bundle", str(image)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**env, "EDGECLF_BACKEND": backend, "EDGECLF_PRECISION": "fp32"},
+        )
         return done.stdout, [line.split("\t") for line in done.stdout.splitlines() if not line.startswith("#")]
 
     png = next(Path(opts.data_dir).glob("b/*.png"))  # the data set's own file
@@ -208,8 +255,11 @@ def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict,
         assert abs(float(jl[0][2]) - top_jpg.probabilities[0]) < JPEG_PROB_ATOL, (jl, top_jpg)
 
     # the README's data-set line runs as written, from the data set's parent folder
-    line = next(ln for ln in readme.splitlines() if ln.startswith("./build-example/edgeclf_classify bundle ")
-                and "test image of the data set" in ln)
+    line = next(
+        ln
+        for ln in readme.splitlines()
+        if ln.startswith("./build-example/edgeclf_classify bundle ") and "test image of the data set" in ln
+    )
     args = shlex.split(line, comments=True)
     image = Path(opts.data_dir).parent / args[2]
     assert image.is_file(), line

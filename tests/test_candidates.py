@@ -24,8 +24,17 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cfg(manifest: Path, tmp: Path, **over: object):
-    base = {"data.manifest": manifest, "data.workers": 0, "data.cache_dir": str(tmp / "cache"),
-            "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 2, "batch_size": 8, "seed": 1, "amp": "off"}
+    base = {
+        "data.manifest": manifest,
+        "data.workers": 0,
+        "data.cache_dir": str(tmp / "cache"),
+        "model.image_size": 64,
+        "probe.epochs": 5,
+        "finetune.epochs": 2,
+        "batch_size": 8,
+        "seed": 1,
+        "amp": "off",
+    }
     return load_config(None, {**base, **over})
 
 
@@ -65,8 +74,9 @@ def test_selection_picks_the_best_candidate_on_crafted_metrics(tmp_path: Path) -
         assert (z["linear_probe"][:10] == y[:10]).all() and (z["linear_probe"][10:] != y[10:]).all()
 
 
-def test_run_ships_its_best_candidate_and_never_reads_test(tiny_manifest: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_ships_its_best_candidate_and_never_reads_test(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     test_paths, seen = record_decoded(tiny_manifest, monkeypatch)
     m = train(cfg(tiny_manifest, tmp_path), tmp_path / "run").metrics
     assert seen and not (seen & test_paths)
@@ -89,8 +99,7 @@ def test_run_ships_its_best_candidate_and_never_reads_test(tiny_manifest: Path, 
     assert "unfreeze: 2  # auto: data size" in yaml_text
 
 
-def test_weak_class_gate_fires_and_names_the_class(tiny_manifest: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weak_class_gate_fires_and_names_the_class(tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edgeclf.train.loop as loop
 
     real_add = loop._Candidates.add
@@ -109,8 +118,10 @@ def test_weak_class_gate_fires_and_names_the_class(tiny_manifest: Path, tmp_path
     assert weak_classes({"quality_gates": m["quality_gates"]}) == ["c"]
 
 
-@pytest.mark.parametrize("arch,unfreeze", [("tf_efficientnet_lite0", 2), ("tf_efficientnet_lite0", 4),
-                                           ("tf_mobilenetv3_small_100", 2), ("mobilenetv2_100", 3)])
+@pytest.mark.parametrize(
+    "arch,unfreeze",
+    [("tf_efficientnet_lite0", 2), ("tf_efficientnet_lite0", 4), ("tf_mobilenetv3_small_100", 2), ("mobilenetv2_100", 3)],
+)
 def test_trunk_split_is_exact(arch: str, unfreeze: int) -> None:
     from edgeclf.train.loop import set_trainable
 
@@ -142,8 +153,9 @@ def test_no_split_for_whole_network() -> None:
     assert split_trunk(model) is None
 
 
-def test_cached_run_resumes_like_an_uninterrupted_one(tiny_manifest: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_run_resumes_like_an_uninterrupted_one(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edgeclf.train.loop import Trainer
 
     c = cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3})
@@ -191,8 +203,9 @@ def test_fast_predictor_matches_the_eager_model() -> None:
     assert FastPredictor(model, spec, ["a", "b", "c"], []).engine.startswith("eager")
 
 
-def test_augmentation_that_destroys_the_label_is_softened(tiny_manifest: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_augmentation_that_destroys_the_label_is_softened(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import yaml
 
     from edgeclf.train.data import ManifestDataset

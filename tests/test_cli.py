@@ -20,10 +20,26 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgeclf.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("cmd", [[], ["data"], ["data", "audit"], ["data", "split"], ["data", "elpv"],
-                                 ["profiles"], ["profiles", "list"], ["profiles", "show"], ["demo"],
-                                 ["backbones"], ["train"], ["evaluate"], ["label"], ["label", "suggest"],
-                                 ["label", "audit"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [],
+        ["data"],
+        ["data", "audit"],
+        ["data", "split"],
+        ["data", "elpv"],
+        ["profiles"],
+        ["profiles", "list"],
+        ["profiles", "show"],
+        ["demo"],
+        ["backbones"],
+        ["train"],
+        ["evaluate"],
+        ["label"],
+        ["label", "suggest"],
+        ["label", "audit"],
+    ],
+)
 def test_every_command_has_help(cmd: list[str]) -> None:
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0, res.output

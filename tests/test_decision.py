@@ -157,7 +157,7 @@ def test_policies_compose_costs_with_reject_and_bias() -> None:
     pol = pol.model_copy(update={"costs": [[0, 1, 1], [1, 0, 1], [5, 5, 0]]})
     d = decide(z, 1.0, pol)
     assert {ARGMAX, REJECT} <= set(d.rule.tolist()) and set(d.rule.tolist()) <= {ARGMAX, COSTS, REJECT}
-    assert pol.describe() == "min-recall + costs + reject<%.3g (max_probability)" % pol.reject.threshold  # type: ignore[union-attr]
+    assert pol.describe() == f"min-recall + costs + reject<{pol.reject.threshold:.3g} (max_probability)"  # type: ignore[union-attr]
 
 
 def test_argmax_request_fits_an_argmax_policy() -> None:
@@ -168,20 +168,23 @@ def test_argmax_request_fits_an_argmax_policy() -> None:
 
 
 # ---- bad input: one clear error each --------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,match", [
-    ({"min_recall": "c=0"}, r"\(0, 1\]"),
-    ({"min_recall": "c=1.5"}, r"\(0, 1\]"),
-    ({"min_recall": "c"}, "CLASS=RECALL"),
-    ({"min_recall": "c=high"}, "not a number"),
-    ({"min_recall": "c=0.5,c=0.6"}, "twice"),
-    ({"optimize": "accuracy"}, "macro-f1"),
-    ({"optimize": "macro-f1", "min_recall": "c=0.9"}, "choose one"),
-    ({"coverage": 0.9}, "add --reject"),
-    ({"reject": True, "coverage": 1.5}, "coverage"),
-    ({"reject": True, "max_false_accept": 1.0}, "ood-accept"),
-    ({"reject": True, "ood_dir": Path("/nonexistent-ood")}, "not a folder"),
-    ({"costs": Path("/nonexistent-costs.yaml")}, "not a file"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"min_recall": "c=0"}, r"\(0, 1\]"),
+        ({"min_recall": "c=1.5"}, r"\(0, 1\]"),
+        ({"min_recall": "c"}, "CLASS=RECALL"),
+        ({"min_recall": "c=high"}, "not a number"),
+        ({"min_recall": "c=0.5,c=0.6"}, "twice"),
+        ({"optimize": "accuracy"}, "macro-f1"),
+        ({"optimize": "macro-f1", "min_recall": "c=0.9"}, "choose one"),
+        ({"coverage": 0.9}, "add --reject"),
+        ({"reject": True, "coverage": 1.5}, "coverage"),
+        ({"reject": True, "max_false_accept": 1.0}, "ood-accept"),
+        ({"reject": True, "ood_dir": Path("/nonexistent-ood")}, "not a folder"),
+        ({"costs": Path("/nonexistent-costs.yaml")}, "not a file"),
+    ],
+)
 def test_bad_requests_are_one_clear_error(kwargs: dict, match: str) -> None:
     with pytest.raises(PolicyError, match=match):
         make_request(**kwargs)
@@ -193,17 +196,20 @@ def test_unknown_class_name_is_refused() -> None:
         fit_policy(make_request(min_recall="glass=0.9"), z, y, 1.0, CLASSES)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("matrix: [[0, 1], [1, 0]]\n", "3x3"),
-    ("matrix: [[0, 1, 1], [1, 0, -1], [1, 1, 0]]\n", "negative"),
-    ("matrix: [[0, 1, 1], [1, 0, x], [1, 1, 0]]\n", "numbers"),
-    ("costs: {glass: {a: 3}}\n", "unknown class 'glass'"),
-    ("costs: {a: {b: -2}}\n", "negative"),
-    ("costs: {a: {b: cheap}}\n", "not a number"),
-    ("something: 1\n", "needs a 'matrix'"),
-    ("matrix: [[0, 1\n", "not valid YAML"),
-    ("classes: [a, b]\nmatrix: [[0, 1], [1, 0]]\n", "every class"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("matrix: [[0, 1], [1, 0]]\n", "3x3"),
+        ("matrix: [[0, 1, 1], [1, 0, -1], [1, 1, 0]]\n", "negative"),
+        ("matrix: [[0, 1, 1], [1, 0, x], [1, 1, 0]]\n", "numbers"),
+        ("costs: {glass: {a: 3}}\n", "unknown class 'glass'"),
+        ("costs: {a: {b: -2}}\n", "negative"),
+        ("costs: {a: {b: cheap}}\n", "not a number"),
+        ("something: 1\n", "needs a 'matrix'"),
+        ("matrix: [[0, 1\n", "not valid YAML"),
+        ("classes: [a, b]\nmatrix: [[0, 1], [1, 0]]\n", "every class"),
+    ],
+)
 def test_bad_cost_files_are_one_clear_error(tmp_path: Path, text: str, match: str) -> None:
     p = tmp_path / "costs.yaml"
     p.write_text(text)
@@ -254,8 +260,12 @@ POLICIES = {
     "bias": DecisionPolicy(objectives=["macro_f1"], bias=[0.0, 1.2, -0.5]),
     "costs": DecisionPolicy(objectives=["costs"], costs=[[0, 1, 5], [1, 0, 1], [20, 2, 0]]),
     "reject_prob": DecisionPolicy(objectives=["reject"], reject=RejectRule(score="max_probability", threshold=0.6)),
-    "all_energy": DecisionPolicy(objectives=["min_recall", "costs", "reject"], bias=[0.0, 0.3, 0.1],
-                                 costs=[[0, 1, 5], [1, 0, 1], [20, 2, 0]], reject=RejectRule(score="energy", threshold=1.0)),
+    "all_energy": DecisionPolicy(
+        objectives=["min_recall", "costs", "reject"],
+        bias=[0.0, 0.3, 0.1],
+        costs=[[0, 1, 5], [1, 0, 1], [20, 2, 0]],
+        reject=RejectRule(score="energy", threshold=1.0),
+    ),
 }
 
 
@@ -270,8 +280,16 @@ def test_c_runtime_decides_exactly_as_python(tmp_path: Path, name: str) -> None:
     rng = np.random.default_rng(1)
     z = rng.normal(0, 2, (3000, 3)).astype(np.float32)
     with runtime.Classifier(b) as clf:
-        assert clf.decision_policy == {"argmax": "argmax", "bias": "adjusted", "costs": "costs", "reject_prob": "reject",
-                                       "all_energy": "adjusted+costs+reject"}[name]
+        assert (
+            clf.decision_policy
+            == {
+                "argmax": "argmax",
+                "bias": "adjusted",
+                "costs": "costs",
+                "reject_prob": "reject",
+                "all_energy": "adjusted+costs+reject",
+            }[name]
+        )
         got = clf.decide(z)
         ref = decide(z, 1.5, pol)
         assert [g.index for g in got] == ref.index.tolist()

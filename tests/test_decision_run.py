@@ -32,12 +32,24 @@ def policy_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
         from PIL import Image
 
         save(Image.fromarray(rng.integers(100, 156, (48, 48, 3), dtype=np.uint8)), ood / f"n{i}.png")
-    evaluate(run, "val", robustness=False, explain=False,
-             decision=make_request(min_recall="c=0.9", reject=True, ood_dir=ood, max_false_accept=0.25))
+    evaluate(
+        run,
+        "val",
+        robustness=False,
+        explain=False,
+        decision=make_request(min_recall="c=0.9", reject=True, ood_dir=ood, max_false_accept=0.25),
+    )
     from edgeclf.runtime.gate import c_runtime_rows
 
-    export_run(run, base / "bundle", formats=["onnx", "openvino"], precisions=["fp32"], allow_failed=True, robustness=False,
-               runtime_gate=c_runtime_rows)
+    export_run(
+        run,
+        base / "bundle",
+        formats=["onnx", "openvino"],
+        precisions=["fp32"],
+        allow_failed=True,
+        robustness=False,
+        runtime_gate=c_runtime_rows,
+    )
     return run, base / "bundle", ood
 
 
@@ -88,8 +100,9 @@ POLICIES = {
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_c_and_python_decide_alike_on_a_real_bundle_for_every_policy(policy_bundle: tuple[Path, Path, Path],
-                                                                     tmp_path: Path, name: str) -> None:
+def test_c_and_python_decide_alike_on_a_real_bundle_for_every_policy(
+    policy_bundle: tuple[Path, Path, Path], tmp_path: Path, name: str
+) -> None:
     from edgeclf.evaluate.decision import fit_policy
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.run import Evaluation
@@ -147,16 +160,20 @@ def test_bad_policy_options_are_one_clear_error_in_the_cli(policy_bundle: tuple[
 
     run, _, _ = policy_bundle
     before = (run / "decision.json").read_bytes()
-    for args, match in ((["--min-recall", "zebra=0.9"], "unknown class 'zebra'"), (["--min-recall", "c=2"], "(0, 1]"),
-                        (["--coverage", "0.9"], "add --reject")):
+    for args, match in (
+        (["--min-recall", "zebra=0.9"], "unknown class 'zebra'"),
+        (["--min-recall", "c=2"], "(0, 1]"),
+        (["--coverage", "0.9"], "add --reject"),
+    ):
         r = CliRunner().invoke(app, ["evaluate", str(run), "--no-robustness", "--no-explain", *args])
         # the library's PolicyError (an EdgeclfError: one red line from the console script, no traceback)
         assert isinstance(r.exception, EdgeclfError) and match in str(r.exception), (r.output, r.exception)
     assert (run / "decision.json").read_bytes() == before  # nothing half-written
 
 
-def test_a_flipped_bit_in_a_real_checkpoint_stops_evaluate_and_export(policy_bundle: tuple[Path, Path, Path],
-                                                                      tmp_path: Path) -> None:
+def test_a_flipped_bit_in_a_real_checkpoint_stops_evaluate_and_export(
+    policy_bundle: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     from edgeclf.errors import EdgeclfError
     from edgeclf.evaluate.run import Evaluation
     from edgeclf.export.pipeline import export_run
@@ -183,8 +200,9 @@ def test_the_build_reports_the_policy_on_validation_and_test(policy_bundle: tupl
     shutil.copytree(run, out / "run")
     for f in ("decision.json",):
         (out / "run" / f).unlink(missing_ok=True)
-    opts = BuildOptions(profile="x86-64-avx2", data_dir=tmp_path, out=out, robustness=False,
-                        decision=make_request(min_recall="c=0.9"))
+    opts = BuildOptions(
+        profile="x86-64-avx2", data_dir=tmp_path, out=out, robustness=False, decision=make_request(min_recall="c=0.9")
+    )
     res = _stage_evaluate(opts, out, lambda m: None)
     dec = res["decision"]
     assert set(dec) >= {"describe", "val", "test"}, dec

@@ -86,8 +86,14 @@ def test_evaluate_val_then_test_once_and_report(tiny_run: Path) -> None:
 
     m = evaluate(tiny_run, "val", robustness_max_images=6)
     assert m["split"] == "val" and not m["test_reused"]
-    assert set(m["verdict"]["gates"]) == {"best_candidate_shipped", "beats_majority", "every_class_recalled",
-                                          "no_overfitting", "calibrated", "test_touched_once"}
+    assert set(m["verdict"]["gates"]) == {
+        "best_candidate_shipped",
+        "beats_majority",
+        "every_class_recalled",
+        "no_overfitting",
+        "calibrated",
+        "test_touched_once",
+    }
     assert m["ci"]["accuracy"]["low"] <= m["accuracy"] <= m["ci"]["accuracy"]["high"]
     assert set(m["ci"]["per_class_recall"]) == {"a", "b", "c"}
     cal = json.loads((tiny_run / "calibration.json").read_text())
@@ -148,8 +154,12 @@ def test_evaluate_json_has_intervals_and_compares_recorded_candidates(tiny_run: 
     y = np.array([0, 0, 1, 1, 2, 2] * 10)
     preds = {"majority_class": np.zeros_like(y), "finetune": y.copy()}
     doc["candidates"] = [_candidate("majority_class", 0.17, nll=None, shippable=False), _candidate("finetune", 1.0)]
-    doc["selection"] = {"selected": "finetune", "rule": "highest validation macro-F1; ties: lower validation NLL",
-                        "reason": "best validation macro-F1", "margins": {"majority_class": 0.83}}
+    doc["selection"] = {
+        "selected": "finetune",
+        "rule": "highest validation macro-F1; ties: lower validation NLL",
+        "reason": "best validation macro-F1",
+        "margins": {"majority_class": 0.83},
+    }
     try:
         metrics_path.write_text(json.dumps(doc), encoding="utf-8")
         _write_predictions(tiny_run, y, preds)
@@ -171,11 +181,16 @@ def test_evaluate_json_has_intervals_and_compares_recorded_candidates(tiny_run: 
 # ----------------------------------------------------------------------------- candidate selection, crafted runs
 
 
-def _candidate(name: str, macro_f1: float, nll: float | None = 0.5, accuracy: float | None = None,
-               shippable: bool = True) -> dict[str, Any]:
-    return {"name": name, "description": f"{name.replace('_', ' ')} candidate", "seconds": 12.5, "shippable": shippable,
-            "val": {"accuracy": macro_f1 if accuracy is None else accuracy, "macro_f1": macro_f1, "nll": nll,
-                    "per_class_recall": {}}}
+def _candidate(
+    name: str, macro_f1: float, nll: float | None = 0.5, accuracy: float | None = None, shippable: bool = True
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": f"{name.replace('_', ' ')} candidate",
+        "seconds": 12.5,
+        "shippable": shippable,
+        "val": {"accuracy": macro_f1 if accuracy is None else accuracy, "macro_f1": macro_f1, "nll": nll, "per_class_recall": {}},
+    }
 
 
 def _write_predictions(run_dir: Path, y: np.ndarray, preds: dict[str, np.ndarray]) -> None:
@@ -233,8 +248,12 @@ def test_best_candidate_gate_on_runs_without_candidates_or_selection() -> None:
 def test_every_class_recalled_gate_names_the_missed_classes() -> None:
     from edgeclf.evaluate.run import every_class_recalled_gate
 
-    per_class = {"a": {"recall": 0.9, "support": 10}, "b": {"recall": 0.0, "support": 4}, "c": {"recall": 0.0, "support": 2},
-                 "d": {"recall": 0.0, "support": 0}}  # d is not in this split: nothing to recall
+    per_class = {
+        "a": {"recall": 0.9, "support": 10},
+        "b": {"recall": 0.0, "support": 4},
+        "c": {"recall": 0.0, "support": 2},
+        "d": {"recall": 0.0, "support": 0},
+    }  # d is not in this split: nothing to recall
     g = every_class_recalled_gate(per_class)
     assert g["passed"] is False and g["classes"] == ["b", "c"] and "b, c" in g["detail"]
     per_class["b"]["recall"] = per_class["c"]["recall"] = 0.25
@@ -253,13 +272,21 @@ def _split_metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[
     m["confused_pairs"] = confused_pairs(m["confusion_matrix"], classes)
     cal = calibration_summary(np.log(probs), y, 1.0)
     m["calibration"] = {k: v for k, v in cal.items() if not k.startswith("reliability")}
-    m["train_vs_heldout"] = {"splits": _side(m["macro_f1"], train_gap=0.02), "train_minus_val_macro_f1": 0.02,
-                             "overfitting": False}
+    m["train_vs_heldout"] = {
+        "splits": _side(m["macro_f1"], train_gap=0.02),
+        "train_minus_val_macro_f1": 0.02,
+        "overfitting": False,
+    }
     return m
 
 
-def _crafted_run(tmp_path: Path, train_metrics: dict[str, Any], y: np.ndarray, pred: np.ndarray,
-                 candidate_preds: dict[str, np.ndarray] | None = None) -> tuple[Path, dict[str, Any]]:
+def _crafted_run(
+    tmp_path: Path,
+    train_metrics: dict[str, Any],
+    y: np.ndarray,
+    pred: np.ndarray,
+    candidate_preds: dict[str, np.ndarray] | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """A run directory with config, metrics.json, candidate predictions and a val evaluation; no checkpoint."""
     import yaml
 
@@ -268,10 +295,20 @@ def _crafted_run(tmp_path: Path, train_metrics: dict[str, Any], y: np.ndarray, p
     run = tmp_path / "run"
     classes = ["cat", "dog", "fox"]
     run.mkdir(parents=True)
-    cfg = {"config": {"data": {"manifest": str(tmp_path / "splits.csv")}},
-           "run": {"backbone": "lite0", "classes": classes, "dataset_fingerprint": "f" * 16, "amp": "off", "device": "cpu",
-                   "git_commit": None, "versions": {"torch": "x", "timm": "y"}, "weights": {"source": "test", "location": "-"},
-                   "preprocess": {"crop_size": 64, "resize_size": 64}}}
+    cfg = {
+        "config": {"data": {"manifest": str(tmp_path / "splits.csv")}},
+        "run": {
+            "backbone": "lite0",
+            "classes": classes,
+            "dataset_fingerprint": "f" * 16,
+            "amp": "off",
+            "device": "cpu",
+            "git_commit": None,
+            "versions": {"torch": "x", "timm": "y"},
+            "weights": {"source": "test", "location": "-"},
+            "preprocess": {"crop_size": 64, "resize_size": 64},
+        },
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     (run / "metrics.json").write_text(json.dumps(train_metrics), encoding="utf-8")
     if candidate_preds is not None:
@@ -298,13 +335,24 @@ def _selection_case(rng_seed: int = 0) -> tuple[dict[str, Any], np.ndarray, dict
     f1 = {k: float(f1_score(y, v, labels=[0, 1, 2], average="macro", zero_division=0)) for k, v in preds.items()}
     train = {
         "candidates": [_candidate(k, f1[k], shippable=k != "majority_class") for k in preds],
-        "selection": {"selected": "finetune", "rule": "highest validation macro-F1; ties: lower validation NLL",
-                      "reason": "finetune has the highest validation macro-F1.",
-                      "margins": {k: f1["finetune"] - f1[k] for k in preds if k != "finetune"}},
+        "selection": {
+            "selected": "finetune",
+            "rule": "highest validation macro-F1; ties: lower validation NLL",
+            "reason": "finetune has the highest validation macro-F1.",
+            "margins": {k: f1["finetune"] - f1[k] for k in preds if k != "finetune"},
+        },
         "quality_gates": {"every_class_recalled": {"passed": True, "rule": "every class recalled on val", "classes": []}},
-        "recipe": {"choices": [{"key": "loss.class_weights", "value": "effective", "reason": "audit: imbalance ratio 14.2 > 3",
-                                "source": "auto"},
-                               {"key": "finetune.epochs", "value": 3, "reason": "set on the command line", "source": "user"}]},
+        "recipe": {
+            "choices": [
+                {
+                    "key": "loss.class_weights",
+                    "value": "effective",
+                    "reason": "audit: imbalance ratio 14.2 > 3",
+                    "source": "auto",
+                },
+                {"key": "finetune.epochs", "value": 3, "reason": "set on the command line", "source": "user"},
+            ]
+        },
     }
     return train, y, preds
 
@@ -325,7 +373,9 @@ def test_candidate_comparison_pairs_the_selected_with_each_other(tmp_path: Path)
     # predictions that do not fit the labels are left out, and said so
     logged: list[str] = []
     _write_predictions(run, y, {**preds, "top_tune": preds["top_tune"][:-1]})
-    assert [r["candidate"] for r in candidate_comparison(run, train, ["cat", "dog", "fox"], log=logged.append)] == ["majority_class"]
+    assert [r["candidate"] for r in candidate_comparison(run, train, ["cat", "dog", "fox"], log=logged.append)] == [
+        "majority_class"
+    ]
     assert any("top_tune" in line for line in logged)
     # nothing to compare: no selection, or the selected one's predictions missing, or no file
     assert candidate_comparison(run, {**train, "selection": {}}, ["cat", "dog", "fox"]) == []
@@ -343,7 +393,7 @@ def test_report_shows_model_selection_intervals_and_recipe(tmp_path: Path) -> No
     train, y, preds = _selection_case()
     run, m = _crafted_run(tmp_path, train, y, preds["finetune"], preds)
     html = write_report(run).read_text(encoding="utf-8")
-    section = html[html.index("<h2>Model selection</h2>"):html.index("<h2>Data</h2>")]
+    section = html[html.index("<h2>Model selection</h2>") : html.index("<h2>Data</h2>")]
     assert html.index("<h2>Verdict</h2>") < html.index("<h2>Model selection</h2>")
     for name in ("majority_class", "top_tune", "finetune"):
         assert name in section
@@ -359,7 +409,7 @@ def test_report_shows_model_selection_intervals_and_recipe(tmp_path: Path) -> No
     assert f"[{100 * ci['accuracy']['low']:.1f}%, {100 * ci['accuracy']['high']:.1f}%]" in html
     r = ci["per_class_recall"]["dog"]
     assert f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" in html
-    assert m["verdict"]["passed"] and "class=\"failrow\"" not in html and "some gates failed" not in html
+    assert m["verdict"]["passed"] and 'class="failrow"' not in html and "some gates failed" not in html
 
 
 def test_report_and_verdict_flag_a_shipped_runner_up_and_an_unrecalled_class(tmp_path: Path) -> None:
@@ -377,7 +427,7 @@ def test_report_and_verdict_flag_a_shipped_runner_up_and_an_unrecalled_class(tmp
     assert not gates["every_class_recalled"]["passed"] and gates["every_class_recalled"]["classes"] == ["fox"]
     html = write_report(run).read_text(encoding="utf-8")
     assert [g for g, v in gates.items() if not v["passed"]] == ["best_candidate_shipped", "every_class_recalled"]
-    assert "classes never recalled: fox" in html and html.count("class=\"failrow\"") == 3  # two gates + the fox row
+    assert "classes never recalled: fox" in html and html.count('class="failrow"') == 3  # two gates + the fox row
     assert "Training quality gate every_class_recalled failed" in html
     assert "It trails <b>finetune</b>" in html
 

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from edgeclf.data.manifest import Manifest, ManifestRow
 import edgeclf.evaluate.labeling as labeling
+from edgeclf.data.manifest import Manifest, ManifestRow
 from edgeclf.errors import ConfigError, DataError
 from edgeclf.evaluate.embeddings import export_projector, plot_embeddings, project_2d
 from edgeclf.evaluate.explain import grad_cam, gradcam_grid, model_view, overlay, sample_correct_and_wrong
@@ -144,8 +144,17 @@ def test_gradcam_grid_writes_a_png(tmp_path: Path) -> None:
     crop = model_view(images[0], SPEC)
     assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
     probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
-    out = gradcam_grid(model, SPEC, CLASSES, images, labels=[0, 2, 1], preds=[0, 2, 0], probs=probs,
-                       path=tmp_path / "gradcam.png", title="Grad-CAM (val)")
+    out = gradcam_grid(
+        model,
+        SPEC,
+        CLASSES,
+        images,
+        labels=[0, 2, 1],
+        preds=[0, 2, 0],
+        probs=probs,
+        path=tmp_path / "gradcam.png",
+        title="Grad-CAM (val)",
+    )
     w, h = _png_ok(out)
     assert w > 300 and h > 150
 

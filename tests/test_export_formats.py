@@ -46,8 +46,9 @@ INT8_MAX_ABS = 0.5
 
 CLASSES = ["ant", "bee", "cat"]
 SPEC = PreprocessSpec(resize_size=72, crop_size=64, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
-META = json.dumps({"schema_version": "1.0.0", "labels": CLASSES, "note": "ünïcode & <xml> \"quotes\""},
-                  ensure_ascii=False, sort_keys=True)
+META = json.dumps(
+    {"schema_version": "1.0.0", "labels": CLASSES, "note": 'ünïcode & <xml> "quotes"'}, ensure_ascii=False, sort_keys=True
+)
 
 needs_openvino = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
@@ -124,8 +125,14 @@ def test_formats_table() -> None:
     ],
 )
 def test_unsupported_requests_raise_before_work(
-    tmp_path: Path, model: nn.Module, images: list[np.ndarray], fmt: str, precision: str, options: dict,
-    calib: bool, match: str,
+    tmp_path: Path,
+    model: nn.Module,
+    images: list[np.ndarray],
+    fmt: str,
+    precision: str,
+    options: dict,
+    calib: bool,
+    match: str,
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         export_artifact(fmt, precision, model, SPEC, tmp_path / "out", images if calib else None, META, options)
@@ -266,20 +273,28 @@ def test_export_failure_is_recorded(tmp_path: Path, fmt: str, options: dict, cap
 
 def _activation_scales(m) -> dict[str, float]:
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
-    return {n.input[0]: float(inits[n.input[1]]) for n in m.graph.node
-            if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in m.graph.node
+        if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1
+    }
 
 
 def test_ort_int8_each_calibration_method(
-    tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray], reference: np.ndarray,
+    tmp_path: Path,
+    bundle: tuple[Path, Artifact],
+    model: nn.Module,
+    images: list[np.ndarray],
+    reference: np.ndarray,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     out, fp32 = bundle
     scales: dict[str, dict[str, float]] = {}
     for method in ("minmax", "entropy", "percentile"):
         folder = tmp_path / method
-        art = export_artifact("onnx", "int8", model, SPEC, folder, images, META, {"calibration_method": method},
-                              fp32_onnx=out / fp32.file)
+        art = export_artifact(
+            "onnx", "int8", model, SPEC, folder, images, META, {"calibration_method": method}, fp32_onnx=out / fp32.file
+        )
         assert capfd.readouterr().out == ""  # calibrators' prints go to stderr: --json keeps stdout clean
         assert art.status == "ok", art.error
         d = art.details
@@ -340,8 +355,7 @@ def test_ort_int8_keep_float(tmp_path: Path, bundle: tuple[Path, Artifact], mode
 
     out, fp32 = bundle
     keep = sensitive_onnx_nodes(out / fp32.file, which=("first_conv", "classifier"))
-    art = export_artifact("onnx", "int8", model, SPEC, tmp_path, images, META, {"keep_float": keep},
-                          fp32_onnx=out / fp32.file)
+    art = export_artifact("onnx", "int8", model, SPEC, tmp_path, images, META, {"keep_float": keep}, fp32_onnx=out / fp32.file)
     assert art.status == "ok", art.error and art.details["kept_float"] == keep
     m = onnx.load(str(tmp_path / art.file))
     inits = {i.name: i for i in m.graph.initializer}
@@ -354,17 +368,20 @@ def test_ort_int8_keep_float(tmp_path: Path, bundle: tuple[Path, Artifact], mode
     assert any(producers.get(n.input[1]) is not None for n in m.graph.node if n.op_type == "Conv" and n.name not in keep)
 
 
-def test_ort_int8_unknown_keep_float_fails_cleanly(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module,
-                                                   images: list[np.ndarray]) -> None:
+def test_ort_int8_unknown_keep_float_fails_cleanly(
+    tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray]
+) -> None:
     out, fp32 = bundle
-    art = export_artifact("onnx", "int8", model, SPEC, tmp_path, images, META, {"keep_float": ["/no/such/Conv"]},
-                          fp32_onnx=out / fp32.file)
+    art = export_artifact(
+        "onnx", "int8", model, SPEC, tmp_path, images, META, {"keep_float": ["/no/such/Conv"]}, fp32_onnx=out / fp32.file
+    )
     assert art.status == "export_failed" and "/no/such/Conv" in (art.error or "")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_never_quantises_shape_arithmetic(tmp_path: Path, model: nn.Module, images: list[np.ndarray],
-                                               reference: np.ndarray) -> None:
+def test_int8_never_quantises_shape_arithmetic(
+    tmp_path: Path, model: nn.Module, images: list[np.ndarray], reference: np.ndarray
+) -> None:
     """An unslimmed legacy export computes Conv2dSame pads at run time; those nodes stay float."""
     from edgeclf.export.quantize import shape_subgraph_nodes
 
@@ -422,8 +439,9 @@ def test_load_runner_refuses_failed_or_missing_artifacts(tmp_path: Path, bundle:
 
 
 @needs_openvino
-def test_openvino_fp32_fp16(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module,
-                            images: list[np.ndarray], reference: np.ndarray) -> None:
+def test_openvino_fp32_fp16(
+    tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray], reference: np.ndarray
+) -> None:
     from edgeclf.export.openvino_export import read_openvino_metadata
 
     out, fp32 = bundle
@@ -445,8 +463,9 @@ def test_openvino_fp32_fp16(tmp_path: Path, bundle: tuple[Path, Artifact], model
 
 
 @needs_openvino
-def test_openvino_int8(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray],
-                       reference: np.ndarray) -> None:
+def test_openvino_int8(
+    tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray], reference: np.ndarray
+) -> None:
     import openvino as ov
 
     from edgeclf.export.openvino_export import read_openvino_metadata
@@ -454,8 +473,9 @@ def test_openvino_int8(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.
 
     out, fp32 = bundle
     keep = sensitive_onnx_nodes(out / fp32.file, which=("first_conv",))
-    art = export_artifact("openvino", "int8", model, SPEC, tmp_path, images, META, {"keep_float": keep},
-                          fp32_onnx=out / fp32.file)
+    art = export_artifact(
+        "openvino", "int8", model, SPEC, tmp_path, images, META, {"keep_float": keep}, fp32_onnx=out / fp32.file
+    )
     assert art.status == "ok", art.error
     assert art.details["fake_quantize_nodes"] > 0 and art.details["ignored_ops"]
     assert read_openvino_metadata(tmp_path / art.file) == META
@@ -470,8 +490,9 @@ def test_openvino_int8(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the engine is built instead")
-def test_tensorrt_absent_gives_command_and_calibration(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module,
-                                                        images: list[np.ndarray]) -> None:
+def test_tensorrt_absent_gives_command_and_calibration(
+    tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray]
+) -> None:
     from edgeclf.export.quantize import calibration_tensor
 
     out, fp32 = bundle
@@ -495,8 +516,7 @@ def test_tensorrt_absent_gives_command_and_calibration(tmp_path: Path, bundle: t
 
 def test_engine_naming_and_compatibility() -> None:
     assert engine_file_name("fp16", "10.3.0.30", "NVIDIA Orin") == "model.fp16.trt10.3-NVIDIA_Orin.engine"
-    details = {"tensorrt": {"trt_version": "10.3.0.30", "device": "NVIDIA Orin"},
-               **trt_commands("model.onnx", "fp16", 64)}
+    details = {"tensorrt": {"trt_version": "10.3.0.30", "device": "NVIDIA Orin"}, **trt_commands("model.onnx", "fp16", 64)}
     assert check_engine_compatible(details, trt_version="10.3.0.30", device="NVIDIA Orin") is None
     with pytest.raises(ConfigError, match=r"built with TensorRT 10\.3\.0\.30 but this machine has TensorRT 8\.6\.2"):
         check_engine_compatible(details, trt_version="8.6.2", device="NVIDIA Orin")
@@ -508,8 +528,9 @@ def test_engine_naming_and_compatibility() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed")
-def test_tensorrt_engine(tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray],
-                         reference: np.ndarray) -> None:
+def test_tensorrt_engine(
+    tmp_path: Path, bundle: tuple[Path, Artifact], model: nn.Module, images: list[np.ndarray], reference: np.ndarray
+) -> None:
     out, fp32 = bundle
     art = export_artifact("tensorrt", "fp16", model, SPEC, tmp_path, None, META, fp32_onnx=out / fp32.file)
     assert art.status == "ok", art.error

@@ -19,8 +19,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("export")
     make_tiny_run(base)
-    res = export_run(base / "run", base / "bundle", formats=["onnx", "openvino", "torchscript", "tensorrt"],
-                     precisions=["fp32", "int8"], calibration_images=8, allow_failed=True, robustness=False)
+    res = export_run(
+        base / "run",
+        base / "bundle",
+        formats=["onnx", "openvino", "torchscript", "tensorrt"],
+        precisions=["fp32", "int8"],
+        calibration_images=8,
+        allow_failed=True,
+        robustness=False,
+    )
     assert res.bundle_dir == base / "bundle"
     return base / "bundle"
 

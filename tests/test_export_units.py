@@ -11,7 +11,15 @@ from PIL import Image
 
 from edgeclf.errors import DataError
 from edgeclf.export import parity as P
-from edgeclf.export.bundle import SCHEMA_VERSION, ArtifactEntry, BundleError, BundleManifest, file_entry, read_bundle, write_manifest
+from edgeclf.export.bundle import (
+    SCHEMA_VERSION,
+    ArtifactEntry,
+    BundleError,
+    BundleManifest,
+    file_entry,
+    read_bundle,
+    write_manifest,
+)
 from edgeclf.inference import to_rgb_array
 
 CLASSES = ["a", "b", "c"]
@@ -48,13 +56,31 @@ def test_int8_gate_catches_a_rare_class_losing_recall() -> None:
 def _bundle(tmp_path: Path) -> Path:
     (tmp_path / "model.onnx").write_bytes(b"onnx-bytes")
     e = file_entry(tmp_path, "model.onnx")
-    m = BundleManifest(schema_version=SCHEMA_VERSION, min_runtime_version="0.1.0", name="t", created="now",
-                       creator={"edgeclf": "0"}, labels=CLASSES,
-                       preprocess={"resize_size": 72, "crop_size": 64, "interpolation": "bilinear",
-                                   "mean": [0.5] * 3, "std": [0.5] * 3},
-                       temperature=1.2, source_run={}, dataset_fingerprint="sha256:x", calibration_data={}, metrics={},
-                       artifacts=[ArtifactEntry(file="model.onnx", format="onnx", runtime="onnxruntime", precision="fp32",
-                                                sha256=e.sha256, size_bytes=e.size_bytes, status="ok")])
+    m = BundleManifest(
+        schema_version=SCHEMA_VERSION,
+        min_runtime_version="0.1.0",
+        name="t",
+        created="now",
+        creator={"edgeclf": "0"},
+        labels=CLASSES,
+        preprocess={"resize_size": 72, "crop_size": 64, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
+        temperature=1.2,
+        source_run={},
+        dataset_fingerprint="sha256:x",
+        calibration_data={},
+        metrics={},
+        artifacts=[
+            ArtifactEntry(
+                file="model.onnx",
+                format="onnx",
+                runtime="onnxruntime",
+                precision="fp32",
+                sha256=e.sha256,
+                size_bytes=e.size_bytes,
+                status="ok",
+            )
+        ],
+    )
     write_manifest(tmp_path, m)
     return tmp_path
 

@@ -55,8 +55,20 @@ def test_python_and_c_accept_and_refuse_the_same_bundles(tmp_path: Path, case: C
 
 def test_every_refusal_in_the_issue_is_a_case() -> None:
     names = {c.name for c in CASES}
-    for needed in ("absolute artifact path", "artifact path with ..", "a link out of the bundle",
-                   "hash matches, model does not load", "parity.json truncated", "parity.json row without format",
-                   "temperature 0", "temperature NaN", "resize_size 100000", "min_runtime_version from the future",
-                   "unknown top-level key", "UTF-8 byte-order mark", "fewer labels than outputs", "duplicate labels"):
+    for needed in (
+        "absolute artifact path",
+        "artifact path with ..",
+        "a link out of the bundle",
+        "hash matches, model does not load",
+        "parity.json truncated",
+        "parity.json row without format",
+        "temperature 0",
+        "temperature NaN",
+        "resize_size 100000",
+        "min_runtime_version from the future",
+        "unknown top-level key",
+        "UTF-8 byte-order mark",
+        "fewer labels than outputs",
+        "duplicate labels",
+    ):
         assert needed in names

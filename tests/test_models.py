@@ -31,7 +31,6 @@ from edgeclf.models import (
     read_state_dict,
 )
 from edgeclf.models import weights as weights_module
-
 from tests.conftest import blob_image, shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,9 +191,7 @@ def test_lite0_package_weights_recognise_real_daisies() -> None:
     load_pretrained(model, info)
     size = info.input_size
     resample = Image.Resampling.BICUBIC
-    arrays = [
-        np.asarray(Image.open(f).convert("RGB").resize((size, size), resample), np.float32) for f in files
-    ]
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((size, size), resample), np.float32) for f in files]
     batch = torch.from_numpy(np.stack(arrays) / 255.0).permute(0, 3, 1, 2).float()
     batch = (batch - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -232,9 +229,7 @@ def test_create_model_new_head_for_three_classes() -> None:
     assert not torch.equal(other.get_classifier().weight, model.get_classifier().weight)
 
 
-@pytest.mark.parametrize(
-    "bad", [{"num_classes": 1}, {"num_classes": 0}, {"drop_rate": 1.0}, {"drop_rate": -0.1}]
-)
+@pytest.mark.parametrize("bad", [{"num_classes": 1}, {"num_classes": 0}, {"drop_rate": 1.0}, {"drop_rate": -0.1}])
 def test_create_model_rejects_bad_arguments(bad: dict[str, float]) -> None:
     kwargs: dict[str, object] = {"num_classes": 3, "source": "none", **bad}
     with pytest.raises(ConfigError):
@@ -489,9 +484,7 @@ def test_real_hub_call_offline_is_config_error() -> None:
         "    print('HUB-OK')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     if "HUB-OK" in done.stdout:  # weights already in the local hub cache: a success is fine
         return

@@ -20,7 +20,9 @@ def test_resolved_from_timm_config() -> None:
     assert PreprocessSpec.from_dict(s.to_dict()) == s
 
 
-@pytest.mark.parametrize(("h", "w", "want"), [(150, 150, (256, 256)), (300, 400, (256, 341)), (401, 300, (342, 256)), (1, 7, (256, 1792))])
+@pytest.mark.parametrize(
+    ("h", "w", "want"), [(150, 150, (256, 256)), (300, 400, (256, 341)), (401, 300, (342, 256)), (1, 7, (256, 1792))]
+)
 def test_shorter_side_resize_shape(h: int, w: int, want: tuple[int, int]) -> None:
     assert resized_shape(h, w, 256) == want
 
@@ -36,8 +38,10 @@ def test_resize_matches_torch_half_pixel_bilinear_rounded() -> None:
     assert np.array_equal(out, ref.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy())
     # half-pixel centres: a 2x upscale of [0, 100] gives 0, 25, 75, 100
     row = np.array([[[0] * 3, [100] * 3]], dtype=np.uint8)
-    up = resize_uint8(np.repeat(row, 2, axis=0), PreprocessSpec(resize_size=4, crop_size=4, interpolation="bilinear",
-                                                             mean=(0, 0, 0), std=(1, 1, 1)))
+    up = resize_uint8(
+        np.repeat(row, 2, axis=0),
+        PreprocessSpec(resize_size=4, crop_size=4, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)),
+    )
     assert up[0, :, 0].tolist() == [0, 25, 75, 100]
 
 

@@ -52,8 +52,7 @@ def test_list_profiles_returns_the_builtin_names_sorted():
     names = list_profiles()
     assert set(BUILTIN) <= set(names)
     assert names == sorted(names)
-    on_disk = sorted(p.name.rsplit(".", 1)[0] for p in builtin_profiles_dir().iterdir()
-                     if p.name.endswith((".yaml", ".yml")))
+    on_disk = sorted(p.name.rsplit(".", 1)[0] for p in builtin_profiles_dir().iterdir() if p.name.endswith((".yaml", ".yml")))
     assert names == on_disk
 
 
@@ -265,8 +264,13 @@ def test_unused_peak_may_be_absent(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("section", "field"),
-    [("compute", "peak_fp32_gflops"), ("compute", "memory_bandwidth_gb_per_s"),
-     ("budgets", "latency_ms_p95"), ("memory", "ram_gb"), ("cpu", "cores")],
+    [
+        ("compute", "peak_fp32_gflops"),
+        ("compute", "memory_bandwidth_gb_per_s"),
+        ("budgets", "latency_ms_p95"),
+        ("memory", "ram_gb"),
+        ("cpu", "cores"),
+    ],
 )
 def test_negative_figure_is_rejected(tmp_path: Path, section: str, field: str):
     data = builtin_data()
@@ -321,10 +325,7 @@ def test_compute_capability_must_be_quoted(tmp_path: Path):
 
 def test_runtime_must_run_on_the_compute_target(tmp_path: Path):
     data = builtin_data("jetson-orin")
-    data["runtimes"].append(
-        {"runtime": "onnxruntime", "execution_provider": "CPUExecutionProvider",
-         "precisions": ["fp32"]}
-    )
+    data["runtimes"].append({"runtime": "onnxruntime", "execution_provider": "CPUExecutionProvider", "precisions": ["fp32"]})
     message = load_error(tmp_path, data)
     assert "runtimes[3]" in message and "compute.target is gpu" in message
 

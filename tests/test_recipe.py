@@ -24,9 +24,16 @@ from edgeclf.train.recipe import (
 def facts(counts: dict[str, int], gray: int = 0, of: int = 10, side: int = 128) -> DataFacts:
     n = sum(counts.values())
     small = min(counts, key=counts.get)
-    return DataFacts(num_train=n, class_counts=counts, imbalance_ratio=max(counts.values()) / min(counts.values()),
-                     min_class_share=counts[small] / n, smallest_class=small, grayscale_sampled=gray, grayscale_of=of,
-                     median_short_side=side)
+    return DataFacts(
+        num_train=n,
+        class_counts=counts,
+        imbalance_ratio=max(counts.values()) / min(counts.values()),
+        min_class_share=counts[small] / n,
+        smallest_class=small,
+        grayscale_sampled=gray,
+        grayscale_of=of,
+        median_short_side=side,
+    )
 
 
 def choice(choices, key):  # noqa: ANN001, ANN201

@@ -30,15 +30,18 @@ from tests.conftest import REPO, tiny_onnx_bytes
 
 runner = CliRunner()
 
-OK_SUMMARY = [{"format": "onnx", "precision": "fp32", "status": "ok", "agreement": 1.0, "delta_macro_f1": 0.0},
-              {"format": "tensorrt", "precision": "fp32", "status": "skipped", "agreement": None, "delta_macro_f1": None}]
+OK_SUMMARY = [
+    {"format": "onnx", "precision": "fp32", "status": "ok", "agreement": 1.0, "delta_macro_f1": 0.0},
+    {"format": "tensorrt", "precision": "fp32", "status": "skipped", "agreement": None, "delta_macro_f1": None},
+]
 
 #: a valid preprocessing spec (bundles are validated against the runtime's rules at load)
 SPEC = {"resize_size": 36, "crop_size": 32, "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
 
-def make_bundle(path: Path, seed: int = 0, *, statuses: dict[str, str] | None = None,
-                macro_f1: float = 0.9, with_parity: bool = True) -> Path:
+def make_bundle(
+    path: Path, seed: int = 0, *, statuses: dict[str, str] | None = None, macro_f1: float = 0.9, with_parity: bool = True
+) -> Path:
     """A small but valid bundle: one artifact with its real SHA-256, manifest, parity.json.
 
     ``statuses`` maps "format/precision" to the status written in the parity results
@@ -52,22 +55,55 @@ def make_bundle(path: Path, seed: int = 0, *, statuses: dict[str, str] | None = 
     for r in summary:
         r["status"] = (statuses or {}).get(f"{r['format']}/{r['precision']}", r["status"])
     manifest = BundleManifest(
-        schema_version="1.0.0", min_runtime_version="0.1.0", name=f"demo-{seed}", created="2026-01-01T00:00:00+00:00",
-        creator={"edgeclf": "0.1.0"}, labels=["cat", "dog"], preprocess=SPEC, temperature=1.5,
-        source_run={"run": f"run-{seed}"}, dataset_fingerprint="sha256:" + "0" * 64, calibration_data={},
+        schema_version="1.0.0",
+        min_runtime_version="0.1.0",
+        name=f"demo-{seed}",
+        created="2026-01-01T00:00:00+00:00",
+        creator={"edgeclf": "0.1.0"},
+        labels=["cat", "dog"],
+        preprocess=SPEC,
+        temperature=1.5,
+        source_run={"run": f"run-{seed}"},
+        dataset_fingerprint="sha256:" + "0" * 64,
+        calibration_data={},
         metrics={"evaluation": {"val": {"macro_f1": macro_f1, "accuracy": macro_f1 + 0.01}}},
-        artifacts=[ArtifactEntry(file="model.onnx", format="onnx", runtime="onnxruntime", precision="fp32",
-                                 sha256=sha256_bytes(model), size_bytes=len(model), status="ok")],
+        artifacts=[
+            ArtifactEntry(
+                file="model.onnx",
+                format="onnx",
+                runtime="onnxruntime",
+                precision="fp32",
+                sha256=sha256_bytes(model),
+                size_bytes=len(model),
+                status="ok",
+            )
+        ],
         parity={"gates": {"fp32": {"min_agreement": 0.999}}, "summary": summary} if with_parity else {},
     )
     write_manifest(path, manifest)
     if with_parity:
-        (path / PARITY).write_text(json.dumps({"split": "val", "table": [{"format": r["format"], "precision": r["precision"],
-                                                                          "status": r["status"]} for r in summary],
-                                               "artifacts": [
-            {"format": r["format"], "precision": r["precision"], "status": r["status"],
-             "attempts": [{"status": r["status"], "parity": {"failures": [] if r["status"] == "ok" else ["agreement 0.97 < 0.999"]}}]}
-            for r in summary]}))
+        (path / PARITY).write_text(
+            json.dumps(
+                {
+                    "split": "val",
+                    "table": [{"format": r["format"], "precision": r["precision"], "status": r["status"]} for r in summary],
+                    "artifacts": [
+                        {
+                            "format": r["format"],
+                            "precision": r["precision"],
+                            "status": r["status"],
+                            "attempts": [
+                                {
+                                    "status": r["status"],
+                                    "parity": {"failures": [] if r["status"] == "ok" else ["agreement 0.97 < 0.999"]},
+                                }
+                            ],
+                        }
+                        for r in summary
+                    ],
+                }
+            )
+        )
     return path
 
 
@@ -201,8 +237,12 @@ def test_promote_and_rollback_restore_bytes(reg: Registry, tmp_path: Path) -> No
 
     events = json.loads(reg.index_path.read_text())["events"]
     assert [(e["action"], e["version"], e["previous"]) for e in events] == [
-        ("promote", "1.0.0", None), ("promote", "1.0.1", "1.0.0"), ("promote", "1.0.2", "1.0.1"),
-        ("rollback", "1.0.1", "1.0.2"), ("rollback", "1.0.0", "1.0.1")]
+        ("promote", "1.0.0", None),
+        ("promote", "1.0.1", "1.0.0"),
+        ("promote", "1.0.2", "1.0.1"),
+        ("rollback", "1.0.1", "1.0.2"),
+        ("rollback", "1.0.0", "1.0.1"),
+    ]
 
 
 def test_rollback_goes_to_previously_promoted_not_previous_version(reg: Registry, tmp_path: Path) -> None:
@@ -221,8 +261,11 @@ def test_promote_refuses_failed_parity(reg: Registry, tmp_path: Path) -> None:
     assert bad.entry.parity.verdict == "failed"
     assert bad.entry.parity.failures == ["onnx/fp32: parity_failed (agreement 0.97 < 0.999)"]
     reg.promote(good)
-    with pytest.raises(RegistryError, match=r"cannot be promoted: its parity gates did not pass "
-                                            r"\(onnx/fp32: parity_failed \(agreement 0.97 < 0.999\)\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"cannot be promoted: its parity gates did not pass "
+        r"\(onnx/fp32: parity_failed \(agreement 0.97 < 0.999\)\)",
+    ):
         reg.promote(bad.entry.version)
     assert reg.current().version == good  # type: ignore[union-attr]
 
@@ -326,13 +369,20 @@ def test_cli_add_list_promote_rollback_path(tmp_path: Path, monkeypatch: pytest.
 
     assert runner.invoke(app, ["registry", "promote", "1.0.0"]).exit_code == 0
     res = runner.invoke(app, ["registry", "promote", "1.1.0", "--json"])
-    assert json.loads(res.stdout) == {"action": "promote", "previous": "1.0.0", "current": "1.1.0", "changed": True,
-                                      "path": str((root / VERSIONS / "1.1.0").resolve())}
+    assert json.loads(res.stdout) == {
+        "action": "promote",
+        "previous": "1.0.0",
+        "current": "1.1.0",
+        "changed": True,
+        "path": str((root / VERSIONS / "1.1.0").resolve()),
+    }
 
     doc = json.loads(runner.invoke(app, ["registry", "list", "--json"]).stdout)
     assert doc["current"] == "1.1.0" and doc["stack"] == ["1.0.0", "1.1.0"]
     assert [(v["version"], v["current"], v["metrics"]["macro_f1"], v["parity"]["verdict"]) for v in doc["versions"]] == [
-        ("1.0.0", False, 0.81, "passed"), ("1.1.0", True, 0.87, "passed")]
+        ("1.0.0", False, 0.81, "passed"),
+        ("1.1.0", True, 0.87, "passed"),
+    ]
     table = runner.invoke(app, ["registry", "list"], env={"COLUMNS": "200"})
     assert table.exit_code == 0
     row = next(line for line in table.stdout.splitlines() if "1.1.0" in line)
@@ -350,15 +400,29 @@ def test_cli_add_list_promote_rollback_path(tmp_path: Path, monkeypatch: pytest.
 def test_cli_refused_promotion_is_one_red_line(tmp_path: Path) -> None:
     root = tmp_path / "reg"
     Registry(root).add(make_bundle(tmp_path / "bad", 1, statuses={"onnx/fp32": "parity_failed"}))
-    proc = subprocess.run([sys.executable, "-m", "edgeclf.cli", "registry", "promote", "1.0.0", "--root", str(root)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeclf.cli", "registry", "promote", "1.0.0", "--root", str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error:") and "cannot be promoted" in proc.stderr and "parity_failed" in proc.stderr
     assert not (root / POINTER).exists()
 
 
-@pytest.mark.parametrize("cmd", [["registry"], ["registry", "add"], ["registry", "list"], ["registry", "promote"],
-                                 ["registry", "rollback"], ["registry", "path"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["registry"],
+        ["registry", "add"],
+        ["registry", "list"],
+        ["registry", "promote"],
+        ["registry", "rollback"],
+        ["registry", "path"],
+    ],
+)
 def test_registry_commands_have_help(cmd: list[str]) -> None:
     res = runner.invoke(app, [*cmd, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
@@ -370,9 +434,17 @@ def test_int8_retry_that_passed_counts_as_passed(tmp_path: Path) -> None:
     """The export pipeline retries a failing int8 artifact; only the final status counts."""
     b = make_bundle(tmp_path / "a", 1)
     doc = json.loads((b / PARITY).read_text())
-    doc["artifacts"].append({"format": "onnx", "precision": "int8", "status": "ok", "attempts": [
-        {"status": "parity_failed", "parity": {"failures": ["recall of 'dog' drops 0.0323 > 0.03"]}},
-        {"status": "ok", "parity": {"failures": []}}]})
+    doc["artifacts"].append(
+        {
+            "format": "onnx",
+            "precision": "int8",
+            "status": "ok",
+            "attempts": [
+                {"status": "parity_failed", "parity": {"failures": ["recall of 'dog' drops 0.0323 > 0.03"]}},
+                {"status": "ok", "parity": {"failures": []}},
+            ],
+        }
+    )
     (b / PARITY).write_text(json.dumps(doc))
     from edgeclf.export.bundle import read_bundle
     from edgeclf.registry import parity_verdict
@@ -386,7 +458,8 @@ def test_int8_retry_that_passed_counts_as_passed(tmp_path: Path) -> None:
 
 
 def test_add_stopped_before_the_index_write_is_recorded_by_the_next_add(
-        reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import edgeclf.registry as registry_mod
 
     reg.add(make_bundle(tmp_path / "a", 1))
@@ -415,8 +488,10 @@ def test_metrics_summary_prefers_test_then_val_then_finetuned(tmp_path: Path) ->
     from edgeclf.registry import metrics_summary
 
     m = read_bundle(make_bundle(tmp_path / "a", 1))
-    m.metrics = {"finetuned": {"macro_f1": 0.5}, "evaluation": {"val": {"macro_f1": 0.7, "accuracy": 0.8},
-                                                                "test": {"macro_f1": 0.6, "accuracy": 0.65}}}
+    m.metrics = {
+        "finetuned": {"macro_f1": 0.5},
+        "evaluation": {"val": {"macro_f1": 0.7, "accuracy": 0.8}, "test": {"macro_f1": 0.6, "accuracy": 0.65}},
+    }
     assert metrics_summary(m).model_dump() == {"split": "test", "macro_f1": 0.6, "accuracy": 0.65}
     del m.metrics["evaluation"]["test"]
     assert metrics_summary(m).macro_f1 == 0.7
@@ -434,8 +509,11 @@ def test_promote_refuses_a_model_that_never_predicts_a_class(reg: Registry, tmp_
     write_manifest(b, BundleManifest.model_validate(m))
     weak = reg.add(b).entry.version  # stored, so it can be inspected ...
     reg.promote(good)
-    with pytest.raises(RegistryError, match=r"cannot be promoted: model quality: gate every_class_recalled failed "
-                                            r"\(validation recall 0 for: dog\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"cannot be promoted: model quality: gate every_class_recalled failed "
+        r"\(validation recall 0 for: dog\)",
+    ):
         reg.promote(weak)  # ... but never served
     assert reg.current().version == good  # type: ignore[union-attr]
 
@@ -446,11 +524,14 @@ def _edit(b: Path, **changes: object) -> None:
     (b / "edgeclf.json").write_text(json.dumps(m, sort_keys=True))
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"labels": ["cat"]}, "labels"),                          # cut labels: 1 label for a 2-output model
-    ({"temperature": -1.0}, "temperature"),
-    ({"labels": ["cat", "cat"]}, "more than once"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"labels": ["cat"]}, "labels"),  # cut labels: 1 label for a 2-output model
+        ({"temperature": -1.0}, "temperature"),
+        ({"labels": ["cat", "cat"]}, "more than once"),
+    ],
+)
 def test_add_runs_the_full_load_validation(reg: Registry, tmp_path: Path, change: dict, match: str) -> None:
     b = make_bundle(tmp_path / "b")
     _edit(b, **change)

@@ -21,12 +21,12 @@ def test_directory_symlinks_never_leave_the_data_folder_or_loop(tmp_path: Path) 
     from edgeclf.data._index import scan_folder
 
     root = make_clean_dataset(tmp_path / "data", {"cat": 4, "dog": 4, "fox": 4})
-    os.symlink("..", root / "dog" / "dirloop")            # back to the data root: would file cat and fox under dog
-    os.symlink("/", root / "cat" / "whole-disk")           # out of the data folder
-    os.symlink(root / "fox", root / "fox" / "self")        # its own folder
+    os.symlink("..", root / "dog" / "dirloop")  # back to the data root: would file cat and fox under dog
+    os.symlink("/", root / "cat" / "whole-disk")  # out of the data folder
+    os.symlink(root / "fox", root / "fox" / "self")  # its own folder
     (root / "dog" / "inner").mkdir()
     (root / "dog" / "inner" / "extra.png").write_bytes((root / "dog" / "dog_000.png").read_bytes())
-    os.symlink("inner", root / "dog" / "alias")            # inside the class: followed (visited once)
+    os.symlink("inner", root / "dog" / "alias")  # inside the class: followed (visited once)
     os.symlink("loop-b.png", root / "cat" / "loop-a.png")  # a file symlink loop
     os.symlink("loop-a.png", root / "cat" / "loop-b.png")
     scan = scan_folder(root)
@@ -83,10 +83,10 @@ def test_stale_export_temporaries_are_cleaned_only_when_ours_and_stale(tmp_path:
         return d
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = temp("dead", int(dead.stdout))                 # a kill -9'd export of this host
-    live = temp("live", os.getppid())                      # a running process: never touched
-    foreign = temp("nomarker", None)                       # not ours
-    old_remote = temp("remote", 1, host="another-host")    # another host, started long ago
+    stale = temp("dead", int(dead.stdout))  # a kill -9'd export of this host
+    live = temp("live", os.getppid())  # a running process: never touched
+    foreign = temp("nomarker", None)  # not ours
+    old_remote = temp("remote", 1, host="another-host")  # another host, started long ago
     removed = clean_stale_work(out)
     assert set(removed) == {stale, old_remote}
     assert live.is_dir() and foreign.is_dir() and not stale.exists()
@@ -95,20 +95,40 @@ def test_stale_export_temporaries_are_cleaned_only_when_ours_and_stale(tmp_path:
 def test_train_checks_every_flag_before_writing(tmp_path: Path) -> None:
     root = make_clean_dataset(tmp_path / "data", {"a": 6, "b": 6})
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "edgeclf.cli", "train", "--data", str(root), "--backbone",
-                        "tf_efficientnet_lite0", "--out", str(run), "--batch-size", "0"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeclf.cli",
+            "train",
+            "--data",
+            str(root),
+            "--backbone",
+            "tf_efficientnet_lite0",
+            "--out",
+            str(run),
+            "--batch-size",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "batch_size" in (r.stderr + r.stdout) and "Traceback" not in r.stderr
     assert not run.exists() or not any(run.iterdir()), sorted(p.name for p in run.iterdir())
 
 
-@pytest.mark.parametrize("bad,match", [
-    (42, "int"),
-    (b"\x89PNG...", "bytes"),
-    (np.zeros((3, 40, 4), np.uint8), "channels-first"),
-    (np.zeros((3, 48, 48), np.uint8), "channels-first"),
-    (np.zeros((48, 48, 3), np.float32), "uint8"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (42, "int"),
+        (b"\x89PNG...", "bytes"),
+        (np.zeros((3, 40, 4), np.uint8), "channels-first"),
+        (np.zeros((3, 48, 48), np.uint8), "channels-first"),
+        (np.zeros((48, 48, 3), np.float32), "uint8"),
+    ],
+)
 def test_predict_refuses_bad_images_clearly(tmp_path: Path, bad: object, match: str) -> None:
     import edgeclf
 
@@ -118,10 +138,13 @@ def test_predict_refuses_bad_images_clearly(tmp_path: Path, bad: object, match: 
 
 
 @pytest.mark.cpp
-@pytest.mark.parametrize("bad,match", [
-    (b"\x89PNG...", "bytes"),
-    (np.zeros((3, 40, 4), np.uint8), "channels-first"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (b"\x89PNG...", "bytes"),
+        (np.zeros((3, 40, 4), np.uint8), "channels-first"),
+    ],
+)
 def test_the_c_runtime_face_refuses_the_same_images(tmp_path: Path, bad: object, match: str) -> None:
     runtime = pytest.importorskip("edgeclf.runtime")
     b = make_synthetic_bundle(tmp_path / "b")

@@ -64,9 +64,7 @@ def test_parse_undefined_symbols() -> None:
         "_ZN3c104impl26raw_local_dispatch_key_setE",
     ]
     cuda = symbols[1]
-    assert (cuda.kind, cuda.weak, cuda.version, cuda.version_index) == (
-        "FUNC", False, "libcudart.so.13", 4
-    )
+    assert (cuda.kind, cuda.weak, cuda.version, cuda.version_index) == ("FUNC", False, "libcudart.so.13", 4)
     assert symbols[0].version is None and symbols[0].version_index is None
     assert symbols[2].kind == "OBJECT" and symbols[3].weak and symbols[4].kind == "TLS"
 
@@ -85,9 +83,7 @@ def test_parse_defined_symbols_strips_versions() -> None:
         "0000000000000000 A GLIBC_2.2.5\n"
         "00000000000020a0 B _ZN3c104cuda20CUDACachingAllocator9allocatorE\n"
     )
-    assert rt.parse_defined_symbols(nm) == {
-        "cudaFree", "GLIBC_2.2.5", "_ZN3c104cuda20CUDACachingAllocator9allocatorE"
-    }
+    assert rt.parse_defined_symbols(nm) == {"cudaFree", "GLIBC_2.2.5", "_ZN3c104cuda20CUDACachingAllocator9allocatorE"}
 
 
 def test_parse_ldconfig_cache() -> None:
@@ -96,9 +92,7 @@ def test_parse_ldconfig_cache() -> None:
         "\tlibc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6\n"
         "\tlibc.so.6 (libc6) => /lib/i386-linux-gnu/libc.so.6\n"
     )
-    assert rt.parse_ldconfig_cache(text) == {
-        "libc.so.6": ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/i386-linux-gnu/libc.so.6"]
-    }
+    assert rt.parse_ldconfig_cache(text) == {"libc.so.6": ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/i386-linux-gnu/libc.so.6"]}
 
 
 def test_merge_runpath_keeps_origin_entries_once() -> None:
@@ -115,9 +109,7 @@ def test_stub_home_follows_namespace() -> None:
 
 
 @linux_only
-@pytest.mark.skipif(
-    shutil.which("cc") is None or shutil.which("nm") is None, reason="needs cc and binutils"
-)
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("nm") is None, reason="needs cc and binutils")
 def test_built_stub_exports_versions_and_aborts_loudly(tmp_path: Path) -> None:
     symbols = [
         rt.UndefinedSymbol("cudaGetLastError", "FUNC", False, "libcudart.so.13", 4),
@@ -128,9 +120,7 @@ def test_built_stub_exports_versions_and_aborts_loudly(tmp_path: Path) -> None:
     target = tmp_path / "libcudart.so.13"
     rt.build_stub("cc", "libcudart.so.13", symbols, target)
 
-    nm = subprocess.run(
-        ["nm", "-D", "--defined-only", str(target)], capture_output=True, text=True, check=True
-    ).stdout
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(target)], capture_output=True, text=True, check=True).stdout
     assert "cudaGetLastError@@libcudart.so.13" in nm
     assert "_ZN3c104cuda20CUDACachingAllocator9allocatorE" in nm
     library = ctypes.CDLL(str(target))
@@ -167,9 +157,7 @@ def test_repair_makes_torchvision_work_and_is_idempotent() -> None:
     first = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
     assert first.returncode == 0, first.stdout + first.stderr
 
-    check = subprocess.run(
-        [sys.executable, "-c", CHECK_TORCHVISION], capture_output=True, text=True
-    )
+    check = subprocess.run([sys.executable, "-c", CHECK_TORCHVISION], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
     second = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)

@@ -31,8 +31,7 @@ SIZE = 24
 
 
 def spec(resize: int = SIZE, crop: int = SIZE) -> PreprocessSpec:
-    return PreprocessSpec(resize_size=resize, crop_size=crop, interpolation="bilinear", mean=(0.0, 0.0, 0.0),
-                          std=(1.0, 1.0, 1.0))
+    return PreprocessSpec(resize_size=resize, crop_size=crop, interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 class FakePredictor:
@@ -111,20 +110,32 @@ def test_deterministic_corruptions_ignore_the_rng() -> None:
     for name, c in CORRUPTIONS.items():
         if not c.random:
             sev = c.severities[0]
-            np.testing.assert_array_equal(apply_corruption(img, name, sev, seed=0),
-                                          apply_corruption(img, name, sev, seed=9))
+            np.testing.assert_array_equal(apply_corruption(img, name, sev, seed=0), apply_corruption(img, name, sev, seed=9))
 
 
 def test_rng_is_stable_and_keyed_on_every_part() -> None:
     draw = lambda *k: corruption_rng(*k).integers(0, 2**62)  # noqa: E731
     assert draw(0, "gaussian_noise", 8, 0) == draw(0, "gaussian_noise", 8.0, 0)
-    others = {draw(1, "gaussian_noise", 8, 0), draw(0, "translate", 8, 0), draw(0, "gaussian_noise", 16, 0),
-              draw(0, "gaussian_noise", 8, 1)}
+    others = {
+        draw(1, "gaussian_noise", 8, 0),
+        draw(0, "translate", 8, 0),
+        draw(0, "gaussian_noise", 16, 0),
+        draw(0, "gaussian_noise", 8, 1),
+    }
     assert draw(0, "gaussian_noise", 8, 0) not in others and len(others) == 4
 
 
-@pytest.mark.parametrize(("name", "identity"), [("translate", 0.0), ("rotate", 0.0), ("brightness", 0.0),
-                                                ("contrast", 1.0), ("gaussian_noise", 0.0), ("gaussian_blur", 0.0)])
+@pytest.mark.parametrize(
+    ("name", "identity"),
+    [
+        ("translate", 0.0),
+        ("rotate", 0.0),
+        ("brightness", 0.0),
+        ("contrast", 1.0),
+        ("gaussian_noise", 0.0),
+        ("gaussian_blur", 0.0),
+    ],
+)
 def test_identity_severity(name: str, identity: float) -> None:
     img = textured(4)
     np.testing.assert_array_equal(apply_corruption(img, name, identity, seed=7), img)
@@ -279,10 +290,14 @@ def test_model_resolution_resize_is_exact_for_a_spec_following_predictor() -> No
     from edgeclf.evaluate.predictor import TorchPredictor
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(4, 3))
-    p = TorchPredictor(model, PreprocessSpec(resize_size=20, crop_size=16, interpolation="bilinear",
-                                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)), ["a", "b", "c"])
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)
+    )
+    p = TorchPredictor(
+        model,
+        PreprocessSpec(resize_size=20, crop_size=16, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+        ["a", "b", "c"],
+    )
     images = [textured(i, 37, 53) for i in range(8)]
     y = np.arange(8) % 3
     res = run_robustness(p, images, y, corruptions=["rotate"])
@@ -297,8 +312,15 @@ def test_result_to_dict_is_json_and_round_trips() -> None:
     res = run_robustness(mean_colour_predictor(), images, y, corruptions=["gaussian_noise", "rotate"])
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
     assert [r["severity_label"] for r in d["rows"]][:3] == ["sigma=8", "sigma=16", "sigma=32"]
-    assert set(d["rows"][0]) == {"corruption", "severity", "severity_label", "accuracy", "macro_f1", "flip_rate",
-                                 "delta_macro_f1"}
+    assert set(d["rows"][0]) == {
+        "corruption",
+        "severity",
+        "severity_label",
+        "accuracy",
+        "macro_f1",
+        "flip_rate",
+        "delta_macro_f1",
+    }
     assert d["clean"]["corruption"] == "clean"
     per = d["mean_corruption_macro_f1"]["per_corruption"]
     assert per["rotate"] == pytest.approx(np.mean([r["macro_f1"] for r in d["rows"] if r["corruption"] == "rotate"]))

@@ -28,9 +28,17 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_run(base)
     from edgeclf.runtime.gate import c_runtime_rows
 
-    export_run(base / "run", base / "bundle", formats=["onnx", "openvino"], precisions=["fp32", "int8"],
-               runtime_gate=c_runtime_rows, int8_evidence="point",  # 6 val images: the int8 C paths, not the gates
-               calibration_images=8, allow_failed=True, robustness=False)
+    export_run(
+        base / "run",
+        base / "bundle",
+        formats=["onnx", "openvino"],
+        precisions=["fp32", "int8"],
+        runtime_gate=c_runtime_rows,
+        int8_evidence="point",  # 6 val images: the int8 C paths, not the gates
+        calibration_images=8,
+        allow_failed=True,
+        robustness=False,
+    )
     return base / "bundle"
 
 
@@ -47,8 +55,9 @@ def val_images(bundle: Path) -> list[Path]:
     return [data / r["path"] for r in rows if r["split"] in ("val", "test")]
 
 
-@pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("openvino", "fp32"),
-                                               ("onnxruntime", "int8"), ("openvino", "int8")])
+@pytest.mark.parametrize(
+    "backend,precision", [("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")]
+)
 def test_top1_and_probabilities_match_python(bundle: Path, backend: str, precision: str) -> None:
     """C++ end to end (decode in Python, everything else in C++) vs edgeclf.predict on the same artifact."""
     from edgeclf.export.bundle import read_bundle
@@ -65,17 +74,29 @@ def test_top1_and_probabilities_match_python(bundle: Path, backend: str, precisi
     from edgeclf.export.runners import load_runner
 
     a = art[0]
-    py.runner = load_runner(bundle, {"format": a.format, "precision": a.precision, "file": a.file,
-                                     "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime,
-                                     "status": "ok", "error": None, "export_seconds": 0.0, "details": a.details},
-                            py.spec, py.labels)
+    py.runner = load_runner(
+        bundle,
+        {
+            "format": a.format,
+            "precision": a.precision,
+            "file": a.file,
+            "extra_files": [e.file for e in a.extra_files],
+            "runtime": a.runtime,
+            "status": "ok",
+            "error": None,
+            "export_seconds": 0.0,
+            "details": a.details,
+        },
+        py.spec,
+        py.labels,
+    )
     want = py.classify(images, top_k=3)
     with runtime.Classifier(bundle, backend=backend, precision=precision) as clf:
         assert (clf.backend, clf.precision, clf.artifact) == (backend, precision, a.file)
         got = clf.classify(images, top_k=3)
         probs = clf.probabilities(images)
     assert [g.label for g in got] == [w.label for w in want]  # top-1: 100 %
-    py_probs = np.array([[dict(zip(w.labels, w.probabilities)).get(lab, np.nan) for lab in m.labels] for w in want])
+    py_probs = np.array([[dict(zip(w.labels, w.probabilities, strict=False)).get(lab, np.nan) for lab in m.labels] for w in want])
     mask = ~np.isnan(py_probs)
     # fp32: same preprocessing bit for bit, same backend -> float32 round-off only.
     # int8: the same quantized graph; OpenVINO may pick different int8 kernels per batch size.
@@ -224,9 +245,9 @@ def test_load_from_memory(tmp_path: Path) -> None:
 
 
 def test_versions() -> None:
-    from edgeclf import _runtime
-
     import importlib.metadata
+
+    from edgeclf import _runtime
 
     assert _runtime.api_version() == _runtime.API_VERSION == 2
     assert runtime.version() == importlib.metadata.version("edgeclf") == "0.2.0"

@@ -34,19 +34,44 @@ def _generator() -> list[str]:
 @pytest.fixture(scope="module")
 def asan_build() -> Path:
     """cpp/ configured with EDGECLF_SANITIZE (cached in build/asan; rebuilt incrementally)."""
-    cfg = _run(["cmake", "-S", str(REPO / "cpp"), "-B", str(ASAN_BUILD), *_generator(), "-DEDGECLF_SANITIZE=ON",
-                "-DCMAKE_BUILD_TYPE=Debug", "-DEDGECLF_BUILD_EXAMPLES=OFF", f"-DPython_EXECUTABLE={sys.executable}"])
+    cfg = _run(
+        [
+            "cmake",
+            "-S",
+            str(REPO / "cpp"),
+            "-B",
+            str(ASAN_BUILD),
+            *_generator(),
+            "-DEDGECLF_SANITIZE=ON",
+            "-DCMAKE_BUILD_TYPE=Debug",
+            "-DEDGECLF_BUILD_EXAMPLES=OFF",
+            f"-DPython_EXECUTABLE={sys.executable}",
+        ]
+    )
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    build = _run(["cmake", "--build", str(ASAN_BUILD), "--target", "edgeclf_test_capi", "edgeclf_fuzz",
-                  "--parallel", str(os.cpu_count() or 2)])
+    build = _run(
+        [
+            "cmake",
+            "--build",
+            str(ASAN_BUILD),
+            "--target",
+            "edgeclf_test_capi",
+            "edgeclf_fuzz",
+            "--parallel",
+            str(os.cpu_count() or 2),
+        ]
+    )
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     return ASAN_BUILD
 
 
 def _sanitizer_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:strict_string_checks=1",
-               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1", **extra)
+    env.update(
+        ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:strict_string_checks=1",
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+        **extra,
+    )
     return env
 
 
@@ -86,9 +111,12 @@ def test_c_api_under_sanitizers(asan_build: Path, tmp_path: Path, bands: str) ->
     crop, resize = (32, 40) if bands == "1" else (72, 80)
     good = make_synthetic_bundle(tmp_path / "good", crop=crop, resize=resize)
     bad = _bad_bundles(tmp_path, good)
-    r = _run([str(asan_build / "edgeclf_test_capi")],
-             env=_sanitizer_env(EDGECLF_TEST_BUNDLE=str(good), EDGECLF_TEST_BAD_BUNDLES=":".join(map(str, bad)),
-                                EDGECLF_PREPROCESS_BANDS=bands))
+    r = _run(
+        [str(asan_build / "edgeclf_test_capi")],
+        env=_sanitizer_env(
+            EDGECLF_TEST_BUNDLE=str(good), EDGECLF_TEST_BAD_BUNDLES=":".join(map(str, bad)), EDGECLF_PREPROCESS_BANDS=bands
+        ),
+    )
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     assert "tests passed" in r.stdout
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr
@@ -98,8 +126,9 @@ def _every_rule_policy() -> object:
     """A decision policy that exercises every rule of the decision path (biases, costs, energy reject)."""
     from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
 
-    return DecisionPolicy(bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]],
-                          reject=RejectRule(score="energy", threshold=0.8))
+    return DecisionPolicy(
+        bias=[0.0, 0.5, -0.2], costs=[[0, 1, 3], [1, 0, 1], [9, 1, 0]], reject=RejectRule(score="energy", threshold=0.8)
+    )
 
 
 @pytest.mark.slow
@@ -109,8 +138,13 @@ def test_fuzz_bounded(asan_build: Path, tmp_path: Path) -> None:
     bundle = make_synthetic_bundle(tmp_path / "b", crop=16, resize=20, interpolation="bilinear", decision=policy)
     exe = asan_build / "edgeclf_fuzz"
     env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SECONDS="60")
-    r = _run([str(exe), "-max_total_time=60"] if "clang" in _run(["cmake", "-L", "-N", str(asan_build)]).stdout.lower()
-             else [str(exe), "7"], env=env, timeout=300)
+    r = _run(
+        [str(exe), "-max_total_time=60"]
+        if "clang" in _run(["cmake", "-L", "-N", str(asan_build)]).stdout.lower()
+        else [str(exe), "7"],
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert "no failure" in r.stdout or "Done" in r.stderr
 
@@ -160,18 +194,24 @@ def _positional_bundle(dest: Path, crop: int, resize: int, labels: tuple[str, ..
     plane = (8.0 * (u + 2 * v) / px).reshape(px, 1).astype(np.float32)
     rng = np.random.default_rng(1)
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "flat"], ["xf"]),
-         helper.make_node("MatMul", ["xf", "plane"], ["f3"]),
-         helper.make_node("Reshape", ["f3", "feat"], ["f"]),
-         helper.make_node("MatMul", ["f", "w"], ["fw"]),
-         helper.make_node("Add", ["fw", "b"], ["logits"])],
-        "positional", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
+        [
+            helper.make_node("Reshape", ["x", "flat"], ["xf"]),
+            helper.make_node("MatMul", ["xf", "plane"], ["f3"]),
+            helper.make_node("Reshape", ["f3", "feat"], ["f"]),
+            helper.make_node("MatMul", ["f", "w"], ["fw"]),
+            helper.make_node("Add", ["fw", "b"], ["logits"]),
+        ],
+        "positional",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, crop, crop])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n])],
-        [helper.make_tensor("flat", TensorProto.INT64, [3], [0, 3, -1]),
-         helper.make_tensor("feat", TensorProto.INT64, [2], [0, 3]),
-         helper.make_tensor("plane", TensorProto.FLOAT, [px, 1], plane.ravel().tolist()),
-         helper.make_tensor("w", TensorProto.FLOAT, [3, n], rng.normal(size=3 * n).astype(np.float32).tolist()),
-         helper.make_tensor("b", TensorProto.FLOAT, [n], rng.normal(size=n).astype(np.float32).tolist())])
+        [
+            helper.make_tensor("flat", TensorProto.INT64, [3], [0, 3, -1]),
+            helper.make_tensor("feat", TensorProto.INT64, [2], [0, 3]),
+            helper.make_tensor("plane", TensorProto.FLOAT, [px, 1], plane.ravel().tolist()),
+            helper.make_tensor("w", TensorProto.FLOAT, [3, n], rng.normal(size=3 * n).astype(np.float32).tolist()),
+            helper.make_tensor("b", TensorProto.FLOAT, [n], rng.normal(size=n).astype(np.float32).tolist()),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     p = b / "model.onnx"
@@ -206,7 +246,8 @@ def test_c_example_against_installed_package(tmp_path: Path) -> None:
         "cmake_minimum_required(VERSION 3.18)\nproject(classify_example C)\n"
         "find_package(edgeclf 0.1 REQUIRED)\nadd_executable(classify classify.c)\n"
         "target_link_libraries(classify PRIVATE edgeclf::edgeclf)\n"
-        "target_include_directories(classify SYSTEM PRIVATE third_party/stb)\n")
+        "target_include_directories(classify SYSTEM PRIVATE third_party/stb)\n"
+    )
     cfg = _run(["cmake", "-S", str(proj), "-B", str(proj / "build"), *_generator(), f"-DCMAKE_PREFIX_PATH={pkg}"])
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     b = _run(["cmake", "--build", str(proj / "build")])
@@ -297,8 +338,12 @@ def test_fuzz_a_million_executions(asan_build: Path, tmp_path: Path) -> None:
     workers = max(1, os.cpu_count() or 1)  # one process per core, each with its own random seed
     runs = -(-1_000_000 // workers)
     env = _sanitizer_env(EDGECLF_FUZZ_BUNDLE=str(bundle), EDGECLF_FUZZ_SEEDS=str(seeds), EDGECLF_FUZZ_RUNS=str(runs))
-    procs = [subprocess.Popen([str(asan_build / "edgeclf_fuzz"), str(11 + i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [str(asan_build / "edgeclf_fuzz"), str(11 + i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(workers)
+    ]
     total = 0
     for p in procs:
         out, errs = p.communicate(timeout=7200)

@@ -25,7 +25,7 @@ TOL = 1e-5
 SPECS = [  # (crop, resize, interpolation)
     (32, 36, "bicubic"),
     (32, 36, "bilinear"),
-    (24, 24, "bicubic"),   # resize == crop
+    (24, 24, "bicubic"),  # resize == crop
     (64, 73, "bilinear"),  # upscaling small images
     (64, 73, "bicubic"),
 ]
@@ -36,8 +36,12 @@ def clf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     crop, resize, interp = request.param
     d = make_synthetic_bundle(tmp_path_factory.mktemp("b") / "bundle", crop=crop, resize=resize, interpolation=interp)
     with runtime.Classifier(d, threads=1) as c:
-        yield c, PreprocessSpec(resize_size=resize, crop_size=crop, interpolation=interp,
-                                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        yield (
+            c,
+            PreprocessSpec(
+                resize_size=resize, crop_size=crop, interpolation=interp, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+            ),
+        )
 
 
 def real_images() -> list[np.ndarray]:
@@ -82,8 +86,12 @@ def test_golden_every_format(clf, fmt: str) -> None:
             ref_rgb = np.repeat(frame[:, :, None], 3, axis=2)
         else:
             alpha = np.full(rgb.shape[:2] + (1,), 77, np.uint8)
-            frame = {"RGB8": rgb, "BGR8": rgb[:, :, ::-1], "RGBA8": np.concatenate([rgb, alpha], 2),
-                     "BGRA8": np.concatenate([rgb[:, :, ::-1], alpha], 2)}[fmt]
+            frame = {
+                "RGB8": rgb,
+                "BGR8": rgb[:, :, ::-1],
+                "RGBA8": np.concatenate([rgb, alpha], 2),
+                "BGRA8": np.concatenate([rgb[:, :, ::-1], alpha], 2),
+            }[fmt]
             ref_rgb = rgb
         if min(ref_rgb.shape[:2]) * spec.resize_size < spec.crop_size * min(ref_rgb.shape[:2]):
             continue
@@ -133,7 +141,7 @@ def test_two_bands_on_two_threads_are_bit_identical(tmp_path: Path, monkeypatch:
                 got.append(c.preprocess(frame, fmt))
         out[bands] = got
     assert len(out["1"]) >= 5
-    for a, b in zip(out["1"], out["2"]):
+    for a, b in zip(out["1"], out["2"], strict=False):
         assert np.array_equal(a, b)
 
 
@@ -149,5 +157,5 @@ def test_avx512_window_path_is_bit_identical(tmp_path: Path, monkeypatch: pytest
             monkeypatch.setenv("EDGECLF_PREPROCESS_WIDE", wide)
             with runtime.Classifier(d) as c:
                 out[wide] = [c.preprocess(padded(f), "RGB8") for f in frames]
-        for a, b in zip(out["0"], out["1"]):
+        for a, b in zip(out["0"], out["1"], strict=False):
             assert np.array_equal(a, b), (crop, resize)

@@ -22,9 +22,19 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cfg(manifest: Path, tmp: Path):
-    return load_config(None, {"data.manifest": manifest, "data.workers": 0, "data.cache_dir": str(tmp / "cache"),
-                              "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 3, "batch_size": 8,
-                              "amp": "off"})
+    return load_config(
+        None,
+        {
+            "data.manifest": manifest,
+            "data.workers": 0,
+            "data.cache_dir": str(tmp / "cache"),
+            "model.image_size": 64,
+            "probe.epochs": 5,
+            "finetune.epochs": 3,
+            "batch_size": 8,
+            "amp": "off",
+        },
+    )
 
 
 def test_parse_duration() -> None:
@@ -35,8 +45,9 @@ def test_parse_duration() -> None:
             parse_duration(bad)
 
 
-def test_search_respects_its_budget_and_never_reads_test(tiny_manifest: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_respects_its_budget_and_never_reads_test(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     test_paths, seen = record_decoded(tiny_manifest, monkeypatch)
     budget = 40.0
     t0 = time.perf_counter()
@@ -52,8 +63,7 @@ def test_search_respects_its_budget_and_never_reads_test(tiny_manifest: Path, tm
     done = [r for r in table["trials"] if r["state"] == "complete"]
     assert m["search"]["best_trial"] == max(done, key=lambda r: (r["val_macro_f1"], -r["val_nll"]))["trial"]
     assert m["finetuned"]["macro_f1"] == max(r["val_macro_f1"] for r in done)
-    assert all("val_macro_f1_ci" in r and r["val_macro_f1_ci"][0] <= r["val_macro_f1"] <= r["val_macro_f1_ci"][1]
-               for r in done)
+    assert all("val_macro_f1_ci" in r and r["val_macro_f1_ci"][0] <= r["val_macro_f1"] <= r["val_macro_f1_ci"][1] for r in done)
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     # trial 0 is the recipe as given
     assert table["trials"][0]["config"]["finetune.epochs"] == 3

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeclf.bench.calibrate import WORKER
 from edgeclf.errors import ConfigError, EdgeclfError
 from edgeclf.models import list_backbones
 from edgeclf.profiles import list_profiles, load_profile
@@ -40,7 +41,6 @@ from edgeclf.select import (
     select_backbone,
     validate_cost_model,
 )
-from edgeclf.bench.calibrate import WORKER
 from edgeclf.select.calibration import VALIDATION_PATH
 from edgeclf.select.costmodel import CALIBRATION_PATH, FileFactors, HostInfo
 from edgeclf.select.selection import INT8_PENALTY, TOP1_RESOLUTION
@@ -123,16 +123,29 @@ def _device(**kw: float) -> DeviceFigures:
     base = {"peak": 500.0, "bw": 40.0, "clock": 2.0}
     base.update(kw)
     return DeviceFigures(
-        name="test", target="cpu", peak_gops={"fp32": base["peak"], "fp16": base["peak"], "int8": 4 * base["peak"]},
-        memory_bandwidth_gb_per_s=base["bw"], cpu_clock_ghz=base["clock"], threads=4,
+        name="test",
+        target="cpu",
+        peak_gops={"fp32": base["peak"], "fp16": base["peak"], "int8": 4 * base["peak"]},
+        memory_bandwidth_gb_per_s=base["bw"],
+        cpu_clock_ghz=base["clock"],
+        threads=4,
     )
 
 
 def _factors(precision: str = "fp32") -> LatencyFactors:
     return LatencyFactors(
-        target="cpu", runtime="onnxruntime", backend="CPUExecutionProvider", precision=precision,
-        compute_efficiency=0.5, depthwise_efficiency=0.1, memory_efficiency=2.0, call_overhead_ms=0.05,
-        node_overhead_ms=0.01, overhead_clock_ghz=3.0, p95_factor=1.1, source="prior",
+        target="cpu",
+        runtime="onnxruntime",
+        backend="CPUExecutionProvider",
+        precision=precision,
+        compute_efficiency=0.5,
+        depthwise_efficiency=0.1,
+        memory_efficiency=2.0,
+        call_overhead_ms=0.05,
+        node_overhead_ms=0.01,
+        overhead_clock_ghz=3.0,
+        p95_factor=1.1,
+        source="prior",
     )
 
 
@@ -141,8 +154,15 @@ def test_latency_is_monotonic_in_flops_bytes_and_nodes() -> None:
     device, factors = _device(), _factors()
     t0, terms = estimate_latency_ms(base, device, factors)
     assert t0 == pytest.approx(sum(terms.values()))
-    for field in ("flops_dense", "flops_depthwise", "params", "act_elems_dense", "act_elems_depthwise",
-                  "act_elems_other", "nodes_other"):
+    for field in (
+        "flops_dense",
+        "flops_depthwise",
+        "params",
+        "act_elems_dense",
+        "act_elems_depthwise",
+        "act_elems_other",
+        "nodes_other",
+    ):
         bigger = dataclasses.replace(base, **{field: getattr(base, field) * 2})
         assert estimate_latency_ms(bigger, device, factors)[0] > t0, field
     # Twice the dense FLOPs adds exactly the dense term again.
@@ -158,8 +178,15 @@ def test_latency_is_monotonic_in_flops_bytes_and_nodes() -> None:
 
 def test_memory_and_file_estimates_grow_with_weights_and_activations() -> None:
     base = model_counts(LITE0, 224)
-    mem = MemoryFactors(target="cpu", runtime="onnxruntime", backend="CPUExecutionProvider", base_mib=50,
-                        weight_copies=2, activation_factor=1.5, source="prior")
+    mem = MemoryFactors(
+        target="cpu",
+        runtime="onnxruntime",
+        backend="CPUExecutionProvider",
+        base_mib=50,
+        weight_copies=2,
+        activation_factor=1.5,
+        source="prior",
+    )
     files = FileFactors(runtime="onnxruntime", precision="fp32", bytes_per_param=4.0, overhead_mib=0.1, source="prior")
     m0 = estimate_memory_mib(base, "fp32", mem)
     assert m0 == pytest.approx(50 + 2 * base.params * 4 / 2**20 + 1.5 * base.peak_activation_elems * 4 / 2**20)
@@ -238,9 +265,19 @@ def test_calibrated_model_is_within_its_stated_error_on_the_stored_measurements(
 
 def _host() -> HostInfo:
     return HostInfo(
-        cpu_model="test cpu", arch="x86_64", isa_features=["avx2", "fma"], logical_cpus=2, threads=2,
-        flops_per_cycle_fp32=32, int8_ops_per_fp32_flop=2.0, gemm_gflops=180.0, gemm_efficiency_assumed=0.9,
-        clock_ghz=3.125, peak_fp32_gflops=200.0, peak_int8_gops=400.0, memory_bandwidth_gb_per_s=20.0,
+        cpu_model="test cpu",
+        arch="x86_64",
+        isa_features=["avx2", "fma"],
+        logical_cpus=2,
+        threads=2,
+        flops_per_cycle_fp32=32,
+        int8_ops_per_fp32_flop=2.0,
+        gemm_gflops=180.0,
+        gemm_efficiency_assumed=0.9,
+        clock_ghz=3.125,
+        peak_fp32_gflops=200.0,
+        peak_int8_gops=400.0,
+        memory_bandwidth_gb_per_s=20.0,
         matched_profile="x86-64-avx2",
     )
 
@@ -252,12 +289,24 @@ def _synthetic_points(truth: LatencyFactors, host: HostInfo, noise: float = 0.0)
         for size in (info.input_size, 160, 128):
             p50, _ = estimate_latency_ms(model_counts(info.name, size), host.figures(), truth)
             p50 *= float(np.exp(rng.normal(0, noise))) if noise else 1.0
-            points.append(CalibrationPoint(
-                backbone=info.name, resolution=size, runtime=truth.runtime, backend=truth.backend,
-                precision=truth.precision, weights="random", threads=2, runs=50, p50_ms=p50, p95_ms=1.1 * p50,
-                min_ms=0.9 * p50, file_mib=model_counts(info.name, size).params * 4 / 2**20 + 0.05,
-                baseline_rss_mib=40.0, peak_rss_mib=60 + model_counts(info.name, size).params * 8 / 2**20,
-            ))
+            points.append(
+                CalibrationPoint(
+                    backbone=info.name,
+                    resolution=size,
+                    runtime=truth.runtime,
+                    backend=truth.backend,
+                    precision=truth.precision,
+                    weights="random",
+                    threads=2,
+                    runs=50,
+                    p50_ms=p50,
+                    p95_ms=1.1 * p50,
+                    min_ms=0.9 * p50,
+                    file_mib=model_counts(info.name, size).params * 4 / 2**20 + 0.05,
+                    baseline_rss_mib=40.0,
+                    peak_rss_mib=60 + model_counts(info.name, size).params * 8 / 2**20,
+                )
+            )
     return points
 
 
@@ -303,16 +352,33 @@ def test_measure_worker_times_an_onnx_file(tmp_path: Path) -> None:
 
     w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], [w],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [w],
     )
     path = tmp_path / "conv.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     done = subprocess.run(
-        [sys.executable, str(WORKER), str(path), "--resolution", "16", "--threads", "1", "--seconds", "0.05",
-         "--warmup", "1", "--min-runs", "10"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(WORKER),
+            str(path),
+            "--resolution",
+            "16",
+            "--threads",
+            "1",
+            "--seconds",
+            "0.05",
+            "--warmup",
+            "1",
+            "--min-runs",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(done.stdout)
     assert result["runs"] >= 10
@@ -325,7 +391,8 @@ def test_measure_worker_times_an_onnx_file(tmp_path: Path) -> None:
 
 def _row(result, backbone: str, resolution: int, precision: str = "fp32", runtime: str = "onnxruntime/CPU"):
     return next(
-        c for c in result.candidates
+        c
+        for c in result.candidates
         if (c.backbone, c.resolution, c.precision, c.runtime) == (backbone, resolution, precision, runtime)
     )
 
@@ -386,7 +453,10 @@ def test_no_candidate_fits_names_the_closest_and_the_miss() -> None:
     closest = info.value.closest
     assert closest is not None
     assert (closest.backbone, closest.resolution, closest.runtime, closest.precision) == (
-        fastest.backbone, fastest.resolution, fastest.runtime, fastest.precision
+        fastest.backbone,
+        fastest.resolution,
+        fastest.runtime,
+        fastest.precision,
     )
     assert closest.resolution == 128 and closest.overshoot == pytest.approx(1.25, abs=1e-3)
     message = str(info.value)
@@ -395,8 +465,15 @@ def test_no_candidate_fits_names_the_closest_and_the_miss() -> None:
 
 
 def test_memory_and_file_budgets_are_checked() -> None:
-    result = select_backbone("x86-64-avx512", latency_ms=1e6, file_mb=40, candidates=[LITE0, RESNET50],
-                             trade_resolution=False, precisions=["fp32", "int8"], runtimes=["onnxruntime"])
+    result = select_backbone(
+        "x86-64-avx512",
+        latency_ms=1e6,
+        file_mb=40,
+        candidates=[LITE0, RESNET50],
+        trade_resolution=False,
+        precisions=["fp32", "int8"],
+        runtimes=["onnxruntime"],
+    )
     resnet_fp32, resnet_int8 = _row(result, RESNET50, 224), _row(result, RESNET50, 224, "int8")
     assert not resnet_fp32.fits and "file" in (resnet_fp32.reason or "")
     assert resnet_int8.fits  # a quarter of the bytes
@@ -412,8 +489,9 @@ def test_measured_latency_overrides_the_estimate() -> None:
     free = select_backbone("x86-64-avx512", latency_ms=1e6, **kw)
     budget = _row(free, LITE0, 224).latency_ms_p95 * 1.01  # resnet50's estimate does not fit
     assert select_backbone("x86-64-avx512", latency_ms=budget, **kw).choice.backbone == LITE0
-    on_target = Measurement(backbone=RESNET50, resolution=224, precision="fp32", runtime="onnxruntime",
-                            latency_ms_p95=budget / 2, memory_mb=300.0)
+    on_target = Measurement(
+        backbone=RESNET50, resolution=224, precision="fp32", runtime="onnxruntime", latency_ms_p95=budget / 2, memory_mb=300.0
+    )
     result = select_backbone("x86-64-avx512", latency_ms=budget, measured=[on_target], **kw)
     assert result.choice.backbone == RESNET50
     row = _row(result, RESNET50, 224)

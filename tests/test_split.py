@@ -121,7 +121,7 @@ def test_manifest_validation_names_file_and_line(tmp_path: Path) -> None:
 
 def test_extra_columns_round_trip(tmp_path: Path) -> None:
     root = make_clean_dataset(tmp_path / "meta", {"a": 6, "b": 6})
-    lines = ["path,source"] + [f"{p.parent.name}/{p.name},cam{i % 2}" for i, p in enumerate(sorted(root.rglob('*.png')))]
+    lines = ["path,source"] + [f"{p.parent.name}/{p.name},cam{i % 2}" for i, p in enumerate(sorted(root.rglob("*.png")))]
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
     from edgeclf.data.split import read_extra_columns
 

@@ -30,9 +30,18 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_cfg(manifest: Path, tmp: Path, **over: object):
-    base = {"data.manifest": manifest, "data.workers": 0, "data.cache_dir": str(tmp / "cache"),
-            "model.image_size": 64, "probe.epochs": 5, "finetune.epochs": 2, "finetune.warmup_epochs": 0.5,
-            "batch_size": 8, "seed": 1, "amp": "off"}
+    base = {
+        "data.manifest": manifest,
+        "data.workers": 0,
+        "data.cache_dir": str(tmp / "cache"),
+        "model.image_size": 64,
+        "probe.epochs": 5,
+        "finetune.epochs": 2,
+        "finetune.warmup_epochs": 0.5,
+        "batch_size": 8,
+        "seed": 1,
+        "amp": "off",
+    }
     base.update(over)
     return load_config(None, base)
 
@@ -78,8 +87,11 @@ def test_freeze_really_freezes(tiny_manifest: Path, tmp_path: Path, monkeypatch:
         return model, rep
 
     monkeypatch.setattr(models, "create_model", spy)
-    cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.unfreeze": unfreeze, "finetune.epochs": 1, "probe.epochs": 0,
-                                              "finetune.batchnorm": "frozen"})
+    cfg = tiny_cfg(
+        tiny_manifest,
+        tmp_path,
+        **{"finetune.unfreeze": unfreeze, "finetune.epochs": 1, "probe.epochs": 0, "finetune.batchnorm": "frozen"},
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     orig_probe = trainer._linear_probe
     before: dict[str, torch.Tensor] = {}
@@ -108,14 +120,19 @@ def test_freeze_really_freezes(tiny_manifest: Path, tmp_path: Path, monkeypatch:
 
 
 def test_early_stopping_triggers(tiny_manifest: Path, tmp_path: Path) -> None:
-    cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 6, "finetune.lr": 1e-9, "probe.epochs": 0,
-                                              "finetune.early_stopping_patience": 1})
+    cfg = tiny_cfg(
+        tiny_manifest,
+        tmp_path,
+        **{"finetune.epochs": 6, "finetune.lr": 1e-9, "probe.epochs": 0, "finetune.early_stopping_patience": 1},
+    )
     m = train(cfg, tmp_path / "run").metrics
     assert m["stopped_early"] and len(m["history"]) == 2  # epoch 2 did not beat epoch 1
     assert next(c for c in m["candidates"] if c["name"] == "finetune")["epoch"] == 1
 
 
-def test_resume_after_interruption_matches_uninterrupted(tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption_matches_uninterrupted(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the whole network on images (the cached partial path has its own test in test_candidates.py)
     cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3, "finetune.unfreeze": "all"})
     full = train(cfg, tmp_path / "full").metrics
@@ -160,7 +177,7 @@ def test_bad_inputs(tiny_manifest: Path, tmp_path: Path) -> None:
         train(tiny_cfg(empty, tmp_path), tmp_path / "r1")
     no_train_c = tmp_path / "m.csv"
     lines = tiny_manifest.read_text().splitlines()
-    no_train_c.write_text("\n".join(l for l in lines if not (",c," in l and l.endswith(",train"))) + "\n")
+    no_train_c.write_text("\n".join(ln for ln in lines if not (",c," in ln and ln.endswith(",train"))) + "\n")
     with pytest.raises(DataError, match="c have no images in the 'train' split"):
         train(tiny_cfg(no_train_c, tmp_path, **{"data.root": tiny_manifest.parent / "data"}), tmp_path / "r2")
     with pytest.raises(ConfigError, match="unknown backbone|known"):
@@ -174,11 +191,39 @@ def test_bad_inputs(tiny_manifest: Path, tmp_path: Path) -> None:
 def test_cli_train_from_data_dir(tmp_path: Path) -> None:
     data = make_clean_dataset(tmp_path / "data", {"x": 8, "y": 8, "z": 8})
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"probe": {"epochs": 3}, "finetune": {"epochs": 1}, "amp": "off",
-                                      "data": {"cache_dir": str(tmp_path / "cache"), "workers": 0}}))
-    proc = subprocess.run([sys.executable, "-m", "edgeclf.cli", "train", "--data", str(data), "--out", str(tmp_path / "run"),
-                           "--image-size", "64", "--config", str(recipe), "--batch-size", "8", "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "probe": {"epochs": 3},
+                "finetune": {"epochs": 1},
+                "amp": "off",
+                "data": {"cache_dir": str(tmp_path / "cache"), "workers": 0},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeclf.cli",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "64",
+            "--config",
+            str(recipe),
+            "--batch-size",
+            "8",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads(proc.stdout)
     assert m["finetuned"]["n"] > 0 and (tmp_path / "run" / "splits.csv").is_file()
@@ -186,19 +231,49 @@ def test_cli_train_from_data_dir(tmp_path: Path) -> None:
 
 def test_ddp_two_cpu_processes(tiny_manifest: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"probe": {"epochs": 3}, "finetune": {"epochs": 1}, "amp": "off", "batch_size": 4,
-                                      "model": {"image_size": 64},
-                                      "data": {"cache_dir": str(tmp_path / "cache"), "workers": 0}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "probe": {"epochs": 3},
+                "finetune": {"epochs": 1},
+                "amp": "off",
+                "batch_size": 4,
+                "model": {"image_size": 64},
+                "data": {"cache_dir": str(tmp_path / "cache"), "workers": 0},
+            }
+        )
+    )
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "edgeclf.cli", "train",
-                           "--manifest", str(tiny_manifest), "--out", str(tmp_path / "run"), "--config", str(recipe), "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "edgeclf.cli",
+            "train",
+            "--manifest",
+            str(tiny_manifest),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(recipe),
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["run"]["world_size"] == 2
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["finetuned"]["n"] == len([l for l in tiny_manifest.read_text().splitlines() if l.endswith(",val")])
+    assert m["finetuned"]["n"] == len([ln for ln in tiny_manifest.read_text().splitlines() if ln.endswith(",val")])
     shutil.rmtree(tmp_path / "run")
 
 
@@ -209,18 +284,41 @@ def test_resume_after_kill_9_with_workers(tiny_manifest: Path, tmp_path: Path) -
     import time
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"probe": {"epochs": 3}, "finetune": {"epochs": 3, "warmup_epochs": 0.5}, "amp": "off",
-                                      "batch_size": 8, "seed": 1, "model": {"image_size": 64},
-                                      "data": {"cache_dir": str(tmp_path / "cache"), "workers": 2}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "probe": {"epochs": 3},
+                "finetune": {"epochs": 3, "warmup_epochs": 0.5},
+                "amp": "off",
+                "batch_size": 8,
+                "seed": 1,
+                "model": {"image_size": 64},
+                "data": {"cache_dir": str(tmp_path / "cache"), "workers": 2},
+            }
+        )
+    )
 
     def cmd(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "edgeclf.cli", "train", "--manifest", str(tiny_manifest), "--out", str(out),
-                "--config", str(recipe), "--json", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "edgeclf.cli",
+            "train",
+            "--manifest",
+            str(tiny_manifest),
+            "--out",
+            str(out),
+            "--config",
+            str(recipe),
+            "--json",
+            *extra,
+        ]
 
     full = subprocess.run(cmd(tmp_path / "full"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
-    proc = subprocess.Popen(cmd(tmp_path / "cut"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd(tmp_path / "cut"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     last = tmp_path / "cut" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -251,7 +349,16 @@ def test_finetune_lite0_on_trashnet_subset_beats_linear_probe(tmp_path: Path) ->
     keep = [r for r in rows if r.split != "test" and rng.random() < 0.4]
     m = tmp_path / "subset.csv"
     write_manifest(m, keep)
-    cfg = load_config(None, {"data.manifest": m, "data.root": root, "data.cache_dir": str(tmp_path / "cache"),
-                             "model.image_size": 160, "finetune.epochs": 4, "seed": 0})
+    cfg = load_config(
+        None,
+        {
+            "data.manifest": m,
+            "data.root": root,
+            "data.cache_dir": str(tmp_path / "cache"),
+            "model.image_size": 160,
+            "finetune.epochs": 4,
+            "seed": 0,
+        },
+    )
     metrics = train(cfg, tmp_path / "run").metrics
     assert metrics["finetuned"]["macro_f1"] > metrics["baselines"]["linear_probe"]["macro_f1"]

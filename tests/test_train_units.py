@@ -38,14 +38,15 @@ def test_focal_loss_hand_computed() -> None:
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     target = torch.tensor([0, 0])
     p = torch.softmax(logits, 1)[:, 0]
-    expected = (-(1 - p) ** 2 * torch.log(p)).mean()
+    expected = (-((1 - p) ** 2) * torch.log(p)).mean()
     assert float(FocalLoss(2.0)(logits, target)) == pytest.approx(float(expected), rel=1e-6)
     # gamma 0 is cross-entropy; weights act like F.cross_entropy's
     w = torch.tensor([1.0, 3.0])
     t2 = torch.tensor([0, 1])
     assert float(FocalLoss(0.0, w)(logits, t2)) == pytest.approx(float(F.cross_entropy(logits, t2, weight=w)), rel=1e-6)
     assert float(FocalLoss(0.0, None, 0.1)(logits, t2)) == pytest.approx(
-        float(F.cross_entropy(logits, t2, label_smoothing=0.1)), rel=1e-6)
+        float(F.cross_entropy(logits, t2, label_smoothing=0.1)), rel=1e-6
+    )
 
 
 def test_schedule_warmup_peak_end() -> None:

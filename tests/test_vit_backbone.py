@@ -103,9 +103,7 @@ def test_cost_figures_and_cached_counts() -> None:
     counts = [cache[(VIT, s)] for s in sizes]  # shipped: selection never builds the model
     assert [c.flops for c in counts] == sorted(c.flops for c in counts)
     native = cache[(VIT, info.input_size)]
-    assert native.gflops == pytest.approx(info.gflops, rel=1e-5) and native.params / 1e6 == pytest.approx(
-        info.params_m
-    )
+    assert native.gflops == pytest.approx(info.gflops, rel=1e-5) and native.params / 1e6 == pytest.approx(info.params_m)
     assert native.flops_depthwise > 0 and native.nodes_dense > 0
     assert model_counts(VIT, 160, compute_missing=False) == cache[(VIT, 160)]
 
@@ -120,9 +118,7 @@ def test_selection_lists_it_without_weights_here() -> None:
     for c in rows:
         assert c.latency_ms_p95 > 0 and c.memory_mb > 0 and c.file_mb > 0 and c.fits
     native = next(c for c in rows if c.resolution == 224 and c.precision == "fp32")
-    assert native.accuracy == pytest.approx(info.imagenet_top1) and native.gflops == pytest.approx(
-        info.gflops, rel=1e-3
-    )
+    assert native.accuracy == pytest.approx(info.imagenet_top1) and native.gflops == pytest.approx(info.gflops, rel=1e-3)
     # Fewer FLOPs than the default backbone at the same size, so a lower estimate on the same runtime.
     lite0 = select_backbone(
         "x86-64-avx512",
@@ -156,9 +152,7 @@ def test_weights_file_offline_loads_by_name(tmp_path: Path) -> None:
     state = _hub_like_file(path, seed=1)
     model, report = create_model(VIT, 3, weights=path)
     assert (report.source, report.location, report.matched_by) == ("file", str(path), "name")
-    assert (
-        report.skipped_keys == () and report.tensors_loaded == report.tensors_total and not report.bn_folded
-    )
+    assert report.skipped_keys == () and report.tensors_loaded == report.tensors_total and not report.bn_folded
     assert report.expects == get_backbone(VIT).pretrained_input
     got = model.state_dict()
     for key in (
@@ -217,11 +211,7 @@ def test_backbone_groups_and_trunk_top_split() -> None:
     before = frozen.stem.in_conv.norm.running_mean.clone()
     frozen(torch.randn(2, 3, SIZE, SIZE) * 3 + 1)
     assert torch.equal(frozen.stem.in_conv.norm.running_mean, before)
-    assert all(
-        ".norm." not in name or name.startswith("head.classifier")
-        for g in backbone_groups(frozen)
-        for name in g
-    )
+    assert all(".norm." not in name or name.startswith("head.classifier") for g in backbone_groups(frozen) for name in g)
 
 
 # ---------------------------------------------------------------------- export chain
@@ -329,15 +319,11 @@ def test_bundle_parity_table(vit_bundle: dict[str, Any]) -> None:
     parity = json.loads((bundle / "parity.json").read_text())
     by = {(r["format"], r["precision"]): r for r in parity["table"]}
     for key in (("onnx", "fp32"), ("openvino", "fp32")):
-        assert (
-            by[key]["status"] == "ok" and by[key]["agreement"] == 1.0 and by[key]["delta_macro_f1"] == 0.0
-        ), by[key]
+        assert by[key]["status"] == "ok" and by[key]["agreement"] == 1.0 and by[key]["delta_macro_f1"] == 0.0, by[key]
     for fmt in ("onnx", "openvino"):  # int8 went through its gates: shipped only if it passed them
         row = by[(fmt, "int8")]
         assert row["status"] in ("ok", "parity_failed") and row["agreement"] is not None, row
-        assert (row["status"] == "ok") == (
-            _artifact(bundle, "onnxruntime" if fmt == "onnx" else "openvino", "int8") is not None
-        )
+        assert (row["status"] == "ok") == (_artifact(bundle, "onnxruntime" if fmt == "onnx" else "openvino", "int8") is not None)
         if row["status"] == "ok":
             assert row["agreement"] >= INT8_MIN_AGREEMENT and row["delta_macro_f1"] >= -INT8_MAX_MACRO_F1_DROP
     # Plain ONNX: default-domain operators only (no custom ops), opset 17, metadata embedded.
@@ -350,9 +336,7 @@ def test_bundle_parity_table(vit_bundle: dict[str, Any]) -> None:
     assert "edgeclf.meta" in {p.key for p in proto.metadata_props}
 
 
-def test_fp32_artifacts_match_eager(
-    vit_bundle: dict[str, Any], images: list[np.ndarray], eager: np.ndarray
-) -> None:
+def test_fp32_artifacts_match_eager(vit_bundle: dict[str, Any], images: list[np.ndarray], eager: np.ndarray) -> None:
     bundle = vit_bundle["bundle"]
     ref = eager
     assert np.abs(ref).max() > 1e-2  # logits large enough for the tolerance to mean something
@@ -365,18 +349,14 @@ def test_fp32_artifacts_match_eager(
         assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-def test_int8_artifacts_stay_near_eager(
-    vit_bundle: dict[str, Any], images: list[np.ndarray], eager: np.ndarray
-) -> None:
+def test_int8_artifacts_stay_near_eager(vit_bundle: dict[str, Any], images: list[np.ndarray], eager: np.ndarray) -> None:
     from edgeclf.export.bundle import read_bundle
 
     bundle = vit_bundle["bundle"]
     ref = eager
     shipped = [a for a in read_bundle(bundle).artifacts if a.precision == "int8"]
     if not shipped:
-        pytest.fail(
-            f"no int8 artifact passed its gates: {[r for r in vit_bundle['rows'] if r['precision'] == 'int8']}"
-        )
+        pytest.fail(f"no int8 artifact passed its gates: {[r for r in vit_bundle['rows'] if r['precision'] == 'int8']}")
     for art in shipped:
         got = _runner(bundle, art)(images)
         assert np.abs(got - ref).max() <= INT8_MAX_ABS, art.runtime
@@ -388,9 +368,7 @@ def test_int8_artifacts_stay_near_eager(
     ("backend", "precision"),
     [("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")],
 )
-def test_c_runtime_matches_python(
-    vit_bundle: dict[str, Any], images: list[np.ndarray], backend: str, precision: str
-) -> None:
+def test_c_runtime_matches_python(vit_bundle: dict[str, Any], images: list[np.ndarray], backend: str, precision: str) -> None:
     if importlib.util.find_spec("edgeclf._runtime") is None:
         pytest.skip("the C runtime (edgeclf._runtime) is not built here")
     from edgeclf import runtime
@@ -414,10 +392,6 @@ def test_c_runtime_matches_python(
     # The export's own gate of the C runtime (validation split, against eager) passed too.
     from edgeclf.export.parity import FP32_MIN_AGREEMENT, INT8_MIN_AGREEMENT
 
-    row = next(
-        r
-        for r in vit_bundle["rows"]
-        if r["format"] == f"c-runtime ({backend})" and r["precision"] == precision
-    )
+    row = next(r for r in vit_bundle["rows"] if r["format"] == f"c-runtime ({backend})" and r["precision"] == precision)
     gate = FP32_MIN_AGREEMENT if precision == "fp32" else INT8_MIN_AGREEMENT
     assert row["status"] == "ok" and row["agreement"] >= gate, row

@@ -86,15 +86,38 @@ class Comparison(_Model):
 def _from_report(doc: dict[str, Any], path: Path, label: str) -> tuple[CompareSource, list[CompareRow]]:
     rep = parse_report(doc, str(path))
     profile = rep.profile.name if rep.profile else None
-    rows = [CompareRow(source=label, bundle=rep.bundle.name, profile=profile, runtime=r.runtime, format=r.format,
-                       precision=r.precision, batch=r.batch, includes_preprocess=r.includes_preprocess,
-                       threads=r.threads, p50_ms=r.latency.p50_ms, p90_ms=r.latency.p90_ms,
-                       p95_ms=r.latency.p95_ms, p99_ms=r.latency.p99_ms, images_per_s=r.images_per_s,
-                       peak_rss_mb=r.peak_rss_mb, verdict=r.budget.verdict if r.budget else None,
-                       cpu_model=rep.environment.cpu_model)
-            for r in rep.results]
-    src = CompareSource(label=label, path=str(path), kind="edgeclf.bench", created=rep.created, bundle=rep.bundle.name,
-                        profile=profile, cpu_models=[rep.environment.cpu_model], rows=len(rows))
+    rows = [
+        CompareRow(
+            source=label,
+            bundle=rep.bundle.name,
+            profile=profile,
+            runtime=r.runtime,
+            format=r.format,
+            precision=r.precision,
+            batch=r.batch,
+            includes_preprocess=r.includes_preprocess,
+            threads=r.threads,
+            p50_ms=r.latency.p50_ms,
+            p90_ms=r.latency.p90_ms,
+            p95_ms=r.latency.p95_ms,
+            p99_ms=r.latency.p99_ms,
+            images_per_s=r.images_per_s,
+            peak_rss_mb=r.peak_rss_mb,
+            verdict=r.budget.verdict if r.budget else None,
+            cpu_model=rep.environment.cpu_model,
+        )
+        for r in rep.results
+    ]
+    src = CompareSource(
+        label=label,
+        path=str(path),
+        kind="edgeclf.bench",
+        created=rep.created,
+        bundle=rep.bundle.name,
+        profile=profile,
+        cpu_models=[rep.environment.cpu_model],
+        rows=len(rows),
+    )
     return src, rows
 
 
@@ -119,20 +142,41 @@ def _from_pytest_benchmark(doc: dict[str, Any], path: Path, label: str) -> tuple
         ips = _num(ei.get("images_per_s"))
         if ips is None and _num(stats.get("mean")):
             ips = round(batch / float(stats["mean"]), 2)
-        rows.append(CompareRow(
-            source=label, bundle=ei.get("bundle"), profile=ei.get("profile"), runtime=str(ei["runtime"]),
-            format=str(ei.get("format") or "-"), precision=str(ei["precision"]), batch=batch,
-            includes_preprocess=ei.get("includes_preprocess"), threads=ei.get("threads"), p50_ms=round(p50, 4),
-            p90_ms=_num(ei.get("p90_ms")), p95_ms=_num(ei.get("p95_ms")), p99_ms=_num(ei.get("p99_ms")),
-            images_per_s=ips, peak_rss_mb=_num(ei.get("peak_rss_mb")), verdict=ei.get("budget_verdict"),
-            cpu_model=ei.get("cpu_model") or machine_cpu,
-        ))
+        rows.append(
+            CompareRow(
+                source=label,
+                bundle=ei.get("bundle"),
+                profile=ei.get("profile"),
+                runtime=str(ei["runtime"]),
+                format=str(ei.get("format") or "-"),
+                precision=str(ei["precision"]),
+                batch=batch,
+                includes_preprocess=ei.get("includes_preprocess"),
+                threads=ei.get("threads"),
+                p50_ms=round(p50, 4),
+                p90_ms=_num(ei.get("p90_ms")),
+                p95_ms=_num(ei.get("p95_ms")),
+                p99_ms=_num(ei.get("p99_ms")),
+                images_per_s=ips,
+                peak_rss_mb=_num(ei.get("peak_rss_mb")),
+                verdict=ei.get("budget_verdict"),
+                cpu_model=ei.get("cpu_model") or machine_cpu,
+            )
+        )
     cpus = sorted({r.cpu_model for r in rows if r.cpu_model} or ({machine_cpu} if machine_cpu else set()))
     bundles = sorted({r.bundle for r in rows if r.bundle})
     profiles = sorted({r.profile for r in rows if r.profile})
-    src = CompareSource(label=label, path=str(path), kind="pytest-benchmark", created=doc.get("datetime"),
-                        bundle=", ".join(bundles) or None, profile=", ".join(profiles) or None, cpu_models=cpus,
-                        rows=len(rows), ignored=ignored)
+    src = CompareSource(
+        label=label,
+        path=str(path),
+        kind="pytest-benchmark",
+        created=doc.get("datetime"),
+        bundle=", ".join(bundles) or None,
+        profile=", ".join(profiles) or None,
+        cpu_models=cpus,
+        rows=len(rows),
+        ignored=ignored,
+    )
     return src, rows
 
 
@@ -149,8 +193,10 @@ def load_rows(path: str | Path, label: str | None = None) -> tuple[CompareSource
         return _from_report(doc, p, label)
     if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
         return _from_pytest_benchmark(doc, p, label)
-    raise BenchError(f"{p} is neither an edgeclf bench result (edgeclf bench --out) nor a pytest-benchmark "
-                     "JSON file (pytest benchmarks --benchmark-only --benchmark-json FILE)")
+    raise BenchError(
+        f"{p} is neither an edgeclf bench result (edgeclf bench --out) nor a pytest-benchmark "
+        "JSON file (pytest benchmarks --benchmark-only --benchmark-json FILE)"
+    )
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -175,7 +221,7 @@ def compare(paths: Sequence[str | Path]) -> Comparison:
     ps = [Path(p) for p in paths]
     sources: list[CompareSource] = []
     all_rows: list[CompareRow] = []
-    for p, label in zip(ps, _labels(ps)):
+    for p, label in zip(ps, _labels(ps), strict=False):
         src, rows = load_rows(p, label)
         sources.append(src)
         all_rows.extend(rows)
@@ -189,12 +235,13 @@ def compare(paths: Sequence[str | Path]) -> Comparison:
             r.baseline = base.source
             r.p50_ratio = round(r.p50_ms / base.p50_ms, 3) if base.p50_ms > 0 else None
             rows.append(r)
-    notes = ["p50 ratio: each row's p50 over the first file's with the same runtime, format, precision, "
-             "batch and preprocessing"]
+    notes = ["p50 ratio: each row's p50 over the first file's with the same runtime, format, precision, batch and preprocessing"]
     cpus = sorted({c for s in sources for c in s.cpu_models})
     if len(cpus) > 1:
-        notes.append(f"the files were measured on different CPUs ({'; '.join(cpus)}): ratios between them compare "
-                     "the machines as well as the artifacts")
+        notes.append(
+            f"the files were measured on different CPUs ({'; '.join(cpus)}): ratios between them compare "
+            "the machines as well as the artifacts"
+        )
     for s in sources:
         if s.rows == 0:
             notes.append(f"{s.label}: no latency rows" + (f" ({s.ignored} other benchmarks ignored)" if s.ignored else ""))

@@ -1,4 +1,6 @@
-"""The C runtime as a runner of ``edgeclf.bench`` (entry point ``edgeclf.bench_runners: cpp``; bench imports the runtime, not the reverse).
+"""The C runtime as a runner of ``edgeclf.bench``.
+
+Entry point ``edgeclf.bench_runners: cpp``; bench imports the runtime, not the reverse.
 
 Rows labelled ``cpp`` time frames in, probabilities out: the C++ preprocessing from the
 bundle's manifest, the backend and the calibrated softmax — what a device program pays.
@@ -19,8 +21,9 @@ class CppRunner:
         from edgeclf.runtime import Classifier
 
         a = request.artifact
-        self.clf = Classifier(request.bundle_dir, backend=a.runtime, precision=a.precision,
-                              threads=request.threads or 0, verify=False)
+        self.clf = Classifier(
+            request.bundle_dir, backend=a.runtime, precision=a.precision, threads=request.threads or 0, verify=False
+        )
         if self.clf.artifact != a.file:  # keep the row's label true
             raise RunnerUnavailable(f"the C runtime chose {self.clf.artifact}, not {a.file}")
 

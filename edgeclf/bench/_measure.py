@@ -46,8 +46,19 @@ from edgeclf.errors import ConfigError
 if TYPE_CHECKING:
     from edgeclf.export.bundle import ArtifactEntry, BundleManifest
 
-__all__ = ["DEFAULT_BATCHES", "DEFAULT_IMAGE_SIZE", "DEFAULT_ROUNDS", "DEFAULT_WARMUP", "Measurement",
-           "parse_batches", "plan", "resolve_profile", "resolve_threads", "run_bench", "time_calls"]
+__all__ = [
+    "DEFAULT_BATCHES",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_ROUNDS",
+    "DEFAULT_WARMUP",
+    "Measurement",
+    "parse_batches",
+    "plan",
+    "resolve_profile",
+    "resolve_threads",
+    "run_bench",
+    "time_calls",
+]
 
 log = logging.getLogger("edgeclf.bench")
 
@@ -144,21 +155,30 @@ class Measurement:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def result(self, batch: BenchInput, seconds: Sequence[float], warmup: int,
-               profile: ProfileInfo | None = None) -> BenchResult:
+    def result(self, batch: BenchInput, seconds: Sequence[float], warmup: int, profile: ProfileInfo | None = None) -> BenchResult:
         """A result row from per-call durations (seconds) timed elsewhere (e.g. by pytest-benchmark)."""
         if self.runner is None:
             raise ConfigError(f"{self.runtime} {self.artifact.file}: measure after open()")
         lat = Latency.from_seconds(seconds)
         a = self.artifact
         res = BenchResult(
-            runtime=self.runtime, engine=a.runtime, format=a.format, precision=a.precision, artifact=a.file,
-            batch=batch.batch, warmup=warmup, threads=self.request.threads,
-            includes_preprocess=bool(getattr(self.runner, "includes_preprocess", False)), load_ms=self.load_ms,
-            latency=lat, per_image_ms_p50=round(lat.p50_ms / batch.batch, 4), images_per_s=lat.images_per_s(batch.batch),
+            runtime=self.runtime,
+            engine=a.runtime,
+            format=a.format,
+            precision=a.precision,
+            artifact=a.file,
+            batch=batch.batch,
+            warmup=warmup,
+            threads=self.request.threads,
+            includes_preprocess=bool(getattr(self.runner, "includes_preprocess", False)),
+            load_ms=self.load_ms,
+            latency=lat,
+            per_image_ms_p50=round(lat.p50_ms / batch.batch, 4),
+            images_per_s=lat.images_per_s(batch.batch),
             peak_rss_mb=round(self.probe.peak_mb(), 1),
             rss_delta_mb=None if (d := self.probe.delta_mb()) is None else round(d, 1),
-            rss_method=self.probe.method, samples_ms=[round(s * 1000, 4) for s in seconds],
+            rss_method=self.probe.method,
+            samples_ms=[round(s * 1000, 4) for s in seconds],
         )
         if profile is not None:
             res.budget = budget_verdict(profile, a.runtime, a.precision, batch.batch, lat.p95_ms)
@@ -222,8 +242,10 @@ def plan(
         wanted = list(dict.fromkeys(normalize_runtime(r) for r in runtimes))
         unknown = [r for r in wanted if r not in factories]
         if unknown:
-            raise ConfigError(f"unknown runtime {', '.join(unknown)}; available: {', '.join(factories)}"
-                              " (others can be added with edgeclf.bench.register_runner)")
+            raise ConfigError(
+                f"unknown runtime {', '.join(unknown)}; available: {', '.join(factories)}"
+                " (others can be added with edgeclf.bench.register_runner)"
+            )
     else:
         wanted = list(factories)
     shipped = [a for a in manifest.artifacts if a.status == "ok"]
@@ -238,11 +260,18 @@ def plan(
     for rt in wanted:
         arts = [a for a in shipped if a.runtime == rt] if rt in BUILTIN_RUNTIMES else shipped
         if not arts and runtimes:
-            skipped.append(SkippedRow(runtime=rt, format="-", precision="-",
-                                      reason=f"the bundle has no {rt} artifact" + (" at these precisions" if precisions else "")))
+            skipped.append(
+                SkippedRow(
+                    runtime=rt,
+                    format="-",
+                    precision="-",
+                    reason=f"the bundle has no {rt} artifact" + (" at these precisions" if precisions else ""),
+                )
+            )
         for a in arts:
-            req = RunnerRequest(bundle_dir=bundle_dir, manifest=manifest, artifact=a, threads=threads,
-                                include_preprocess=include_preprocess)
+            req = RunnerRequest(
+                bundle_dir=bundle_dir, manifest=manifest, artifact=a, threads=threads, include_preprocess=include_preprocess
+            )
             todo.append(Measurement(rt, factories[rt], req))
     return todo, skipped
 
@@ -316,8 +345,9 @@ def run_bench(
             skipped.append(SkippedRow(runtime=m.runtime, format=a.format, precision=a.precision, reason=str(e)))
         except Exception as e:  # noqa: BLE001 - one runtime failing must not lose the others' figures
             log.warning("%s %s/%s failed: %s", m.runtime, a.format, a.precision, e, exc_info=True)
-            skipped.append(SkippedRow(runtime=m.runtime, format=a.format, precision=a.precision,
-                                      reason=f"failed: {type(e).__name__}: {e}"))
+            skipped.append(
+                SkippedRow(runtime=m.runtime, format=a.format, precision=a.precision, reason=f"failed: {type(e).__name__}: {e}")
+            )
         finally:
             m.close()
     if progress:
@@ -327,12 +357,23 @@ def run_bench(
     spec = manifest.spec()
     return BenchReport(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        bundle=BundleInfo(path=str(bundle_dir), name=manifest.name, target_profile=manifest.target_profile,
-                          labels=len(manifest.labels), input_size=spec.crop_size),
-        settings=BenchSettings(batches=sizes, rounds=rounds, warmup=warmup, threads=threads,
-                               include_preprocess=include_preprocess, image_size=(int(image_size[0]), int(image_size[1])),
-                               runtimes=[normalize_runtime(r) for r in runtimes] if runtimes else None,
-                               precisions=list(precisions) if precisions else None),
+        bundle=BundleInfo(
+            path=str(bundle_dir),
+            name=manifest.name,
+            target_profile=manifest.target_profile,
+            labels=len(manifest.labels),
+            input_size=spec.crop_size,
+        ),
+        settings=BenchSettings(
+            batches=sizes,
+            rounds=rounds,
+            warmup=warmup,
+            threads=threads,
+            include_preprocess=include_preprocess,
+            image_size=(int(image_size[0]), int(image_size[1])),
+            runtimes=[normalize_runtime(r) for r in runtimes] if runtimes else None,
+            precisions=list(precisions) if precisions else None,
+        ),
         environment=env,
         profile=prof,
         notes=prof.notes(env, threads) if prof is not None else [],

@@ -88,8 +88,12 @@ __all__ = [
 log = logging.getLogger("edgeclf.bench")
 
 #: Built-in runtimes: the ``runtime`` an artifact names in the manifest, and the module it needs.
-BUILTIN_RUNTIMES: dict[str, str] = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch",
-                                    "tensorrt": "tensorrt"}
+BUILTIN_RUNTIMES: dict[str, str] = {
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "torch": "torch",
+    "tensorrt": "tensorrt",
+}
 #: Short names accepted wherever a runtime is named.
 RUNTIME_ALIASES = {"ort": "onnxruntime", "ov": "openvino", "torchscript": "torch", "trt": "tensorrt"}
 #: Entry-point group an installed package can use to add runner factories (name = runtime).
@@ -168,8 +172,10 @@ def register_runner(name: str, factory: RunnerFactory, *, replace: bool = False)
     """
     key = normalize_runtime(name)
     if not key or key in BUILTIN_RUNTIMES:
-        raise ConfigError(f"cannot register a bench runner as {name!r}: built-in runtimes are "
-                          f"{', '.join(BUILTIN_RUNTIMES)}; pick another name (e.g. 'cpp')")
+        raise ConfigError(
+            f"cannot register a bench runner as {name!r}: built-in runtimes are "
+            f"{', '.join(BUILTIN_RUNTIMES)}; pick another name (e.g. 'cpp')"
+        )
     if key in extra_runners and not replace:
         raise ConfigError(f"a bench runner named {key!r} is registered already (pass replace=True to swap it)")
     if not callable(factory):
@@ -204,12 +210,25 @@ def _builtin_factory(runtime: str) -> RunnerFactory:
             return None
         if importlib.util.find_spec(BUILTIN_RUNTIMES[runtime]) is None:
             raise RunnerUnavailable(f"{BUILTIN_RUNTIMES[runtime]} is not installed")
-        entry = {"format": a.format, "precision": a.precision, "file": a.file,
-                 "extra_files": [e.file for e in a.extra_files], "runtime": a.runtime, "status": "ok",
-                 "error": None, "export_seconds": 0.0, "details": a.details}
+        entry = {
+            "format": a.format,
+            "precision": a.precision,
+            "file": a.file,
+            "extra_files": [e.file for e in a.extra_files],
+            "runtime": a.runtime,
+            "status": "ok",
+            "error": None,
+            "export_seconds": 0.0,
+            "details": a.details,
+        }
         try:
-            runner = load_runner(request.bundle_dir, entry, request.manifest.spec(), request.manifest.labels,
-                                 threads=request.threads if runtime != "tensorrt" else None)
+            runner = load_runner(
+                request.bundle_dir,
+                entry,
+                request.manifest.spec(),
+                request.manifest.labels,
+                threads=request.threads if runtime != "tensorrt" else None,
+            )
         except ConfigError as e:
             raise RunnerUnavailable(str(e)) from None
         return _PythonRunner(runner, request.include_preprocess)

@@ -80,24 +80,37 @@ class ProfileInfo(_Model):
         for rt in profile.runtimes:
             have = runtimes.setdefault(rt.runtime, [])
             have.extend(p for p in rt.precisions if p not in have)
-        return cls(name=profile.name, device=profile.device, cpu_model=profile.cpu.model, arch=profile.cpu.arch,
-                   threads=profile.compute.threads, latency_ms_p95=profile.budgets.latency_ms_p95,
-                   memory_mb=profile.budgets.memory_mb, runtimes=runtimes)
+        return cls(
+            name=profile.name,
+            device=profile.device,
+            cpu_model=profile.cpu.model,
+            arch=profile.cpu.arch,
+            threads=profile.compute.threads,
+            latency_ms_p95=profile.budgets.latency_ms_p95,
+            memory_mb=profile.budgets.memory_mb,
+            runtimes=runtimes,
+        )
 
     def notes(self, env: Environment, threads: int | None) -> list[str]:
         """What a reader must know before trusting a verdict measured in ``env``."""
-        notes = [f"budget verdicts compare p95 at batch 1 with {self.name}'s budget of {self.latency_ms_p95:g} ms; "
-                 f"they only mean something when measured on the target device ({self.device}). "
-                 f"This run: {env.cpu_model} ({env.machine}, {env.cpu_count} CPUs)."]
+        notes = [
+            f"budget verdicts compare p95 at batch 1 with {self.name}'s budget of {self.latency_ms_p95:g} ms; "
+            f"they only mean something when measured on the target device ({self.device}). "
+            f"This run: {env.cpu_model} ({env.machine}, {env.cpu_count} CPUs)."
+        ]
         machine = _ARCH_ALIASES.get(env.machine.lower(), env.machine.lower())
         if machine != self.arch:
-            notes.append(f"this machine is {machine} but {self.name} is {self.arch}: it is not the target device, "
-                         "so the verdicts say nothing about the device")
+            notes.append(
+                f"this machine is {machine} but {self.name} is {self.arch}: it is not the target device, "
+                "so the verdicts say nothing about the device"
+            )
         if threads and threads > env.cpu_count:
             notes.append(f"{threads} threads on {env.cpu_count} CPUs here: oversubscribed, latencies are inflated")
         if self.threads and (threads or 0) < self.threads:
-            notes.append(f"{self.name} assumes {self.threads} intra-op threads; this run used "
-                         f"{threads or 'the runtime default'} ({env.cpu_count} CPUs here)")
+            notes.append(
+                f"{self.name} assumes {self.threads} intra-op threads; this run used "
+                f"{threads or 'the runtime default'} ({env.cpu_count} CPUs here)"
+            )
         return notes
 
 
@@ -178,14 +191,32 @@ class BenchResult(_Model):
         """The flat record a pytest-benchmark ``extra_info`` carries (and :func:`~edgeclf.bench.compare` reads)."""
         lat = self.latency
         info: dict[str, Any] = {
-            "schema": f"{KIND}.extra_info/{SCHEMA_VERSION}", "bundle": bundle, "profile": profile,
-            "runtime": self.runtime, "engine": self.engine, "format": self.format, "precision": self.precision,
-            "artifact": self.artifact, "batch": self.batch, "threads": self.threads, "rounds": lat.rounds,
-            "warmup": self.warmup, "includes_preprocess": self.includes_preprocess,
-            "p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms,
-            "mean_ms": lat.mean_ms, "images_per_s": self.images_per_s, "load_ms": self.load_ms,
-            "peak_rss_mb": self.peak_rss_mb, "rss_delta_mb": self.rss_delta_mb, "rss_method": self.rss_method,
-            "cpu_model": environment.cpu_model, "machine": environment.machine, "versions": dict(environment.versions),
+            "schema": f"{KIND}.extra_info/{SCHEMA_VERSION}",
+            "bundle": bundle,
+            "profile": profile,
+            "runtime": self.runtime,
+            "engine": self.engine,
+            "format": self.format,
+            "precision": self.precision,
+            "artifact": self.artifact,
+            "batch": self.batch,
+            "threads": self.threads,
+            "rounds": lat.rounds,
+            "warmup": self.warmup,
+            "includes_preprocess": self.includes_preprocess,
+            "p50_ms": lat.p50_ms,
+            "p90_ms": lat.p90_ms,
+            "p95_ms": lat.p95_ms,
+            "p99_ms": lat.p99_ms,
+            "mean_ms": lat.mean_ms,
+            "images_per_s": self.images_per_s,
+            "load_ms": self.load_ms,
+            "peak_rss_mb": self.peak_rss_mb,
+            "rss_delta_mb": self.rss_delta_mb,
+            "rss_method": self.rss_method,
+            "cpu_model": environment.cpu_model,
+            "machine": environment.machine,
+            "versions": dict(environment.versions),
         }
         if self.budget is not None:
             info.update(budget_ms_p95=self.budget.budget_ms_p95, budget_verdict=self.budget.verdict)
@@ -252,11 +283,12 @@ def load_json(path: str | Path) -> Any:
 def parse_report(doc: Any, source: str = "<document>") -> BenchReport:
     """Validate a bench document (see :func:`read_report`)."""
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
-        raise BenchError(f"{source} is not an edgeclf bench result (no \"kind\": \"{KIND}\")")
+        raise BenchError(f'{source} is not an edgeclf bench result (no "kind": "{KIND}")')
     version = str(doc.get("schema_version", ""))
     if _major(version) != _major(SCHEMA_VERSION):
-        raise BenchError(f"{source}: bench schema_version {version!r} is not supported "
-                         f"(this edgeclf reads {SCHEMA_VERSION.split('.')[0]}.x)")
+        raise BenchError(
+            f"{source}: bench schema_version {version!r} is not supported (this edgeclf reads {SCHEMA_VERSION.split('.')[0]}.x)"
+        )
     try:
         return BenchReport.model_validate(doc)
     except ValidationError as e:

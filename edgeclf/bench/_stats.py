@@ -64,10 +64,17 @@ class Latency(BaseModel):
             raise ValueError("no timed rounds")
         ms = [s * 1000.0 for s in seconds]
         r = lambda v: round(v, MS_DECIMALS)  # noqa: E731
-        return cls(rounds=len(ms), min_ms=r(min(ms)), mean_ms=r(statistics.fmean(ms)),
-                   stdev_ms=r(statistics.stdev(ms)) if len(ms) > 1 else 0.0,
-                   p50_ms=r(percentile(ms, 50)), p90_ms=r(percentile(ms, 90)), p95_ms=r(percentile(ms, 95)),
-                   p99_ms=r(percentile(ms, 99)), max_ms=r(max(ms)))
+        return cls(
+            rounds=len(ms),
+            min_ms=r(min(ms)),
+            mean_ms=r(statistics.fmean(ms)),
+            stdev_ms=r(statistics.stdev(ms)) if len(ms) > 1 else 0.0,
+            p50_ms=r(percentile(ms, 50)),
+            p90_ms=r(percentile(ms, 90)),
+            p95_ms=r(percentile(ms, 95)),
+            p99_ms=r(percentile(ms, 99)),
+            max_ms=r(max(ms)),
+        )
 
     def images_per_s(self, batch: int) -> float:
         """Throughput: images over the total time of the timed calls (batch / mean)."""

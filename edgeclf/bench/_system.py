@@ -101,8 +101,13 @@ def _usable_cpus() -> int:
 
 def environment() -> Environment:
     """The :class:`Environment` of this process."""
-    return Environment(cpu_model=cpu_model(), machine=platform.machine(), system=platform.platform(),
-                       cpu_count=_usable_cpus(), versions=library_versions())
+    return Environment(
+        cpu_model=cpu_model(),
+        machine=platform.machine(),
+        system=platform.platform(),
+        cpu_count=_usable_cpus(),
+        versions=library_versions(),
+    )
 
 
 def _status_kb(field: str) -> float | None:

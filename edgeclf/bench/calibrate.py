@@ -85,12 +85,28 @@ def _wait_for_quiet(max_busy: float = QUIET_MAX_BUSY, timeout_s: float = QUIET_T
 
 
 def _run_worker(
-    path: Path, runtime: str, precision: str, resolution: int, threads: int, seconds: float,
+    path: Path,
+    runtime: str,
+    precision: str,
+    resolution: int,
+    threads: int,
+    seconds: float,
     optimized: Path | None = None,
 ) -> dict[str, Any]:
     cmd = [
-        sys.executable, str(WORKER), str(path), "--runtime", runtime, "--precision", precision,
-        "--resolution", str(resolution), "--threads", str(threads), "--seconds", str(seconds),
+        sys.executable,
+        str(WORKER),
+        str(path),
+        "--runtime",
+        runtime,
+        "--precision",
+        precision,
+        "--resolution",
+        str(resolution),
+        "--threads",
+        str(threads),
+        "--seconds",
+        str(seconds),
     ]
     if optimized is not None:
         cmd += ["--optimized-model", str(optimized)]
@@ -152,8 +168,14 @@ def _point(job: _Job, results: Sequence[dict[str, Any]], threads: int) -> Calibr
     )
     log.info(
         "%s %d px %s %s: p50 %.2f ms (passes %s), p95 %.2f ms, peak RSS %.0f MiB",
-        job.backbone, job.resolution, job.runtime, job.precision, point.p50_ms,
-        "/".join(f"{v:.2f}" for v in point.pass_p50_ms), point.p95_ms, point.peak_rss_mib,
+        job.backbone,
+        job.resolution,
+        job.runtime,
+        job.precision,
+        point.p50_ms,
+        "/".join(f"{v:.2f}" for v in point.pass_p50_ms),
+        point.p95_ms,
+        point.peak_rss_mib,
     )
     return point
 
@@ -188,9 +210,7 @@ def measure_backbones(
         sizes = {info.input_size, *(int(r) for r in extra)}
         for size in sorted({*sizes, *int8_resolutions}, reverse=True):
             log.info("exporting %s at %d px (%s weights)", name, size, weights)
-            spec = PreprocessSpec(
-                resize_size=size, crop_size=size, interpolation="bilinear", mean=info.mean, std=info.std
-            )
+            spec = PreprocessSpec(resize_size=size, crop_size=size, interpolation="bilinear", mean=info.mean, std=info.std)
             fp32 = work_dir / f"{name}.{size}.{weights}.fp32.onnx"
             if not fp32.exists():  # a work_dir kept from an earlier run is reused
                 export_onnx_fp32(model, spec, fp32, "{}")
@@ -264,13 +284,23 @@ def calibrate(
     host = detect_host(threads)
     log.info(
         "host: %s, %d threads, GEMM %.0f GFLOP/s -> peak %.0f GFLOP/s, copy %.1f GB/s",
-        host.cpu_model, host.threads, host.gemm_gflops, host.peak_fp32_gflops, host.memory_bandwidth_gb_per_s,
+        host.cpu_model,
+        host.threads,
+        host.gemm_gflops,
+        host.peak_fp32_gflops,
+        host.memory_bandwidth_gb_per_s,
     )
     with tempfile.TemporaryDirectory(prefix="edgeclf-calibration-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         points = measure_backbones(
-            names, resolutions, list(int8_resolutions), list(runtimes), host.threads, seconds_per_point, work,
+            names,
+            resolutions,
+            list(int8_resolutions),
+            list(runtimes),
+            host.threads,
+            seconds_per_point,
+            work,
             passes=passes,
         )
     calibration = fit_calibration(points, host)

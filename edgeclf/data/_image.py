@@ -28,9 +28,7 @@ MAX_PIXELS = 100_000_000
 
 #: File suffixes treated as images. Anything else in a class folder is listed
 #: as ignored, not as an error.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 
 #: PIL format name -> suffixes that honestly describe it.
 _FORMAT_SUFFIXES = {
@@ -94,9 +92,7 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, I
         raise ImageDecodeError(f"invalid dimensions {w}x{h}")
     if w * h > max_pixels:
         im.close()
-        raise ImageDecodeError(
-            f"refused: {w}x{h} = {w * h:,} pixels would exceed the {max_pixels:,}-pixel decode limit"
-        )
+        raise ImageDecodeError(f"refused: {w}x{h} = {w * h:,} pixels would exceed the {max_pixels:,}-pixel decode limit")
     fmt = im.format or "unknown"
     mode = im.mode
     try:

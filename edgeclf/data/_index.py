@@ -232,7 +232,7 @@ def near_duplicate_pairs(hashes: np.ndarray, max_bits: int, block: int = 2048) -
         ii, jj = np.nonzero(d <= max_bits)
         ii = ii + start
         keep = ii < jj
-        for i, j in zip(ii[keep].tolist(), jj[keep].tolist()):
+        for i, j in zip(ii[keep].tolist(), jj[keep].tolist(), strict=False):
             pairs.append((i, j, int(d[i - start, j])))
     return pairs
 
@@ -313,11 +313,7 @@ def index_dataset(
             )
         )
     hashes = np.array([r.phash for r in records], dtype=np.uint64)
-    pairs = [
-        (i, j, d)
-        for i, j, d in near_duplicate_pairs(hashes, near_duplicate_bits)
-        if records[i].sha256 != records[j].sha256
-    ]
+    pairs = [(i, j, d) for i, j, d in near_duplicate_pairs(hashes, near_duplicate_bits) if records[i].sha256 != records[j].sha256]
     return DatasetIndex(
         root=scan.root,
         classes=scan.classes,

@@ -100,9 +100,14 @@ def build_report(index: DatasetIndex) -> AuditReport:
         h = np.array([r.height for r in recs])
         size_counts = Counter(f"{r.width}x{r.height}" for r in recs)
         sizes = SizeStats(
-            width_min=int(w.min()), width_median=float(np.median(w)), width_max=int(w.max()),
-            height_min=int(h.min()), height_median=float(np.median(h)), height_max=int(h.max()),
-            distinct_sizes=len(size_counts), most_common_size=size_counts.most_common(1)[0][0],
+            width_min=int(w.min()),
+            width_median=float(np.median(w)),
+            width_max=int(w.max()),
+            height_min=int(h.min()),
+            height_median=float(np.median(h)),
+            height_max=int(h.max()),
+            distinct_sizes=len(size_counts),
+            most_common_size=size_counts.most_common(1)[0][0],
         )
     by_sha: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(recs):
@@ -111,11 +116,20 @@ def build_report(index: DatasetIndex) -> AuditReport:
     for sha, idx in sorted(by_sha.items(), key=lambda kv: recs[kv[1][0]].path):
         if len(idx) > 1:
             labels = [recs[i].label for i in idx]
-            exact.append(ExactDuplicateSet(sha256=sha, paths=[recs[i].path for i in idx], labels=labels,
-                                           label_conflict=len(set(labels)) > 1))
+            exact.append(
+                ExactDuplicateSet(
+                    sha256=sha, paths=[recs[i].path for i in idx], labels=labels, label_conflict=len(set(labels)) > 1
+                )
+            )
     near = [
-        NearDuplicatePair(a=recs[i].path, b=recs[j].path, label_a=recs[i].label, label_b=recs[j].label,
-                          hamming_bits=d, label_conflict=recs[i].label != recs[j].label)
+        NearDuplicatePair(
+            a=recs[i].path,
+            b=recs[j].path,
+            label_a=recs[i].label,
+            label_b=recs[j].label,
+            hamming_bits=d,
+            label_conflict=recs[i].label != recs[j].label,
+        )
         for i, j, d in sorted(index.near_pairs, key=lambda p: (p[2], recs[p[0]].path, recs[p[1]].path))
     ]
     group_sizes = Counter(index.groups)
@@ -167,7 +181,7 @@ def write_sample_grids(index: DatasetIndex, out_dir: Path, per_class: int = 16, 
         fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
-        for ax, rel in zip(axes.flat, pick):
+        for ax, rel in zip(axes.flat, pick, strict=False):
             try:
                 im = load_rgb(index.root / rel)
                 im.thumbnail((256, 256))

@@ -36,8 +36,7 @@ def _elpv_root() -> Path:
         root = resources.files("elpv_dataset") / "data"
     except ModuleNotFoundError:
         raise DataError(
-            "the elpv data set is not installed; run `pip install elpv-dataset` "
-            "(it is part of edgeclf's dependencies)"
+            "the elpv data set is not installed; run `pip install elpv-dataset` (it is part of edgeclf's dependencies)"
         ) from None
     return Path(str(root))
 

@@ -92,8 +92,9 @@ def fingerprint_bytes(data: bytes) -> str:
 def write_manifest(path: Path, rows: list[ManifestRow], extra_columns: list[str] | None = None) -> str:
     """Write the manifest atomically; return its fingerprint."""
     if Path(path).is_dir():
-        raise DataError(f"--out {path} is a folder; the split writes a manifest file: give a file name, e.g. "
-                        f"{Path(path) / 'splits.csv'}")
+        raise DataError(
+            f"--out {path} is a folder; the split writes a manifest file: give a file name, e.g. {Path(path) / 'splits.csv'}"
+        )
     data = render_manifest(rows, extra_columns)
     atomic_write_bytes(path, data)
     return fingerprint_bytes(data)
@@ -128,8 +129,12 @@ def read_manifest(path: Path) -> Manifest:
             raise DataError(f"{path}:{lineno}: expected {len(header)} fields, got {len(fields)}")
         try:
             row = ManifestRow(
-                path=fields[0], label=fields[1], sha256=fields[2], group=fields[3], split=fields[4],
-                extra=dict(zip(extra_cols, fields[5:])),
+                path=fields[0],
+                label=fields[1],
+                sha256=fields[2],
+                group=fields[3],
+                split=fields[4],
+                extra=dict(zip(extra_cols, fields[5:], strict=False)),
             )
         except ValueError as e:
             msg = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)

@@ -155,8 +155,10 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, extra: dict[str, dict[str,
                 raise DataError(why + "; add images, or pass --drop-small-classes to leave it out")
             dropped[cls] = why
     if dropped and len(dropped) == len(index.classes):
-        raise DataError(f"--drop-small-classes would leave out every class ({'; '.join(dropped.values())}); "
-                        "there is nothing to split: add images")
+        raise DataError(
+            f"--drop-small-classes would leave out every class ({'; '.join(dropped.values())}); "
+            "there is nothing to split: add images"
+        )
     split_of_group: dict[str, str] = {}
     for cls, groups in by_class.items():
         if cls in dropped:
@@ -172,8 +174,11 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, extra: dict[str, dict[str,
         if group_label[g] in dropped:
             continue
         kept.append(i)
-        rows.append(ManifestRow(path=r.path, label=r.label, sha256=r.sha256, group=g,
-                                split=split_of_group[g], extra=extra.get(r.path, {})))
+        rows.append(
+            ManifestRow(
+                path=r.path, label=r.label, sha256=r.sha256, group=g, split=split_of_group[g], extra=extra.get(r.path, {})
+            )
+        )
     for s in cfg.active_splits:
         missing = sorted({r.label for r in rows} - {r.label for r in rows if r.split == s})
         if missing:
@@ -181,7 +186,7 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, extra: dict[str, dict[str,
 
     pairs = duplicate_pairs(index)
     splits_all = ["dropped"] * len(records)
-    for i, row in zip(kept, rows):
+    for i, row in zip(kept, rows, strict=False):
         splits_all[i] = row.split
     kept_set = set(kept)
     kept_pairs = [(i, j) for i, j in pairs if i in kept_set and j in kept_set]

@@ -25,7 +25,7 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     correct = probs.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         mask = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
         if mask.any():
             total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
@@ -37,11 +37,17 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> 
     correct = probs.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         mask = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        rows.append({"low": float(lo), "high": float(hi), "count": int(mask.sum()),
-                     "accuracy": float(correct[mask].mean()) if mask.any() else 0.0,
-                     "confidence": float(conf[mask].mean()) if mask.any() else 0.0})
+        rows.append(
+            {
+                "low": float(lo),
+                "high": float(hi),
+                "count": int(mask.sum()),
+                "accuracy": float(correct[mask].mean()) if mask.any() else 0.0,
+                "confidence": float(conf[mask].mean()) if mask.any() else 0.0,
+            }
+        )
     return rows
 
 
@@ -68,10 +74,16 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 def calibration_summary(logits: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, Any]:
     p0, p1 = softmax(logits), softmax(logits, temperature)
-    return {"temperature": temperature, "ece_bins": ECE_BINS,
-            "ece_before": ece(p0, y), "ece_after": ece(p1, y),
-            "nll_before": nll(logits, y), "nll_after": nll(logits, y, temperature),
-            "reliability_before": reliability_bins(p0, y), "reliability_after": reliability_bins(p1, y)}
+    return {
+        "temperature": temperature,
+        "ece_bins": ECE_BINS,
+        "ece_before": ece(p0, y),
+        "ece_after": ece(p1, y),
+        "nll_before": nll(logits, y),
+        "nll_after": nll(logits, y, temperature),
+        "reliability_before": reliability_bins(p0, y),
+        "reliability_after": reliability_bins(p1, y),
+    }
 
 
 def plot_reliability(summary: dict[str, Any], path: Path, title: str) -> None:
@@ -83,7 +95,10 @@ def plot_reliability(summary: dict[str, Any], path: Path, title: str) -> None:
     from edgeclf._io import atomic_open
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
-    for ax, key, label in ((axes[0], "before", "before (T = 1)"), (axes[1], "after", f"after (T = {summary['temperature']:.3f})")):
+    for ax, key, label in (
+        (axes[0], "before", "before (T = 1)"),
+        (axes[1], "after", f"after (T = {summary['temperature']:.3f})"),
+    ):
         rows = summary[f"reliability_{key}"]
         centers = [(r["low"] + r["high"]) / 2 for r in rows]
         width = rows[0]["high"] - rows[0]["low"]

@@ -154,8 +154,9 @@ def _check_matrix(m: np.ndarray, n: int) -> np.ndarray:
     except (TypeError, ValueError):
         raise PolicyError("the cost matrix must hold numbers only") from None
     if a.ndim != 2 or a.shape != (n, n):
-        raise PolicyError(f"the cost matrix must be {n}x{n} (one row per true class, one column per decided class), "
-                          f"got shape {a.shape}")
+        raise PolicyError(
+            f"the cost matrix must be {n}x{n} (one row per true class, one column per decided class), got shape {a.shape}"
+        )
     if not np.isfinite(a).all():
         raise PolicyError("the cost matrix must be finite")
     if (a < 0).any():
@@ -248,9 +249,15 @@ class DecisionRequest:
 
     def key(self) -> dict[str, Any]:
         """What identifies the request (a build stage key)."""
-        return {"optimize": self.optimize, "min_recall": dict(sorted(self.min_recall.items())), "costs": self.costs,
-                "reject": self.reject, "coverage": self.coverage, "max_false_accept": self.max_false_accept,
-                "ood_dir": str(self.ood_dir) if self.ood_dir else None}
+        return {
+            "optimize": self.optimize,
+            "min_recall": dict(sorted(self.min_recall.items())),
+            "costs": self.costs,
+            "reject": self.reject,
+            "coverage": self.coverage,
+            "max_false_accept": self.max_false_accept,
+            "ood_dir": str(self.ood_dir) if self.ood_dir else None,
+        }
 
 
 def parse_min_recall(text: str | None, classes: Sequence[str] | None = None) -> dict[str, float]:
@@ -277,8 +284,9 @@ def parse_min_recall(text: str | None, classes: Sequence[str] | None = None) -> 
 def check_classes(names: Any, classes: Sequence[str], what: str) -> None:
     unknown = [n for n in names if n not in classes]
     if unknown:
-        raise PolicyError(f"{what}: unknown class {', '.join(repr(u) for u in unknown)}; the model's classes are "
-                          f"{', '.join(classes)}")
+        raise PolicyError(
+            f"{what}: unknown class {', '.join(repr(u) for u in unknown)}; the model's classes are {', '.join(classes)}"
+        )
 
 
 def load_costs(path: Path, classes: Sequence[str]) -> list[list[float]]:
@@ -310,8 +318,10 @@ def load_costs(path: Path, classes: Sequence[str]) -> list[list[float]]:
         order = doc.get("classes", list(classes))
         if not isinstance(order, list) or sorted(map(str, order)) != sorted(classes) or len(order) != n:
             raise PolicyError(f"--costs: 'classes' must list every class of the model once ({', '.join(classes)})")
-        m = _check_matrix(np.asarray(doc["matrix"], dtype=object) if isinstance(doc["matrix"], list)
-                          else np.asarray([], dtype=object), len(order))
+        m = _check_matrix(
+            np.asarray(doc["matrix"], dtype=object) if isinstance(doc["matrix"], list) else np.asarray([], dtype=object),
+            len(order),
+        )
         idx = [order.index(c) for c in classes]
         return m[np.ix_(idx, idx)].tolist()
     default = doc.get("default", 1.0)
@@ -337,9 +347,15 @@ def load_costs(path: Path, classes: Sequence[str]) -> list[list[float]]:
     return _check_matrix(m, n).tolist()
 
 
-def make_request(optimize: str | None = None, min_recall: str | None = None, costs: Path | None = None,
-                 reject: bool = False, coverage: float | None = None, ood_dir: Path | None = None,
-                 max_false_accept: float | None = None) -> DecisionRequest:
+def make_request(
+    optimize: str | None = None,
+    min_recall: str | None = None,
+    costs: Path | None = None,
+    reject: bool = False,
+    coverage: float | None = None,
+    ood_dir: Path | None = None,
+    max_false_accept: float | None = None,
+) -> DecisionRequest:
     """Validate command-line options (class names are checked once the model's classes are known)."""
     if optimize is not None and optimize != "macro-f1":
         raise PolicyError(f"--optimize {optimize!r}: the supported objective is macro-f1")
@@ -355,8 +371,14 @@ def make_request(optimize: str | None = None, min_recall: str | None = None, cos
         raise PolicyError(f"--ood-accept {max_false_accept}: must lie in [0, 1)")
     if ood_dir is not None and not Path(ood_dir).is_dir():
         raise PolicyError(f"--ood-dir {ood_dir} is not a folder")
-    req = DecisionRequest(optimize=optimize, min_recall=parse_min_recall(min_recall), reject=reject, coverage=cov,
-                          ood_dir=Path(ood_dir) if ood_dir is not None else None, max_false_accept=far)
+    req = DecisionRequest(
+        optimize=optimize,
+        min_recall=parse_min_recall(min_recall),
+        reject=reject,
+        coverage=cov,
+        ood_dir=Path(ood_dir) if ood_dir is not None else None,
+        max_false_accept=far,
+    )
     if costs is not None:
         req.costs_source = str(costs)
         if not Path(costs).is_file():
@@ -445,16 +467,27 @@ def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95)
 def _reject_kind(val_logits: np.ndarray, temperature: float, ood_logits: np.ndarray | None) -> tuple[str, dict[str, Any]]:
     """The reject score: the one with the higher validation AUROC against the OOD images, else max probability."""
     if ood_logits is None:
-        return "max_probability", {"score_choice": "max_probability: calibrated, so the threshold reads as a probability "
-                                                   "(no OOD folder to compare scores on)"}
+        return "max_probability", {
+            "score_choice": "max_probability: calibrated, so the threshold reads as a probability "
+            "(no OOD folder to compare scores on)"
+        }
     aucs = {k: auroc(scores(val_logits, temperature, k), scores(ood_logits, temperature, k)) for k in SCORES}
     kind = max(SCORES, key=lambda k: (aucs[k], k == "max_probability"))
-    return kind, {"score_choice": f"{kind}: the higher validation AUROC against the OOD folder's validation part "
-                                  f"({', '.join(f'{k} {v:.3f}' for k, v in aucs.items())})", "val_auroc": aucs}
+    return kind, {
+        "score_choice": f"{kind}: the higher validation AUROC against the OOD folder's validation part "
+        f"({', '.join(f'{k} {v:.3f}' for k, v in aucs.items())})",
+        "val_auroc": aucs,
+    }
 
 
-def _fit_reject(req: DecisionRequest, val_logits: np.ndarray, temperature: float, ood_logits: np.ndarray | None,
-                kind: str, bias: np.ndarray | None = None) -> tuple[RejectRule, dict[str, Any]]:
+def _fit_reject(
+    req: DecisionRequest,
+    val_logits: np.ndarray,
+    temperature: float,
+    ood_logits: np.ndarray | None,
+    kind: str,
+    bias: np.ndarray | None = None,
+) -> tuple[RejectRule, dict[str, Any]]:
     """The threshold meeting the request's target for scores on the posterior adjusted by ``bias``."""
     info: dict[str, Any] = {}
     if ood_logits is not None:
@@ -492,14 +525,23 @@ def _fit_macro_f1(y: np.ndarray, n: int, decide_with: Callable[[np.ndarray], np.
             bias[k] = keep
         if not improved:
             break
-    return bias, {"val_macro_f1_before": start, "val_macro_f1_after": best,
-                  "rule": "per-class additive biases on the calibrated log-probabilities (prior correction), "
-                          f"coordinate ascent on a {BIAS_GRID[1] - BIAS_GRID[0]:.1f} grid in [{BIAS_GRID[0]}, {BIAS_GRID[-1]}], "
-                          "maximising validation macro-F1"}
+    return bias, {
+        "val_macro_f1_before": start,
+        "val_macro_f1_after": best,
+        "rule": "per-class additive biases on the calibrated log-probabilities (prior correction), "
+        f"coordinate ascent on a {BIAS_GRID[1] - BIAS_GRID[0]:.1f} grid in [{BIAS_GRID[0]}, {BIAS_GRID[-1]}], "
+        "maximising validation macro-F1",
+    }
 
 
-def _fit_min_recall(y: np.ndarray, n: int, targets: dict[int, float], names: Sequence[str],
-                    decide_with: Callable[[np.ndarray], np.ndarray], bias: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def _fit_min_recall(
+    y: np.ndarray,
+    n: int,
+    targets: dict[int, float],
+    names: Sequence[str],
+    decide_with: Callable[[np.ndarray], np.ndarray],
+    bias: np.ndarray,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """For each target class, the smallest bias that meets its recall on validation (the least change to
     every other decision), in rounds until every target holds together.
 
@@ -555,18 +597,32 @@ def _fit_min_recall(y: np.ndarray, n: int, targets: dict[int, float], names: Seq
         met = bool(rec[k] >= target - 1e-12)
         reason = ""
         if not met:
-            reason = (f"not reachable on validation with any bias up to {MAX_BIAS:g} (the reject option, or the other "
-                      "classes' evidence, takes those images); no bias applied for it: lower the target, or relax "
-                      "--coverage / --ood-accept" if k in unreachable else
-                      "not reachable together with the other recall targets on validation (raising this class's bias "
-                      "takes the images another target needs)")
-        report[names[k]] = {"target": target, "val_recall": float(rec[k]), "met": met, "bias": float(bias[k]),
-                            **({"reason": reason} if reason else {})}
+            reason = (
+                f"not reachable on validation with any bias up to {MAX_BIAS:g} (the reject option, or the other "
+                "classes' evidence, takes those images); no bias applied for it: lower the target, or relax "
+                "--coverage / --ood-accept"
+                if k in unreachable
+                else "not reachable together with the other recall targets on validation (raising this class's bias "
+                "takes the images another target needs)"
+            )
+        report[names[k]] = {
+            "target": target,
+            "val_recall": float(rec[k]),
+            "met": met,
+            "bias": float(bias[k]),
+            **({"reason": reason} if reason else {}),
+        }
     return bias, report
 
 
-def fit_policy(req: DecisionRequest, val_logits: np.ndarray, val_y: np.ndarray, temperature: float,
-               classes: Sequence[str], ood_val_logits: np.ndarray | None = None) -> DecisionPolicy:
+def fit_policy(
+    req: DecisionRequest,
+    val_logits: np.ndarray,
+    val_y: np.ndarray,
+    temperature: float,
+    classes: Sequence[str],
+    ood_val_logits: np.ndarray | None = None,
+) -> DecisionPolicy:
     """Fit ``req`` on validation logits (never test); the policy records what it achieved and why."""
     n = len(classes)
     req = resolve_request(req, classes)
@@ -606,14 +662,17 @@ def fit_policy(req: DecisionRequest, val_logits: np.ndarray, val_y: np.ndarray, 
     if kind is not None:
         reject, info = _fit_reject(req, val_logits, temperature, ood_val_logits, kind, bias if bias.any() else None)
         details["reject"].update(info)
-    policy = DecisionPolicy(objectives=objectives, bias=[float(b) for b in bias] if bias.any() else None,
-                            costs=costs, reject=reject, details=details)
+    policy = DecisionPolicy(
+        objectives=objectives, bias=[float(b) for b in bias] if bias.any() else None, costs=costs, reject=reject, details=details
+    )
     final = decide(val_logits, temperature, policy)
     return policy.model_copy(update={"details": {**policy.details, "val": policy_metrics(y, final, classes, costs)}})
 
 
 # ---- evaluation of a policy ----------------------------------------------------------------
-def policy_metrics(y: np.ndarray, d: Decisions, classes: Sequence[str], costs: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+def policy_metrics(
+    y: np.ndarray, d: Decisions, classes: Sequence[str], costs: Sequence[Sequence[float]] | None = None
+) -> dict[str, Any]:
     """Per-class precision/recall/F1 at the decisions, macro-F1, accuracy, coverage, selective accuracy,
     expected cost (on accepted images, when a cost matrix is given)."""
     n = len(classes)
@@ -621,11 +680,15 @@ def policy_metrics(y: np.ndarray, d: Decisions, classes: Sequence[str], costs: S
     prec, rec, f1 = _labels_f1(y, d.index, n)
     accepted = d.index != UNKNOWN
     out: dict[str, Any] = {
-        "n": int(len(y)), "accuracy": float(np.mean(d.index == y)) if len(y) else 0.0,
-        "macro_f1": _macro_f1(y, d.index, n), "coverage": float(accepted.mean()) if len(y) else 0.0,
+        "n": int(len(y)),
+        "accuracy": float(np.mean(d.index == y)) if len(y) else 0.0,
+        "macro_f1": _macro_f1(y, d.index, n),
+        "coverage": float(accepted.mean()) if len(y) else 0.0,
         "selective_accuracy": float(np.mean(d.index[accepted] == y[accepted])) if accepted.any() else None,
-        "per_class": {c: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]),
-                          "support": int(np.sum(y == k))} for k, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]), "support": int(np.sum(y == k))}
+            for k, c in enumerate(classes)
+        },
         "rules": {r: int(np.sum(d.rule == i)) for i, r in enumerate(RULES)},
     }
     if costs is not None and accepted.any():
@@ -634,21 +697,26 @@ def policy_metrics(y: np.ndarray, d: Decisions, classes: Sequence[str], costs: S
     return out
 
 
-def compare_to_argmax(y: np.ndarray, logits: np.ndarray, temperature: float, policy: DecisionPolicy,
-                      classes: Sequence[str]) -> dict[str, Any]:
+def compare_to_argmax(
+    y: np.ndarray, logits: np.ndarray, temperature: float, policy: DecisionPolicy, classes: Sequence[str]
+) -> dict[str, Any]:
     """The split's figures at the policy's operating point next to argmax's."""
     at = decide(logits, temperature, policy)
     base = decide(logits, temperature, None)
-    return {"policy": policy_metrics(y, at, classes, policy.costs),
-            "argmax": policy_metrics(y, base, classes, policy.costs)}
+    return {"policy": policy_metrics(y, at, classes, policy.costs), "argmax": policy_metrics(y, base, classes, policy.costs)}
 
 
 def ood_metrics(in_logits: np.ndarray, ood_logits: np.ndarray, temperature: float, policy: DecisionPolicy) -> dict[str, Any]:
     """AUROC and FPR at 95 % TPR of the policy's reject score, and the unknown rate of each side."""
     kind = policy.reject.score if policy.reject is not None else "max_probability"
     si, so = scores(in_logits, temperature, kind, policy.bias), scores(ood_logits, temperature, kind, policy.bias)
-    out: dict[str, Any] = {"score": kind, "in_images": int(len(si)), "ood_images": int(len(so)),
-                           "auroc": auroc(si, so), "fpr_at_95_tpr": fpr_at_tpr(si, so)}
+    out: dict[str, Any] = {
+        "score": kind,
+        "in_images": int(len(si)),
+        "ood_images": int(len(so)),
+        "auroc": auroc(si, so),
+        "fpr_at_95_tpr": fpr_at_tpr(si, so),
+    }
     if policy.reject is not None:
         out["ood_unknown_rate"] = float(np.mean(so < policy.reject.threshold))
         out["in_unknown_rate"] = float(np.mean(si < policy.reject.threshold))
@@ -708,8 +776,15 @@ def plot_risk_coverage(y: np.ndarray, d: Decisions, path: Path, title: str) -> N
     ax.plot(k / len(order), np.cumsum(wrong) / k, color="#4477aa", lw=1.5, label="argmax, sorted by score")
     acc = d.index != UNKNOWN
     if acc.any():
-        ax.scatter([acc.mean()], [np.mean(d.index[acc] != np.asarray(y)[acc])], marker="*", color="#cc3311", s=110,
-                   zorder=3, label="policy")
+        ax.scatter(
+            [acc.mean()],
+            [np.mean(d.index[acc] != np.asarray(y)[acc])],
+            marker="*",
+            color="#cc3311",
+            s=110,
+            zorder=3,
+            label="policy",
+        )
     ax.set_xlabel("coverage (share of images decided)")
     ax.set_ylabel("selective risk (error among decided)")
     ax.set_xlim(0, 1.02)
@@ -721,8 +796,16 @@ def plot_risk_coverage(y: np.ndarray, d: Decisions, path: Path, title: str) -> N
     plt.close(fig)
 
 
-def plot_ood_histogram(in_scores: np.ndarray, ood_scores: np.ndarray, threshold: float | None, kind: str, auc: float,
-                       fpr95: float, path: Path, title: str) -> None:
+def plot_ood_histogram(
+    in_scores: np.ndarray,
+    ood_scores: np.ndarray,
+    threshold: float | None,
+    kind: str,
+    auc: float,
+    fpr95: float,
+    path: Path,
+    title: str,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -761,7 +844,31 @@ def load_ood_images(folder: Path, paths: Sequence[str]) -> tuple[list[np.ndarray
     return images, skipped
 
 
-__all__ = ["ADJUSTED", "ARGMAX", "COSTS", "DEFAULT_COVERAGE", "DEFAULT_MAX_FALSE_ACCEPT", "DecisionPolicy",
-           "DecisionRequest", "Decisions", "POLICY_VERSION", "PolicyError", "REJECT", "RULES", "RejectRule", "UNKNOWN",
-           "auroc", "compare_to_argmax", "decide", "fit_policy", "fpr_at_tpr", "load_costs", "make_request", "ood_metrics",
-           "ood_split", "parse_min_recall", "policy_metrics", "scores"]
+__all__ = [
+    "ADJUSTED",
+    "ARGMAX",
+    "COSTS",
+    "DEFAULT_COVERAGE",
+    "DEFAULT_MAX_FALSE_ACCEPT",
+    "DecisionPolicy",
+    "DecisionRequest",
+    "Decisions",
+    "POLICY_VERSION",
+    "PolicyError",
+    "REJECT",
+    "RULES",
+    "RejectRule",
+    "UNKNOWN",
+    "auroc",
+    "compare_to_argmax",
+    "decide",
+    "fit_policy",
+    "fpr_at_tpr",
+    "load_costs",
+    "make_request",
+    "ood_metrics",
+    "ood_split",
+    "parse_min_recall",
+    "policy_metrics",
+    "scores",
+]

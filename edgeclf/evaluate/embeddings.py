@@ -124,8 +124,15 @@ def class_colors(n_classes: int) -> list[tuple[float, float, float, float]]:
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def plot_embeddings(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, title: str,
-                    method: str, wrong: np.ndarray | None = None) -> Path:
+def plot_embeddings(
+    xy: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    title: str,
+    method: str,
+    wrong: np.ndarray | None = None,
+) -> Path:
     """Scatter of 2-D points coloured by class (integer ``labels`` index ``classes``), with a legend.
 
     ``wrong`` (optional boolean mask) circles the points the model got wrong.
@@ -152,15 +159,23 @@ def plot_embeddings(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
         if not m.any():
             continue
         marker = _MARKERS[(k // 20) % len(_MARKERS)] if len(classes) > 20 else "o"
-        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=colors[k], marker=marker, alpha=0.8, linewidths=0,
-                   label=f"{name} ({int(m.sum())})")
+        ax.scatter(
+            xy[m, 0], xy[m, 1], s=size, color=colors[k], marker=marker, alpha=0.8, linewidths=0, label=f"{name} ({int(m.sum())})"
+        )
     if wrong is not None:
         w = np.asarray(wrong, dtype=bool)
         if w.shape != y.shape:
             raise DataError(f"the misclassified mask needs one entry per point, got {w.shape} for {y.shape}")
         if w.any():
-            ax.scatter(xy[w, 0], xy[w, 1], s=size * 3, facecolors="none", edgecolors="black", linewidths=0.8,
-                       label=f"misclassified ({int(w.sum())})")
+            ax.scatter(
+                xy[w, 0],
+                xy[w, 1],
+                s=size * 3,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=0.8,
+                label=f"misclassified ({int(w.sum())})",
+            )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"{method} 1")
@@ -192,8 +207,15 @@ def _thumbnail(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(sq, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def export_projector(features: np.ndarray, labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],
-                     log_dir: Path, images: list[np.ndarray] | None = None, tag: str = "embeddings") -> Path:
+def export_projector(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    paths: Sequence[str],
+    log_dir: Path,
+    images: list[np.ndarray] | None = None,
+    tag: str = "embeddings",
+) -> Path:
     """Write a TensorBoard projector export to ``log_dir``; returns the embedding's folder.
 
     Files (TensorBoard's layout): ``log_dir/projector_config.pbtxt``,
@@ -229,11 +251,17 @@ def export_projector(features: np.ndarray, labels: np.ndarray, classes: Sequence
         per_row = math.ceil(math.sqrt(n))
         size = max(4, min(THUMB_MAX_PX, SPRITE_MAX_PX // per_row))
         label_img = torch.from_numpy(np.stack([_thumbnail(im, size) for im in images]))
-    metadata = [[_tsv_safe(classes[int(k)]), _tsv_safe(p)] for k, p in zip(y, paths)]
+    metadata = [[_tsv_safe(classes[int(k)]), _tsv_safe(p)] for k, p in zip(y, paths, strict=False)]
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
-        writer.add_embedding(torch.from_numpy(feats), metadata=metadata, label_img=label_img, global_step=0,
-                             tag=tag, metadata_header=["label", "file"])
+        writer.add_embedding(
+            torch.from_numpy(feats),
+            metadata=metadata,
+            label_img=label_img,
+            global_step=0,
+            tag=tag,
+            metadata_header=["label", "file"],
+        )
     finally:
         writer.close()
     return target

@@ -70,8 +70,7 @@ def _cam_from(acts: torch.Tensor, grads: torch.Tensor, size: tuple[int, int]) ->
     return cam.detach().cpu().numpy().astype(np.float32)
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | None = None,
-             layer: nn.Module | None = None) -> np.ndarray:
+def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int | None = None, layer: nn.Module | None = None) -> np.ndarray:
     """Grad-CAM heat map for one normalised image ``x`` (1 x 3 x H x W).
 
     Args:
@@ -160,8 +159,15 @@ def _short(name: str, limit: int = 22) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
-def image_grid(tiles: Sequence[np.ndarray], captions: Sequence[str], path: Path, title: str,
-               colors: Sequence[str] | None = None, cols: int = 4, empty_message: str = "nothing to show") -> Path:
+def image_grid(
+    tiles: Sequence[np.ndarray],
+    captions: Sequence[str],
+    path: Path,
+    title: str,
+    colors: Sequence[str] | None = None,
+    cols: int = 4,
+    empty_message: str = "nothing to show",
+) -> Path:
     """Write a PNG grid of uint8 tiles, each captioned (optionally coloured); returns ``path``.
 
     An empty ``tiles`` list still writes a PNG carrying ``empty_message``, so a
@@ -187,7 +193,7 @@ def image_grid(tiles: Sequence[np.ndarray], captions: Sequence[str], path: Path,
         fig, axes = plt.subplots(rows, cols, figsize=(width, 2.9 * rows + 0.5), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
-        for i, (ax, tile) in enumerate(zip(axes.flat, tiles)):
+        for i, (ax, tile) in enumerate(zip(axes.flat, tiles, strict=False)):
             ax.imshow(tile)
             ax.set_title(captions[i], fontsize=8, color=colors[i] if colors else "black")
         fig.suptitle("\n".join(textwrap.wrap(title, width=int(width * 11))), fontsize=11)
@@ -199,8 +205,7 @@ def image_grid(tiles: Sequence[np.ndarray], captions: Sequence[str], path: Path,
     return path
 
 
-def sample_correct_and_wrong(labels: Sequence[int], preds: Sequence[int], max_items: int = 16,
-                             seed: int = 0) -> list[int]:
+def sample_correct_and_wrong(labels: Sequence[int], preds: Sequence[int], max_items: int = 16, seed: int = 0) -> list[int]:
     """Indices for a Grad-CAM grid: up to half wrong predictions, the rest correct, random by ``seed``.
 
     Wrong predictions come first; when there are too few of one kind the other fills the grid.
@@ -216,9 +221,18 @@ def sample_correct_and_wrong(labels: Sequence[int], preds: Sequence[int], max_it
     return [int(i) for i in np.concatenate([pick_w, pick_r])]
 
 
-def gradcam_grid(model: nn.Module, spec: PreprocessSpec, classes: Sequence[str], images: Sequence[np.ndarray],
-                 labels: Sequence[int], preds: Sequence[int], probs: Sequence[float] | np.ndarray, path: Path,
-                 title: str, max_items: int = 16) -> Path:
+def gradcam_grid(
+    model: nn.Module,
+    spec: PreprocessSpec,
+    classes: Sequence[str],
+    images: Sequence[np.ndarray],
+    labels: Sequence[int],
+    preds: Sequence[int],
+    probs: Sequence[float] | np.ndarray,
+    path: Path,
+    title: str,
+    max_items: int = 16,
+) -> Path:
     """A PNG grid of Grad-CAM overlays on the crops the model saw.
 
     Args:

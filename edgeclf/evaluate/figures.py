@@ -27,8 +27,10 @@ def plot_confusion(cm: list[list[int]], cm_norm: list[list[float]], classes: lis
     n = len(classes)
     size = max(4.5, 0.55 * n + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for ax, data, fmt, sub in ((axes[0], np.asarray(cm), "d", "counts"),
-                               (axes[1], np.asarray(cm_norm), ".2f", "row-normalised (recall)")):
+    for ax, data, fmt, sub in (
+        (axes[0], np.asarray(cm), "d", "counts"),
+        (axes[1], np.asarray(cm_norm), ".2f", "row-normalised (recall)"),
+    ):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if fmt == "d" else 1.0)
         ax.set_xticks(range(n), classes, rotation=45, ha="right")
         ax.set_yticks(range(n), classes)
@@ -39,8 +41,15 @@ def plot_confusion(cm: list[list[int]], cm_norm: list[list[float]], classes: lis
         if n <= 20:
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=8,
-                            color="white" if data[i, j] > thresh else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(data[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if data[i, j] > thresh else "black",
+                    )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(title)
     fig.tight_layout()
@@ -54,8 +63,16 @@ def top_mistakes(paths: list[str], y: np.ndarray, probs: np.ndarray, classes: li
     pred = probs.argmax(axis=1)
     wrong = np.nonzero(pred != y)[0]
     order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
-    return [{"path": paths[i], "true": classes[y[i]], "predicted": classes[pred[i]],
-             "confidence": float(probs[i, pred[i]]), "p_true": float(probs[i, y[i]])} for i in order[:top]]
+    return [
+        {
+            "path": paths[i],
+            "true": classes[y[i]],
+            "predicted": classes[pred[i]],
+            "confidence": float(probs[i, pred[i]]),
+            "p_true": float(probs[i, y[i]]),
+        }
+        for i in order[:top]
+    ]
 
 
 def write_mistakes_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -76,7 +93,7 @@ def plot_mistakes(rows: list[dict[str, Any]], images: dict[str, np.ndarray], pat
     fig, axes = plt.subplots(nrows, cols, figsize=(2.4 * cols, 2.7 * nrows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, r in zip(axes.flat, rows):
+    for ax, r in zip(axes.flat, rows, strict=False):
         img = images.get(r["path"])
         if img is not None:
             ax.imshow(img)

@@ -130,10 +130,9 @@ def _csv_text(header: Sequence[str], rows: list[list[object]]) -> str:
     return buf.getvalue()
 
 
-def _grid_of_files(root: Path, rels: Sequence[str], captions: Sequence[str], path: Path, title: str,
-                   empty_message: str) -> Path:
+def _grid_of_files(root: Path, rels: Sequence[str], captions: Sequence[str], path: Path, title: str, empty_message: str) -> Path:
     tiles, caps = [], []
-    for rel, cap in zip(rels, captions):
+    for rel, cap in zip(rels, captions, strict=False):
         try:
             tiles.append(_thumb(root / rel))
         except (ImageDecodeError, OSError):  # changed on disk since it was read; leave it out
@@ -245,8 +244,15 @@ def list_unlabeled(root: Path, exclude: Path | None = None) -> tuple[list[str], 
     return files, ignored, unreadable
 
 
-def suggest_labels(run: ModelRun, unlabeled_dir: Path, out_dir: Path, temperature: float = 1.0, top_k: int = 3,
-                   batch_size: int = 64, progress: ProgressFn | None = None) -> LabelSuggestions:
+def suggest_labels(
+    run: ModelRun,
+    unlabeled_dir: Path,
+    out_dir: Path,
+    temperature: float = 1.0,
+    top_k: int = 3,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> LabelSuggestions:
     """Predict every image under ``unlabeled_dir`` and rank them most-uncertain first.
 
     Probabilities are calibrated as ``softmax(logits / temperature)`` (pass
@@ -290,8 +296,10 @@ def suggest_labels(run: ModelRun, unlabeled_dir: Path, out_dir: Path, temperatur
             progress(min(start + batch_size, len(rels)), len(rels))
     skipped.sort(key=lambda p: p.path)
     if not kept:
-        raise DataError(f"none of the {len(rels)} image files under {unlabeled_dir} could be decoded "
-                        f"(first: {skipped[0].path}: {skipped[0].reason})")
+        raise DataError(
+            f"none of the {len(rels)} image files under {unlabeled_dir} could be decoded "
+            f"(first: {skipped[0].path}: {skipped[0].reason})"
+        )
     probs = _softmax(np.concatenate(logits), temperature)
     n_classes = probs.shape[1]
     if n_classes != len(run.classes):
@@ -307,25 +315,57 @@ def suggest_labels(run: ModelRun, unlabeled_dir: Path, out_dir: Path, temperatur
     suggestions: list[Suggestion] = []
     for rank, i in enumerate(ranked, 1):
         tk = tuple((run.classes[int(c)], float(probs[i, c])) for c in order_desc[i, :k])
-        suggestions.append(Suggestion(rank=rank, path=kept[i], suggested_label=tk[0][0], confidence=float(top1[i]),
-                                      margin=float(margin[i]), entropy=float(ent[i]), top_k=tk))
+        suggestions.append(
+            Suggestion(
+                rank=rank,
+                path=kept[i],
+                suggested_label=tk[0][0],
+                confidence=float(top1[i]),
+                margin=float(margin[i]),
+                entropy=float(ent[i]),
+                top_k=tk,
+            )
+        )
 
     csv_path = out_dir / "suggestions.csv"
-    atomic_write_text(csv_path, _csv_text(
-        ["rank", "path", "suggested_label", "confidence", "margin", "entropy", "top_k"],
-        [[s.rank, s.path, s.suggested_label, f"{s.confidence:.6f}", f"{s.margin:.6f}", f"{s.entropy:.6f}",
-          ";".join(f"{lab}:{p:.6f}" for lab, p in s.top_k)] for s in suggestions]))
+    atomic_write_text(
+        csv_path,
+        _csv_text(
+            ["rank", "path", "suggested_label", "confidence", "margin", "entropy", "top_k"],
+            [
+                [
+                    s.rank,
+                    s.path,
+                    s.suggested_label,
+                    f"{s.confidence:.6f}",
+                    f"{s.margin:.6f}",
+                    f"{s.entropy:.6f}",
+                    ";".join(f"{lab}:{p:.6f}" for lab, p in s.top_k),
+                ]
+                for s in suggestions
+            ],
+        ),
+    )
     skipped_csv = out_dir / "skipped.csv"
     atomic_write_text(skipped_csv, _csv_text(["path", "reason"], [[p.path, p.reason] for p in skipped]))
     head = suggestions[:GRID_ITEMS]
     grid_path = _grid_of_files(
-        unlabeled_dir, [s.path for s in head],
+        unlabeled_dir,
+        [s.path for s in head],
         [f"{_short(s.suggested_label, 18)} ({s.confidence:.2f})\n{_short(Path(s.path).name)}" for s in head],
         out_dir / "most_uncertain.png",
         f"Most uncertain {len(head)} of {len(suggestions)} images: suggested label (confidence, T={temperature:g})",
-        "no images")
-    return LabelSuggestions(suggestions=suggestions, skipped=skipped, ignored=ignored, temperature=float(temperature),
-                            csv_path=csv_path, grid_path=grid_path, skipped_csv_path=skipped_csv)
+        "no images",
+    )
+    return LabelSuggestions(
+        suggestions=suggestions,
+        skipped=skipped,
+        ignored=ignored,
+        temperature=float(temperature),
+        csv_path=csv_path,
+        grid_path=grid_path,
+        skipped_csv_path=skipped_csv,
+    )
 
 
 # ----------------------------------------------------------------------------- label audit
@@ -343,8 +383,9 @@ class OofResult:
     log_loss: float  # out-of-fold log-loss of the given labels at that C
 
 
-def _fold_splits(labels: np.ndarray, groups: np.ndarray | None, folds: int,
-                 seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+def _fold_splits(
+    labels: np.ndarray, groups: np.ndarray | None, folds: int, seed: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     present = np.unique(labels)
@@ -359,8 +400,15 @@ def _fold_splits(labels: np.ndarray, groups: np.ndarray | None, folds: int,
     return splits, groups is not None and all_unique
 
 
-def oof_suspects(features: np.ndarray, labels: np.ndarray, groups: Sequence[str] | np.ndarray | None,
-                 classes: Sequence[str], folds: int = 5, seed: int = 0, threshold: float = 0.7) -> OofResult:
+def oof_suspects(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[str] | np.ndarray | None,
+    classes: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    threshold: float = 0.7,
+) -> OofResult:
     """Out-of-fold logistic-regression probabilities and likely label errors.
 
     Each fold's held-out images are predicted by a logistic regression
@@ -463,8 +511,15 @@ class LabelAudit:
     grid_path: Path
 
 
-def audit_labels(run: TrainingRun, out_dir: Path, folds: int = 5, seed: int = 0, threshold: float = 0.7,
-                 batch_size: int = 64, progress: ProgressFn | None = None) -> LabelAudit:
+def audit_labels(
+    run: TrainingRun,
+    out_dir: Path,
+    folds: int = 5,
+    seed: int = 0,
+    threshold: float = 0.7,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> LabelAudit:
     """Find training images that are likely mislabelled (see :func:`oof_suspects`).
 
     Features are the fine-tuned model's penultimate-layer features of the
@@ -504,28 +559,54 @@ def audit_labels(run: TrainingRun, out_dir: Path, folds: int = 5, seed: int = 0,
         if progress:
             progress(min(start + batch_size, len(rows)), len(rows))
     if not kept:
-        raise DataError(f"none of the {len(rows)} training images under {root} could be read "
-                        f"(first: {skipped[0].path}: {skipped[0].reason})")
+        raise DataError(
+            f"none of the {len(rows)} training images under {root} could be read (first: {skipped[0].path}: {skipped[0].reason})"
+        )
     labels = np.array([class_index[r.label] for r in kept], dtype=np.int64)
     res = oof_suspects(np.concatenate(feats), labels, [r.group for r in kept], run.classes, folds, seed, threshold)
     suspects = []
     for i in res.suspects:
         sug = int(res.probs[i].argmax())
-        suspects.append(Suspect(path=kept[i].path, given_label=kept[i].label, suggested_label=run.classes[sug],
-                                p_suggested=float(res.probs[i, sug]), p_given=float(res.probs[i, labels[i]])))
+        suspects.append(
+            Suspect(
+                path=kept[i].path,
+                given_label=kept[i].label,
+                suggested_label=run.classes[sug],
+                p_suggested=float(res.probs[i, sug]),
+                p_given=float(res.probs[i, labels[i]]),
+            )
+        )
     csv_path = Path(out_dir) / "label_audit.csv"
-    atomic_write_text(csv_path, _csv_text(
-        ["path", "given_label", "suggested_label", "p_suggested", "p_given"],
-        [[s.path, s.given_label, s.suggested_label, f"{s.p_suggested:.6f}", f"{s.p_given:.6f}"] for s in suspects]))
+    atomic_write_text(
+        csv_path,
+        _csv_text(
+            ["path", "given_label", "suggested_label", "p_suggested", "p_given"],
+            [[s.path, s.given_label, s.suggested_label, f"{s.p_suggested:.6f}", f"{s.p_given:.6f}"] for s in suspects],
+        ),
+    )
     head = suspects[:GRID_ITEMS]
     grid_path = _grid_of_files(
-        root, [s.path for s in head],
-        [f"{_short(s.given_label, 12)} \u2192 {_short(s.suggested_label, 12)} ({s.p_suggested:.2f})\n"
-         f"{_short(Path(s.path).name)}" for s in head],
+        root,
+        [s.path for s in head],
+        [
+            f"{_short(s.given_label, 12)} \u2192 {_short(s.suggested_label, 12)} ({s.p_suggested:.2f})\n"
+            f"{_short(Path(s.path).name)}"
+            for s in head
+        ],
         Path(out_dir) / "label_audit.png",
         f"Likely label errors: {len(head)} of {len(suspects)} suspects among {len(kept)} training images "
         f"(given \u2192 suggested, out-of-fold p)",
-        f"no training label is contradicted with p \u2265 {threshold:g} ({res.folds}-fold out-of-fold)")
-    return LabelAudit(suspects=suspects, n_images=len(kept), folds=res.folds, grouped=res.grouped,
-                      threshold=float(threshold), C=res.C, log_loss=res.log_loss, skipped=sorted(skipped, key=lambda p: p.path), csv_path=csv_path,
-                      grid_path=grid_path)
+        f"no training label is contradicted with p \u2265 {threshold:g} ({res.folds}-fold out-of-fold)",
+    )
+    return LabelAudit(
+        suspects=suspects,
+        n_images=len(kept),
+        folds=res.folds,
+        grouped=res.grouped,
+        threshold=float(threshold),
+        C=res.C,
+        log_loss=res.log_loss,
+        skipped=sorted(skipped, key=lambda p: p.path),
+        csv_path=csv_path,
+        grid_path=grid_path,
+    )

@@ -59,7 +59,8 @@ def check_and_record(run_dir: Path, model_sha256: str, fingerprint: str, allow_r
             raise TestReuseError(
                 f"{Path(run_dir) / LEDGER} is missing, but {recorded} records a test evaluation of this run; the "
                 "test-once rule is not reset by deleting the ledger. Pass --allow-test-reuse to evaluate it again; "
-                "every output will be marked as reused")
+                "every output will be marked as reused"
+            )
     if entries and not allow_reuse:
         first = entries[0]
         raise TestReuseError(
@@ -67,8 +68,12 @@ def check_and_record(run_dir: Path, model_sha256: str, fingerprint: str, allow_r
             f"{first.get('time', '?')}); evaluating it again turns it into a validation set. "
             "Pass --allow-test-reuse to do it anyway; every output will be marked as reused"
         )
-    entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_sha256": model_sha256,
-             "manifest_fingerprint": fingerprint, "reuse": bool(entries)}
+    entry = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_sha256": model_sha256,
+        "manifest_fingerprint": fingerprint,
+        "reuse": bool(entries),
+    }
     path = Path(run_dir) / LEDGER
     with open(path, "a", encoding="utf-8") as f:  # append-only: a crash loses at most this line
         f.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -14,7 +14,6 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-
 #: Train macro-F1 above validation macro-F1 by more than this is flagged as overfitting:
 #: on small data sets a gap of a few points is normal, ten points means memorisation.
 OVERFIT_GAP = 0.10
@@ -27,7 +26,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def full_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_ks: tuple[int, ...] = (2, 3, 5)) -> dict[str, Any]:
+def full_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_ks: tuple[int, ...] = (2, 3, 5)
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro/weighted F1, top-k, per-class P/R/F1/support, confusion."""
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(axis=1)
@@ -39,11 +40,15 @@ def full_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_
     out: dict[str, Any] = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(set(y_true.tolist())) > 1 else float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred))
+        if len(set(y_true.tolist())) > 1
+        else float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_normalized": np.round(cm_norm, 6).tolist(),
     }
@@ -56,9 +61,12 @@ def full_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_
 def confused_pairs(cm: list[list[int]], classes: list[str], top: int = 10) -> list[dict[str, Any]]:
     """The most frequent (true, predicted) mistakes, largest first."""
     m = np.asarray(cm)
-    pairs = [{"true": classes[i], "predicted": classes[j], "count": int(m[i, j]),
-              "share_of_true": float(m[i, j] / max(1, m[i].sum()))}
-             for i in range(len(classes)) for j in range(len(classes)) if i != j and m[i, j] > 0]
+    pairs = [
+        {"true": classes[i], "predicted": classes[j], "count": int(m[i, j]), "share_of_true": float(m[i, j] / max(1, m[i].sum()))}
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and m[i, j] > 0
+    ]
     return sorted(pairs, key=lambda d: (-d["count"], d["true"], d["predicted"]))[:top]
 
 

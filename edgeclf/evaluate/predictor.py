@@ -88,8 +88,9 @@ class FastPredictor(TorchPredictor):
     failure) this is the eager predictor. ``engine`` says which one produced the figures.
     """
 
-    def __init__(self, model: nn.Module, spec: PreprocessSpec, classes: list[str], check: Sequence[np.ndarray],
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, model: nn.Module, spec: PreprocessSpec, classes: list[str], check: Sequence[np.ndarray], batch_size: int = 64
+    ) -> None:
         super().__init__(model, spec, classes, batch_size)
         self.engine = "eager (torch fp32)"
         self._sess = None
@@ -163,17 +164,24 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt") -> LoadedRun:
     ck_path = run_dir / "checkpoints" / checkpoint
     ck = load_checkpoint(ck_path)
     classes = list(ck["classes"])
-    model, _ = create_model(ck["backbone"], len(classes), source="none",
-                            drop_rate=float(cfg["config"]["model"]["drop_rate"]))
+    model, _ = create_model(ck["backbone"], len(classes), source="none", drop_rate=float(cfg["config"]["model"]["drop_rate"]))
     model.load_state_dict(ck["model"])
     model.eval()
     model = model.to(memory_format=torch.channels_last)
     manifest_path = Path(cfg["config"]["data"]["manifest"])
     manifest = read_manifest(manifest_path)
     data_root = Path(cfg["run"]["data_root"])
-    return LoadedRun(run_dir=run_dir, model=model, spec=PreprocessSpec.from_dict(ck["preprocess"]), classes=classes,
-                     manifest=manifest, data_root=data_root, config=cfg, checkpoint_sha256=sha256_file(ck_path),
-                     best_epoch=int(ck["epoch"]) + 1)
+    return LoadedRun(
+        run_dir=run_dir,
+        model=model,
+        spec=PreprocessSpec.from_dict(ck["preprocess"]),
+        classes=classes,
+        manifest=manifest,
+        data_root=data_root,
+        config=cfg,
+        checkpoint_sha256=sha256_file(ck_path),
+        best_epoch=int(ck["epoch"]) + 1,
+    )
 
 
 def load_images(root: Path, paths: Sequence[str]) -> list[np.ndarray]:

@@ -78,13 +78,23 @@ def model_selection(train: dict[str, Any], splits: dict[str, dict[str, Any]]) ->
     rows = []
     for c in candidates:
         val = c.get("val") if isinstance(c.get("val"), dict) else {}
-        rows.append({"name": c["name"], "description": c.get("description") or "", "accuracy": _num(val.get("accuracy")),
-                     "macro_f1": _num(val.get("macro_f1")), "nll": _num(val.get("nll")), "seconds": _num(c.get("seconds")),
-                     "shippable": c.get("shippable"), "shipped": c["name"] == selected})
+        rows.append(
+            {
+                "name": c["name"],
+                "description": c.get("description") or "",
+                "accuracy": _num(val.get("accuracy")),
+                "macro_f1": _num(val.get("macro_f1")),
+                "nll": _num(val.get("nll")),
+                "seconds": _num(c.get("seconds")),
+                "shippable": c.get("shippable"),
+                "shipped": c["name"] == selected,
+            }
+        )
     f1 = {r["name"]: r["macro_f1"] for r in rows}
     # the per-image paired comparison (with intervals) when an evaluation made one, else training's bare margins
-    comparison = next((s["candidate_comparison"] for s in (splits.get("val"), splits.get("test"))
-                       if s and s.get("candidate_comparison")), None)
+    comparison = next(
+        (s["candidate_comparison"] for s in (splits.get("val"), splits.get("test")) if s and s.get("candidate_comparison")), None
+    )
     compared = []
     if comparison:
         for r in comparison:
@@ -94,29 +104,57 @@ def model_selection(train: dict[str, Any], splits: dict[str, dict[str, Any]]) ->
             if diff is None or lo is None or hi is None:
                 continue
             level = _num(r.get("level")) or 0.95
-            compared.append({"candidate": str(r.get("candidate")), "their_macro_f1": _num(r.get("val_macro_f1")),
-                             "diff": diff, "interval": f"[{_signed(lo)}, {_signed(hi)}]",
-                             "significant": bool(r.get("significant")), "level": f"{100 * level:.0f} %",
-                             "n_resamples": r.get("n_resamples")})
+            compared.append(
+                {
+                    "candidate": str(r.get("candidate")),
+                    "their_macro_f1": _num(r.get("val_macro_f1")),
+                    "diff": diff,
+                    "interval": f"[{_signed(lo)}, {_signed(hi)}]",
+                    "significant": bool(r.get("significant")),
+                    "level": f"{100 * level:.0f} %",
+                    "n_resamples": r.get("n_resamples"),
+                }
+            )
     else:
         margins = selection.get("margins") if isinstance(selection.get("margins"), dict) else {}
         for name, diff in margins.items():
             if _num(diff) is not None:
-                compared.append({"candidate": name, "their_macro_f1": f1.get(name), "diff": float(diff), "interval": None,
-                                 "significant": None, "level": None})
+                compared.append(
+                    {
+                        "candidate": name,
+                        "their_macro_f1": f1.get(name),
+                        "diff": float(diff),
+                        "interval": None,
+                        "significant": None,
+                        "level": None,
+                    }
+                )
     for c in compared:
         c["verb"] = "beats" if c["diff"] > 0 else "trails" if c["diff"] < 0 else "ties with"
         c["by"] = f"{abs(c['diff']):.3f}"
     gates = []
     for name, g in quality.items():
         if isinstance(g, dict):
-            gates.append({"name": name, "passed": bool(g.get("passed")), "rule": g.get("rule") or "",
-                          "classes": [str(x) for x in g.get("classes") or []]})
-    return {"candidates": rows, "selected": selected, "selected_macro_f1": f1.get(selected) if selected else None,
-            "rule": selection.get("rule"), "reason": selection.get("reason"), "compared": compared,
-            "paired": bool(compared) and compared[0]["interval"] is not None,
-            "n_resamples": next((c.get("n_resamples") for c in compared if c.get("n_resamples")), None),
-            "choices": choices, "quality_gates": gates}
+            gates.append(
+                {
+                    "name": name,
+                    "passed": bool(g.get("passed")),
+                    "rule": g.get("rule") or "",
+                    "classes": [str(x) for x in g.get("classes") or []],
+                }
+            )
+    return {
+        "candidates": rows,
+        "selected": selected,
+        "selected_macro_f1": f1.get(selected) if selected else None,
+        "rule": selection.get("rule"),
+        "reason": selection.get("reason"),
+        "compared": compared,
+        "paired": bool(compared) and compared[0]["interval"] is not None,
+        "n_resamples": next((c.get("n_resamples") for c in compared if c.get("n_resamples")), None),
+        "choices": choices,
+        "quality_gates": gates,
+    }
 
 
 def write_report(run_dir: Path) -> Path:
@@ -132,9 +170,20 @@ def write_report(run_dir: Path) -> Path:
         m = _load_json(run_dir / "eval" / s / "metrics.json")
         if m:
             fig = run_dir / "report" / "figures" / s
-            m["figures"] = {k: _img(fig / f"{k}.png") for k in
-                            ("confusion", "reliability", "mistakes", "robustness", "embeddings", "gradcam",
-                             "pr_curves", "risk_coverage", "ood_scores")}
+            m["figures"] = {
+                k: _img(fig / f"{k}.png")
+                for k in (
+                    "confusion",
+                    "reliability",
+                    "mistakes",
+                    "robustness",
+                    "embeddings",
+                    "gradcam",
+                    "pr_curves",
+                    "risk_coverage",
+                    "ood_scores",
+                )
+            }
             splits[s] = m
     env = Environment(loader=PackageLoader("edgeclf.evaluate", "templates"), autoescape=select_autoescape(["html", "html.j2"]))
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * float(v):.1f}%"
@@ -143,8 +192,13 @@ def write_report(run_dir: Path) -> Path:
     env.filters["ci"] = fmt_ci
     env.filters["cipct"] = lambda ci: fmt_ci(ci, digits=3, percent=True)
     html = env.get_template("report.html.j2").render(
-        run_dir=run_dir.name, cfg=cfg, config_yaml=yaml.safe_dump(cfg["config"], sort_keys=False),
-        train=train_metrics, selection=model_selection(train_metrics, splits), audit=audit, split_summary=split_summary,
+        run_dir=run_dir.name,
+        cfg=cfg,
+        config_yaml=yaml.safe_dump(cfg["config"], sort_keys=False),
+        train=train_metrics,
+        selection=model_selection(train_metrics, splits),
+        audit=audit,
+        split_summary=split_summary,
         splits=splits,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )

@@ -190,8 +190,7 @@ def rotate(img: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndar
     if rest == 0.0:
         return np.ascontiguousarray(np.rot90(img, k=int(quarter) % 4))
     fill = tuple(int(v) for v in np.rint(img.reshape(-1, 3).mean(axis=0, dtype=np.float64)))
-    out = Image.fromarray(img, "RGB").rotate(float(degrees), resample=Image.Resampling.BILINEAR, expand=False,
-                                             fillcolor=fill)
+    out = Image.fromarray(img, "RGB").rotate(float(degrees), resample=Image.Resampling.BILINEAR, expand=False, fillcolor=fill)
     return np.array(out, dtype=np.uint8)
 
 
@@ -255,30 +254,95 @@ class Corruption:
         return self.format_severity(severity)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title or self.name, "group": self.group, "random": self.random,
-                "severities": [float(s) for s in self.severities],
-                "severity_labels": [self.label(s) for s in self.severities], "description": self.description}
+        return {
+            "name": self.name,
+            "title": self.title or self.name,
+            "group": self.group,
+            "random": self.random,
+            "severities": [float(s) for s in self.severities],
+            "severity_labels": [self.label(s) for s in self.severities],
+            "description": self.description,
+        }
 
 
-CORRUPTIONS: Mapping[str, Corruption] = MappingProxyType({c.name: c for c in (
-    Corruption("gaussian_noise", (8.0, 16.0, 32.0), gaussian_noise, lambda s: f"sigma={_fmt(s)}",
-               "Gaussian noise", "noise", True, "additive N(0, sigma^2) noise per pixel and channel, 8-bit levels"),
-    Corruption("gaussian_blur", (1.0, 2.0, 4.0), gaussian_blur, lambda s: f"r={_fmt(s)}",
-               "Gaussian blur", "blur", False, "PIL GaussianBlur, radius (std. dev.) in pixels"),
-    Corruption("brightness", (-64.0, -32.0, 32.0, 64.0), brightness, lambda s: f"{float(s):+g}",
-               "brightness shift", "photometric", False, "constant added to every channel, 8-bit levels"),
-    Corruption("contrast", (0.25, 0.5, 1.5, 2.0), contrast, lambda s: f"x{_fmt(s)}",
-               "contrast", "photometric", False, "distance to the mean luma scaled by the factor"),
-    Corruption("jpeg", (50.0, 30.0, 10.0), jpeg, lambda s: f"q={_fmt(s)}",
-               "JPEG compression", "digital", False, "JPEG round trip at this quality, 4:2:0 subsampling"),
-    Corruption("rotate", (-30.0, -15.0, 15.0, 30.0, 90.0), rotate, _rotation_label,
-               "rotation", "geometric", False,
-               "counter-clockwise about the centre; same canvas, corners filled with the image's mean colour; "
-               "90° turns the whole image"),
-    Corruption("translate", (0.05, 0.10, 0.15), translate, lambda s: f"{_fmt(100 * float(s))}%",
-               "translation", "geometric", True,
-               "shift by this fraction of the shorter side in a random direction, edges replicated"),
-)})
+CORRUPTIONS: Mapping[str, Corruption] = MappingProxyType(
+    {
+        c.name: c
+        for c in (
+            Corruption(
+                "gaussian_noise",
+                (8.0, 16.0, 32.0),
+                gaussian_noise,
+                lambda s: f"sigma={_fmt(s)}",
+                "Gaussian noise",
+                "noise",
+                True,
+                "additive N(0, sigma^2) noise per pixel and channel, 8-bit levels",
+            ),
+            Corruption(
+                "gaussian_blur",
+                (1.0, 2.0, 4.0),
+                gaussian_blur,
+                lambda s: f"r={_fmt(s)}",
+                "Gaussian blur",
+                "blur",
+                False,
+                "PIL GaussianBlur, radius (std. dev.) in pixels",
+            ),
+            Corruption(
+                "brightness",
+                (-64.0, -32.0, 32.0, 64.0),
+                brightness,
+                lambda s: f"{float(s):+g}",
+                "brightness shift",
+                "photometric",
+                False,
+                "constant added to every channel, 8-bit levels",
+            ),
+            Corruption(
+                "contrast",
+                (0.25, 0.5, 1.5, 2.0),
+                contrast,
+                lambda s: f"x{_fmt(s)}",
+                "contrast",
+                "photometric",
+                False,
+                "distance to the mean luma scaled by the factor",
+            ),
+            Corruption(
+                "jpeg",
+                (50.0, 30.0, 10.0),
+                jpeg,
+                lambda s: f"q={_fmt(s)}",
+                "JPEG compression",
+                "digital",
+                False,
+                "JPEG round trip at this quality, 4:2:0 subsampling",
+            ),
+            Corruption(
+                "rotate",
+                (-30.0, -15.0, 15.0, 30.0, 90.0),
+                rotate,
+                _rotation_label,
+                "rotation",
+                "geometric",
+                False,
+                "counter-clockwise about the centre; same canvas, corners filled with the image's mean colour; "
+                "90° turns the whole image",
+            ),
+            Corruption(
+                "translate",
+                (0.05, 0.10, 0.15),
+                translate,
+                lambda s: f"{_fmt(100 * float(s))}%",
+                "translation",
+                "geometric",
+                True,
+                "shift by this fraction of the shorter side in a random direction, edges replicated",
+            ),
+        )
+    }
+)
 """Every built-in corruption by name, in the order the suite runs and shows them."""
 
 
@@ -291,8 +355,7 @@ def corruption_rng(seed: int, name: str, severity: float, index: int) -> np.rand
     """
     if seed < 0 or index < 0:
         raise ConfigError(f"seed and image index must be non-negative, got seed {seed}, index {index}")
-    entropy = [int(seed), zlib.crc32(name.encode("utf-8")), zlib.crc32(repr(float(severity)).encode("ascii")),
-               int(index)]
+    entropy = [int(seed), zlib.crc32(name.encode("utf-8")), zlib.crc32(repr(float(severity)).encode("ascii")), int(index)]
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
@@ -306,15 +369,22 @@ def _resolve(corruption: str | Corruption) -> Corruption:
 
 
 def _check_image(img: Any, what: str) -> np.ndarray:
-    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 \
-            or img.shape[0] == 0 or img.shape[1] == 0:
+    if (
+        not isinstance(img, np.ndarray)
+        or img.dtype != np.uint8
+        or img.ndim != 3
+        or img.shape[2] != 3
+        or img.shape[0] == 0
+        or img.shape[1] == 0
+    ):
         desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
         raise DataError(f"{what} must be an H x W x 3 uint8 RGB array, got {desc}")
     return img
 
 
-def apply_corruption(image: np.ndarray, corruption: str | Corruption, severity: float, seed: int = 0,
-                     index: int = 0) -> np.ndarray:
+def apply_corruption(
+    image: np.ndarray, corruption: str | Corruption, severity: float, seed: int = 0, index: int = 0
+) -> np.ndarray:
     """Corrupt one image exactly as :func:`run_robustness` does for image ``index``.
 
     Useful to show examples of the corrupted inputs next to the numbers.
@@ -349,17 +419,28 @@ class RobustnessRow:
     delta_macro_f1: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"corruption": self.corruption, "severity": self.severity, "severity_label": self.severity_label,
-                "accuracy": self.accuracy, "macro_f1": self.macro_f1, "flip_rate": self.flip_rate,
-                "delta_macro_f1": self.delta_macro_f1}
+        return {
+            "corruption": self.corruption,
+            "severity": self.severity,
+            "severity_label": self.severity_label,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "flip_rate": self.flip_rate,
+            "delta_macro_f1": self.delta_macro_f1,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RobustnessRow:
         sev = d.get("severity")
-        return cls(corruption=str(d["corruption"]), severity=None if sev is None else float(sev),
-                   severity_label=str(d.get("severity_label", "")), accuracy=float(d["accuracy"]),
-                   macro_f1=float(d["macro_f1"]), flip_rate=float(d["flip_rate"]),
-                   delta_macro_f1=float(d["delta_macro_f1"]))
+        return cls(
+            corruption=str(d["corruption"]),
+            severity=None if sev is None else float(sev),
+            severity_label=str(d.get("severity_label", "")),
+            accuracy=float(d["accuracy"]),
+            macro_f1=float(d["macro_f1"]),
+            flip_rate=float(d["flip_rate"]),
+            delta_macro_f1=float(d["delta_macro_f1"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -398,8 +479,12 @@ class RobustnessResult:
         if corruption == CLEAN:
             return self.clean
         for r in self.rows:
-            if r.corruption == corruption and r.severity is not None and severity is not None \
-                    and math.isclose(r.severity, float(severity)):
+            if (
+                r.corruption == corruption
+                and r.severity is not None
+                and severity is not None
+                and math.isclose(r.severity, float(severity))
+            ):
                 return r
         raise KeyError(f"no robustness row for {corruption} at severity {severity}")
 
@@ -413,8 +498,10 @@ class RobustnessResult:
             "corruptions": [dict(c) for c in self.corruptions],
             "clean": self.clean.to_dict(),
             "rows": [r.to_dict() for r in self.rows],
-            "mean_corruption_macro_f1": {"overall": self.mean_corruption_macro_f1,
-                                         "per_corruption": self.mean_macro_f1_by_corruption},
+            "mean_corruption_macro_f1": {
+                "overall": self.mean_corruption_macro_f1,
+                "per_corruption": self.mean_macro_f1_by_corruption,
+            },
         }
 
     @classmethod
@@ -422,10 +509,15 @@ class RobustnessResult:
         """Read back what :meth:`to_dict` wrote (e.g. from an evaluation's metrics.json)."""
         try:
             res = d.get("resolution")
-            return cls(clean=RobustnessRow.from_dict(d["clean"]), rows=[RobustnessRow.from_dict(r) for r in d["rows"]],
-                       classes=[str(c) for c in d.get("classes", [])], n_images=int(d.get("n_images", 0)),
-                       seed=int(d.get("seed", 0)), resolution=None if res is None else int(res),
-                       corruptions=[dict(c) for c in d.get("corruptions", [])])
+            return cls(
+                clean=RobustnessRow.from_dict(d["clean"]),
+                rows=[RobustnessRow.from_dict(r) for r in d["rows"]],
+                classes=[str(c) for c in d.get("classes", [])],
+                n_images=int(d.get("n_images", 0)),
+                seed=int(d.get("seed", 0)),
+                resolution=None if res is None else int(res),
+                corruptions=[dict(c) for c in d.get("corruptions", [])],
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"not a robustness result: {e}") from None
 
@@ -446,15 +538,23 @@ def _metrics(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[float, fl
 def _top1(predictor: Predictor, batch: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
     logits = np.asarray(predictor(batch))
     if logits.shape != (len(batch), n_classes):
-        raise ConfigError(f"the predictor returned logits of shape {logits.shape} for {len(batch)} images; "
-                          f"expected ({len(batch)}, {n_classes}), one column per class")
+        raise ConfigError(
+            f"the predictor returned logits of shape {logits.shape} for {len(batch)} images; "
+            f"expected ({len(batch)}, {n_classes}), one column per class"
+        )
     return logits.argmax(axis=1)
 
 
-def run_robustness(predictor: Predictor, images: Sequence[np.ndarray], labels: np.ndarray, seed: int = 0,
-                   corruptions: Iterable[str | Corruption] | None = None, batch_size: int = 64,
-                   progress: Callable[[int, int], None] | None = None,
-                   at_model_resolution: bool = True) -> RobustnessResult:
+def run_robustness(
+    predictor: Predictor,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    seed: int = 0,
+    corruptions: Iterable[str | Corruption] | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+    at_model_resolution: bool = True,
+) -> RobustnessResult:
     """Accuracy, macro-F1 and flip rate on the clean images and under every (corruption, severity).
 
     ``images`` are decoded H x W x 3 uint8 RGB arrays of any size; ``labels`` their class
@@ -480,8 +580,7 @@ def run_robustness(predictor: Predictor, images: Sequence[np.ndarray], labels: n
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"labels must be {n} integer class indices (one per image), got {y.dtype} {y.shape}")
     if n_classes == 0 or y.min() < 0 or y.max() >= n_classes:
-        raise DataError(f"labels must lie in 0..{n_classes - 1} (the predictor's classes), "
-                        f"got {int(y.min())}..{int(y.max())}")
+        raise DataError(f"labels must lie in 0..{n_classes - 1} (the predictor's classes), got {int(y.min())}..{int(y.max())}")
     corrs = [_resolve(c) for c in (CORRUPTIONS.values() if corruptions is None else corruptions)]
     names = [c.name for c in corrs]
     if len(set(names)) != len(names) or CLEAN in names:
@@ -528,8 +627,15 @@ def run_robustness(predictor: Predictor, images: Sequence[np.ndarray], labels: n
                 tick(len(batch))
             acc, f1 = _metrics(y, pred, n_classes)
             rows.append(RobustnessRow(c.name, sev, label, acc, f1, float(np.mean(pred != clean_pred)), f1 - f10))
-    return RobustnessResult(clean=clean, rows=rows, classes=classes, n_images=n, seed=int(seed),
-                            resolution=resolution, corruptions=[c.to_dict() for c in corrs])
+    return RobustnessResult(
+        clean=clean,
+        rows=rows,
+        classes=classes,
+        n_images=n,
+        seed=int(seed),
+        resolution=resolution,
+        corruptions=[c.to_dict() for c in corrs],
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -551,9 +657,15 @@ class ComparisonRow:
     flip_rate: dict[str, float | None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"corruption": self.corruption, "severity": self.severity, "severity_label": self.severity_label,
-                "accuracy": dict(self.accuracy), "macro_f1": dict(self.macro_f1),
-                "delta_macro_f1": dict(self.delta_macro_f1), "flip_rate": dict(self.flip_rate)}
+        return {
+            "corruption": self.corruption,
+            "severity": self.severity,
+            "severity_label": self.severity_label,
+            "accuracy": dict(self.accuracy),
+            "macro_f1": dict(self.macro_f1),
+            "delta_macro_f1": dict(self.delta_macro_f1),
+            "flip_rate": dict(self.flip_rate),
+        }
 
 
 def _key(r: RobustnessRow) -> tuple[str, float | None]:
@@ -578,11 +690,21 @@ def compare_robustness(results: Mapping[str, RobustnessResult]) -> list[Comparis
             order.setdefault(k, r)
     out = []
     for k, first in order.items():
+
         def col(attr: str, k: tuple[str, float | None] = k) -> dict[str, float | None]:
             return {m: (getattr(t[k], attr) if k in t else None) for m, t in by_model.items()}
 
-        out.append(ComparisonRow(first.corruption, first.severity, first.severity_label, col("accuracy"),
-                                 col("macro_f1"), col("delta_macro_f1"), col("flip_rate")))
+        out.append(
+            ComparisonRow(
+                first.corruption,
+                first.severity,
+                first.severity_label,
+                col("accuracy"),
+                col("macro_f1"),
+                col("delta_macro_f1"),
+                col("flip_rate"),
+            )
+        )
     return out
 
 
@@ -607,11 +729,17 @@ def robustness_table_rows(result: RobustnessResult | Mapping[str, RobustnessResu
     model.
     """
     if isinstance(result, RobustnessResult):
-        return [{"corruption": r.corruption, "severity": r.severity_label or "–", "accuracy": _pct(r.accuracy),
-                 "macro-F1": _f3(r.macro_f1),
-                 "Δ macro-F1": "–" if r.corruption == CLEAN else _signed(r.delta_macro_f1),
-                 "flips": "–" if r.corruption == CLEAN else _pct(r.flip_rate)}
-                for r in [result.clean, *result.rows]]
+        return [
+            {
+                "corruption": r.corruption,
+                "severity": r.severity_label or "–",
+                "accuracy": _pct(r.accuracy),
+                "macro-F1": _f3(r.macro_f1),
+                "Δ macro-F1": "–" if r.corruption == CLEAN else _signed(r.delta_macro_f1),
+                "flips": "–" if r.corruption == CLEAN else _pct(r.flip_rate),
+            }
+            for r in [result.clean, *result.rows]
+        ]
     rows = []
     for c in compare_robustness(result):
         row = {"corruption": c.corruption, "severity": c.severity_label or "–"}
@@ -660,16 +788,19 @@ def plot_robustness(results: RobustnessResult | Mapping[str, RobustnessResult], 
     values = [v for res in models.values() for v in [res.clean.macro_f1, *(r.macro_f1 for r in res.rows)]]
     lo = max(0.0, math.floor((min(values) - 0.05) * 10) / 10)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    style = {m: (colours[i % len(colours)], _LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)])
-             for i, m in enumerate(models)}
+    style = {
+        m: (colours[i % len(colours)], _LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)])
+        for i, m in enumerate(models)
+    }
 
     n_panels = len(panels) + 1
     ncols = min(4, n_panels)
     nrows = math.ceil(n_panels / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 3.1 * nrows + 1.0), squeeze=False, sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.7 * ncols, 3.1 * nrows + 1.0), squeeze=False, sharey=True, layout="constrained"
+    )
     flat = list(axes.flat)
-    for ax, (cname, sevs) in zip(flat, panels.items()):
+    for ax, (cname, sevs) in zip(flat, panels.items(), strict=False):
         keys = list(sevs)
         for m, res in models.items():
             colour, ls, marker = style[m]
@@ -704,14 +835,19 @@ def plot_robustness(results: RobustnessResult | Mapping[str, RobustnessResult], 
     for m, res in models.items():
         colour, ls, marker = style[m]
         mean = res.mean_corruption_macro_f1
-        handles += [Line2D([], [], color=colour, linestyle=ls, marker=marker, lw=1.8),
-                    Line2D([], [], color=colour, linestyle="--", lw=1.1, alpha=0.75)]
+        handles += [
+            Line2D([], [], color=colour, linestyle=ls, marker=marker, lw=1.8),
+            Line2D([], [], color=colour, linestyle="--", lw=1.1, alpha=0.75),
+        ]
         prefix = "" if single else f"{m}: "
         labels += [f"{prefix}corrupted (mean {_f3(mean)})", f"{prefix}clean ({_f3(res.clean.macro_f1)})"]
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=9.5, frameon=False)
     first = next(iter(models.values()))
-    fig.suptitle(f"{title}\n{first.n_images} images, seed {first.seed}"
-                 + (f", corrupted at shorter side {first.resolution} px" if first.resolution else ""), fontsize=12)
+    fig.suptitle(
+        f"{title}\n{first.n_images} images, seed {first.seed}"
+        + (f", corrupted at shorter side {first.resolution} px" if first.resolution else ""),
+        fontsize=12,
+    )
     path = Path(path)
     try:
         with atomic_open(path, "wb") as f:

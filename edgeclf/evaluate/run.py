@@ -39,7 +39,7 @@ GATES = {
     # Shipping anything but the best validated candidate throws accuracy away, and a baseline
     # (majority class, linear probe on frozen features) winning means training added nothing.
     "best_candidate_shipped": "the shipped model has the highest validation macro-F1 of all candidates, baselines "
-                              "included (ties: lower validation NLL)",
+    "included (ties: lower validation NLL)",
     # Predicting the majority class is the floor every model must clear by a wide margin.
     "beats_majority": "macro-F1 above the majority-class baseline",
     # A class the model never gets right is a failure that accuracy and averages hide.
@@ -125,9 +125,15 @@ class Evaluation:
         val = self.split_data("val")
         t = fit_temperature(val.logits, val.y)
         summary = calibration_summary(val.logits, val.y, t)
-        stored = {"temperature": t, "fitted_on": "val", "checkpoint_sha256": self.run.checkpoint_sha256,
-                  "val_nll_before": summary["nll_before"], "val_nll_after": summary["nll_after"],
-                  "val_ece_before": summary["ece_before"], "val_ece_after": summary["ece_after"]}
+        stored = {
+            "temperature": t,
+            "fitted_on": "val",
+            "checkpoint_sha256": self.run.checkpoint_sha256,
+            "val_nll_before": summary["nll_before"],
+            "val_nll_after": summary["nll_after"],
+            "val_ece_before": summary["ece_before"],
+            "val_ece_after": summary["ece_after"],
+        }
         write_json(path, stored)
         return stored
 
@@ -147,8 +153,13 @@ class Evaluation:
             ood = {"dir": str(Path(req.ood_dir).resolve()), **parts}
             ood_val = self.ood_logits(ood, "val")
         policy = fit_policy(req, val.logits, val.y, temp, self.run.classes, ood_val)
-        doc = {"policy": policy.model_dump(mode="json"), "checkpoint_sha256": self.run.checkpoint_sha256,
-               "temperature": temp, "request": req.key(), "ood": ood}
+        doc = {
+            "policy": policy.model_dump(mode="json"),
+            "checkpoint_sha256": self.run.checkpoint_sha256,
+            "temperature": temp,
+            "request": req.key(),
+            "ood": ood,
+        }
         write_json(self.run_dir / DECISION, doc)
         self.log(f"decision policy: {policy.describe()} (fitted on {len(val.y)} validation images)")
         return doc
@@ -167,8 +178,9 @@ class Evaluation:
                 return None
             return DecisionPolicy.model_validate(doc["policy"]).check(len(self.run.classes)), doc
         except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path} is damaged ({e}); fit the policy again (edgeclf evaluate --split val with "
-                              "the policy options)") from None
+            raise ConfigError(
+                f"{path} is damaged ({e}); fit the policy again (edgeclf evaluate --split val with the policy options)"
+            ) from None
 
     def ood_logits(self, ood: dict[str, Any], part: str) -> np.ndarray:
         """Logits of the OOD folder's ``part`` ("val" or "test"), cached like the splits."""
@@ -185,7 +197,7 @@ class Evaluation:
             self.log(f"OOD image skipped: {s}")
         self.log(f"predicting {len(images)} OOD images ({part} part)")
         pred = self.run.fast_predictor(images[:8])
-        logits = np.concatenate([pred.features_and_logits(images[i:i + 64])[1] for i in range(0, len(images), 64)])
+        logits = np.concatenate([pred.features_and_logits(images[i : i + 64])[1] for i in range(0, len(images), 64)])
         from edgeclf._io import atomic_open
 
         with atomic_open(cache, "wb") as fobj:
@@ -208,11 +220,20 @@ class Evaluation:
             return None
         policy, doc = stored
         # "policy" and "argmax": the split's figures at each; "policy_document": the policy itself
-        out = {"describe": policy.describe(), "policy_document": policy.model_dump(mode="json"),
-               **compare_to_argmax(data.y, data.logits, temp, policy, self.run.classes)}
+        out = {
+            "describe": policy.describe(),
+            "policy_document": policy.model_dump(mode="json"),
+            **compare_to_argmax(data.y, data.logits, temp, policy, self.run.classes),
+        }
         d = decide(data.logits, temp, policy)
-        plot_pr_curves(data.y, softmax(data.logits, temp), d, self.run.classes, fig_dir / "pr_curves.png",
-                       f"precision-recall per class, {tag} (star: the decision policy)")
+        plot_pr_curves(
+            data.y,
+            softmax(data.logits, temp),
+            d,
+            self.run.classes,
+            fig_dir / "pr_curves.png",
+            f"precision-recall per class, {tag} (star: the decision policy)",
+        )
         if policy.reject is not None:
             plot_risk_coverage(data.y, d, fig_dir / "risk_coverage.png", f"risk-coverage, {tag}")
         ood = doc.get("ood")
@@ -221,9 +242,16 @@ class Evaluation:
             om = ood_metrics(data.logits, ol, temp, policy)
             om["dir"] = ood["dir"]
             out["ood"] = om
-            plot_ood_histogram(scores(data.logits, temp, om["score"], policy.bias), scores(ol, temp, om["score"], policy.bias),
-                               policy.reject.threshold if policy.reject else None, om["score"], om["auroc"],
-                               om["fpr_at_95_tpr"], fig_dir / "ood_scores.png", f"reject score, {tag} vs OOD {split} part")
+            plot_ood_histogram(
+                scores(data.logits, temp, om["score"], policy.bias),
+                scores(ol, temp, om["score"], policy.bias),
+                policy.reject.threshold if policy.reject else None,
+                om["score"],
+                om["auroc"],
+                om["fpr_at_95_tpr"],
+                fig_dir / "ood_scores.png",
+                f"reject score, {tag} vs OOD {split} part",
+            )
         return out
 
     def slices(self, data: SplitData, probs: np.ndarray) -> dict[str, list[dict[str, Any]]]:
@@ -249,21 +277,36 @@ class Evaluation:
             rows = []
             for val, idx in sorted(vals.items()):
                 ii = np.array(idx)
-                rows.append({"value": val, "n": len(idx), "accuracy": float((pred[ii] == data.y[ii]).mean()),
-                             "macro_f1": float(f1_score(data.y[ii], pred[ii], labels=list(range(len(self.run.classes))),
-                                                        average="macro", zero_division=0))})
+                rows.append(
+                    {
+                        "value": val,
+                        "n": len(idx),
+                        "accuracy": float((pred[ii] == data.y[ii]).mean()),
+                        "macro_f1": float(
+                            f1_score(
+                                data.y[ii], pred[ii], labels=list(range(len(self.run.classes))), average="macro", zero_division=0
+                            )
+                        ),
+                    }
+                )
             out[col] = rows
         return out
 
-    def evaluate(self, split: str, allow_test_reuse: bool = False, robustness: bool = True,
-                 robustness_max_images: int = 300, explain: bool = True, seed: int = 0) -> dict[str, Any]:
+    def evaluate(
+        self,
+        split: str,
+        allow_test_reuse: bool = False,
+        robustness: bool = True,
+        robustness_max_images: int = 300,
+        explain: bool = True,
+        seed: int = 0,
+    ) -> dict[str, Any]:
         if split not in ("val", "test"):
             raise ConfigError(f"--split must be val or test, got {split!r}")
         reused = False
         if split == "test":
             # the ledger is checked and written before a single test image is predicted
-            reused = check_and_record(self.run_dir, self.run.checkpoint_sha256, self.run.manifest.fingerprint,
-                                      allow_test_reuse)
+            reused = check_and_record(self.run_dir, self.run.checkpoint_sha256, self.run.manifest.fingerprint, allow_test_reuse)
         classes = self.run.classes
         calib = self.temperature()
         temp = float(calib["temperature"])
@@ -278,12 +321,18 @@ class Evaluation:
         metrics["confused_pairs"] = confused_pairs(metrics["confusion_matrix"], classes)
         cal = calibration_summary(data.logits, data.y, temp)
         metrics["calibration"] = {k: v for k, v in cal.items() if not k.startswith("reliability")}
-        plot_confusion(metrics["confusion_matrix"], metrics["confusion_matrix_normalized"], classes,
-                       fig_dir / "confusion.png", f"confusion matrix, {tag}")
+        plot_confusion(
+            metrics["confusion_matrix"],
+            metrics["confusion_matrix_normalized"],
+            classes,
+            fig_dir / "confusion.png",
+            f"confusion matrix, {tag}",
+        )
         plot_reliability(cal, fig_dir / "reliability.png", f"reliability, {tag} (temperature fitted on val)")
         mistakes = top_mistakes(data.paths, data.y, probs, classes)
         write_mistakes_csv(top_mistakes(data.paths, data.y, probs, classes, top=len(data.paths)), fig_dir / "mistakes.csv")
-        mistake_imgs = dict(zip([m["path"] for m in mistakes], load_images(self.run.data_root, [m["path"] for m in mistakes])))
+        mistake_paths = [m["path"] for m in mistakes]
+        mistake_imgs = dict(zip(mistake_paths, load_images(self.run.data_root, mistake_paths), strict=True))
         plot_mistakes(mistakes, mistake_imgs, fig_dir / "mistakes.png", f"most confident mistakes, {tag}")
         metrics["top_mistakes"] = mistakes[:10]
         metrics["slices"] = self.slices(data, probs)
@@ -310,21 +359,42 @@ class Evaluation:
             metrics["figures_extra"] = self._explain(data, probs, fig_dir, tag, seed)
 
         verdict = compute_verdict(metrics, train_metrics, side, reused, len(read_ledger(self.run_dir)))
-        metrics.update({"split": split, "test_reused": reused, "temperature": temp, "verdict": verdict,
-                        "model_sha256": self.run.checkpoint_sha256, "best_epoch": self.run.best_epoch,
-                        "prediction_engine": self.engine,
-                        "dataset_fingerprint": self.run.manifest.fingerprint, "classes": classes})
+        metrics.update(
+            {
+                "split": split,
+                "test_reused": reused,
+                "temperature": temp,
+                "verdict": verdict,
+                "model_sha256": self.run.checkpoint_sha256,
+                "best_epoch": self.run.best_epoch,
+                "prediction_engine": self.engine,
+                "dataset_fingerprint": self.run.manifest.fingerprint,
+                "classes": classes,
+            }
+        )
         write_json(self.run_dir / "eval" / split / "metrics.json", metrics)
         train_metrics.setdefault("evaluation", {})[split] = {
-            k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict", "ci")}
+            k: metrics[k]
+            for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict", "ci")
+        }
         if decision is not None:
             train_metrics["evaluation"][split]["decision"] = {
                 "describe": decision["describe"],
-                **{side: {k: decision[side][k] for k in ("accuracy", "macro_f1", "coverage", "selective_accuracy")}
-                   | {"recall": {c: v["recall"] for c, v in decision[side]["per_class"].items()}}
-                   for side in ("policy", "argmax")},
-                **({"ood": {k: decision["ood"][k] for k in ("auroc", "fpr_at_95_tpr", "ood_unknown_rate") if k in decision["ood"]}}
-                   if "ood" in decision else {})}
+                **{
+                    side: {k: decision[side][k] for k in ("accuracy", "macro_f1", "coverage", "selective_accuracy")}
+                    | {"recall": {c: v["recall"] for c, v in decision[side]["per_class"].items()}}
+                    for side in ("policy", "argmax")
+                },
+                **(
+                    {
+                        "ood": {
+                            k: decision["ood"][k] for k in ("auroc", "fpr_at_95_tpr", "ood_unknown_rate") if k in decision["ood"]
+                        }
+                    }
+                    if "ood" in decision
+                    else {}
+                ),
+            }
         train_metrics["evaluation"][split]["ece_after"] = metrics["calibration"]["ece_after"]
         train_metrics["calibration"] = {k: v for k, v in calib.items()}
         write_json(self.run_dir / "metrics.json", train_metrics)
@@ -352,15 +422,26 @@ class Evaluation:
 
         xy, method = project_2d(data.features, seed=seed)
         plot_embeddings(xy, data.y, self.run.classes, fig_dir / "embeddings.png", f"penultimate-layer features, {tag}", method)
-        export_projector(data.features, data.y, self.run.classes, data.paths, self.run_dir / "tensorboard" / f"projector-{fig_dir.name}")
+        export_projector(
+            data.features, data.y, self.run.classes, data.paths, self.run_dir / "tensorboard" / f"projector-{fig_dir.name}"
+        )
         pred = probs.argmax(1)
         rng = np.random.default_rng(seed)
         right = np.nonzero(pred == data.y)[0]
         wrong = np.nonzero(pred != data.y)[0]
         pick = np.concatenate([rng.permutation(right)[:8], rng.permutation(wrong)[:8]]).astype(int)
         imgs = load_images(self.run.data_root, [data.paths[i] for i in pick])
-        gradcam_grid(self.run.model, self.run.spec, self.run.classes, imgs, data.y[pick], pred[pick],
-                     probs[pick, pred[pick]], fig_dir / "gradcam.png", f"Grad-CAM: 8 correct, 8 wrong, {tag}")
+        gradcam_grid(
+            self.run.model,
+            self.run.spec,
+            self.run.classes,
+            imgs,
+            data.y[pick],
+            pred[pick],
+            probs[pick, pred[pick]],
+            fig_dir / "gradcam.png",
+            f"Grad-CAM: 8 correct, 8 wrong, {tag}",
+        )
         return {"embeddings": method}
 
 
@@ -380,8 +461,12 @@ def recorded_candidates(train_metrics: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     raw = train_metrics.get("candidates")
     for c in raw if isinstance(raw, list) else []:
-        if isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("val"), dict) \
-                and _number(c["val"].get("macro_f1")) is not None:
+        if (
+            isinstance(c, dict)
+            and isinstance(c.get("name"), str)
+            and isinstance(c.get("val"), dict)
+            and _number(c["val"].get("macro_f1")) is not None
+        ):
             out.append(c)
     return out
 
@@ -413,8 +498,12 @@ def best_candidate_gate(train_metrics: dict[str, Any], val_macro_f1: float) -> d
         if probe is None:
             return {**gate, "passed": True, "detail": "no candidates and no linear probe recorded"}
         passed = val_macro_f1 >= probe
-        return {**gate, "passed": passed, "detail": f"no candidates recorded; fine-tuned validation macro-F1 "
-                f"{val_macro_f1:.4f} {'>=' if passed else '<'} linear probe {probe:.4f}"}
+        return {
+            **gate,
+            "passed": passed,
+            "detail": f"no candidates recorded; fine-tuned validation macro-F1 "
+            f"{val_macro_f1:.4f} {'>=' if passed else '<'} linear probe {probe:.4f}",
+        }
     selected = _dict(train_metrics.get("selection")).get("selected")
     best = best_candidates(candidates)
     f1 = {c["name"]: float(c["val"]["macro_f1"]) for c in candidates}
@@ -424,21 +513,33 @@ def best_candidate_gate(train_metrics: dict[str, Any], val_macro_f1: float) -> d
     if selected not in f1:
         return {**gate, "passed": False, "detail": f"the selected '{selected}' is not among the recorded candidates"}
     if selected in best:
-        return {**gate, "passed": True,
-                "detail": f"'{selected}' has the best validation macro-F1 ({f1[selected]:.4f}) of {len(candidates)} candidates"}
-    return {**gate, "passed": False, "detail": f"'{selected}' shipped (validation macro-F1 {f1[selected]:.4f}) but "
-            f"{', '.join(repr(n) for n in best)} scored {f1[best[0]]:.4f}"}
+        return {
+            **gate,
+            "passed": True,
+            "detail": f"'{selected}' has the best validation macro-F1 ({f1[selected]:.4f}) of {len(candidates)} candidates",
+        }
+    return {
+        **gate,
+        "passed": False,
+        "detail": f"'{selected}' shipped (validation macro-F1 {f1[selected]:.4f}) but "
+        f"{', '.join(repr(n) for n in best)} scored {f1[best[0]]:.4f}",
+    }
 
 
 def every_class_recalled_gate(per_class: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Gate ``every_class_recalled``: names the classes with support on this split and recall 0."""
     missed = [c for c, v in per_class.items() if (v.get("support") or 0) > 0 and not (v.get("recall") or 0) > 0]
-    return {"passed": not missed, "rule": GATES["every_class_recalled"], "classes": missed,
-            "detail": f"recall 0 on this split: {', '.join(missed)}" if missed else "every class recalled"}
+    return {
+        "passed": not missed,
+        "rule": GATES["every_class_recalled"],
+        "classes": missed,
+        "detail": f"recall 0 on this split: {', '.join(missed)}" if missed else "every class recalled",
+    }
 
 
-def compute_verdict(m: dict[str, Any], train_metrics: dict[str, Any], side: dict[str, Any], reused: bool,
-                    ledger_entries: int) -> dict[str, Any]:
+def compute_verdict(
+    m: dict[str, Any], train_metrics: dict[str, Any], side: dict[str, Any], reused: bool, ledger_entries: int
+) -> dict[str, Any]:
     """Every gate of GATES on one evaluated split: ``{"gates": {name: {passed, rule, detail, ...}}, "passed"}``.
 
     ``m`` is the split's metrics (with ``calibration`` and ``train_vs_heldout``), ``train_metrics``
@@ -449,26 +550,38 @@ def compute_verdict(m: dict[str, Any], train_metrics: dict[str, Any], side: dict
     gates["best_candidate_shipped"] = best_candidate_gate(train_metrics, float(side["val"]["macro_f1"]))
     major = _number(_dict(_dict(train_metrics.get("baselines")).get("majority_class")).get("macro_f1"))
     if major is None:
-        major = next((_number(c["val"]["macro_f1"]) for c in recorded_candidates(train_metrics)
-                      if c["name"] == "majority_class"), None)
-    gates["beats_majority"] = {"passed": major is None or m["macro_f1"] > major, "rule": GATES["beats_majority"],
-                               "detail": "no majority-class baseline recorded" if major is None
-                               else f"macro-F1 {m['macro_f1']:.4f} vs majority class {major:.4f}"}
+        major = next(
+            (_number(c["val"]["macro_f1"]) for c in recorded_candidates(train_metrics) if c["name"] == "majority_class"), None
+        )
+    gates["beats_majority"] = {
+        "passed": major is None or m["macro_f1"] > major,
+        "rule": GATES["beats_majority"],
+        "detail": "no majority-class baseline recorded"
+        if major is None
+        else f"macro-F1 {m['macro_f1']:.4f} vs majority class {major:.4f}",
+    }
     gates["every_class_recalled"] = every_class_recalled_gate(m["per_class"])
     gap = m["train_vs_heldout"]["train_minus_val_macro_f1"]
-    gates["no_overfitting"] = {"passed": not m["train_vs_heldout"]["overfitting"], "rule": GATES["no_overfitting"],
-                               "detail": f"train - validation macro-F1 = {gap:+.4f}"}
+    gates["no_overfitting"] = {
+        "passed": not m["train_vs_heldout"]["overfitting"],
+        "rule": GATES["no_overfitting"],
+        "detail": f"train - validation macro-F1 = {gap:+.4f}",
+    }
     ece_after = m["calibration"]["ece_after"]
     gates["calibrated"] = {"passed": ece_after <= MAX_ECE, "rule": GATES["calibrated"], "detail": f"ECE {ece_after:.4f}"}
-    gates["test_touched_once"] = {"passed": not reused and ledger_entries <= 1, "rule": GATES["test_touched_once"],
-                                  "detail": f"{ledger_entries} test evaluation(s) recorded" + ("; this one reused it" if reused else "")}
+    gates["test_touched_once"] = {
+        "passed": not reused and ledger_entries <= 1,
+        "rule": GATES["test_touched_once"],
+        "detail": f"{ledger_entries} test evaluation(s) recorded" + ("; this one reused it" if reused else ""),
+    }
     for g in gates.values():
         g["passed"] = bool(g["passed"])
     return {"gates": gates, "passed": all(g["passed"] for g in gates.values())}
 
 
-def candidate_comparison(run_dir: Path, train_metrics: dict[str, Any], classes: list[str], seed: int = 0,
-                         log: Log | None = None) -> list[dict[str, Any]]:
+def candidate_comparison(
+    run_dir: Path, train_metrics: dict[str, Any], classes: list[str], seed: int = 0, log: Log | None = None
+) -> list[dict[str, Any]]:
     """Selected candidate minus each other one: validation macro-F1 difference with its paired bootstrap interval.
 
     Reads RUN_DIR/candidates/val_predictions.npz; an empty list when the file, the selection
@@ -502,15 +615,35 @@ def candidate_comparison(run_dir: Path, train_metrics: dict[str, Any], classes: 
         except MetricInputError as e:
             log(f"{CANDIDATE_PREDICTIONS}: '{name}' not compared ({e})")
             continue
-        rows.append({"candidate": name, "val_macro_f1": d["b"], "diff": d["diff"], "low": d["low"], "high": d["high"],
-                     "significant": d["significant"], "selected": selected, "selected_val_macro_f1": d["a"],
-                     "level": d["level"], "n_resamples": d["n_resamples"], "seed": d["seed"]})
+        rows.append(
+            {
+                "candidate": name,
+                "val_macro_f1": d["b"],
+                "diff": d["diff"],
+                "low": d["low"],
+                "high": d["high"],
+                "significant": d["significant"],
+                "selected": selected,
+                "selected_val_macro_f1": d["a"],
+                "level": d["level"],
+                "n_resamples": d["n_resamples"],
+                "seed": d["seed"],
+            }
+        )
     return rows
 
 
-def evaluate(run_dir: Path, split: str, allow_test_reuse: bool = False, robustness: bool = True,
-             explain: bool = True, robustness_max_images: int = 300, log: Log | None = None,
-             progress: Callable[[str, int, int], None] | None = None, decision: Any = None) -> dict[str, Any]:
+def evaluate(
+    run_dir: Path,
+    split: str,
+    allow_test_reuse: bool = False,
+    robustness: bool = True,
+    explain: bool = True,
+    robustness_max_images: int = 300,
+    log: Log | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    decision: Any = None,
+) -> dict[str, Any]:
     """Evaluate a training run on ``split``; write figures, metrics and the HTML report.
 
     ``decision`` (a :class:`~edgeclf.evaluate.decision.DecisionRequest`) fits that policy on

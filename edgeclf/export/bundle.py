@@ -45,8 +45,9 @@ _HEX = frozenset("0123456789abcdef")
 
 def safe_file_name(name: str) -> bool:
     """A plain file name inside the bundle: no folder part, no ``..``, no NUL (the C runtime's rule)."""
-    return 0 < len(name.encode("utf-8", "surrogatepass")) <= 255 and name not in (".", "..") \
-        and not any(c in name for c in "/\\\0")
+    return (
+        0 < len(name.encode("utf-8", "surrogatepass")) <= 255 and name not in (".", "..") and not any(c in name for c in "/\\\0")
+    )
 
 
 def _semver(v: str) -> tuple[int, int, int]:
@@ -252,8 +253,10 @@ def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: expected a JSON object")
     if _major(str(raw.get("schema_version", ""))) != _major(SCHEMA_VERSION):
-        raise BundleError(f"{path}: schema_version {raw.get('schema_version')!r} is not supported "
-                          f"(this edgeclf reads {SCHEMA_VERSION.split('.')[0]}.x)")
+        raise BundleError(
+            f"{path}: schema_version {raw.get('schema_version')!r} is not supported "
+            f"(this edgeclf reads {SCHEMA_VERSION.split('.')[0]}.x)"
+        )
     try:
         m = BundleManifest.model_validate(raw, strict=True)  # the C runtime's JSON types: no "1.5" for 1.5, no true for 1
     except ValidationError as e:
@@ -261,8 +264,10 @@ def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:
         raise BundleError(f"{path}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
     need = _semver(m.min_runtime_version)
     if need > _runtime_version():
-        raise BundleError(f"{path}: this bundle needs edgeclf runtime >= {m.min_runtime_version}, this is "
-                          f"{'.'.join(map(str, _runtime_version()))}; upgrade edgeclf")
+        raise BundleError(
+            f"{path}: this bundle needs edgeclf runtime >= {m.min_runtime_version}, this is "
+            f"{'.'.join(map(str, _runtime_version()))}; upgrade edgeclf"
+        )
     read_parity(bundle_dir)
     if verify:
         for a in m.artifacts:
@@ -271,9 +276,13 @@ def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:
                 if not p.exists() and not p.is_symlink():
                     raise BundleError(f"bundle {bundle_dir} is incomplete: {entry.file} is missing")
                 if not _inside(bundle_dir, p) or not p.is_file():
-                    raise BundleError(f"bundle {bundle_dir}: {entry.file} is not a file inside the bundle "
-                                      "(a link out of it, or a folder); re-export the bundle")
+                    raise BundleError(
+                        f"bundle {bundle_dir}: {entry.file} is not a file inside the bundle "
+                        "(a link out of it, or a folder); re-export the bundle"
+                    )
                 if p.stat().st_size != entry.size_bytes or sha256_file(p) != entry.sha256:
-                    raise BundleError(f"bundle {bundle_dir}: {entry.file} does not match its SHA-256 in {MANIFEST} "
-                                      "(truncated or tampered with); re-export the bundle")
+                    raise BundleError(
+                        f"bundle {bundle_dir}: {entry.file} does not match its SHA-256 in {MANIFEST} "
+                        "(truncated or tampered with); re-export the bundle"
+                    )
     return m

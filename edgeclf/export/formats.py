@@ -99,7 +99,6 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, ""
 
 
-
 def _missing(*modules: str) -> str | None:
     for module in modules:
         if importlib.util.find_spec(module) is None:
@@ -274,9 +273,7 @@ def _validate_option_values(fmt: str, options: Mapping[str, Any]) -> None:
         elif key == "calibration_method":
             _check_choice(key, value, CALIBRATION_METHODS)
         elif key == "keep_float":
-            if isinstance(value, str) or not isinstance(value, Sequence) or not all(
-                isinstance(v, str) and v for v in value
-            ):
+            if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(f"option keep_float must be a list of node names, got {value!r}")
         elif key == "method":
             _check_choice(key, value, TORCHSCRIPT_METHODS)
@@ -287,9 +284,7 @@ def _validate_option_values(fmt: str, options: Mapping[str, Any]) -> None:
         elif key == "workspace_mb":
             _check_int(key, value, 16)
     if "opt_batch" in options and options["opt_batch"] > options.get("max_batch", 32):
-        raise ConfigError(
-            f"option opt_batch ({options['opt_batch']}) must not exceed max_batch ({options.get('max_batch', 32)})"
-        )
+        raise ConfigError(f"option opt_batch ({options['opt_batch']}) must not exceed max_batch ({options.get('max_batch', 32)})")
 
 
 def validate_request(
@@ -309,9 +304,7 @@ def validate_request(
     if spec is None:
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if precision not in spec.precisions:
-        raise ConfigError(
-            f"{fmt} cannot be exported at precision {precision!r}; it supports {', '.join(spec.precisions)}"
-        )
+        raise ConfigError(f"{fmt} cannot be exported at precision {precision!r}; it supports {', '.join(spec.precisions)}")
     options = dict(options or {})
     accepted = spec.options_for(precision)
     unknown = sorted(set(options) - set(accepted))

@@ -114,9 +114,21 @@ def _clopper_pearson(k: int, n: int, level: float = EVIDENCE_LEVEL) -> tuple[flo
     return lo, hi
 
 
-def _decide(name: str, point_ok: bool, budget_images: float, low: float, high: float, limit: float, what: str,
-            rules: dict[str, str], fails: list[str], unsure: list[str], point_text: str, observed: str,
-            confirm_pass: bool = True) -> None:
+def _decide(
+    name: str,
+    point_ok: bool,
+    budget_images: float,
+    low: float,
+    high: float,
+    limit: float,
+    what: str,
+    rules: dict[str, str],
+    fails: list[str],
+    unsure: list[str],
+    point_text: str,
+    observed: str,
+    confirm_pass: bool = True,
+) -> None:
     """One int8 gate on "value >= -limit" (value: artifact minus eager), by the rule its image budget allows.
 
     ``confirm_pass=False`` (the per-class recall guards): an inconclusive interval leaves a passing point
@@ -141,8 +153,9 @@ def _decide(name: str, point_ok: bool, budget_images: float, low: float, high: f
         unsure.append(f"insufficient evidence: {observed} ({iv}); more validation images would decide it")
 
 
-def int8_gates(r: ParityResult, y: np.ndarray, pred_artifact: np.ndarray, pred_eager: np.ndarray,
-               classes: list[str]) -> tuple[str, list[str], dict[str, str]]:
+def int8_gates(
+    r: ParityResult, y: np.ndarray, pred_artifact: np.ndarray, pred_eager: np.ndarray, classes: list[str]
+) -> tuple[str, list[str], dict[str, str]]:
     """The int8 gates decided for the number of images at hand: (status, failures, rules)."""
     from edgeclf.stats import paired_bootstrap_diff
 
@@ -158,7 +171,10 @@ def int8_gates(r: ParityResult, y: np.ndarray, pred_artifact: np.ndarray, pred_e
         if r.agreement < INT8_MIN_AGREEMENT:
             fails.append(f"top-1 agreement {r.agreement:.4f} < {INT8_MIN_AGREEMENT}")
     else:
-        iv = f"{EVIDENCE_LEVEL:.0%} Clopper-Pearson interval [{lo:.4f}, {hi:.4f}] of the disagreement rate ({k}/{n}) vs {budget:.2f}"
+        iv = (
+            f"{EVIDENCE_LEVEL:.0%} Clopper-Pearson interval [{lo:.4f}, {hi:.4f}] "
+            f"of the disagreement rate ({k}/{n}) vs {budget:.2f}"
+        )
         if hi <= budget:
             rules["agreement"] = f"{iv}: within the budget"
         elif lo > budget:
@@ -166,28 +182,57 @@ def int8_gates(r: ParityResult, y: np.ndarray, pred_artifact: np.ndarray, pred_e
             fails.append(f"top-1 agreement {r.agreement:.4f} < {INT8_MIN_AGREEMENT} ({iv})")
         else:
             rules["agreement"] = f"{iv}: insufficient evidence ({n * budget:.1f} images of budget < {MIN_BUDGET_IMAGES})"
-            unsure.append(f"insufficient evidence: top-1 agreement {r.agreement:.4f} ({iv}); more validation images "
-                          "would decide it")
+            unsure.append(
+                f"insufficient evidence: top-1 agreement {r.agreement:.4f} ({iv}); more validation images would decide it"
+            )
     d = paired_bootstrap_diff(y, pred_artifact, pred_eager, classes, "macro_f1", seed=0)
-    _decide("macro_f1", -r.macro_f1_delta <= INT8_MAX_MACRO_F1_DROP, n * INT8_MAX_MACRO_F1_DROP, d["low"], d["high"],
-            INT8_MAX_MACRO_F1_DROP, "the macro-F1 difference", rules, fails, unsure,
-            f"macro-F1 drop {-r.macro_f1_delta:.4f} > {INT8_MAX_MACRO_F1_DROP}",
-            f"macro-F1 changes by {r.macro_f1_delta:+.4f} (budget -{INT8_MAX_MACRO_F1_DROP})")
+    _decide(
+        "macro_f1",
+        -r.macro_f1_delta <= INT8_MAX_MACRO_F1_DROP,
+        n * INT8_MAX_MACRO_F1_DROP,
+        d["low"],
+        d["high"],
+        INT8_MAX_MACRO_F1_DROP,
+        "the macro-F1 difference",
+        rules,
+        fails,
+        unsure,
+        f"macro-F1 drop {-r.macro_f1_delta:.4f} > {INT8_MAX_MACRO_F1_DROP}",
+        f"macro-F1 changes by {r.macro_f1_delta:+.4f} (budget -{INT8_MAX_MACRO_F1_DROP})",
+    )
     for rc in d["recall"]:
         if rc["support"] == 0:
             continue
-        _decide(f"recall {rc['class']}", -rc["diff"] <= INT8_MAX_CLASS_RECALL_DROP,
-                rc["support"] * INT8_MAX_CLASS_RECALL_DROP, rc["low"], rc["high"], INT8_MAX_CLASS_RECALL_DROP,
-                f"the recall difference of '{rc['class']}' ({rc['support']} images)", rules, fails, unsure,
-                f"recall of '{rc['class']}' drops {-rc['diff']:.4f} > {INT8_MAX_CLASS_RECALL_DROP}",
-                f"recall of '{rc['class']}' changes by {rc['diff']:+.4f} (budget -{INT8_MAX_CLASS_RECALL_DROP})",
-                confirm_pass=False)
+        _decide(
+            f"recall {rc['class']}",
+            -rc["diff"] <= INT8_MAX_CLASS_RECALL_DROP,
+            rc["support"] * INT8_MAX_CLASS_RECALL_DROP,
+            rc["low"],
+            rc["high"],
+            INT8_MAX_CLASS_RECALL_DROP,
+            f"the recall difference of '{rc['class']}' ({rc['support']} images)",
+            rules,
+            fails,
+            unsure,
+            f"recall of '{rc['class']}' drops {-rc['diff']:.4f} > {INT8_MAX_CLASS_RECALL_DROP}",
+            f"recall of '{rc['class']}' changes by {rc['diff']:+.4f} (budget -{INT8_MAX_CLASS_RECALL_DROP})",
+            confirm_pass=False,
+        )
     status = "failed" if fails else "insufficient_evidence" if unsure else "passed"
     return status, fails + unsure, rules
 
 
-def compare(fmt: str, precision: str, artifact_logits: np.ndarray, eager_logits: np.ndarray, y: np.ndarray,
-            classes: list[str], temperature: float, seconds: float, int8_evidence: str = "interval") -> ParityResult:
+def compare(
+    fmt: str,
+    precision: str,
+    artifact_logits: np.ndarray,
+    eager_logits: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    temperature: float,
+    seconds: float,
+    int8_evidence: str = "interval",
+) -> ParityResult:
     """Parity figures of one artifact's validation logits against the eager model's."""
     n = len(classes)
     pa, pe = artifact_logits.argmax(1), eager_logits.argmax(1)
@@ -196,14 +241,20 @@ def compare(fmt: str, precision: str, artifact_logits: np.ndarray, eager_logits:
     kl = float(np.mean(np.sum(qe * (np.log(np.clip(qe, 1e-12, None)) - np.log(np.clip(qa, 1e-12, None))), axis=1)))
     rd = _recalls(y, pa, n) - _recalls(y, pe, n)
     r = ParityResult(
-        format=fmt, precision=precision, images=int(len(y)),
+        format=fmt,
+        precision=precision,
+        images=int(len(y)),
         agreement=float((pa == pe).mean()),
         max_abs_logit_diff=float(np.abs(artifact_logits - eager_logits).max()),
-        accuracy=ma["accuracy"], macro_f1=ma["macro_f1"],
-        accuracy_delta=ma["accuracy"] - me["accuracy"], macro_f1_delta=ma["macro_f1"] - me["macro_f1"],
+        accuracy=ma["accuracy"],
+        macro_f1=ma["macro_f1"],
+        accuracy_delta=ma["accuracy"] - me["accuracy"],
+        macro_f1_delta=ma["macro_f1"] - me["macro_f1"],
         per_class_recall_delta={c: float(rd[i]) for i, c in enumerate(classes)},
-        kl_divergence=kl, ece_calibrated=ece(softmax(artifact_logits, temperature), y),
-        ms_per_image=1000.0 * seconds / max(1, len(y)), passed=False,
+        kl_divergence=kl,
+        ece_calibrated=ece(softmax(artifact_logits, temperature), y),
+        ms_per_image=1000.0 * seconds / max(1, len(y)),
+        passed=False,
     )
     if precision == "int8" and int8_evidence == "interval":
         r.status, r.failures, r.rules = int8_gates(r, y, pa, pe, classes)
@@ -215,8 +266,17 @@ def compare(fmt: str, precision: str, artifact_logits: np.ndarray, eager_logits:
     return r
 
 
-def run_parity(fmt: str, precision: str, predictor: Any, images: Sequence[np.ndarray], eager_logits: np.ndarray,
-               y: np.ndarray, classes: list[str], temperature: float, int8_evidence: str = "interval") -> tuple[ParityResult, np.ndarray]:
+def run_parity(
+    fmt: str,
+    precision: str,
+    predictor: Any,
+    images: Sequence[np.ndarray],
+    eager_logits: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    temperature: float,
+    int8_evidence: str = "interval",
+) -> tuple[ParityResult, np.ndarray]:
     t0 = time.perf_counter()
     logits = np.asarray(predictor(images), dtype=np.float32)
     seconds = time.perf_counter() - t0
@@ -232,8 +292,9 @@ DECISION_MIN_MATCH = 1.0
 DECISION_MAX_TARGET_SHORTFALL = INT8_MAX_CLASS_RECALL_DROP
 
 
-def decision_check(policy: Any, artifact_logits: np.ndarray, eager_logits: np.ndarray, y: np.ndarray,
-                   classes: list[str], temperature: float) -> dict[str, Any]:
+def decision_check(
+    policy: Any, artifact_logits: np.ndarray, eager_logits: np.ndarray, y: np.ndarray, classes: list[str], temperature: float
+) -> dict[str, Any]:
     """The policy's decisions on one artifact's validation logits against the eager model's.
 
     Returns ``{"decision_agreement", "macro_f1", "macro_f1_delta", "coverage", "targets", "failures"}``;
@@ -243,9 +304,14 @@ def decision_check(policy: Any, artifact_logits: np.ndarray, eager_logits: np.nd
 
     da, de = decide(artifact_logits, temperature, policy), decide(eager_logits, temperature, policy)
     ma, me = policy_metrics(y, da, classes), policy_metrics(y, de, classes)
-    out: dict[str, Any] = {"decision_agreement": float(np.mean(da.index == de.index)), "macro_f1": ma["macro_f1"],
-                           "macro_f1_delta": ma["macro_f1"] - me["macro_f1"], "coverage": ma["coverage"],
-                           "targets": {}, "failures": []}
+    out: dict[str, Any] = {
+        "decision_agreement": float(np.mean(da.index == de.index)),
+        "macro_f1": ma["macro_f1"],
+        "macro_f1_delta": ma["macro_f1"] - me["macro_f1"],
+        "coverage": ma["coverage"],
+        "targets": {},
+        "failures": [],
+    }
     for cls, t in ((policy.details or {}).get("min_recall") or {}).items():
         if cls not in ma["per_class"] or not isinstance(t, dict):
             continue
@@ -255,6 +321,8 @@ def decision_check(policy: Any, artifact_logits: np.ndarray, eager_logits: np.nd
         held = min(target, ref)
         out["targets"][cls] = {"target": target, "recall": r, "eager_recall": ref}
         if r < held - DECISION_MAX_TARGET_SHORTFALL - 1e-12:
-            out["failures"].append(f"decision: recall of '{cls}' {r:.4f} < {'target' if held == target else 'eager'} "
-                                   f"{held:.4f} - {DECISION_MAX_TARGET_SHORTFALL}")
+            out["failures"].append(
+                f"decision: recall of '{cls}' {r:.4f} < {'target' if held == target else 'eager'} "
+                f"{held:.4f} - {DECISION_MAX_TARGET_SHORTFALL}"
+            )
     return out

@@ -6,8 +6,8 @@ import importlib.metadata as md
 import json
 import os
 import platform
-import socket
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -88,9 +88,18 @@ class RuntimeGate(Protocol):
     ``insufficient_evidence`` marks the artifact failed.
     """
 
-    def __call__(self, bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any,
-                 classes: list[str], temperature: float, log: Log, policy: Any = None,
-                 int8_evidence: str = "interval") -> list[dict[str, Any]]: ...
+    def __call__(
+        self,
+        bundle: Path,
+        entries: list[ArtifactEntry],
+        images: list[np.ndarray],
+        val: Any,
+        classes: list[str],
+        temperature: float,
+        log: Log,
+        policy: Any = None,
+        int8_evidence: str = "interval",
+    ) -> list[dict[str, Any]]: ...
 
 
 class ExportFailed(EdgeclfError):
@@ -136,15 +145,26 @@ def plan_jobs(formats: list[str] | None, precisions: list[str] | None, profile: 
         raise ConfigError(f"no format supports the requested precisions {', '.join(precisions)}")
     if ("onnx", "fp32") not in jobs:  # every other artifact is built from (or next to) the fp32 ONNX
         jobs.insert(0, ("onnx", "fp32"))
-    return sorted(jobs, key=lambda j: (j != ("onnx", "fp32"), formats.index(j[0]) if j[0] in formats else 0,
-                                       DEFAULT_PRECISIONS.index(j[1])))
+    return sorted(
+        jobs, key=lambda j: (j != ("onnx", "fp32"), formats.index(j[0]) if j[0] in formats else 0, DEFAULT_PRECISIONS.index(j[1]))
+    )
 
 
-def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, precisions: list[str] | None = None,
-               profile: str | None = None, calibration_images: int = 128, calibration_method: str = "minmax",
-               allow_failed: bool = False, robustness: bool = True, robustness_images: int = 150,
-               log: Log | None = None, runtime_gate: RuntimeGate | None = None,
-               int8_evidence: str = "interval") -> ExportResult:
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    formats: list[str] | None = None,
+    precisions: list[str] | None = None,
+    profile: str | None = None,
+    calibration_images: int = 128,
+    calibration_method: str = "minmax",
+    allow_failed: bool = False,
+    robustness: bool = True,
+    robustness_images: int = 150,
+    log: Log | None = None,
+    runtime_gate: RuntimeGate | None = None,
+    int8_evidence: str = "interval",
+) -> ExportResult:
     """Export ``run_dir``'s shipped checkpoint into a bundle at ``out_dir``, every artifact gated.
 
     ``runtime_gate`` (e.g. ``edgeclf.runtime.gate.c_runtime_rows``) adds the device runtime's own
@@ -191,16 +211,31 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         log(f"decision policy: {policy.describe()}")
 
     manifest = BundleManifest(
-        schema_version=SCHEMA_VERSION, name=Path(run_dir).name,
+        schema_version=SCHEMA_VERSION,
+        name=Path(run_dir).name,
         min_runtime_version=MIN_RUNTIME_VERSION if policy is None or policy.is_argmax else MIN_RUNTIME_VERSION_DECISION,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), creator=_versions(),
-        labels=run.classes, preprocess=run.spec.to_dict(), temperature=temperature,
-        source_run={"run": Path(run_dir).name, "checkpoint_sha256": run.checkpoint_sha256, "best_epoch": run.best_epoch,
-                    "backbone": run.config["run"]["backbone"]},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        creator=_versions(),
+        labels=run.classes,
+        preprocess=run.spec.to_dict(),
+        temperature=temperature,
+        source_run={
+            "run": Path(run_dir).name,
+            "checkpoint_sha256": run.checkpoint_sha256,
+            "best_epoch": run.best_epoch,
+            "backbone": run.config["run"]["backbone"],
+        },
         dataset_fingerprint=run.manifest.fingerprint,
-        calibration_data={"split": "train", "images": len(calib_paths), "seed": 0, "method": calibration_method,
-                          "note": "int8 calibration uses training images only, never validation or test"},
-        metrics=train_metrics, target_profile=prof.name if prof else None, decision=policy,
+        calibration_data={
+            "split": "train",
+            "images": len(calib_paths),
+            "seed": 0,
+            "method": calibration_method,
+            "note": "int8 calibration uses training images only, never validation or test",
+        },
+        metrics=train_metrics,
+        target_profile=prof.name if prof else None,
+        decision=policy,
     )
     meta = model_card_json(manifest.model_card())
 
@@ -213,8 +248,16 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
     entries: list[ArtifactEntry] = []
     failed: list[str] = []
     fp32_onnx: Path | None = None
-    eager_row = {"format": "eager (torch)", "precision": "fp32", "status": "reference", "size_mb": None,
-                 "macro_f1": None, "delta_macro_f1": 0.0, "agreement": 1.0, "ms_per_image": None}
+    eager_row = {
+        "format": "eager (torch)",
+        "precision": "fp32",
+        "status": "reference",
+        "size_mb": None,
+        "macro_f1": None,
+        "delta_macro_f1": 0.0,
+        "agreement": 1.0,
+        "ms_per_image": None,
+    }
     from edgeclf.train.metrics import classification_metrics
 
     eager_macro_f1 = classification_metrics(val.y, val.logits.argmax(1), run.classes)["macro_f1"]
@@ -231,22 +274,38 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             art = None
             while variants:
                 options = variants.pop(0)
-                art = export_artifact(fmt, prec, run.model, run.spec, work, calib_imgs if prec == "int8" or fmt == "tensorrt" else None,
-                                      meta, options, fp32_onnx=fp32_onnx)
+                art = export_artifact(
+                    fmt,
+                    prec,
+                    run.model,
+                    run.spec,
+                    work,
+                    calib_imgs if prec == "int8" or fmt == "tensorrt" else None,
+                    meta,
+                    options,
+                    fp32_onnx=fp32_onnx,
+                )
                 if art.status != "ok":
                     attempts.append({"options": dict(options), "status": art.status, "error": art.error})
                     break
                 runner = load_runner(work, art, run.spec, run.classes)
-                res, art_logits = run_parity(fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature,
-                                             int8_evidence)
+                res, art_logits = run_parity(
+                    fmt, prec, runner, val_images, val.logits, val.y, run.classes, temperature, int8_evidence
+                )
                 dec = None
                 if policy is not None and not policy.is_argmax:
                     dec = decision_check(policy, art_logits, val.logits, val.y, run.classes, temperature)
                     if dec["failures"]:
                         res.failures += dec["failures"]
                         res.passed, res.status = False, "failed"
-                attempts.append({"options": dict(options), "status": row_status(res),
-                                 "parity": res.to_dict(), **({"decision": dec} if dec is not None else {})})
+                attempts.append(
+                    {
+                        "options": dict(options),
+                        "status": row_status(res),
+                        "parity": res.to_dict(),
+                        **({"decision": dec} if dec is not None else {}),
+                    }
+                )
                 if res.passed or prec != "int8":
                     break
                 if len(attempts) == 1:
@@ -256,7 +315,10 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
                     variants.append({**base, "keep_float": keep})
                     if fmt == "onnx" and calibration_method != "percentile":
                         variants.append({**base, "keep_float": keep, "calibration_method": "percentile"})
-                    log(f"  {key} failed its gate ({'; '.join(res.failures)}); retrying with {len(keep)} sensitive layers in float")
+                    log(
+                        f"  {key} failed its gate ({'; '.join(res.failures)}); "
+                        f"retrying with {len(keep)} sensitive layers in float"
+                    )
                 if variants:
                     for f in [art.file, *art.extra_files]:
                         (work / f).unlink(missing_ok=True)
@@ -265,22 +327,46 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             status = last["status"]
             if fmt == "onnx" and prec == "fp32" and status == "ok":
                 fp32_onnx = work / art.file
-            row = {"format": fmt, "precision": prec, "status": status, "size_mb": None, "macro_f1": None,
-                   "delta_macro_f1": None, "agreement": None, "ms_per_image": None,
-                   "error": last.get("error") or "; ".join(last.get("parity", {}).get("failures", []))}
+            row = {
+                "format": fmt,
+                "precision": prec,
+                "status": status,
+                "size_mb": None,
+                "macro_f1": None,
+                "delta_macro_f1": None,
+                "agreement": None,
+                "ms_per_image": None,
+                "error": last.get("error") or "; ".join(last.get("parity", {}).get("failures", [])),
+            }
             if "parity" in last:
                 p = last["parity"]
-                row.update(macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"], agreement=p["agreement"],
-                           ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"], gate_rules=p.get("rules"))
+                row.update(
+                    macro_f1=p["macro_f1"],
+                    delta_macro_f1=p["macro_f1_delta"],
+                    agreement=p["agreement"],
+                    ms_per_image=p["ms_per_image"],
+                    ece=p["ece_calibrated"],
+                    gate_rules=p.get("rules"),
+                )
             if "decision" in last:
                 row["decision"] = last["decision"]
                 row["decision_agreement"] = last["decision"]["decision_agreement"]
             if status == "ok":
                 row["size_mb"] = sum((work / f).stat().st_size for f in [art.file, *art.extra_files]) / 1e6
                 e = file_entry(work, art.file)
-                entries.append(ArtifactEntry(file=art.file, format=fmt, runtime=art.runtime, precision=prec, sha256=e.sha256,
-                                             size_bytes=e.size_bytes, extra_files=[file_entry(work, f) for f in art.extra_files],
-                                             status="ok", details=art.details))
+                entries.append(
+                    ArtifactEntry(
+                        file=art.file,
+                        format=fmt,
+                        runtime=art.runtime,
+                        precision=prec,
+                        sha256=e.sha256,
+                        size_bytes=e.size_bytes,
+                        extra_files=[file_entry(work, f) for f in art.extra_files],
+                        status="ok",
+                        details=art.details,
+                    )
+                )
                 runners[key] = load_runner(work, art, run.spec, run.classes)
             else:
                 failed.append(f"{key}: {row['error']}")
@@ -290,22 +376,33 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
             if art.status == "skipped":
                 row["status"] = "skipped"
                 failed.pop()
-            parity["artifacts"].append({"format": fmt, "precision": prec, "status": row["status"],
-                                        "details": art.details, "attempts": attempts})
+            parity["artifacts"].append(
+                {"format": fmt, "precision": prec, "status": row["status"], "details": art.details, "attempts": attempts}
+            )
             rows.append(row)
         if robustness and runners:
             parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
         manifest.artifacts = entries
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
-        for row in (runtime_gate(work, entries, val_images, val, run.classes, temperature, log, policy,
-                                 int8_evidence=int8_evidence)
-                    if runtime_gate is not None else []):
+        for row in (
+            runtime_gate(work, entries, val_images, val, run.classes, temperature, log, policy, int8_evidence=int8_evidence)
+            if runtime_gate is not None
+            else []
+        ):
             rows.append(row)
             if row["status"] in ("parity_failed", "insufficient_evidence"):
                 failed.append(f"{row['format']}/{row['precision']}: {row['error']}")
-        manifest.parity = {"gates": _gate_doc(), "summary": [{k: r.get(k) for k in ("format", "precision", "status", "agreement",
-                                                                                       "delta_macro_f1", "decision_agreement")
-                                                              if k in r} for r in rows[1:]]}
+        manifest.parity = {
+            "gates": _gate_doc(),
+            "summary": [
+                {
+                    k: r.get(k)
+                    for k in ("format", "precision", "status", "agreement", "delta_macro_f1", "decision_agreement")
+                    if k in r
+                }
+                for r in rows[1:]
+            ],
+        }
         write_json(work / PARITY, {**parity, "table": rows})
         write_manifest(work, manifest)
         (work / WORK_MARKER).unlink()
@@ -317,21 +414,30 @@ def export_run(run_dir: Path, out_dir: Path, formats: list[str] | None = None, p
         raise
     result = ExportResult(out_dir, rows, manifest, failed)
     if failed and not allow_failed:
-        raise ExportFailed(f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
-                           f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this")
+        raise ExportFailed(
+            f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
+            f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this"
+        )
     return result
 
 
 def ev_metrics(run_dir: Path) -> dict[str, Any]:
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    keep = {"baselines": m.get("baselines"), "finetuned": {k: v for k, v in (m.get("finetuned") or {}).items()
-                                                           if k in ("epoch", "accuracy", "macro_f1", "n", "candidate")},
-            "evaluation": m.get("evaluation", {}), "selection": m.get("selection"),
-            "quality_gates": m.get("quality_gates")}
+    keep = {
+        "baselines": m.get("baselines"),
+        "finetuned": {
+            k: v for k, v in (m.get("finetuned") or {}).items() if k in ("epoch", "accuracy", "macro_f1", "n", "candidate")
+        },
+        "evaluation": m.get("evaluation", {}),
+        "selection": m.get("selection"),
+        "quality_gates": m.get("quality_gates"),
+    }
     return keep
 
 
-def _sensitive_layers(fmt: str, work: Path, art: Any, fp32_onnx: Path | None, calib_imgs: list[np.ndarray], spec: Any) -> list[str]:
+def _sensitive_layers(
+    fmt: str, work: Path, art: Any, fp32_onnx: Path | None, calib_imgs: list[np.ndarray], spec: Any
+) -> list[str]:
     """Layers to keep in float on an int8 retry.
 
     ONNX Runtime: the first convolution and the classifier, plus the five layers whose
@@ -362,20 +468,28 @@ def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: 
     imgs = load_images(ev.run.data_root, [val.paths[i] for i in idx])
     eager = ev.run.fast_predictor(imgs[:8])  # the eager model's figures, on ONNX Runtime where it matches
     log(f"robustness suite on {len(idx)} images: eager ({eager.engine}) vs {pick_key}")
-    res = {"eager fp32": run_robustness(eager, imgs, val.y[idx]),
-           pick_key: run_robustness(runners[pick_key], imgs, val.y[idx])}
+    res = {"eager fp32": run_robustness(eager, imgs, val.y[idx]), pick_key: run_robustness(runners[pick_key], imgs, val.y[idx])}
     plot_robustness(res, work / "robustness.png", f"macro-F1 under corruption: eager vs {pick_key}")
-    return {"artifact": pick_key, "images": int(len(idx)), "rows": [r.to_dict() for r in compare_robustness(res)],
-            "mean_corruption_macro_f1": {k: v.mean_corruption_macro_f1 for k, v in res.items()}}
+    return {
+        "artifact": pick_key,
+        "images": int(len(idx)),
+        "rows": [r.to_dict() for r in compare_robustness(res)],
+        "mean_corruption_macro_f1": {k: v.mean_corruption_macro_f1 for k, v in res.items()},
+    }
 
 
 def _gate_doc() -> dict[str, Any]:
     from edgeclf.export import parity as p
 
-    return {"fp32": {"min_agreement": p.FP32_MIN_AGREEMENT, "max_abs_logit_diff": p.FP32_MAX_ABS_LOGIT_DIFF},
-            "fp16": {"min_agreement": p.FP16_MIN_AGREEMENT},
-            "int8": {"max_macro_f1_drop": p.INT8_MAX_MACRO_F1_DROP, "max_class_recall_drop": p.INT8_MAX_CLASS_RECALL_DROP,
-                     "min_agreement": p.INT8_MIN_AGREEMENT}}
+    return {
+        "fp32": {"min_agreement": p.FP32_MIN_AGREEMENT, "max_abs_logit_diff": p.FP32_MAX_ABS_LOGIT_DIFF},
+        "fp16": {"min_agreement": p.FP16_MIN_AGREEMENT},
+        "int8": {
+            "max_macro_f1_drop": p.INT8_MAX_MACRO_F1_DROP,
+            "max_class_recall_drop": p.INT8_MAX_CLASS_RECALL_DROP,
+            "min_agreement": p.INT8_MIN_AGREEMENT,
+        },
+    }
 
 
 __all__ = ["ExportFailed", "ExportResult", "ParityResult", "RuntimeGate", "export_run", "plan_jobs", "row_status"]

@@ -71,9 +71,7 @@ _ORT_ALIASES = {
 ProviderRequest = str | tuple[str, Mapping[str, Any]]
 
 
-def ort_providers(
-    requested: Sequence[ProviderRequest] | None, available: Sequence[str]
-) -> list[tuple[str, dict[str, Any]]]:
+def ort_providers(requested: Sequence[ProviderRequest] | None, available: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """Resolve a provider request to ONNX Runtime's ``(name, options)`` list.
 
     ``requested`` entries are short names (``cpu``, ``cuda``, ``tensorrt``/``trt``,
@@ -94,15 +92,12 @@ def ort_providers(
         if full not in available:
             hint = " (install onnxruntime-gpu)" if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else ""
             raise ConfigError(
-                f"ONNX Runtime execution provider {full} is not available{hint}; "
-                f"this onnxruntime has: {', '.join(available)}"
+                f"ONNX Runtime execution provider {full} is not available{hint}; this onnxruntime has: {', '.join(available)}"
             )
         if full not in (n for n, _ in out):
             out.append((full, opts))
     names = [n for n, _ in out]
-    if "TensorrtExecutionProvider" in names and "CUDAExecutionProvider" not in names and (
-        "CUDAExecutionProvider" in available
-    ):
+    if "TensorrtExecutionProvider" in names and "CUDAExecutionProvider" not in names and ("CUDAExecutionProvider" in available):
         out.insert(names.index("TensorrtExecutionProvider") + 1, ("CUDAExecutionProvider", {}))
     if "CPUExecutionProvider" not in (n for n, _ in out):
         out.append(("CPUExecutionProvider", {}))
@@ -275,8 +270,7 @@ class TensorRTRunner(Runner):
         for i in range(0, len(x), self.max_batch):
             xt = torch.from_numpy(np.ascontiguousarray(x[i : i + self.max_batch])).cuda()
             self.context.set_input_shape(self.input_name, tuple(xt.shape))
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32,
-                              device="cuda")
+            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
             self.context.set_tensor_address(self.input_name, int(xt.data_ptr()))
             self.context.set_tensor_address(self.output_name, int(out.data_ptr()))
             stream = torch.cuda.current_stream()

@@ -115,9 +115,7 @@ def _v3(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:3])
 
 
-def check_engine_compatible(
-    details: dict[str, Any], trt_version: str | None = None, device: str | None = None
-) -> None:
+def check_engine_compatible(details: dict[str, Any], trt_version: str | None = None, device: str | None = None) -> None:
     """Raise :class:`ConfigError` unless an engine described by ``details`` loads here.
 
     ``details["tensorrt"]`` (written at build time) holds ``trt_version`` and
@@ -314,8 +312,7 @@ def export(
             extra.append(CALIBRATION_NPY)
             details["calibration_npy"] = CALIBRATION_NPY
             details["calibration_images"] = int(len(calibration))
-        return Produced(file=f"model.{precision}.engine", extra_files=extra, details=details, status="skipped",
-                        error=reason)
+        return Produced(file=f"model.{precision}.engine", extra_files=extra, details=details, status="skipped", error=reason)
 
     import tensorrt as trt
 
@@ -366,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     calibration = np.load(args.calibration, allow_pickle=False) if args.calibration else None
     name = engine_file_name(args.precision, str(trt.__version__), gpu_name() or "gpu")
     engine = args.onnx.parent / name
-    details = build_engine(args.onnx, engine, args.precision, calibration, args.cache, args.max_batch,
-                           args.opt_batch, args.workspace_mb)
+    details = build_engine(
+        args.onnx, engine, args.precision, calibration, args.cache, args.max_batch, args.opt_batch, args.workspace_mb
+    )
     print(json.dumps({"file": name, "details": details}, indent=2, sort_keys=True))
     return 0
 

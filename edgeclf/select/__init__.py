@@ -75,7 +75,7 @@ __all__ = [
     "ValidationReport",
     "ValidationRow",
     "accuracy_penalty",
-        "count_backbone",
+    "count_backbone",
     "count_model",
     "detect_host",
     "estimate_file_mib",

@@ -212,8 +212,25 @@ def detect_host(threads: int | None = None) -> HostInfo:
     reported = info.get("cpu MHz")
     relevant = sorted(
         flags
-        & {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-           "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16", "asimd", "asimddp", "fphp"}
+        & {
+            "sse4_2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512_vnni",
+            "avx_vnni",
+            "avx512_bf16",
+            "avx512_fp16",
+            "amx_int8",
+            "amx_bf16",
+            "asimd",
+            "asimddp",
+            "fphp",
+        }
     )
     return HostInfo(
         cpu_model=info.get("model name") or platform.processor() or arch,
@@ -345,9 +362,7 @@ def _loo_estimates(points: Sequence[CalibrationPoint], features: np.ndarray, mea
     return out
 
 
-def _leave_one_backbone_out(
-    points: Sequence[CalibrationPoint], features: np.ndarray, measured: np.ndarray
-) -> np.ndarray | None:
+def _leave_one_backbone_out(points: Sequence[CalibrationPoint], features: np.ndarray, measured: np.ndarray) -> np.ndarray | None:
     estimates = _loo_estimates(points, features, measured)
     return None if estimates is None else _errors_pct(estimates, measured)
 
@@ -434,9 +449,7 @@ def fit_calibration(
         by_runtime.setdefault((p.runtime, p.backend), []).append(p)
     memory = [_fit_memory(group, counts) for group in by_runtime.values() if len(group) >= 3]
     files = [
-        _fit_file(group, counts)
-        for (runtime, _, _), group in groups.items()
-        if runtime == "onnxruntime" and len(group) >= 2
+        _fit_file(group, counts) for (runtime, _, _), group in groups.items() if runtime == "onnxruntime" and len(group) >= 2
     ]
     worst = max((f.fit.max_abs_error_pct for f in latency if f.fit is not None), default=0.0)
     stated = float(max(5, 5 * math.ceil(worst / 5)))
@@ -476,9 +489,7 @@ class ValidationRow(_Frozen):
     estimated_p50_ms: float
     measured_p50_ms: float
     error_pct: float = Field(description="(estimated / measured - 1) x 100, p50.")
-    loo_estimated_p50_ms: float | None = Field(
-        default=None, description="Estimate by factors fitted without this backbone."
-    )
+    loo_estimated_p50_ms: float | None = Field(default=None, description="Estimate by factors fitted without this backbone.")
     loo_error_pct: float | None = None
     estimated_p95_ms: float
     measured_p95_ms: float
@@ -518,9 +529,7 @@ def validate_cost_model(calibration: Calibration | None = None, leave_one_out: b
     """
     calibration = calibration or load_calibration()
     if calibration is None:
-        raise EdgeclfError(
-            "no cost-model calibration found; run python -m edgeclf.bench.calibrate first"
-        )
+        raise EdgeclfError("no cost-model calibration found; run python -m edgeclf.bench.calibrate first")
     model = CostModel(calibration)
     device = calibration.host.figures()
     loo: dict[int, float] = {}
@@ -532,12 +541,10 @@ def validate_cost_model(calibration: Calibration | None = None, leave_one_out: b
             pts = [calibration.points[i] for i in indices]
             if len(pts) < 5:
                 continue
-            features = np.stack(
-                [_latency_features(model_counts(p.backbone, p.resolution), device, p.precision) for p in pts]
-            )
+            features = np.stack([_latency_features(model_counts(p.backbone, p.resolution), device, p.precision) for p in pts])
             estimates = _loo_estimates(pts, features, np.array([p.p50_ms for p in pts]))
             if estimates is not None:
-                loo.update({i: float(e) for i, e in zip(indices, estimates)})
+                loo.update({i: float(e) for i, e in zip(indices, estimates, strict=False)})
     rows = []
     for i, p in enumerate(calibration.points):
         counts = model_counts(p.backbone, p.resolution)
@@ -614,6 +621,3 @@ def format_validation(report: ValidationReport) -> str:
         f"leave-one-backbone-out: max {report.loo_max_abs_error_pct} %, mean {report.loo_mean_abs_error_pct} %"
     )
     return "\n".join(lines)
-
-
-

@@ -298,8 +298,7 @@ def _load_calibration(path: str) -> Calibration | None:
         return Calibration.model_validate(data)
     except (ValueError, ValidationError) as exc:
         raise EdgeclfError(
-            f"cannot read the cost-model calibration {file}: {exc}. Re-run the calibration "
-            "(python -m edgeclf.bench.calibrate)"
+            f"cannot read the cost-model calibration {file}: {exc}. Re-run the calibration (python -m edgeclf.bench.calibrate)"
         ) from None
 
 
@@ -317,14 +316,33 @@ _GPU_PRIOR_NOTE = "prior: assumed for Jetson-class GPUs at batch 1, not measured
 
 
 def _lat(
-    target: Target, runtime: str, backend: str, precision: str, ce: float, de: float, me: float,
-    call: float, node: float, clock: float | None, p95: float, note: str,
+    target: Target,
+    runtime: str,
+    backend: str,
+    precision: str,
+    ce: float,
+    de: float,
+    me: float,
+    call: float,
+    node: float,
+    clock: float | None,
+    p95: float,
+    note: str,
 ) -> LatencyFactors:
     return LatencyFactors(
-        target=target, runtime=runtime, backend=backend, precision=precision,  # type: ignore[arg-type]
-        compute_efficiency=ce, depthwise_efficiency=de, memory_efficiency=me,
-        call_overhead_ms=call, node_overhead_ms=node, overhead_clock_ghz=clock,
-        p95_factor=p95, source="prior", note=note,
+        target=target,
+        runtime=runtime,
+        backend=backend,
+        precision=precision,  # type: ignore[arg-type]
+        compute_efficiency=ce,
+        depthwise_efficiency=de,
+        memory_efficiency=me,
+        call_overhead_ms=call,
+        node_overhead_ms=node,
+        overhead_clock_ghz=clock,
+        p95_factor=p95,
+        source="prior",
+        note=note,
     )
 
 
@@ -353,8 +371,14 @@ PRIOR_LATENCY: tuple[LatencyFactors, ...] = (
 
 def _mem(target: Target, runtime: str, backend: str, base: float, copies: float, act: float, note: str) -> MemoryFactors:
     return MemoryFactors(
-        target=target, runtime=runtime, backend=backend,  # type: ignore[arg-type]
-        base_mib=base, weight_copies=copies, activation_factor=act, source="prior", note=note,
+        target=target,
+        runtime=runtime,
+        backend=backend,  # type: ignore[arg-type]
+        base_mib=base,
+        weight_copies=copies,
+        activation_factor=act,
+        source="prior",
+        note=note,
     )
 
 
@@ -375,8 +399,12 @@ PRIOR_MEMORY: tuple[MemoryFactors, ...] = (
 
 def _file(runtime: str, precision: str, bpp: float, overhead: float, note: str) -> FileFactors:
     return FileFactors(
-        runtime=runtime, precision=precision, bytes_per_param=bpp,  # type: ignore[arg-type]
-        overhead_mib=overhead, source="prior", note=note,
+        runtime=runtime,
+        precision=precision,
+        bytes_per_param=bpp,  # type: ignore[arg-type]
+        overhead_mib=overhead,
+        source="prior",
+        note=note,
     )
 
 
@@ -399,9 +427,7 @@ PRIOR_FILES: tuple[FileFactors, ...] = (
 # ------------------------------------------------------------------------- formulas
 
 
-def estimate_latency_ms(
-    counts: ModelCounts, device: DeviceFigures, factors: LatencyFactors
-) -> tuple[float, dict[str, float]]:
+def estimate_latency_ms(counts: ModelCounts, device: DeviceFigures, factors: LatencyFactors) -> tuple[float, dict[str, float]]:
     """Estimated p50 latency (ms) of one batch-1 call, and its terms (see the module doc)."""
     precision = factors.precision
     peak = device.peak(precision) * 1e9  # operations per second

@@ -291,7 +291,7 @@ class _Tracer:
 
     def peak_activation(self) -> int:
         events: dict[int, int] = {}
-        for size, start, end in zip(self.sizes, self.first, self.last):
+        for size, start, end in zip(self.sizes, self.first, self.last, strict=False):
             events[start] = events.get(start, 0) + size
             events[end + 1] = events.get(end + 1, 0) - size
         live = peak = 0
@@ -425,8 +425,7 @@ def _load_cached(path: str) -> dict[tuple[str, int], ModelCounts]:
         return {}
     except (OSError, ValueError) as exc:
         raise EdgeclfError(
-            f"cannot read the model cost cache {file}: {exc}; regenerate it with "
-            "edgeclf.select.generate_model_costs()"
+            f"cannot read the model cost cache {file}: {exc}; regenerate it with edgeclf.select.generate_model_costs()"
         ) from None
     if str(doc.get("schema_version", "")).split(".")[0] != MODEL_COSTS_SCHEMA.split(".")[0]:
         raise EdgeclfError(

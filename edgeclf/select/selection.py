@@ -191,9 +191,7 @@ def accuracy_penalty(resolution: int, reference: int, precision: str) -> float:
 AccuracyTable = Mapping[str, float] | Mapping[tuple[str, int], float]
 
 
-def _accuracy(
-    info: BackboneInfo, resolution: int, precision: str, user: AccuracyTable | None
-) -> tuple[float | None, str, float]:
+def _accuracy(info: BackboneInfo, resolution: int, precision: str, user: AccuracyTable | None) -> tuple[float | None, str, float]:
     """(expected top-1, where the base figure comes from, penalty in points)."""
     if user:
         exact = user.get((info.name, resolution))  # type: ignore[call-overload]
@@ -320,9 +318,7 @@ def select_backbone(
         unknown = sorted(set(precisions) - set(PRECISIONS))
         if unknown:
             raise ConfigError(f"unknown precision(s) {', '.join(unknown)}; use {', '.join(PRECISIONS)}")
-    supports = [
-        rt for rt in prof.runtimes if runtimes is None or rt.runtime in runtimes or rt.label in runtimes
-    ]
+    supports = [rt for rt in prof.runtimes if runtimes is None or rt.runtime in runtimes or rt.label in runtimes]
     if not supports:
         known = ", ".join(rt.label for rt in prof.runtimes)
         raise ConfigError(f"profile {prof.name} has none of the runtimes {list(runtimes or [])}; it has {known}")

@@ -36,10 +36,9 @@ from edgeclf.data.manifest import Manifest, read_manifest
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
 from edgeclf.preprocess import PreprocessSpec, normalize_batch
 from edgeclf.train.config import TrainConfig
-from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset
+from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset, mix_seed
 from edgeclf.train.losses import build_loss, class_weights
 from edgeclf.train.metrics import classification_metrics
-from edgeclf.train.data import mix_seed
 from edgeclf.train.partial import TrunkRunner, TrunkSplit, split_trunk
 from edgeclf.train.recipe import RecipeChoice, explicit_keys
 from edgeclf.train.schedule import lr_factor
@@ -156,8 +155,9 @@ def library_versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
     try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() or None if res.returncode == 0 else None
@@ -203,8 +203,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     data = Path(path).read_bytes()
     recorded = _recorded_digests(path)
     if recorded and sha256_bytes(data) not in recorded:
-        raise CheckpointError(f"checkpoint {path} does not match its recorded SHA-256 ({checkpoint_digest_path(path).name}): "
-                              "the file is corrupt (damaged or altered); restore it from a copy or train again")
+        raise CheckpointError(
+            f"checkpoint {path} does not match its recorded SHA-256 ({checkpoint_digest_path(path).name}): "
+            "the file is corrupt (damaged or altered); restore it from a copy or train again"
+        )
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
@@ -271,9 +273,14 @@ def param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay
         buckets.setdefault((name in head, decay), []).append(p)
     groups = []
     for (is_head, decay), params in sorted(buckets.items()):
-        groups.append({"params": params, "lr": lr * (1.0 if is_head else backbone_mult),
-                       "weight_decay": weight_decay if decay else 0.0,
-                       "name": f"{'head' if is_head else 'backbone'}/{'decay' if decay else 'no_decay'}"})
+        groups.append(
+            {
+                "params": params,
+                "lr": lr * (1.0 if is_head else backbone_mult),
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{'head' if is_head else 'backbone'}/{'decay' if decay else 'no_decay'}",
+            }
+        )
     return groups
 
 
@@ -323,9 +330,7 @@ def _resolve_root(manifest_path: Path, root: Path | None) -> Path:
                         return base / recorded
             elif recorded.is_dir():
                 return recorded
-    raise DataError(
-        f"cannot tell which folder the paths in {manifest_path} are relative to; pass --data-root DIR"
-    )
+    raise DataError(f"cannot tell which folder the paths in {manifest_path} are relative to; pass --data-root DIR")
 
 
 def _check_manifest(m: Manifest) -> None:
@@ -333,14 +338,24 @@ def _check_manifest(m: Manifest) -> None:
     for split in ("train", "val"):
         missing = [c for c, n in counts[split].items() if n == 0]
         if missing:
-            raise DataError(f"class(es) {', '.join(missing)} have no images in the '{split}' split of the manifest; "
-                            "re-split the data so every class is in train and val")
+            raise DataError(
+                f"class(es) {', '.join(missing)} have no images in the '{split}' split of the manifest; "
+                "re-split the data so every class is in train and val"
+            )
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, log: Log | None = None,
-                 progress: Callable[[str, int, int], None] | None = None, max_image_size: int | None = None,
-                 shared_cache: dict[Any, Any] | None = None, on_epoch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        resume: bool = False,
+        log: Log | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        max_image_size: int | None = None,
+        shared_cache: dict[Any, Any] | None = None,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.max_image_size = max_image_size
         #: trunk activations shared between runs with the same trunk and views (the search's trials)
@@ -360,8 +375,9 @@ class Trainer:
     def _write_config(self, resolved: dict[str, Any], annotate: Callable[[str], str]) -> None:
         if self.dist.main and not self.resume:
             (self.run_dir / "checkpoints" / "candidates").mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml",
-                              annotate(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)))
+            atomic_write_text(
+                self.run_dir / "config.yaml", annotate(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            )
 
     def _prepare_run_dir(self, resolved: dict[str, Any]) -> None:
         """Refuse to overwrite a run; on --resume, refuse a different config (config.yaml is written later)."""
@@ -376,17 +392,26 @@ class Trainer:
                 old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
                 if old.get("config") != resolved["config"]:
                     diff = sorted(_diff_keys(old.get("config", {}), resolved["config"]))
-                    raise ConfigError(f"--resume with a different config than {cfg_path}: {', '.join(diff[:8])} differ; "
-                                      "resume with the same settings or start a new run directory")
+                    raise ConfigError(
+                        f"--resume with a different config than {cfg_path}: {', '.join(diff[:8])} differ; "
+                        "resume with the same settings or start a new run directory"
+                    )
             return
         if ckpt_dir.exists() and any(p.is_file() for p in ckpt_dir.rglob("*")):
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out")
 
-    def _loader(self, ds: torch.utils.data.Dataset, batch: int, sampler: Any = None, shuffle_items: list | None = None) -> DataLoader:
+    def _loader(
+        self, ds: torch.utils.data.Dataset, batch: int, sampler: Any = None, shuffle_items: list | None = None
+    ) -> DataLoader:
         w = self.cfg.data.workers
         return DataLoader(
-            ds if shuffle_items is None else shuffle_items, batch_size=batch, sampler=sampler, num_workers=w,
-            pin_memory=self.device.type == "cuda", persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None,
+            ds if shuffle_items is None else shuffle_items,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=w,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=w > 0,
+            prefetch_factor=4 if w > 0 else None,
             # forkserver, not fork: forking a process that has loaded a threaded runtime (OpenVINO's
             # TBB, ONNX Runtime's pools) can crash; workers start once per loader (persistent)
             multiprocessing_context="forkserver" if w > 0 else None,
@@ -423,8 +448,20 @@ class Trainer:
         assert full is not None
         return full, np.asarray(ds.targets)
 
-    def _train_epoch(self, model: nn.Module, loader: DataLoader, sampler: EpochSampler, epoch: int, opt: torch.optim.Optimizer,
-                     sched: Any, scaler: Any, loss_fn: nn.Module, spec: PreprocessSpec, tb: _TB, global_step: int) -> tuple[float, int, int]:
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        sampler: EpochSampler,
+        epoch: int,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        scaler: Any,
+        loss_fn: nn.Module,
+        spec: PreprocessSpec,
+        tb: _TB,
+        global_step: int,
+    ) -> tuple[float, int, int]:
         model.train()
         apply_bn_policy(model, self.cfg.finetune.batchnorm)
         sampler.set_epoch(epoch)
@@ -441,8 +478,20 @@ class Trainer:
             global_step = self._step(loss, len(y), opt, sched, scaler, tb, global_step, acc, epoch, b, n_batches)
         return acc[0] / max(1, acc[1]), int(acc[1]), global_step
 
-    def _step(self, loss: torch.Tensor, n: int, opt: torch.optim.Optimizer, sched: Any, scaler: Any, tb: _TB,
-              global_step: int, acc: list[float], epoch: int, b: int, n_batches: int) -> int:
+    def _step(
+        self,
+        loss: torch.Tensor,
+        n: int,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        scaler: Any,
+        tb: _TB,
+        global_step: int,
+        acc: list[float],
+        epoch: int,
+        b: int,
+        n_batches: int,
+    ) -> int:
         """Backward, optimizer and schedule step, running loss, TensorBoard, progress: one batch."""
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -480,8 +529,13 @@ class Trainer:
         self.user_cfg = cfg
 
         info = get_backbone(cfg.model.backbone)
-        model, weights_report = create_model(cfg.model.backbone, len(classes), weights=cfg.model.weights,
-                                             source=cfg.model.weights_source, drop_rate=cfg.model.drop_rate)
+        model, weights_report = create_model(
+            cfg.model.backbone,
+            len(classes),
+            weights=cfg.model.weights,
+            source=cfg.model.weights_source,
+            drop_rate=cfg.model.drop_rate,
+        )
         train_rows, val_rows = manifest.split_rows("train"), manifest.split_rows("val")
         facts = measure_facts(train_rows, root, classes, cfg.seed)
         if cfg.auto_recipe:
@@ -491,8 +545,11 @@ class Trainer:
             choices = []
         if self.resume and (self.run_dir / "config.yaml").is_file():
             stored = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-            checked = [RecipeChoice.model_validate(c) for c in (stored.get("recipe") or {}).get("choices", [])
-                       if c.get("source") == "auto" and str(c.get("reason", "")).startswith(AUG_CHECK)]
+            checked = [
+                RecipeChoice.model_validate(c)
+                for c in (stored.get("recipe") or {}).get("choices", [])
+                if c.get("source") == "auto" and str(c.get("reason", "")).startswith(AUG_CHECK)
+            ]
             if checked:  # the augmentation check ran before the interruption: the same result
                 cfg = self.cfg = _with_augment(cfg, {c.key.split(".", 1)[1]: c.value for c in checked})
                 choices += checked
@@ -500,17 +557,29 @@ class Trainer:
             self.log(f"  recipe: {c.key} = {c.value}  ({c.source}: {c.reason})")
         spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, cfg.model.image_size)
         if weights_report.bn_folded and cfg.finetune.batchnorm == "train":
-            self.log("[yellow]warning:[/] these weights have batch-norm folded into the convolutions; "
-                     "finetune.batchnorm=train will disturb them (frozen_stats is the safe choice)")
+            self.log(
+                "[yellow]warning:[/] these weights have batch-norm folded into the convolutions; "
+                "finetune.batchnorm=train will disturb them (frozen_stats is the safe choice)"
+            )
         recipe = {"facts": facts.to_dict(), "choices": [c.model_dump(mode="json") for c in choices]}
         resolved = {
             "config": json.loads(cfg.model_dump_json()),
             "recipe": recipe,
-            "run": {"backbone": info.name, "timm_arch": info.timm_arch, "classes": classes,
-                    "preprocess": spec.to_dict(), "weights": weights_report.to_dict(),
-                    "data_root": str(root), "dataset_fingerprint": manifest.fingerprint,
-                    "seed": cfg.seed, "amp": self.amp, "device": str(self.device), "world_size": self.dist.world_size,
-                    "versions": library_versions(), "git_commit": git_commit()},
+            "run": {
+                "backbone": info.name,
+                "timm_arch": info.timm_arch,
+                "classes": classes,
+                "preprocess": spec.to_dict(),
+                "weights": weights_report.to_dict(),
+                "data_root": str(root),
+                "dataset_fingerprint": manifest.fingerprint,
+                "seed": cfg.seed,
+                "amp": self.amp,
+                "device": str(self.device),
+                "world_size": self.dist.world_size,
+                "versions": library_versions(),
+                "git_commit": git_commit(),
+            },
         }
         self._prepare_run_dir(resolved)
         if self.dist.active:  # every rank has checked the run directory before rank 0 writes into it
@@ -536,22 +605,37 @@ class Trainer:
         majority = int(np.argmax(counts))
         prior = np.asarray(counts, np.float64) / max(1, sum(counts))
         maj_logits = np.tile(np.log(np.maximum(prior, 1e-12)), (len(val_ds), 1)).astype(np.float32)
-        baselines = {"majority_class": {"class": classes[majority],
-                                        **classification_metrics(y_val, np.full(len(val_ds), majority), classes)}}
+        baselines = {
+            "majority_class": {
+                "class": classes[majority],
+                **classification_metrics(y_val, np.full(len(val_ds), majority), classes),
+            }
+        }
 
         # the frozen trunk and its cached activations (partial fine-tuning), when the split allows it
         for p in model.parameters():
             p.requires_grad_(False)
         ft = cfg.finetune
         set_trainable(model, ft.unfreeze)
-        split = split_trunk(model) if (ft.unfreeze != "all" and self.device.type == "cpu" and not self.dist.active
-                                       and ft.cache_views > 0) else None
+        split = (
+            split_trunk(model)
+            if (ft.unfreeze != "all" and self.device.type == "cpu" and not self.dist.active and ft.cache_views > 0)
+            else None
+        )
         for p in model.parameters():
             p.requires_grad_(False)
         acts: _Activations | None = None
         if split is not None:
-            key = (info.name, spec.to_dict().__repr__(), split.first_trainable, ft.cache_views, ft.cache_max_gb, cfg.seed,
-                   manifest.fingerprint, ft.trunk_engine)
+            key = (
+                info.name,
+                spec.to_dict().__repr__(),
+                split.first_trainable,
+                ft.cache_views,
+                ft.cache_max_gb,
+                cfg.seed,
+                manifest.fingerprint,
+                ft.trunk_engine,
+            )
             if self.shared_cache is not None and key in self.shared_cache:
                 acts = self.shared_cache[key]
                 self.log("trunk activations shared with an earlier run of this search")
@@ -578,8 +662,14 @@ class Trainer:
                 p.requires_grad_(True)
             self.log(f"stage 1: linear probe on frozen {info.name} features ({len(train_ds)} train / {len(val_ds)} val images)")
             baselines["linear_probe"] = self._linear_probe(model, train_ds, val_ds, loss_fn, classes, split, acts)
-        if (split is not None and acts is not None and not self.resume and cfg.auto_recipe
-                and "augment.crop_scale" not in explicit_keys(self.user_cfg) and train_ds.augment is not None):
+        if (
+            split is not None
+            and acts is not None
+            and not self.resume
+            and cfg.auto_recipe
+            and "augment.crop_scale" not in explicit_keys(self.user_cfg)
+            and train_ds.augment is not None
+        ):
             soft = self._augment_check(model, split, acts, train_ds, spec, classes)
             if soft:
                 cfg = self.cfg = _with_augment(cfg, {c.key.split(".", 1)[1]: c.value for c in soft})
@@ -600,35 +690,49 @@ class Trainer:
             bias = getattr(head, "bias", None)
             if bias is not None:
                 bias.copy_(torch.from_numpy(np.log(np.maximum(prior, 1e-12))).float())
-        cands.add("majority_class", "always the most frequent training class", maj_logits, model, 0, 0.0,
-                  shippable=True)
+        cands.add("majority_class", "always the most frequent training class", maj_logits, model, 0, 0.0, shippable=True)
         head.load_state_dict(probe_state)
         if split is not None and acts is not None and not acts.views_:
             self._fill_views(acts, train_ds, spec, ft.cache_views)
         probe_logits = self._val_logits(model, val_ds, split, acts)
-        cands.add("linear_probe", f"linear head on frozen {info.name} features", probe_logits, model, 0,
-                  time.perf_counter() - t_stage)
-        self.log(f"  majority class: val macro-F1 {baselines['majority_class']['macro_f1']:.3f}, "
-                 f"linear probe: val macro-F1 {baselines['linear_probe']['macro_f1']:.3f} "
-                 f"(accuracy {baselines['linear_probe']['accuracy']:.3f})")
+        cands.add(
+            "linear_probe", f"linear head on frozen {info.name} features", probe_logits, model, 0, time.perf_counter() - t_stage
+        )
+        self.log(
+            f"  majority class: val macro-F1 {baselines['majority_class']['macro_f1']:.3f}, "
+            f"linear probe: val macro-F1 {baselines['linear_probe']['macro_f1']:.3f} "
+            f"(accuracy {baselines['linear_probe']['accuracy']:.3f})"
+        )
 
         # candidate 2: fine-tune (the last groups on cached activations, or the whole network)
         t_stage = time.perf_counter()
         set_trainable(model, ft.unfreeze)
         if ft.batchnorm == "frozen":
             apply_bn_policy(model, "frozen")
-        history, best_epoch, stopped_early, best_state = self._finetune(model, train_ds, val_ds, loss_fn, spec, tb,
-                                                                        classes, split, acts, ckpt_dir, info.name)
+        history, best_epoch, stopped_early, best_state = self._finetune(
+            model, train_ds, val_ds, loss_fn, spec, tb, classes, split, acts, ckpt_dir, info.name
+        )
         tb.close()
         ft_path = ckpt_dir / "candidates" / "finetune.pt"
         if best_epoch >= 0:
             # every rank holds the best state (same on all): no rank waits on another's file
             model.load_state_dict(best_state if best_state is not None else load_checkpoint(ft_path)["model"])
-            what = (f"last {ft.unfreeze} backbone stages + head fine-tuned on cached trunk activations "
-                    f"({acts.views} augmented views, trunk on {acts.engine})" if split is not None and acts is not None
-                    else f"{'whole network' if ft.unfreeze == 'all' else f'last {ft.unfreeze} backbone stages + head'} fine-tuned")
-            cands.add("finetune", what, self._val_logits(model, val_ds, split, acts), model, best_epoch + 1,
-                      time.perf_counter() - t_stage, save=False, path=ft_path)
+            what = (
+                f"last {ft.unfreeze} backbone stages + head fine-tuned on cached trunk activations "
+                f"({acts.views} augmented views, trunk on {acts.engine})"
+                if split is not None and acts is not None
+                else f"{'whole network' if ft.unfreeze == 'all' else f'last {ft.unfreeze} backbone stages + head'} fine-tuned"
+            )
+            cands.add(
+                "finetune",
+                what,
+                self._val_logits(model, val_ds, split, acts),
+                model,
+                best_epoch + 1,
+                time.perf_counter() - t_stage,
+                save=False,
+                path=ft_path,
+            )
 
         selected = cands.select()
         metrics = self._final_metrics(cands, selected, baselines, history, stopped_early, classes, recipe)
@@ -643,8 +747,9 @@ class Trainer:
 
     # -- cached activations --------------------------------------------------------------
 
-    def _activations(self, split: TrunkSplit, train_ds: ManifestDataset, val_ds: ManifestDataset, views: int,
-                     spec: PreprocessSpec) -> _Activations | None:
+    def _activations(
+        self, split: TrunkSplit, train_ds: ManifestDataset, val_ds: ManifestDataset, views: int, spec: PreprocessSpec
+    ) -> _Activations | None:
         """Trunk outputs: val and train as deployed (no augmentation), and ``views`` augmented train views."""
         example = normalize_batch(torch.stack([val_ds[i][0] for i in range(min(8, len(val_ds)))]), spec)
         runner = TrunkRunner(split.trunk, example, self.log, self.cfg.finetune.trunk_engine)
@@ -654,8 +759,10 @@ class Trainer:
         budget = int(self.cfg.finetune.cache_max_gb * 2**30)
         fit = budget // max(1, per * len(train_ds)) - 1  # one clean copy of train
         if fit < 1:
-            self.log(f"trunk activations ({per * len(train_ds) / 2**30:.1f} GB per view) exceed finetune.cache_max_gb: "
-                     "fine-tuning without the cache")
+            self.log(
+                f"trunk activations ({per * len(train_ds) / 2**30:.1f} GB per view) exceed finetune.cache_max_gb: "
+                "fine-tuning without the cache"
+            )
             return None
         if fit < views:
             self.log(f"finetune.cache_views {views} -> {fit} (finetune.cache_max_gb {self.cfg.finetune.cache_max_gb})")
@@ -664,9 +771,17 @@ class Trainer:
         val = self._run_trunk(runner, val_ds, list(range(len(val_ds))), spec, "trunk: val", torch.float32)
         clean = self._run_trunk(runner, train_ds, list(range(len(train_ds))), spec, "trunk: train", torch.float16)
         seconds = time.perf_counter() - t0
-        return _Activations(val=val, train=clean, views_=[], engine=runner.engine, seconds=seconds,
-                            images_per_second=(len(val_ds) + len(train_ds)) / max(seconds, 1e-9), runner=runner,
-                            max_views=views, shape=shape)
+        return _Activations(
+            val=val,
+            train=clean,
+            views_=[],
+            engine=runner.engine,
+            seconds=seconds,
+            images_per_second=(len(val_ds) + len(train_ds)) / max(seconds, 1e-9),
+            runner=runner,
+            max_views=views,
+            shape=shape,
+        )
 
     def _fill_views(self, acts: _Activations, train_ds: ManifestDataset, spec: PreprocessSpec, views: int) -> None:
         """The augmented training views, computed once (views are shared only with the same augmentation)."""
@@ -675,19 +790,37 @@ class Trainer:
             return
         views = min(views, acts.max_views)
         t0 = time.perf_counter()
-        acts.views_ = [self._run_trunk(acts.runner, train_ds, [(v, i) for i in range(len(train_ds))], spec,
-                                       f"trunk: train view {v + 1}/{views}", torch.float16) for v in range(views)]
+        acts.views_ = [
+            self._run_trunk(
+                acts.runner,
+                train_ds,
+                [(v, i) for i in range(len(train_ds))],
+                spec,
+                f"trunk: train view {v + 1}/{views}",
+                torch.float16,
+            )
+            for v in range(views)
+        ]
         acts.views_key = key
         seconds = time.perf_counter() - t0
         n = len(train_ds) * views
         acts.seconds += seconds
         total = n + len(acts.train) + len(acts.val)
         acts.images_per_second = total / max(acts.seconds, 1e-9)
-        self.log(f"trunk activations {acts.shape} for {total} images on {acts.engine} in {acts.seconds:.1f} s "
-                 f"({acts.images_per_second:.1f} img/s)")
+        self.log(
+            f"trunk activations {acts.shape} for {total} images on {acts.engine} in {acts.seconds:.1f} s "
+            f"({acts.images_per_second:.1f} img/s)"
+        )
 
-    def _augment_check(self, model: nn.Module, split: TrunkSplit, acts: _Activations, train_ds: ManifestDataset,
-                       spec: PreprocessSpec, classes: list[str]) -> list[RecipeChoice]:
+    def _augment_check(
+        self,
+        model: nn.Module,
+        split: TrunkSplit,
+        acts: _Activations,
+        train_ds: ManifestDataset,
+        spec: PreprocessSpec,
+        classes: list[str],
+    ) -> list[RecipeChoice]:
         """Does the augmentation keep the label? The linear probe (trained on clean images) scores a
         sample of training images as deployed and as augmented; when augmentation costs more than
         ``AUG_MAX_DROP`` of its macro-F1, the crop and rotation are softened (the label lives in
@@ -698,31 +831,41 @@ class Trainer:
         idx = np.sort(rng.choice(len(train_ds), size=min(AUG_CHECK_IMAGES, len(train_ds)), replace=False)).tolist()
         y = np.asarray(train_ds.targets)[idx]
         head = model.get_classifier()
-        aug = self._run_trunk(acts.runner, train_ds, [(AUG_CHECK_VIEW, i) for i in idx], spec, "augmentation check",
-                              torch.float32)
+        aug = self._run_trunk(
+            acts.runner, train_ds, [(AUG_CHECK_VIEW, i) for i in idx], spec, "augmentation check", torch.float32
+        )
         with torch.no_grad():
             clean_pred = head(torch.from_numpy(self._top_predict(model, split, acts.train[idx], features=True))).argmax(1)
             aug_pred = head(torch.from_numpy(self._top_predict(model, split, aug, features=True))).argmax(1)
         f_clean = classification_metrics(y, clean_pred.numpy(), classes)["macro_f1"]
         f_aug = classification_metrics(y, aug_pred.numpy(), classes)["macro_f1"]
         drop = (f_clean - f_aug) / max(f_clean, 1e-9)
-        self.log(f"augmentation check on {len(idx)} training images: probe macro-F1 {f_clean:.3f} as deployed, "
-                 f"{f_aug:.3f} augmented ({drop:+.0%} drop; softened above {AUG_MAX_DROP:.0%})")
+        self.log(
+            f"augmentation check on {len(idx)} training images: probe macro-F1 {f_clean:.3f} as deployed, "
+            f"{f_aug:.3f} augmented ({drop:+.0%} drop; softened above {AUG_MAX_DROP:.0%})"
+        )
         if drop <= AUG_MAX_DROP:
             return []
-        why = (f"{AUG_CHECK}: augmentation cut the linear probe's macro-F1 on {len(idx)} training images from "
-               f"{f_clean:.3f} to {f_aug:.3f} ({drop:.0%} > {AUG_MAX_DROP:.0%}): the label does not survive it")
-        out = [RecipeChoice(key="augment.crop_scale", value=(max(a.crop_scale[0], SOFT_CROP[0]), 1.0), reason=why,
-                            source="auto")]
+        why = (
+            f"{AUG_CHECK}: augmentation cut the linear probe's macro-F1 on {len(idx)} training images from "
+            f"{f_clean:.3f} to {f_aug:.3f} ({drop:.0%} > {AUG_MAX_DROP:.0%}): the label does not survive it"
+        )
+        out = [RecipeChoice(key="augment.crop_scale", value=(max(a.crop_scale[0], SOFT_CROP[0]), 1.0), reason=why, source="auto")]
         if a.rotation_deg > SOFT_ROTATION and "augment.rotation_deg" not in explicit_keys(self.user_cfg):
             out.append(RecipeChoice(key="augment.rotation_deg", value=SOFT_ROTATION, reason=why, source="auto"))
         return out
 
-    def _run_trunk(self, runner: TrunkRunner, ds: ManifestDataset, items: list, spec: PreprocessSpec, label: str,
-                   dtype: torch.dtype) -> torch.Tensor:
+    def _run_trunk(
+        self, runner: TrunkRunner, ds: ManifestDataset, items: list, spec: PreprocessSpec, label: str, dtype: torch.dtype
+    ) -> torch.Tensor:
         w = self.cfg.data.workers
-        loader = DataLoader(_Items(ds, items), batch_size=self.cfg.batch_size * 2, num_workers=w,
-                            multiprocessing_context="forkserver" if w > 0 else None, prefetch_factor=4 if w > 0 else None)
+        loader = DataLoader(
+            _Items(ds, items),
+            batch_size=self.cfg.batch_size * 2,
+            num_workers=w,
+            multiprocessing_context="forkserver" if w > 0 else None,
+            prefetch_factor=4 if w > 0 else None,
+        )
         outs, done = [], 0
         for x, _ in loader:
             outs.append(runner(normalize_batch(x, spec)).to(dtype))
@@ -733,8 +876,9 @@ class Trainer:
 
     # -- stages --------------------------------------------------------------------------
 
-    def _val_logits(self, model: nn.Module, val_ds: ManifestDataset, split: TrunkSplit | None,
-                    acts: _Activations | None) -> np.ndarray:
+    def _val_logits(
+        self, model: nn.Module, val_ds: ManifestDataset, split: TrunkSplit | None, acts: _Activations | None
+    ) -> np.ndarray:
         if split is not None and acts is not None:
             return self._top_predict(model, split, acts.val)
         return self._predict(model, val_ds)[0]
@@ -744,12 +888,20 @@ class Trainer:
         """Logits (or pre-logit features) of the top on cached trunk activations."""
         model.eval()
         run = split.features if features else split.top
-        return torch.cat([run(x[i : i + 128].float().contiguous(memory_format=torch.channels_last)).float()
-                          for i in range(0, len(x), 128)]).numpy()
+        return torch.cat(
+            [run(x[i : i + 128].float().contiguous(memory_format=torch.channels_last)).float() for i in range(0, len(x), 128)]
+        ).numpy()
 
-    def _linear_probe(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset,
-                      loss_fn: nn.Module, classes: list[str], split: TrunkSplit | None = None,
-                      acts: _Activations | None = None) -> dict[str, Any]:
+    def _linear_probe(
+        self,
+        model: nn.Module,
+        train_ds: ManifestDataset,
+        val_ds: ManifestDataset,
+        loss_fn: nn.Module,
+        classes: list[str],
+        split: TrunkSplit | None = None,
+        acts: _Activations | None = None,
+    ) -> dict[str, Any]:
         cfg = self.cfg.probe
         t0 = time.perf_counter()
         if split is not None and acts is not None:
@@ -785,8 +937,19 @@ class Trainer:
         m["feature_seconds"] = round(t_feat, 2)
         return m
 
-    def _top_epoch(self, model: nn.Module, split: TrunkSplit, feats: torch.Tensor, targets: torch.Tensor, epoch: int,
-                   opt: torch.optim.Optimizer, sched: Any, loss_fn: nn.Module, tb: _TB, global_step: int) -> tuple[float, int, int]:
+    def _top_epoch(
+        self,
+        model: nn.Module,
+        split: TrunkSplit,
+        feats: torch.Tensor,
+        targets: torch.Tensor,
+        epoch: int,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        loss_fn: nn.Module,
+        tb: _TB,
+        global_step: int,
+    ) -> tuple[float, int, int]:
         """One epoch of the top on one cached view (same order rule as the image loader: seed + epoch)."""
         model.train()
         apply_bn_policy(model, self.cfg.finetune.batchnorm)
@@ -804,9 +967,20 @@ class Trainer:
             global_step = self._step(loss, len(y), opt, sched, None, tb, global_step, acc, epoch, b, n_batches)
         return acc[0] / max(1, acc[1]), int(acc[1]), global_step
 
-    def _finetune(self, model: nn.Module, train_ds: ManifestDataset, val_ds: ManifestDataset, loss_fn: nn.Module,
-                  spec: PreprocessSpec, tb: _TB, classes: list[str], split: TrunkSplit | None, acts: _Activations | None,
-                  ckpt_dir: Path, backbone: str) -> tuple[list[dict[str, Any]], int, bool, dict[str, Any] | None]:
+    def _finetune(
+        self,
+        model: nn.Module,
+        train_ds: ManifestDataset,
+        val_ds: ManifestDataset,
+        loss_fn: nn.Module,
+        spec: PreprocessSpec,
+        tb: _TB,
+        classes: list[str],
+        split: TrunkSplit | None,
+        acts: _Activations | None,
+        ckpt_dir: Path,
+        backbone: str,
+    ) -> tuple[list[dict[str, Any]], int, bool, dict[str, Any] | None]:
         cfg, ft = self.cfg, self.cfg.finetune
         cached = split is not None and acts is not None
         sampler = EpochSampler(train_ds.targets, cfg.seed, cfg.loss.balanced_sampler, self.dist.rank, self.dist.world_size)
@@ -816,11 +990,17 @@ class Trainer:
         warmup = int(round(ft.warmup_epochs * steps_per_epoch))
         opt = torch.optim.AdamW(param_groups(model, ft.lr, ft.backbone_lr_mult, ft.weight_decay), lr=ft.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total_steps, warmup, ft.schedule, ft.min_lr_ratio, ft.step_epochs * steps_per_epoch, ft.step_gamma))
+            opt,
+            lambda s: lr_factor(
+                s, total_steps, warmup, ft.schedule, ft.min_lr_ratio, ft.step_epochs * steps_per_epoch, ft.step_gamma
+            ),
+        )
         scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         train_model: nn.Module = model
         if self.dist.active:
-            train_model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         targets = torch.tensor(train_ds.targets, dtype=torch.long)
 
         start_epoch, best_f1, best_nll, best_epoch, bad_epochs, history, global_step = 0, -1.0, math.inf, -1, 0, [], 0
@@ -838,8 +1018,10 @@ class Trainer:
             bad_epochs, history, global_step = ck["bad_epochs"], ck["history"], ck["global_step"]
             self.log(f"resumed after epoch {start_epoch} (best val macro-F1 {best_f1:.4f} at epoch {best_epoch + 1})")
         if ft.epochs:
-            self.log(f"stage 2: fine-tuning {'the whole network' if ft.unfreeze == 'all' else f'the last {ft.unfreeze} stages'} "
-                     f"for up to {ft.epochs} epochs{' on cached trunk activations' if cached else ''}")
+            self.log(
+                f"stage 2: fine-tuning {'the whole network' if ft.unfreeze == 'all' else f'the last {ft.unfreeze} stages'} "
+                f"for up to {ft.epochs} epochs{' on cached trunk activations' if cached else ''}"
+            )
 
         stopped_early = bad_epochs >= ft.early_stopping_patience
         best_state: dict[str, Any] | None = None  # None after a resume: the best epoch's file has it
@@ -849,22 +1031,30 @@ class Trainer:
             t0 = time.perf_counter()
             if cached:
                 assert split is not None and acts is not None
-                train_loss, n_seen, global_step = self._top_epoch(model, split, acts.view(epoch), targets, epoch, opt,
-                                                                  sched, loss_fn, tb, global_step)
+                train_loss, n_seen, global_step = self._top_epoch(
+                    model, split, acts.view(epoch), targets, epoch, opt, sched, loss_fn, tb, global_step
+                )
             else:
                 assert loader is not None
-                train_loss, n_seen, global_step = self._train_epoch(train_model, loader, sampler, epoch, opt, sched, scaler,
-                                                                    loss_fn, spec, tb, global_step)
+                train_loss, n_seen, global_step = self._train_epoch(
+                    train_model, loader, sampler, epoch, opt, sched, scaler, loss_fn, spec, tb, global_step
+                )
             seconds = time.perf_counter() - t0
             n_seen = sum(_gather(n_seen, self.dist))
             logits = self._val_logits(model, val_ds, split, acts)
             y = np.asarray(val_ds.targets)
             vm = classification_metrics(y, logits.argmax(1), classes)
             val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long()))
-            rec = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-                   "val_accuracy": vm["accuracy"], "val_macro_f1": vm["macro_f1"],
-                   "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
-                   "images_per_second": round(n_seen / seconds, 2)}
+            rec = {
+                "epoch": epoch + 1,
+                "train_loss": round(train_loss, 6),
+                "val_loss": round(val_loss, 6),
+                "val_accuracy": vm["accuracy"],
+                "val_macro_f1": vm["macro_f1"],
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": round(seconds, 2),
+                "images_per_second": round(n_seen / seconds, 2),
+            }
             history.append(rec)
             tb.scalar("train/loss", train_loss, epoch + 1)
             tb.scalar("val/loss", val_loss, epoch + 1)
@@ -884,17 +1074,37 @@ class Trainer:
             stopped_early = bad_epochs >= ft.early_stopping_patience
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1, vm["macro_f1"])
-            self.log(f"epoch {epoch + 1}/{ft.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                     f"val acc {vm['accuracy']:.4f}, val macro-F1 {vm['macro_f1']:.4f}"
-                     f"{' (best)' if improved else ''}, {rec['images_per_second']:.1f} img/s")
+            self.log(
+                f"epoch {epoch + 1}/{ft.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                f"val acc {vm['accuracy']:.4f}, val macro-F1 {vm['macro_f1']:.4f}"
+                f"{' (best)' if improved else ''}, {rec['images_per_second']:.1f} img/s"
+            )
             if self.dist.main:
-                state = {"model": model.state_dict(), "epoch": epoch, "best_macro_f1": best_f1, "best_epoch": best_epoch,
-                         "best_nll": best_nll, "bad_epochs": bad_epochs, "history": history, "global_step": global_step,
-                         "classes": classes, "preprocess": spec.to_dict(), "backbone": backbone, "val_metrics": vm}
+                state = {
+                    "model": model.state_dict(),
+                    "epoch": epoch,
+                    "best_macro_f1": best_f1,
+                    "best_epoch": best_epoch,
+                    "best_nll": best_nll,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "global_step": global_step,
+                    "classes": classes,
+                    "preprocess": spec.to_dict(),
+                    "backbone": backbone,
+                    "val_metrics": vm,
+                }
                 if improved:
                     save_checkpoint(ft_path, state)
-                save_checkpoint(last_path, {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                            "scaler": scaler.state_dict() if scaler is not None else {}})
+                save_checkpoint(
+                    last_path,
+                    {
+                        **state,
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else {},
+                    },
+                )
         if stopped_early:
             self.log(f"early stopping: no val macro-F1 gain for {ft.early_stopping_patience} epochs")
         if best_state is None and best_epoch >= 0 and self.dist.active:
@@ -903,15 +1113,23 @@ class Trainer:
             td.barrier()  # resumed under DDP: the best epoch's file is on disk before anyone reads it
         return history, best_epoch, stopped_early, best_state
 
-    def _final_metrics(self, cands: _Candidates, selected: dict[str, Any], baselines: dict[str, Any],
-                       history: list[dict[str, Any]], stopped_early: bool, classes: list[str],
-                       recipe: dict[str, Any]) -> dict[str, Any]:
+    def _final_metrics(
+        self,
+        cands: _Candidates,
+        selected: dict[str, Any],
+        baselines: dict[str, Any],
+        history: list[dict[str, Any]],
+        stopped_early: bool,
+        classes: list[str],
+        recipe: dict[str, Any],
+    ) -> dict[str, Any]:
         missed = [c for c, r in selected["val"]["per_class_recall"].items() if r <= 0.0]
         others = [c for c in cands.items if c["name"] != selected["name"]]
         margins = {c["name"]: round(selected["val"]["macro_f1"] - c["val"]["macro_f1"], 6) for c in others}
         runner_up = max(others, key=lambda c: c["val"]["macro_f1"], default=None)
-        reason = (f"{selected['name']} has the highest validation macro-F1 ({selected['val']['macro_f1']:.4f})"
-                  + (f", {margins[runner_up['name']]:+.4f} over {runner_up['name']}" if runner_up else ""))
+        reason = f"{selected['name']} has the highest validation macro-F1 ({selected['val']['macro_f1']:.4f})" + (
+            f", {margins[runner_up['name']]:+.4f} over {runner_up['name']}" if runner_up else ""
+        )
         if runner_up and margins[runner_up["name"]] == 0:
             reason += " (tie on macro-F1: lower validation NLL)"
         finetuned = {"candidate": selected["name"], "epoch": selected["epoch"], **selected["val"]}
@@ -922,9 +1140,13 @@ class Trainer:
             "baselines": baselines,
             "candidates": cands.items,
             "selection": {"selected": selected["name"], "rule": SELECTION_RULE, "reason": reason, "margins": margins},
-            "quality_gates": {"every_class_recalled": {
-                "passed": not missed, "classes": missed,
-                "rule": "the shipped candidate recalls every class on validation (recall > 0)"}},
+            "quality_gates": {
+                "every_class_recalled": {
+                    "passed": not missed,
+                    "classes": missed,
+                    "rule": "the shipped candidate recalls every class on validation (recall > 0)",
+                }
+            },
             "recipe": recipe,
             "finetuned": finetuned,
             "history": history,
@@ -990,28 +1212,59 @@ class _Items(torch.utils.data.Dataset):
 class _Candidates:
     """Every model the run produced, scored on validation; the best one is shipped as ``best.pt``."""
 
-    def __init__(self, folder: Path, classes: list[str], y_val: np.ndarray, spec: PreprocessSpec, backbone: str,
-                 main: bool) -> None:
+    def __init__(
+        self, folder: Path, classes: list[str], y_val: np.ndarray, spec: PreprocessSpec, backbone: str, main: bool
+    ) -> None:
         self.folder, self.classes, self.y, self.spec, self.backbone, self.main = folder, classes, y_val, spec, backbone, main
         self.items: list[dict[str, Any]] = []
         self.preds: dict[str, np.ndarray] = {}
         self.paths: dict[str, Path] = {}
 
-    def add(self, name: str, description: str, logits: np.ndarray, model: nn.Module, epoch: int, seconds: float,
-            shippable: bool = True, save: bool = True, path: Path | None = None) -> dict[str, Any]:
+    def add(
+        self,
+        name: str,
+        description: str,
+        logits: np.ndarray,
+        model: nn.Module,
+        epoch: int,
+        seconds: float,
+        shippable: bool = True,
+        save: bool = True,
+        path: Path | None = None,
+    ) -> dict[str, Any]:
         m = classification_metrics(self.y, logits.argmax(1), self.classes)
         nll = float(nn.functional.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(self.y).long()))
-        item = {"name": name, "description": description, "epoch": epoch, "seconds": round(seconds, 2),
-                "shippable": shippable,
-                "val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "nll": round(nll, 6),
-                        "per_class_recall": m["per_class_recall"], "per_class_f1": m["per_class_f1"], "n": m["n"]}}
+        item = {
+            "name": name,
+            "description": description,
+            "epoch": epoch,
+            "seconds": round(seconds, 2),
+            "shippable": shippable,
+            "val": {
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "nll": round(nll, 6),
+                "per_class_recall": m["per_class_recall"],
+                "per_class_f1": m["per_class_f1"],
+                "n": m["n"],
+            },
+        }
         self.items.append(item)
         self.preds[name] = logits.argmax(1).astype(np.int64)
         target = path or self.folder / f"{name}.pt"
         if save and self.main:
-            save_checkpoint(target, {"model": model.state_dict(), "epoch": max(0, epoch - 1), "classes": self.classes,
-                                     "preprocess": self.spec.to_dict(), "backbone": self.backbone, "val_metrics": m,
-                                     "candidate": name})
+            save_checkpoint(
+                target,
+                {
+                    "model": model.state_dict(),
+                    "epoch": max(0, epoch - 1),
+                    "classes": self.classes,
+                    "preprocess": self.spec.to_dict(),
+                    "backbone": self.backbone,
+                    "val_metrics": m,
+                    "candidate": name,
+                },
+            )
         self.paths[name] = target
         return item
 
@@ -1043,8 +1296,14 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
         yield prefix.rstrip(".")
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, log: Log | None = None,
-          progress: Callable[[str, int, int], None] | None = None, max_image_size: int | None = None) -> RunResult:
+def train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    log: Log | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    max_image_size: int | None = None,
+) -> RunResult:
     """Run the candidates (majority class, linear probe, fine-tuning), ship the best; write the run directory.
 
     ``max_image_size``: the largest input side the deployment's latency budget allows (from the

@@ -16,7 +16,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class_f1": {c: float(f) for c, f in zip(classes, per_class)},
-        "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
+        "per_class_f1": {c: float(f) for c, f in zip(classes, per_class, strict=False)},
+        "per_class_recall": {c: float(r) for c, r in zip(classes, recall, strict=False)},
         "n": int(len(y_true)),
     }

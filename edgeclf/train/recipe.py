@@ -69,10 +69,16 @@ class DataFacts:
         return self.grayscale_of > 0 and self.grayscale_sampled / self.grayscale_of >= GRAYSCALE_SHARE
 
     def to_dict(self) -> dict[str, Any]:
-        return {"num_train": self.num_train, "class_counts": self.class_counts,
-                "imbalance_ratio": round(self.imbalance_ratio, 3), "min_class_share": round(self.min_class_share, 4),
-                "smallest_class": self.smallest_class, "grayscale_sampled": self.grayscale_sampled,
-                "grayscale_of": self.grayscale_of, "median_short_side": self.median_short_side}
+        return {
+            "num_train": self.num_train,
+            "class_counts": self.class_counts,
+            "imbalance_ratio": round(self.imbalance_ratio, 3),
+            "min_class_share": round(self.min_class_share, 4),
+            "smallest_class": self.smallest_class,
+            "grayscale_sampled": self.grayscale_sampled,
+            "grayscale_of": self.grayscale_of,
+            "median_short_side": self.median_short_side,
+        }
 
 
 class RecipeChoice(BaseModel):
@@ -121,11 +127,16 @@ def measure_facts(rows: list[ManifestRow], root: Path, classes: list[str], seed:
             continue
         total += 1
         gray += _is_gray(img)
-    return DataFacts(num_train=n, class_counts=counts,
-                     imbalance_ratio=(max(nonzero) / min(nonzero)) if nonzero else 1.0,
-                     min_class_share=(counts[smallest] / n) if n else 0.0, smallest_class=smallest,
-                     grayscale_sampled=gray, grayscale_of=total,
-                     median_short_side=int(np.median(shorts)) if shorts else 0)
+    return DataFacts(
+        num_train=n,
+        class_counts=counts,
+        imbalance_ratio=(max(nonzero) / min(nonzero)) if nonzero else 1.0,
+        min_class_share=(counts[smallest] / n) if n else 0.0,
+        smallest_class=smallest,
+        grayscale_sampled=gray,
+        grayscale_of=total,
+        median_short_side=int(np.median(shorts)) if shorts else 0,
+    )
 
 
 def explicit_keys(cfg: TrainConfig) -> set[str]:
@@ -164,8 +175,9 @@ def unfreeze_for(num_train: int, n_groups: int) -> int:
     return min(depth, n_groups)
 
 
-def resolve_recipe(cfg: TrainConfig, facts: DataFacts, native_size: int, n_groups: int,
-                   max_image_size: int | None = None) -> tuple[TrainConfig, list[RecipeChoice]]:
+def resolve_recipe(
+    cfg: TrainConfig, facts: DataFacts, native_size: int, n_groups: int, max_image_size: int | None = None
+) -> tuple[TrainConfig, list[RecipeChoice]]:
     """Apply the data-aware rules to every key the user left at its default."""
     user = explicit_keys(cfg)
     raw = cfg.model_dump(mode="python")
@@ -173,25 +185,37 @@ def resolve_recipe(cfg: TrainConfig, facts: DataFacts, native_size: int, n_group
 
     def choose(key: str, value: Any, reason: str) -> None:
         if key in user:
-            choices.append(RecipeChoice(key=key, value=_get(cfg, key), reason="set by the user (rule would say: "
-                                        f"{value!r}, {reason})", source="user"))
+            choices.append(
+                RecipeChoice(
+                    key=key, value=_get(cfg, key), reason=f"set by the user (rule would say: {value!r}, {reason})", source="user"
+                )
+            )
             return
         _set_dotted(raw, key, value)
         choices.append(RecipeChoice(key=key, value=value, reason=reason, source="auto"))
 
     # imbalance
     if facts.imbalance_ratio > IMBALANCE_RATIO or facts.min_class_share < MIN_CLASS_SHARE:
-        why = (f"audit: imbalance ratio {facts.imbalance_ratio:.1f} > {IMBALANCE_RATIO:g}"
-               if facts.imbalance_ratio > IMBALANCE_RATIO else
-               f"audit: class {facts.smallest_class} is {facts.min_class_share:.1%} of train < {MIN_CLASS_SHARE:.0%}")
+        why = (
+            f"audit: imbalance ratio {facts.imbalance_ratio:.1f} > {IMBALANCE_RATIO:g}"
+            if facts.imbalance_ratio > IMBALANCE_RATIO
+            else f"audit: class {facts.smallest_class} is {facts.min_class_share:.1%} of train < {MIN_CLASS_SHARE:.0%}"
+        )
         choose("loss.class_weights", "effective", why)
     else:
-        choose("loss.class_weights", "none", f"audit: classes balanced (ratio {facts.imbalance_ratio:.1f} <= "
-                                              f"{IMBALANCE_RATIO:g}, smallest {facts.min_class_share:.1%})")
+        choose(
+            "loss.class_weights",
+            "none",
+            f"audit: classes balanced (ratio {facts.imbalance_ratio:.1f} <= "
+            f"{IMBALANCE_RATIO:g}, smallest {facts.min_class_share:.1%})",
+        )
     # modality
     if facts.grayscale:
-        choose("augment.color_jitter", 0.0, f"audit: {facts.grayscale_sampled}/{facts.grayscale_of} sampled images "
-                                             "are grayscale: no colour jitter")
+        choose(
+            "augment.color_jitter",
+            0.0,
+            f"audit: {facts.grayscale_sampled}/{facts.grayscale_of} sampled images are grayscale: no colour jitter",
+        )
     # resolution
     side = facts.median_short_side
     cap = max_image_size
@@ -200,25 +224,39 @@ def resolve_recipe(cfg: TrainConfig, facts: DataFacts, native_size: int, n_group
         want = max(native_size, (side // 32) * 32)
         if cap is not None:
             size = min(want, cap)
-            why = (f"audit: images {side} px > native {native_size} px: {size} px, their size (multiple of 32) "
-                   f"within the latency budget ({cap} px)")
+            why = (
+                f"audit: images {side} px > native {native_size} px: {size} px, their size (multiple of 32) "
+                f"within the latency budget ({cap} px)"
+            )
         else:
             size = native_size
-            why = (f"audit: images {side} px > native {native_size} px, but no latency budget is known here "
-                   "(pass --image-size, or use `edgeclf build`): native size")
+            why = (
+                f"audit: images {side} px > native {native_size} px, but no latency budget is known here "
+                "(pass --image-size, or use `edgeclf build`): native size"
+            )
         choose("model.image_size", size, why)
     elif side:
         size = min(native_size, cap) if cap is not None else native_size
-        choose("model.image_size", size, f"audit: images {side} px <= native {native_size} px: "
-                                          f"{size} px (the pretrained scale, never larger){budget}")
+        choose(
+            "model.image_size",
+            size,
+            f"audit: images {side} px <= native {native_size} px: {size} px (the pretrained scale, never larger){budget}",
+        )
     # data size
     n = facts.num_train
-    choose("finetune.unfreeze", unfreeze_for(n, n_groups),
-           f"data size: {n} training images -> the last {unfreeze_for(n, n_groups)} of {n_groups} backbone stages "
-           f"(one more above {', '.join(str(s) for s in UNFREEZE_STEPS)} images)")
+    choose(
+        "finetune.unfreeze",
+        unfreeze_for(n, n_groups),
+        f"data size: {n} training images -> the last {unfreeze_for(n, n_groups)} of {n_groups} backbone stages "
+        f"(one more above {', '.join(str(s) for s in UNFREEZE_STEPS)} images)",
+    )
     ep = epochs_for(n, raw.get("batch_size", 32))
-    choose("finetune.epochs", ep, f"data size: {n} training images -> {ep} epochs (~{TARGET_STEPS} steps at batch 32, "
-                                  f"within {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]})")
+    choose(
+        "finetune.epochs",
+        ep,
+        f"data size: {n} training images -> {ep} epochs (~{TARGET_STEPS} steps at batch 32, "
+        f"within {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]})",
+    )
     ep = int(raw["finetune"]["epochs"])  # the user's, when set
     choose("finetune.warmup_epochs", 1.0 if ep >= 8 else 0.5, f"{ep} epochs: warm-up {'1' if ep >= 8 else '0.5'} epoch")
     resolved = TrainConfig.model_validate(raw)

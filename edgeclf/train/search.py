@@ -63,17 +63,27 @@ def _space(trial: Any, cfg: TrainConfig, n_groups: int, backbones: list[str]) ->
 
 
 def _default_params(cfg: TrainConfig, backbones: list[str]) -> dict[str, Any]:
-    p: dict[str, Any] = {"lr": cfg.finetune.lr, "backbone_lr_mult": cfg.finetune.backbone_lr_mult,
-                         "unfreeze": cfg.finetune.unfreeze if isinstance(cfg.finetune.unfreeze, int) else 2,
-                         "class_weights": cfg.loss.class_weights if cfg.loss.class_weights != "inverse" else "effective",
-                         "label_smoothing": cfg.loss.label_smoothing if cfg.loss.label_smoothing in (0.0, 0.1) else 0.1}
+    p: dict[str, Any] = {
+        "lr": cfg.finetune.lr,
+        "backbone_lr_mult": cfg.finetune.backbone_lr_mult,
+        "unfreeze": cfg.finetune.unfreeze if isinstance(cfg.finetune.unfreeze, int) else 2,
+        "class_weights": cfg.loss.class_weights if cfg.loss.class_weights != "inverse" else "effective",
+        "label_smoothing": cfg.loss.label_smoothing if cfg.loss.label_smoothing in (0.0, 0.1) else 0.1,
+    }
     if len(backbones) > 1:
         p["backbone"] = cfg.model.backbone
     return p
 
 
-def search(cfg: TrainConfig, run_dir: Path, time_budget_s: float, backbones: list[str] | None = None,
-           log: Log | None = None, max_image_size: int | None = None, n_trials: int | None = None) -> dict[str, Any]:
+def search(
+    cfg: TrainConfig,
+    run_dir: Path,
+    time_budget_s: float,
+    backbones: list[str] | None = None,
+    log: Log | None = None,
+    max_image_size: int | None = None,
+    n_trials: int | None = None,
+) -> dict[str, Any]:
     """Run trials until the budget is spent; the best trial's run becomes ``run_dir``. Returns the trial table."""
     import optuna
 
@@ -95,8 +105,11 @@ def search(cfg: TrainConfig, run_dir: Path, time_budget_s: float, backbones: lis
     rows: list[dict[str, Any]] = []
     durations: list[float] = []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=2))
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=2),
+    )
     study.enqueue_trial(_default_params(cfg, backbones))  # the data-aware recipe first, as trial 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -114,16 +127,22 @@ def search(cfg: TrainConfig, run_dir: Path, time_budget_s: float, backbones: lis
 
         state = "complete"
         try:
-            res = Trainer(tcfg, tdir, log=lambda s: None, max_image_size=max_image_size, shared_cache=shared,
-                          on_epoch=on_epoch).run()
+            res = Trainer(
+                tcfg, tdir, log=lambda s: None, max_image_size=max_image_size, shared_cache=shared, on_epoch=on_epoch
+            ).run()
             value = float(res.metrics["finetuned"]["macro_f1"])
         except _Pruned:
             state = "pruned"
             value = float("nan")
         seconds = time.perf_counter() - t0
         durations.append(seconds)
-        row = {"trial": trial.number, "params": dict(trial.params), "state": state, "seconds": round(seconds, 1),
-               "run": str(tdir.relative_to(run_dir))}
+        row = {
+            "trial": trial.number,
+            "params": dict(trial.params),
+            "state": state,
+            "seconds": round(seconds, 1),
+            "run": str(tdir.relative_to(run_dir)),
+        }
         if (tdir / "config.yaml").is_file():
             import yaml
 
@@ -133,9 +152,11 @@ def search(cfg: TrainConfig, run_dir: Path, time_budget_s: float, backbones: lis
             m = json.loads((tdir / "metrics.json").read_text(encoding="utf-8"))
             row.update(_trial_summary(tdir, m))
         rows.append(row)
-        log(f"search: trial {trial.number} {state} in {seconds:.0f} s"
+        log(
+            f"search: trial {trial.number} {state} in {seconds:.0f} s"
             + (f": val macro-F1 {row['val_macro_f1']:.4f} ({row['shipped']})" if state == "complete" else "")
-            + f" {row.get('config', trial.params)}")
+            + f" {row.get('config', trial.params)}"
+        )
         if state == "pruned":
             raise optuna.TrialPruned()
         return value
@@ -151,23 +172,43 @@ def search(cfg: TrainConfig, run_dir: Path, time_budget_s: float, backbones: lis
         raise ConfigError("the search finished no trial within the time budget; give it more time (--time-budget)")
     best = max(done, key=lambda r: (r["val_macro_f1"], -(r.get("val_nll") or math.inf)))
     _adopt(run_dir, run_dir / best["run"])
-    table = {"rule": "highest validation macro-F1 of the trial's shipped model; ties: lower validation NLL",
-             "time_budget_s": time_budget_s, "seconds": round(time.perf_counter() - t_start, 1),
-             "sampler": "optuna TPE (seed = run seed)", "pruner": "successive halving (min 2 epochs, factor 2)",
-             "best_trial": best["trial"], "trials": rows}
+    table = {
+        "rule": "highest validation macro-F1 of the trial's shipped model; ties: lower validation NLL",
+        "time_budget_s": time_budget_s,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "sampler": "optuna TPE (seed = run seed)",
+        "pruner": "successive halving (min 2 epochs, factor 2)",
+        "best_trial": best["trial"],
+        "trials": rows,
+    }
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     metrics["search"] = table
     others = [r for r in done if r is not best]
     metrics["candidates"] = metrics.get("candidates", []) + [
-        {"name": f"trial-{r['trial']:03d}", "description": f"search trial {r['trial']} ({r['shipped']}): {r['params']}",
-         "epoch": r.get("epoch") or 0, "seconds": r["seconds"], "shippable": True,
-         "val": {"accuracy": r["val_accuracy"], "macro_f1": r["val_macro_f1"], "nll": r.get("val_nll"),
-                 "per_class_recall": r.get("per_class_recall", {}), "n": r.get("n")}} for r in others]
+        {
+            "name": f"trial-{r['trial']:03d}",
+            "description": f"search trial {r['trial']} ({r['shipped']}): {r['params']}",
+            "epoch": r.get("epoch") or 0,
+            "seconds": r["seconds"],
+            "shippable": True,
+            "val": {
+                "accuracy": r["val_accuracy"],
+                "macro_f1": r["val_macro_f1"],
+                "nll": r.get("val_nll"),
+                "per_class_recall": r.get("per_class_recall", {}),
+                "n": r.get("n"),
+            },
+        }
+        for r in others
+    ]
     sel = metrics.get("selection") or {}
-    sel.setdefault("margins", {}).update({f"trial-{r['trial']:03d}": round(best["val_macro_f1"] - r["val_macro_f1"], 6)
-                                          for r in others})
-    sel["reason"] = (sel.get("reason", "") + f"; search: trial {best['trial']} of {len(rows)} "
-                     f"({len(done)} finished, {len(rows) - len(done)} pruned) in {table['seconds']:.0f} s")
+    sel.setdefault("margins", {}).update(
+        {f"trial-{r['trial']:03d}": round(best["val_macro_f1"] - r["val_macro_f1"], 6) for r in others}
+    )
+    sel["reason"] = (
+        sel.get("reason", "") + f"; search: trial {best['trial']} of {len(rows)} "
+        f"({len(done)} finished, {len(rows) - len(done)} pruned) in {table['seconds']:.0f} s"
+    )
     metrics["selection"] = sel
     _add_trial_predictions(run_dir, others)
     write_json(run_dir / "metrics.json", metrics)
@@ -213,9 +254,15 @@ def _trial_summary(tdir: Path, m: dict[str, Any]) -> dict[str, Any]:
 
     ft = m["finetuned"]
     sel = next(c for c in m["candidates"] if c["name"] == m["selection"]["selected"])
-    out = {"shipped": sel["name"], "val_macro_f1": ft["macro_f1"], "val_accuracy": ft["accuracy"],
-           "val_nll": sel["val"].get("nll"), "epoch": ft.get("epoch"), "n": sel["val"].get("n"),
-           "per_class_recall": sel["val"].get("per_class_recall", {})}
+    out = {
+        "shipped": sel["name"],
+        "val_macro_f1": ft["macro_f1"],
+        "val_accuracy": ft["accuracy"],
+        "val_nll": sel["val"].get("nll"),
+        "epoch": ft.get("epoch"),
+        "n": sel["val"].get("n"),
+        "per_class_recall": sel["val"].get("per_class_recall", {}),
+    }
     z = tdir / "candidates" / "val_predictions.npz"
     if z.is_file():
         with np.load(z, allow_pickle=False) as d:
@@ -253,8 +300,9 @@ def _add_trial_predictions(run_dir: Path, others: list[dict[str, Any]]) -> None:
         np.savez(f, **arrays)
 
 
-def train_seeds(cfg: TrainConfig, run_dir: Path, seeds: list[int], log: Log | None = None,
-                max_image_size: int | None = None) -> dict[str, Any]:
+def train_seeds(
+    cfg: TrainConfig, run_dir: Path, seeds: list[int], log: Log | None = None, max_image_size: int | None = None
+) -> dict[str, Any]:
     """One run per seed (``RUN_DIR/seeds/seed-N``); the spread is recorded, the best on validation adopted."""
     from edgeclf.train.loop import train
 
@@ -265,18 +313,37 @@ def train_seeds(cfg: TrainConfig, run_dir: Path, seeds: list[int], log: Log | No
     rows = []
     for seed in seeds:
         sdir = run_dir / "seeds" / f"seed-{seed}"
-        res = train(cfg.model_copy(update={"seed": seed}), sdir, log=log, max_image_size=max_image_size,
-                    resume=(sdir / "checkpoints" / "last.pt").is_file())
+        res = train(
+            cfg.model_copy(update={"seed": seed}),
+            sdir,
+            log=log,
+            max_image_size=max_image_size,
+            resume=(sdir / "checkpoints" / "last.pt").is_file(),
+        )
         ft = res.metrics["finetuned"]
-        rows.append({"seed": seed, "val_macro_f1": ft["macro_f1"], "val_accuracy": ft["accuracy"],
-                     "shipped": ft.get("candidate"), "run": str(sdir.relative_to(run_dir))})
+        rows.append(
+            {
+                "seed": seed,
+                "val_macro_f1": ft["macro_f1"],
+                "val_accuracy": ft["accuracy"],
+                "shipped": ft.get("candidate"),
+                "run": str(sdir.relative_to(run_dir)),
+            }
+        )
         log(f"seed {seed}: val macro-F1 {ft['macro_f1']:.4f} ({ft.get('candidate')})")
     f1 = np.array([r["val_macro_f1"] for r in rows])
     best = rows[int(np.argmax(f1))]
     _adopt(run_dir, run_dir / best["run"])
-    spread = {"seeds": seeds, "runs": rows, "mean": float(f1.mean()), "std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
-              "min": float(f1.min()), "max": float(f1.max()), "adopted": best["seed"],
-              "rule": "the seed with the highest validation macro-F1 is adopted"}
+    spread = {
+        "seeds": seeds,
+        "runs": rows,
+        "mean": float(f1.mean()),
+        "std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+        "min": float(f1.min()),
+        "max": float(f1.max()),
+        "adopted": best["seed"],
+        "rule": "the seed with the highest validation macro-F1 is adopted",
+    }
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     metrics["seeds"] = spread
     write_json(run_dir / "metrics.json", metrics)
