@@ -1,0 +1,38 @@
+"""What the chain and every stage share: the build's options, its error and the log callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeclf.errors import EdgeclfError
+
+Log = Callable[[str], None]
+
+
+class BuildError(EdgeclfError):
+    """A build stage failed; the message names the stage and what to do."""
+
+
+@dataclass
+class BuildOptions:
+    profile: str
+    data_dir: Path
+    out: Path
+    budget_ms: float | None = None
+    config: Path | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    measure: bool | None = None  # None: measure when this host is the profile's target
+    backbones: list[str] | None = None
+    image_size: int | None = None  # force a resolution instead of the selection's
+    robustness: bool = True
+    calibration_images: int = 128
+    workers: int | None = None
+    extra_train: dict[str, Any] = field(default_factory=dict)
+    allow_weak: bool = False
+    time_budget_s: float | None = None  # search the recipe for this long (edgeclf.train.search)
+    decision: Any = None  # edgeclf.evaluate.decision.DecisionRequest; None: argmax
