@@ -226,3 +226,38 @@ def test_augmentation_that_destroys_the_label_is_softened(
     c2 = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.crop_scale": [0.5, 1.0]})
     m2 = train(c2, tmp_path / "run2").metrics
     assert not [ch for ch in m2["recipe"]["choices"] if ch["reason"].startswith("probe check")]
+
+
+def test_resolution_check_measures_both_sizes_and_the_users_size_wins(tiny_manifest: Path, tmp_path: Path) -> None:
+    import yaml
+
+    base = {
+        "data.manifest": tiny_manifest,
+        "data.workers": 0,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "probe.epochs": 5,
+        "finetune.epochs": 1,
+        "finetune.unfreeze": 1,
+        "batch_size": 8,
+        "seed": 1,
+        "amp": "off",
+    }
+    run = tmp_path / "auto"
+    train(load_config(None, base), run)  # 64 px images, native 224: both measured
+    m = json.loads((run / "metrics.json").read_text())
+    rows = m["recipe"]["resolution_check"]
+    assert [r["size"] for r in rows] == [64, 224] and "gain_over_cheapest" in rows[1]
+    chosen = next(c for c in m["recipe"]["choices"] if c["key"] == "model.image_size")
+    assert chosen["source"] == "auto" and chosen["reason"].startswith("resolution check")
+    # 6 validation images decide nothing: the cheaper size
+    assert chosen["value"] == 64
+    cfg_doc = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg_doc["config"]["model"]["image_size"] == 64 and cfg_doc["run"]["preprocess"]["crop_size"] == 64
+    assert "resolution check" in (run / "config.yaml").read_text()
+
+    user = tmp_path / "user"
+    train(load_config(None, {**base, "model.image_size": 96}), user)
+    m = json.loads((user / "metrics.json").read_text())
+    assert "resolution_check" not in m["recipe"]
+    c = next(c for c in m["recipe"]["choices"] if c["key"] == "model.image_size")
+    assert c["source"] == "user" and c["value"] == 96

@@ -125,3 +125,39 @@ def test_cache_settings_validated(bad: dict) -> None:
 
     with pytest.raises(ConfigError):
         load_config(None, bad)
+
+
+def test_resolution_candidates_are_native_and_the_images_own_size() -> None:
+    from edgeclf.train.recipe import resolution_candidates
+
+    def f(side: int) -> DataFacts:
+        return facts({"a": 50, "b": 50}, side=side)
+
+    assert resolution_candidates(f(128), 224) == [128, 224]  # small images: their size vs up-sampled
+    assert resolution_candidates(f(100), 224) == [128, 224]  # rounded up to a multiple of 32
+    assert resolution_candidates(f(20), 224) == [64, 224]  # never below 64 px
+    assert resolution_candidates(f(224), 224) == [224]
+    assert resolution_candidates(f(300), 224, max_image_size=320) == [224, 288]  # large: native vs theirs
+    assert resolution_candidates(f(300), 224, max_image_size=256) == [224, 256]  # within the budget
+    assert resolution_candidates(f(300), 224) == [224]  # no budget known: nothing to measure
+    assert resolution_candidates(f(0), 224) == [224]
+
+
+def test_choose_resolution_pays_for_a_larger_input_only_beyond_the_noise() -> None:
+    from edgeclf.train.recipe import RESOLUTION_CHECK, choose_resolution
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 100)
+    cheap = np.where(rng.random(300) < 0.6, y, (y + 1) % 3)  # 60 % right
+    better = np.where(rng.random(300) < 0.9, y, (y + 1) % 3)  # 90 % right
+    size, why, rows = choose_resolution([128, 224], y, {128: cheap, 224: better}, ["a", "b", "c"])
+    assert size == 224 and why.startswith(RESOLUTION_CHECK) and "95% interval" in why
+    assert rows[1]["gain_over_cheapest"]["low"] > 0
+    # one image better is noise: the cheaper size stays
+    one_more = cheap.copy()
+    one_more[np.flatnonzero(one_more != y)[0]] = y[np.flatnonzero(one_more != y)[0]]
+    size, why, rows = choose_resolution([128, 224], y, {128: cheap, 224: one_more}, ["a", "b", "c"])
+    assert size == 128 and "not better beyond the noise" in why
+    # the larger size worse: the cheaper one, whatever the order of the dict
+    size, _, _ = choose_resolution([224, 288], y, {288: cheap, 224: better}, ["a", "b", "c"])
+    assert size == 224

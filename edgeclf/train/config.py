@@ -36,6 +36,10 @@ class ModelConfig(_Section):
 class ProbeConfig(_Section):
     """Stage 1: a linear head on frozen, cached features (also the linear-probe baseline)."""
 
+    #: logistic: L-BFGS multinomial logistic regression on standardised features, its L2
+    #: strength chosen on validation (edgeclf.train.probe); sgd: AdamW on the training loss.
+    method: Literal["logistic", "sgd"] = "logistic"
+    #: AdamW epochs (method sgd); 0 skips the probe in either method (the head stays as initialised).
     epochs: int = Field(100, ge=0)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

@@ -40,7 +40,14 @@ from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset, mix_s
 from edgeclf.train.losses import build_loss, class_weights
 from edgeclf.train.metrics import classification_metrics
 from edgeclf.train.partial import TrunkRunner, TrunkSplit, split_trunk
-from edgeclf.train.recipe import RecipeChoice, explicit_keys
+from edgeclf.train.probe import ProbeFit, fit_probe
+from edgeclf.train.recipe import (
+    RESOLUTION_CHECK,
+    RecipeChoice,
+    choose_resolution,
+    explicit_keys,
+    resolution_candidates,
+)
 from edgeclf.train.schedule import lr_factor
 
 CHECKPOINT_FORMAT = "edgeclf-checkpoint"
@@ -358,6 +365,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.max_image_size = max_image_size
+        self.resolution_table: list[dict[str, Any]] | None = None
         #: trunk activations shared between runs with the same trunk and views (the search's trials)
         self.shared_cache = shared_cache
         #: called after every fine-tuning epoch with (epoch, val macro-F1): the search's pruner
@@ -543,16 +551,32 @@ class Trainer:
             self.cfg = cfg
         else:
             choices = []
+        stored_choices: list[RecipeChoice] = []
         if self.resume and (self.run_dir / "config.yaml").is_file():
             stored = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-            checked = [
+            stored_choices = [
                 RecipeChoice.model_validate(c)
                 for c in (stored.get("recipe") or {}).get("choices", [])
-                if c.get("source") == "auto" and str(c.get("reason", "")).startswith(AUG_CHECK)
+                if c.get("source") == "auto"
             ]
+            checked = [c for c in stored_choices if c.reason.startswith(AUG_CHECK)]
             if checked:  # the augmentation check ran before the interruption: the same result
                 cfg = self.cfg = _with_augment(cfg, {c.key.split(".", 1)[1]: c.value for c in checked})
                 choices += checked
+        if cfg.auto_recipe and "model.image_size" not in explicit_keys(self.user_cfg):
+            measured = [c for c in stored_choices if c.key == "model.image_size" and c.reason.startswith(RESOLUTION_CHECK)]
+            sizes = resolution_candidates(facts, info.input_size, self.max_image_size)
+            if measured:  # measured before the interruption: the same result
+                choice = measured[0]
+            elif len(sizes) > 1:
+                size, why, table = self._resolution_check(model, train_rows, val_rows, root, classes, sizes)
+                choice = RecipeChoice(key="model.image_size", value=size, reason=why, source="auto")
+                self.resolution_table = table
+            else:
+                choice = None
+            if choice is not None:
+                choices = [c for c in choices if c.key != "model.image_size"] + [choice]
+                cfg = self.cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"image_size": choice.value})})
         for c in choices:
             self.log(f"  recipe: {c.key} = {c.value}  ({c.source}: {c.reason})")
         spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, cfg.model.image_size)
@@ -561,7 +585,9 @@ class Trainer:
                 "[yellow]warning:[/] these weights have batch-norm folded into the convolutions; "
                 "finetune.batchnorm=train will disturb them (frozen_stats is the safe choice)"
             )
-        recipe = {"facts": facts.to_dict(), "choices": [c.model_dump(mode="json") for c in choices]}
+        recipe: dict[str, Any] = {"facts": facts.to_dict(), "choices": [c.model_dump(mode="json") for c in choices]}
+        if self.resolution_table is not None:
+            recipe["resolution_check"] = self.resolution_table
         resolved = {
             "config": json.loads(cfg.model_dump_json()),
             "recipe": recipe,
@@ -745,6 +771,43 @@ class Trainer:
             td.barrier()
         return RunResult(self.run_dir, metrics)
 
+    def _resolution_check(
+        self,
+        model: nn.Module,
+        train_rows: list,
+        val_rows: list,
+        root: Path,
+        classes: list[str],
+        sizes: list[int],
+    ) -> tuple[int, str, list[dict[str, Any]]]:
+        """The linear probe at each candidate input size on a class-stratified sample of train,
+        scored on (a sample of) validation; :func:`choose_resolution` decides."""
+        rng = np.random.default_rng(mix_seed(self.cfg.seed, 5151))
+        tr = _stratified_sample(train_rows, RES_CHECK_TRAIN, rng)
+        va = _stratified_sample(val_rows, RES_CHECK_VAL, rng)
+        counts = Counter(r.label for r in tr)
+        weight = class_weights(
+            [max(1, counts.get(c, 0)) for c in classes], self.cfg.loss.class_weights, self.cfg.loss.effective_beta
+        )
+        model.to(self.device)
+        preds: dict[int, np.ndarray] = {}
+        y_val = np.zeros(0, np.int64)
+        t0 = time.perf_counter()
+        for size in sizes:
+            spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, size)
+            cache = DecodeCache(self.cfg.data.cache_dir or None, spec)
+            ftr, ytr = self._predict(model, ManifestDataset(tr, root, classes, spec, cache, None, self.cfg.seed), features=True)
+            fva, y_val = self._predict(model, ManifestDataset(va, root, classes, spec, cache, None, self.cfg.seed), features=True)
+            fit = fit_probe(ftr, ytr, fva, y_val, len(classes), None if weight is None else weight.numpy())
+            preds[size] = (fva @ fit.weight.T + fit.bias).argmax(axis=1)
+        size, why, table = choose_resolution(sizes, y_val, preds, classes, self.cfg.seed)
+        self.log(
+            f"resolution check on {len(tr)} train / {len(va)} val images in {time.perf_counter() - t0:.0f} s: "
+            + ", ".join(f"{r['size']} px {r['probe_val_macro_f1']:.3f}" for r in table)
+            + f" -> {size} px"
+        )
+        return size, why, table
+
     # -- cached activations --------------------------------------------------------------
 
     def _activations(
@@ -913,6 +976,30 @@ class Trainer:
             fva, yva = self._predict(model, val_ds, features=True)
         t_feat = time.perf_counter() - t0
         head = model.get_classifier()
+        fit: ProbeFit | None = None
+        if cfg.method == "logistic" and cfg.epochs > 0:
+            weight = getattr(loss_fn, "weight", None)
+            fit = fit_probe(ftr, ytr, fva, yva, len(classes), None if weight is None else weight.detach().cpu().numpy())
+            with torch.no_grad():
+                head.weight.copy_(torch.from_numpy(fit.weight))
+                head.bias.copy_(torch.from_numpy(fit.bias))
+            self.log(
+                f"  linear probe: L2 strength C={fit.c:g} chosen on validation macro-F1 over {len(fit.sweep)} values "
+                f"({fit.seconds:.1f} s)"
+            )
+        else:
+            self._sgd_probe(head, ftr, ytr, loss_fn)
+        head.eval()
+        with torch.no_grad():
+            pred = head(torch.from_numpy(fva)).argmax(1).numpy()
+        m = classification_metrics(yva, pred, classes)
+        m["feature_seconds"] = round(t_feat, 2)
+        m["probe"] = fit.summary() if fit is not None else {"method": "sgd", "epochs": cfg.epochs}
+        return m
+
+    def _sgd_probe(self, head: nn.Module, ftr: np.ndarray, ytr: np.ndarray, loss_fn: nn.Module) -> None:
+        """The probe by AdamW on the training loss (``probe.method: sgd``; ``probe.epochs: 0`` keeps the head)."""
+        cfg = self.cfg.probe
         xtr, ttr = torch.from_numpy(ftr), torch.from_numpy(ytr).long()
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         g = torch.Generator().manual_seed(self.cfg.seed)
@@ -930,12 +1017,6 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 sched.step()
-        head.eval()
-        with torch.no_grad():
-            pred = head(torch.from_numpy(fva)).argmax(1).numpy()
-        m = classification_metrics(yva, pred, classes)
-        m["feature_seconds"] = round(t_feat, 2)
-        return m
 
     def _top_epoch(
         self,
@@ -1162,6 +1243,9 @@ SELECTION_RULE = "highest validation macro-F1; ties: lower validation NLL"
 #: the largest relative macro-F1 drop of the probe under augmentation that is accepted, and
 #: the softer settings used past it (crop keeps >= 80 % of the image, turns <= 5 degrees).
 AUG_CHECK = "probe check"
+#: Images of train / validation the resolution check fits and scores its probes on.
+RES_CHECK_TRAIN = 800
+RES_CHECK_VAL = 1000
 AUG_CHECK_IMAGES = 256
 AUG_CHECK_VIEW = 1_000_003
 AUG_MAX_DROP = 0.15
@@ -1310,3 +1394,17 @@ def train(
     build's selection); the resolution rule of :mod:`edgeclf.train.recipe` stays within it.
     """
     return Trainer(cfg, run_dir, resume, log, progress, max_image_size).run()
+
+
+def _stratified_sample(rows: list, n: int, rng: np.random.Generator) -> list:
+    """At most ``n`` rows, every class in proportion (and at least one image of each), in manifest order."""
+    if len(rows) <= n:
+        return list(rows)
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault(r.label, []).append(i)
+    keep: list[int] = []
+    for idx in by.values():
+        k = max(1, round(n * len(idx) / len(rows)))
+        keep += rng.choice(idx, size=min(k, len(idx)), replace=False).tolist()
+    return [rows[i] for i in sorted(keep)]

@@ -14,10 +14,15 @@ rules are written to generalise, not tuned to one data set:
 * **modality** — when (nearly) every sampled image is grayscale, colour jitter only
   adds noise (saturation/hue do nothing and brightness/contrast shift a signal that
   is the measurement itself): off.
-* **resolution** — images larger than the backbone's native size: train at up to their
-  median short side (multiple of 32) when the latency budget allows it
-  (``max_image_size``, given by the build's selection); smaller: native size (the
-  pretrained filters see objects at the scale they were trained on), never above.
+* **resolution** — the input size is chosen between two candidates by measuring
+  (:func:`resolution_candidates`, then the trainer's resolution check): the backbone's
+  native size and the images' own (median short side, a multiple of 32, within the
+  largest size the latency budget allows — ``max_image_size``, given by the build's
+  selection). The linear probe is fitted at both on a sample of train and scored on
+  validation; the costlier size is taken only when its paired-bootstrap gain in
+  macro-F1 excludes zero (:func:`choose_resolution`). Up-sampling small images adds no
+  information but sometimes helps pretrained filters; a larger input costs compute on
+  the device: both are measured instead of assumed.
 * **data size** — the number of training images sets how deep fine-tuning reaches
   (more data, more unfrozen stages), how many epochs run (about the same number of
   optimizer steps whatever the data size, within 4..30 epochs) and the warm-up.
@@ -49,6 +54,10 @@ EPOCH_RANGE = (4, 30)
 UNFREEZE_STEPS = (2000, 20000)
 #: Images sampled (decoded) to decide the modality.
 GRAY_SAMPLE = 48
+#: The smallest input the resolution rule trains at (below it the last feature map is 2x2).
+MIN_IMAGE_SIZE = 64
+#: Prefix of the reason of a choice made by measuring (kept across a resume, like the augmentation check).
+RESOLUTION_CHECK = "resolution check"
 
 
 @dataclass(frozen=True)
@@ -280,3 +289,56 @@ def annotate_yaml(text: str, choices: list[RecipeChoice], section: str = "config
             line = f"{line}  # {reasons[dotted]}"
         out.append(line)
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def resolution_candidates(facts: DataFacts, native_size: int, max_image_size: int | None = None) -> list[int]:
+    """The input sizes worth measuring, cheapest first: native and the images' own size (multiple of 32).
+
+    Images smaller than native: their size rounded up to a multiple of 32 (at least
+    ``MIN_IMAGE_SIZE``) vs native. Larger: native vs their size rounded down, within the
+    latency budget (unknown budget: native only). One candidate: nothing to measure.
+    """
+    side = facts.median_short_side
+    if not side:
+        return [native_size]
+    if side < native_size:
+        small = max(MIN_IMAGE_SIZE, -(-side // 32) * 32)
+        return [small, native_size] if small < native_size else [native_size]
+    if max_image_size is None:
+        return [native_size]
+    big = min((side // 32) * 32, max_image_size)
+    return [native_size, big] if big > native_size else [native_size]
+
+
+def choose_resolution(
+    sizes: list[int], y_val: np.ndarray, preds: dict[int, np.ndarray], classes: list[str], seed: int = 0
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """The cheapest size, unless a costlier one is better beyond the noise (paired bootstrap, 95 %).
+
+    ``preds``: the probe's validation predictions at each size. Returns the size, the reason
+    and one row per size (its probe macro-F1 and the paired interval against the cheapest).
+    """
+    from edgeclf.stats import paired_bootstrap_diff
+    from edgeclf.train.metrics import classification_metrics
+
+    base = sizes[0]
+    rows, chosen, why = [], base, ""
+    f1 = {s: classification_metrics(y_val, preds[s], classes)["macro_f1"] for s in sizes}
+    for s in sizes:
+        row: dict[str, Any] = {"size": s, "probe_val_macro_f1": round(f1[s], 4)}
+        if s != base:
+            d = paired_bootstrap_diff(y_val, preds[s], preds[base], classes, seed=seed)
+            row["gain_over_cheapest"] = {k: round(float(d[k]), 4) for k in ("diff", "low", "high")}
+            if d["low"] > 0 and f1[s] > f1[chosen]:
+                chosen = s
+        rows.append(row)
+    table = ", ".join(f"{r['size']} px {r['probe_val_macro_f1']:.3f}" for r in rows)
+    if chosen == base:
+        why = f"{RESOLUTION_CHECK}: linear probe val macro-F1 {table}: {base} px (a costlier size is not better beyond the noise)"
+    else:
+        g = rows[sizes.index(chosen)]["gain_over_cheapest"]
+        why = (
+            f"{RESOLUTION_CHECK}: linear probe val macro-F1 {table}: {chosen} px "
+            f"(+{g['diff']:.3f}, 95% interval [{g['low']:+.3f}, {g['high']:+.3f}] over {base} px)"
+        )
+    return chosen, why, rows
