@@ -8,7 +8,7 @@ p50/p90/p99 and the cost model's estimate and error twice: with the figures of t
 factors were calibrated on (``calibration.json``), and with this host's figures probed now
 (its GEMM rate and memory bandwidth, :func:`edgeclf.select.detect_host`); the second is the
 estimate for a machine the model was not calibrated on. To re-measure every backbone and
-refit the factors stored in the package, run ``python -m edgeclf.select``.
+refit the factors stored in the package, run ``edgeclf profiles calibrate-costmodel``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_costmodel_vs_measured(benchmark, request, tmp_path, this_host, backbone
 
     calibration = load_calibration()
     if calibration is None:
-        pytest.skip("no calibration.json; run python -m edgeclf.select first")
+        pytest.skip("no calibration.json; run `edgeclf profiles calibrate-costmodel` first")
     info = get_backbone(backbone)
     size = info.input_size
     model = timm.create_model(info.timm_arch, pretrained=False).eval()

@@ -236,6 +236,208 @@ def profiles_show(
     out.print(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
 
 
+@contextmanager
+def _log_to_stderr(name: str) -> Iterator[None]:
+    """Show the INFO log of logger ``name`` (a long measurement's progress) on stderr."""
+    import logging
+
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _int_list(option: str, value: str | None) -> list[int] | None:
+    """A comma list of integers; None when the option is not given, [] for an empty one."""
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} {value!r}: expected integers such as 224,160") from None
+
+
+@profiles_app.command("calibrate")
+def profiles_calibrate(
+    out_file: Annotated[Path, typer.Option("--out", help="Profile YAML file to write (.yaml or .yml).")],
+    name: Annotated[
+        str | None, typer.Option(help="Profile name (a slug such as my-device); default: from the host name.")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Copy the budgets from this profile (a built-in name or a profile YAML file).")
+    ] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option("--latency-ms", help="p95 latency budget at batch 1, ms (default: 50, or the base's).")
+    ] = None,
+    memory_mb: Annotated[
+        float | None,
+        typer.Option("--memory-mb", help="Peak memory budget, MB (default: 1024 but at most half the RAM, or the base's)."),
+    ] = None,
+    file_mb: Annotated[
+        float | None, typer.Option("--file-mb", help="Model file budget, MB (default: 100, or the base's).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Intra-op threads the profile assumes (default: one per physical core).")
+    ] = None,
+    runtimes: Annotated[
+        str | None, typer.Option(help="Comma list of onnxruntime, openvino (default: both where installed).")
+    ] = None,
+    measure_backbones: Annotated[
+        bool,
+        typer.Option(
+            "--measure-backbones",
+            help="Also export and time a few real backbones here and fit the cost model's efficiency factors "
+            "(minutes); without it they are copied from the stored calibration.",
+        ),
+    ] = False,
+    backbones: Annotated[
+        str | None, typer.Option(help="With --measure-backbones: comma list of backbones to time (default: four).")
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option(min=0.1, help="With --measure-backbones: timed seconds per model file and pass.")
+    ] = 1.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure this device (GEMM rate, memory bandwidth, cores, ISA, RAM) and write its hardware profile.
+
+    Use the file with `edgeclf build --profile FILE`: the cost model then estimates from this
+    device's measured figures instead of a built-in profile's nominal ones."""
+    from edgeclf.bench.device_profile import calibrate_profile
+
+    if backbones is not None and not measure_backbones:
+        raise typer.BadParameter("--backbones applies with --measure-backbones")
+    with _log_to_stderr("edgeclf.select"):
+        res = calibrate_profile(
+            out_file,
+            name=name,
+            base=base,
+            latency_ms=latency_ms,
+            memory_mb=memory_mb,
+            file_mb=file_mb,
+            threads=threads,
+            runtimes=_csv_list(runtimes),
+            measure_backbones=measure_backbones,
+            backbones=_csv_list(backbones),
+            seconds_per_point=seconds,
+        )
+    prof = res.profile
+    if as_json:
+        _print_json({"path": str(res.path), "fitted": res.fitted, "notes": res.notes, "profile": prof.to_json_dict()})
+        return
+    c, b = prof.compute, prof.budgets
+    t = Table(title=f"{res.path}: profile {prof.name}")
+    t.add_column("figure")
+    t.add_column("value")
+    t.add_row("CPU", f"{prof.cpu.model} ({prof.cpu.arch}), {prof.cpu.cores} cores / {prof.cpu.hardware_threads} threads")
+    t.add_row("ISA features", ", ".join(prof.cpu.isa_features) or "–")
+    t.add_row("fp32 GEMM (measured)", f"{res.host.gemm_gflops:g} GFLOP/s at {c.threads} threads")
+    t.add_row("peak fp32 / int8", f"{c.peak_fp32_gflops:g} GFLOP/s / {c.peak_int8_gops:g} GOP/s")
+    t.add_row("memory bandwidth (measured)", f"{c.memory_bandwidth_gb_per_s:g} GB/s")
+    t.add_row("effective clock", f"{prof.cpu.max_freq_ghz:g} GHz")
+    t.add_row("RAM", f"{prof.memory.ram_gb:g} GB")
+    t.add_row("runtimes", ", ".join(f"{rt.label} ({', '.join(rt.precisions)})" for rt in prof.runtimes))
+    t.add_row("budgets", f"p95 {b.latency_ms_p95:g} ms, memory {b.memory_mb:g} MB, file {b.model_file_mb:g} MB")
+    t.add_row("efficiency factors", prof.cost_model.origin if prof.cost_model else "–")
+    out.print(t)
+    for note in res.notes:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    out.print(f"wrote {res.path}; use it with `edgeclf build --profile {res.path}`", soft_wrap=True, highlight=False)
+
+
+@profiles_app.command("calibrate-costmodel")
+def profiles_calibrate_costmodel(
+    backbones: Annotated[str | None, typer.Option(help="Comma list of backbones (default: every registered one).")] = None,
+    resolutions: Annotated[
+        str | None, typer.Option(help="Comma list of fp32 resolutions besides each native one (default: 192,128).")
+    ] = None,
+    int8_resolutions: Annotated[
+        str | None,
+        typer.Option(
+            "--int8-resolutions", help="Comma list of resolutions also measured at int8, '' for none (default: 224,160)."
+        ),
+    ] = None,
+    runtimes: Annotated[
+        str | None, typer.Option(help="Comma list of onnxruntime, openvino (default: both where installed).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Intra-op threads (default: every CPU this process may use).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Timed seconds per model file and pass.")] = 1.0,
+    passes: Annotated[int | None, typer.Option(min=1, help="Timing passes; each file keeps its quietest (default: 2).")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="calibration.json to write (default: the one edgeclf reads).")
+    ] = None,
+    validation_out: Annotated[
+        Path | None, typer.Option("--validation-out", help="validation.json to write (default: next to edgeclf's calibration).")
+    ] = None,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Keep (and reuse) the model files here.")] = None,
+    validate_only: Annotated[
+        bool,
+        typer.Option("--validate-only", "--validate", help="Only recompute the estimated-vs-measured table of a calibration."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Calibrate the cost model on this host: time the backbones, fit its factors, store calibration.json.
+
+    Prints the estimated-vs-measured table (validation.json). Takes long: every backbone is exported
+    and timed at several resolutions, each in its own process, on (mostly) idle CPUs."""
+    from edgeclf.bench.calibrate import PASSES, calibrate
+    from edgeclf.errors import ConfigError
+    from edgeclf.select.calibration import VALIDATION_PATH, format_validation, write_validation
+    from edgeclf.select.costmodel import CALIBRATION_PATH, load_calibration
+
+    cal_path = out_file or CALIBRATION_PATH
+    val_path = validation_out or VALIDATION_PATH
+    if validate_only:
+        given = [
+            n
+            for n, v in (
+                ("--backbones", backbones),
+                ("--resolutions", resolutions),
+                ("--int8-resolutions", int8_resolutions),
+                ("--runtimes", runtimes),
+                ("--threads", threads),
+                ("--passes", passes),
+                ("--work-dir", work_dir),
+            )
+            if v is not None
+        ]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --validate-only")
+        calibration = load_calibration(cal_path)
+        if calibration is None:
+            raise ConfigError(f"no cost-model calibration at {cal_path}; run this command without --validate-only first")
+    else:
+        int8 = _int_list("--int8-resolutions", int8_resolutions)
+        with _log_to_stderr("edgeclf.select"):
+            calibration = calibrate(
+                _csv_list(backbones),
+                resolutions=_int_list("--resolutions", resolutions),
+                **({"int8_resolutions": int8} if int8 is not None else {}),
+                runtimes=_csv_list(runtimes),
+                threads=threads,
+                seconds_per_point=seconds,
+                passes=PASSES if passes is None else passes,
+                out=cal_path,
+                validation_out=None,
+                work_dir=work_dir,
+            )
+    report = write_validation(val_path, calibration)
+    if as_json:
+        _print_json(report.model_dump(mode="json"))
+        return
+    sys.stdout.write(format_validation(report) + "\n")  # fixed-width text, as is
+    if not validate_only:
+        err.print(f"wrote {cal_path} and {val_path}", soft_wrap=True, highlight=False)
+
+
 # ----------------------------------------------------------------------------- models + training
 
 
@@ -938,6 +1140,44 @@ def predict_cmd(
             line += f"  → decision [bold]{'UNKNOWN' if d.unknown else d.label}[/] ({d.rule})"
         out.print(line)
     err.print(f"(artifact {art}, temperature {clf.manifest.temperature:.3f}, decision policy {policy.describe()})")
+
+
+# ----------------------------------------------------------------------------- tensorrt
+
+tensorrt_app = typer.Typer(help="TensorRT engines, built on the device from a bundle's ONNX model.", no_args_is_help=True)
+app.add_typer(tensorrt_app, name="tensorrt")
+
+
+@tensorrt_app.command("build")
+def tensorrt_build(
+    onnx: Annotated[Path, typer.Option("--onnx", help="The bundle's fp32 ONNX model; the engine is written next to it.")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp16",
+    calibration: Annotated[
+        Path | None, typer.Option(help="int8: the bundle's calibration batch (model.calib.npy, N x 3 x H x W float32).")
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="int8: the calibration cache to read or write.")] = Path("model.int8.calib"),
+    max_batch: Annotated[
+        int | None, typer.Option(min=1, help="Largest batch of the engine's optimisation profile (default: 32).")
+    ] = None,
+    opt_batch: Annotated[int | None, typer.Option(min=1, help="Batch the engine is tuned for (default: 1).")] = None,
+    workspace_mb: Annotated[int | None, typer.Option(min=1, help="Builder workspace, MiB (default: 1024).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a TensorRT engine (and the int8 calibration cache) on this device, where TensorRT and a CUDA GPU are."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise typer.BadParameter(f"--precision {precision!r}: use fp32, fp16 or int8")
+    from edgeclf.export.tensorrt_export import build_engine_from_files
+
+    res = build_engine_from_files(onnx, precision, calibration, cache, max_batch, opt_batch, workspace_mb)
+    if as_json:
+        _print_json(res)
+        return
+    rec = res["details"].get("tensorrt", {})
+    out.print(
+        f"built {res['path']} ({precision}, TensorRT {rec.get('trt_version', '?')} on {rec.get('device', '?')})",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 # ----------------------------------------------------------------------------- registry

@@ -45,10 +45,15 @@ __all__ = [
     "Accelerator",
     "Budgets",
     "Compute",
+    "CostModelFactors",
     "Cpu",
+    "FileFactors",
+    "FitSummary",
     "Gpu",
     "HardwareProfile",
+    "LatencyFactors",
     "Memory",
+    "MemoryFactors",
     "Precision",
     "ProfileSummary",
     "RuntimeName",
@@ -62,6 +67,7 @@ __all__ = [
 Precision = Literal["fp32", "fp16", "int8"]
 RuntimeName = Literal["onnxruntime", "openvino", "tensorrt", "tflite"]
 Target = Literal["cpu", "gpu"]
+FactorSource = Literal["fitted", "derived", "prior"]
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -329,6 +335,117 @@ class Budgets(_Strict):
     model_file_mb: float = Field(gt=0, description="Size of the exported model file.")
 
 
+# ------------------------------------------------------------------ cost-model factors
+#
+# The efficiency factors of the latency, memory and file-size cost model
+# (edgeclf.select.costmodel, where the formulas are). They are defined here because a
+# profile may carry its own: ``edgeclf profiles calibrate`` writes the factors measured on
+# the device into the profile's ``cost_model`` section. ``calibration.json`` holds the same
+# records.
+
+
+class _Factors(BaseModel):
+    """Base of the factor records: unknown keys are errors, the records are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FitSummary(_Factors):
+    """How well fitted factors reproduce the measurements they were fitted on."""
+
+    points: int
+    rms_log_error: float = Field(description="Root mean square of ln(estimate / measured).")
+    max_abs_error_pct: float = Field(description="Largest |estimate / measured - 1|, percent.")
+    mean_abs_error_pct: float
+    loo_max_abs_error_pct: float | None = Field(
+        default=None,
+        description="Largest error when each backbone's points are predicted by factors fitted "
+        "without that backbone (leave-one-backbone-out); None with fewer than 3 backbones.",
+    )
+    loo_mean_abs_error_pct: float | None = None
+
+
+class LatencyFactors(_Factors):
+    """Efficiency factors of one runtime at one precision on one kind of compute unit."""
+
+    target: Target
+    runtime: RuntimeName
+    backend: str = Field(description="Execution provider or device, e.g. CPUExecutionProvider, GPU.")
+    precision: Precision
+    compute_efficiency: float = Field(gt=0, description="Fraction of the precision's peak on dense nodes.")
+    depthwise_efficiency: float = Field(gt=0, description="Fraction of the precision's peak on depthwise nodes.")
+    memory_efficiency: float = Field(gt=0, description="Fraction of the memory bandwidth (above 1: caches help).")
+    call_overhead_ms: float = Field(ge=0, description="Fixed cost of one inference call.")
+    node_overhead_ms: float = Field(ge=0, description="Dispatch cost per graph node, at overhead_clock_ghz.")
+    overhead_clock_ghz: float | None = Field(
+        default=None, gt=0, description="CPU clock the overheads hold at (CPU targets); None: as given."
+    )
+    p95_factor: float = Field(ge=1, description="p95 latency = p50 latency x this factor.")
+    source: FactorSource
+    note: str = ""
+    fit: FitSummary | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.target, self.runtime, self.backend, self.precision)
+
+
+class MemoryFactors(_Factors):
+    """Peak resident memory of an inference process running one runtime."""
+
+    target: Target
+    runtime: RuntimeName
+    backend: str
+    base_mib: float = Field(ge=0, description="Process + runtime libraries with no model loaded.")
+    weight_copies: float = Field(ge=0, description="Resident copies of the weights (file bytes, prepacked).")
+    activation_factor: float = Field(ge=0, description="Arena bytes per byte of planned peak activations.")
+    source: FactorSource
+    note: str = ""
+    max_abs_error_pct: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.target, self.runtime, self.backend)
+
+
+class FileFactors(_Factors):
+    """Size of the model file one runtime loads, at one precision."""
+
+    runtime: RuntimeName
+    precision: Precision
+    bytes_per_param: float = Field(gt=0)
+    overhead_mib: float = Field(ge=0)
+    source: FactorSource
+    note: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.runtime, self.precision)
+
+
+class CostModelFactors(_Strict):
+    """Cost-model factors for this device; for this profile they replace the stored calibration's.
+
+    Their efficiencies are fractions of this profile's ``compute`` figures, as every
+    factor set is of the figures of the device it is applied to.
+    """
+
+    origin: str = Field(min_length=1, description="Where the factors come from (measured here, or copied).")
+    latency: list[LatencyFactors] = Field(default_factory=list)
+    memory: list[MemoryFactors] = Field(default_factory=list)
+    files: list[FileFactors] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> CostModelFactors:
+        for section in ("latency", "memory", "files"):
+            seen: dict[tuple[str, ...], int] = {}
+            for i, factors in enumerate(getattr(self, section)):
+                if factors.key in seen:
+                    raise ValueError(f"{section}[{i}] repeats {section}[{seen[factors.key]}] ({'/'.join(factors.key)}); keep one")
+                seen[factors.key] = i
+        return self
+
+
 class ProfileSummary(_Strict):
     """The few fields a profiles table shows."""
 
@@ -353,6 +470,10 @@ class HardwareProfile(_Strict):
     runtimes: list[RuntimeSupport] = Field(min_length=1)
     compute: Compute
     budgets: Budgets
+    cost_model: CostModelFactors | None = Field(
+        default=None,
+        description="Factors measured on this device (edgeclf profiles calibrate); absent: the stored calibration's.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HardwareProfile:
@@ -395,6 +516,14 @@ class HardwareProfile(_Strict):
                 f"budgets.model_file_mb ({self.budgets.model_file_mb:g}) exceeds "
                 f"budgets.memory_mb ({self.budgets.memory_mb:g}); the model must fit in memory"
             )
+        if self.cost_model is not None:
+            for section in ("latency", "memory"):
+                for i, factors in enumerate(getattr(self.cost_model, section)):
+                    if factors.target != self.compute.target:
+                        raise ValueError(
+                            f"cost_model.{section}[{i}] ({factors.runtime}/{factors.backend}) is for a "
+                            f"{factors.target} but compute.target is {self.compute.target}"
+                        )
         return self
 
     def runtime(self, name: RuntimeName) -> list[RuntimeSupport]:

@@ -1,6 +1,7 @@
 """Cost-model calibration on the machine in hand: export and quantise every registered backbone,
 time each model file in a clean worker process, fit the factors (:mod:`edgeclf.select.calibration`),
-store ``calibration.json``. Run it with ``python -m edgeclf.bench.calibrate``.
+store ``calibration.json``. Run it with ``edgeclf profiles calibrate-costmodel``;
+``edgeclf profiles calibrate --measure-backbones`` fits the same factors into a device's profile.
 
 It lives in ``bench`` because it needs the exporters: selection (``select``) runs before
 training and must not depend on the export stage; it only reads the calibration written here.
@@ -12,7 +13,6 @@ passes (the second in the reverse order) and keep each file's quietest pass.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -30,8 +30,8 @@ import numpy as np
 
 from edgeclf._io import write_json
 from edgeclf.errors import ConfigError, EdgeclfError
-from edgeclf.select.calibration import VALIDATION_PATH, detect_host, fit_calibration, format_validation, write_validation
-from edgeclf.select.costmodel import CALIBRATION_PATH, MIB, Calibration, CalibrationPoint, load_calibration
+from edgeclf.select.calibration import VALIDATION_PATH, detect_host, fit_calibration, write_validation
+from edgeclf.select.costmodel import CALIBRATION_PATH, MIB, Calibration, CalibrationPoint
 
 log = logging.getLogger("edgeclf.select")
 
@@ -315,54 +315,8 @@ def calibrate(
     return calibration
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m edgeclf.bench.calibrate``: calibrate (or only validate) and print the table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m edgeclf.bench.calibrate",
-        description="Measure the registered backbones on this host and fit the cost model.",
-    )
-    parser.add_argument("--backbones", nargs="*", default=None)
-    parser.add_argument("--resolutions", nargs="*", type=int, default=None, help="fp32, besides the native one")
-    parser.add_argument("--int8-resolutions", nargs="*", type=int, default=list(_DEFAULT_INT8_SIZES))
-    parser.add_argument("--runtimes", nargs="*", default=None, choices=("onnxruntime", "openvino"))
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per model file and pass")
-    parser.add_argument("--passes", type=int, default=PASSES)
-    parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
-    parser.add_argument("--validation-out", type=Path, default=VALIDATION_PATH)
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep (and reuse) the model files here")
-    parser.add_argument("--validate-only", action="store_true", help="only recompute the validation table")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        if args.validate_only:
-            report = write_validation(args.validation_out, load_calibration(args.out))
-        else:
-            calibrate(
-                args.backbones,
-                resolutions=args.resolutions,
-                int8_resolutions=args.int8_resolutions,
-                runtimes=args.runtimes,
-                threads=args.threads,
-                seconds_per_point=args.seconds,
-                passes=args.passes,
-                work_dir=args.work_dir,
-                out=args.out,
-                validation_out=None,
-            )
-            from edgeclf.select.costmodel import _load_calibration
-
-            _load_calibration.cache_clear()
-            report = write_validation(args.validation_out, load_calibration(args.out))
-    except EdgeclfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(format_validation(report))
-    return 0
-
-
-__all__ = ["PASSES", "WORKER", "calibrate", "main", "measure_backbones", "weights_available"]
+__all__ = ["PASSES", "WORKER", "calibrate", "measure_backbones", "weights_available"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("the cost-model calibration is a command of the edgeclf CLI: run `edgeclf profiles calibrate-costmodel --help`")

@@ -120,8 +120,8 @@ def build(
     if opts.profile == "auto":
         opts.profile = host_profile()
         log(f"profile auto: this host is a {opts.profile}")
-    profile = load_profile(opts.profile)  # fail early on a bad name
-    opts.profile = profile.name
+    profile = load_profile(opts.profile)  # fail early on a bad name or file
+    # opts.profile stays what loads it (a name, or the path of a profile file) for the stages
     data_dir = resolve_data(opts.data_dir, out, log)
     opts.data_dir = data_dir
     stages = Stages(out, log, on_stage)

@@ -27,14 +27,21 @@ def resolve_data(data: str | Path, out: Path, log: Log) -> Path:
 
 
 def host_is_target(profile: Any) -> tuple[bool, str]:
-    """Whether latency measured here stands for the profile's device."""
-    from edgeclf.select.calibration import _cpuinfo, match_host_profile
+    """Whether latency measured here stands for the profile's device.
+
+    It does for the built-in profile of this host's ISA class, and for a profile measured
+    on a host with this CPU (``edgeclf profiles calibrate``: it has a ``cost_model`` section).
+    """
+    from edgeclf.select.calibration import _cpuinfo, host_cpu_model, match_host_profile
 
     info = _cpuinfo()
     arch = platform.machine().lower()
     matched = match_host_profile(arch, set(info.get("flags", info.get("Features", "")).split()))
     if profile.compute.target != "cpu":
         return False, f"the profile's models run on its {profile.compute.target.upper()}; this host has none"
+    same_arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch) == profile.cpu.arch
+    if getattr(profile, "cost_model", None) is not None and same_arch and profile.cpu.model == host_cpu_model(info):
+        return True, f"this host has the CPU {profile.name} was measured on ({profile.cpu.model})"
     if matched != profile.name:
         return False, f"this host ({arch}, matches profile {matched or 'none'}) is not a {profile.name}"
     return True, f"this host matches {profile.name}"

@@ -232,8 +232,9 @@ def _stage_package(
             if cal:
                 trt += (
                     "\nTensorRT int8: first the calibration cache, with TensorRT's entropy calibrator over "
-                    "`model.calib.npy` (the calibration batch, preprocessed; needs the `tensorrt` Python "
-                    f"package and edgeclf on the device), in `bundle/`:\n\n```sh\n{cal}\n```\n\nthen the engine:\n"
+                    "`model.calib.npy` (the calibration batch, preprocessed), with `edgeclf tensorrt build` "
+                    "(needs the `tensorrt` Python package and edgeclf on the device), in "
+                    f"`bundle/`:\n\n```sh\n{cal}\n```\n\nthen the engine:\n"
                 )
             else:
                 trt += f"\nTensorRT {a['precision']} engine (build it on the device, in `bundle/`):\n"

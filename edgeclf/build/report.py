@@ -26,7 +26,7 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
     sel = json.loads((out / "selection.json").read_text(encoding="utf-8"))
     b = results["benchmark"]
     lines = [
-        f"# edgeclf build: {opts.profile}",
+        f"# edgeclf build: {sel.get('profile') or opts.profile}",
         "",
         f"Data: `{opts.data_dir}` — {results['audit'].get('num_images')} images, {results['audit'].get('num_classes')} classes; "
         f"split fingerprint `{results['split']['fingerprint'][:16]}`.",
@@ -190,7 +190,7 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
     lines += [f"Device package: `{results['package']['package']}` ({results['package']['size_mb']} MB).", ""]
     write_text(out / "report.md", "\n".join(lines))
     summary = {
-        "profile": opts.profile,
+        "profile": sel.get("profile") or opts.profile,
         "choice": sel["choice"],
         "benchmark": b,
         "package": results["package"],

@@ -16,8 +16,8 @@ built it, so it is usually built on the target itself. Two paths:
   also get the calibration batch (``model.calib.npy``, N x 3 x H x W float32,
   preprocessed), and ``details["trt_command"]`` is the ``trtexec`` command to run in
   the bundle folder on the device. ``trtexec --int8 --calib=FILE`` only *reads* a
-  calibration cache, so int8 also gets ``details["trt_calibration_command"]``: this
-  module run as ``python -m edgeclf.export.tensorrt_export``, which builds the engine
+  calibration cache, so int8 also gets ``details["trt_calibration_command"]``:
+  ``edgeclf tensorrt build`` (:func:`build_engine_from_files`), which builds the engine
   (and the cache) from the ``.npy`` with the same calibrator.
 
 Note: TensorRT 10 deprecates implicit (calibrator-based) INT8 in favour of explicit
@@ -28,11 +28,8 @@ accept, so it is not a TensorRT input.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +45,7 @@ from edgeclf.preprocess import PreprocessSpec
 __all__ = [
     "TRT_NOT_INSTALLED",
     "build_engine",
+    "build_engine_from_files",
     "check_engine_compatible",
     "engine_file_name",
     "export",
@@ -104,7 +102,7 @@ def trt_commands(
     out = {"trt_command": f"trtexec --onnx={onnx_name} --saveEngine={engine} {flags} {shapes}"}
     if precision == "int8":
         out["trt_calibration_command"] = (
-            f"python -m edgeclf.export.tensorrt_export --onnx {onnx_name} --precision int8 "
+            f"edgeclf tensorrt build --onnx {onnx_name} --precision int8 "
             f"--calibration {CALIBRATION_NPY} --cache {cache_name} --max-batch {max_batch} "
             f"--opt-batch {opt_batch}"
         )
@@ -340,35 +338,63 @@ def export(
     return Produced(file=name, extra_files=extra, details={**details, **src_details})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Device-side helper: build an engine (and int8 calibration cache) from a bundle's ONNX + ``.npy``.
+def build_engine_from_files(
+    onnx_path: Path | str,
+    precision: str = "fp16",
+    calibration_npy: Path | str | None = None,
+    cache_path: Path | str = "model.int8.calib",
+    max_batch: int | None = None,
+    opt_batch: int | None = None,
+    workspace_mb: int | None = None,
+) -> dict[str, Any]:
+    """On the device: build an engine (and the int8 calibration cache) from a bundle's ONNX model
+    and calibration batch (``edgeclf tensorrt build``).
 
-    Prints the engine's details (including the ``tensorrt`` build record) as JSON.
+    The engine is written next to the ONNX model, named by :func:`engine_file_name`.
+
+    Returns:
+        ``{"file": engine name, "path": engine path, "details": ...}``, the details including
+        the ``tensorrt`` build record {trt_version, device}.
+
+    Raises:
+        ConfigError: TensorRT or a CUDA GPU is missing here, a file is missing, or int8 is
+            asked for without the calibration batch.
     """
-    p = argparse.ArgumentParser(prog="python -m edgeclf.export.tensorrt_export", description=main.__doc__)
-    p.add_argument("--onnx", required=True, type=Path)
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
-    p.add_argument("--calibration", type=Path, help="N x 3 x H x W float32 .npy (int8)")
-    p.add_argument("--cache", type=Path, default=Path("model.int8.calib"))
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
-    p.add_argument("--opt-batch", type=int, default=DEFAULT_OPT_BATCH)
-    p.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB)
-    args = p.parse_args(argv)
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"precision {precision!r}: use fp32, fp16 or int8")
     ok, reason = tensorrt_available()
     if not ok:
-        print(reason, file=sys.stderr)
-        return 2
+        raise ConfigError(
+            f"{reason}: `edgeclf tensorrt build` builds the engine on the device, where TensorRT (its Python "
+            "package) and a CUDA GPU are; elsewhere a bundle carries the ONNX model and the `trtexec` command"
+        )
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ConfigError(f"ONNX model not found: {onnx_path}")
+    calibration = None
+    if precision == "int8":
+        if calibration_npy is None:
+            raise ConfigError(f"int8 needs the calibration batch (--calibration {CALIBRATION_NPY}, in the bundle)")
+        try:
+            calibration = np.load(calibration_npy, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the calibration batch {calibration_npy}: {exc}") from None
     import tensorrt as trt
 
-    calibration = np.load(args.calibration, allow_pickle=False) if args.calibration else None
-    name = engine_file_name(args.precision, str(trt.__version__), gpu_name() or "gpu")
-    engine = args.onnx.parent / name
+    name = engine_file_name(precision, str(trt.__version__), gpu_name() or "gpu")
+    engine = onnx_path.parent / name
     details = build_engine(
-        args.onnx, engine, args.precision, calibration, args.cache, args.max_batch, args.opt_batch, args.workspace_mb
+        onnx_path,
+        engine,
+        precision,
+        calibration,
+        Path(cache_path),
+        DEFAULT_MAX_BATCH if max_batch is None else max_batch,
+        DEFAULT_OPT_BATCH if opt_batch is None else opt_batch,
+        DEFAULT_WORKSPACE_MB if workspace_mb is None else workspace_mb,
     )
-    print(json.dumps({"file": name, "details": details}, indent=2, sort_keys=True))
-    return 0
+    return {"file": name, "path": str(engine), "details": details}
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit("building a TensorRT engine is a command of the edgeclf CLI: run `edgeclf tensorrt build --help`")

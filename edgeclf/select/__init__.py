@@ -5,7 +5,7 @@
 * :mod:`~edgeclf.select.costmodel`: latency / memory / file-size estimates from those
   counts and a device's figures, with efficiency factors from ``calibration.json``.
 * :mod:`~edgeclf.select.calibration`: measure this host, fit the factors, validate
-  (measured by ``python -m edgeclf.bench.calibrate``).
+  (measured by ``edgeclf profiles calibrate-costmodel``).
 * :mod:`~edgeclf.select.selection`: :func:`select_backbone`.
 """
 

@@ -30,7 +30,7 @@ every registered backbone on this host, fits the efficiency factors of
    least-squares fits of the linear formulas.
 
 OpenVINO fp16 on a CPU computes in fp32, so its factors are OpenVINO fp32's
-(``source: "derived"``). Run it with ``python -m edgeclf.bench.calibrate``;
+(``source: "derived"``). Run it with ``edgeclf profiles calibrate-costmodel``;
 :func:`validate_cost_model` gives the estimated-vs-measured table (``validation.json``).
 """
 
@@ -82,6 +82,7 @@ __all__ = [
     "fit_latency_factors",
     "fit_calibration",
     "format_validation",
+    "host_cpu_model",
     "match_host_profile",
     "validate_cost_model",
     "write_validation",
@@ -117,6 +118,12 @@ def _cpuinfo() -> dict[str, str]:
     except OSError:
         pass
     return info
+
+
+def host_cpu_model(info: dict[str, str] | None = None) -> str:
+    """This host's CPU model as /proc/cpuinfo names it (else what the platform says)."""
+    info = _cpuinfo() if info is None else info
+    return info.get("model name") or platform.processor() or platform.machine()
 
 
 def match_host_profile(arch: str, flags: set[str] | frozenset[str]) -> str | None:
@@ -233,7 +240,7 @@ def detect_host(threads: int | None = None) -> HostInfo:
         }
     )
     return HostInfo(
-        cpu_model=info.get("model name") or platform.processor() or arch,
+        cpu_model=host_cpu_model(info),
         arch=arch,
         isa_features=relevant,
         logical_cpus=logical,
@@ -529,7 +536,7 @@ def validate_cost_model(calibration: Calibration | None = None, leave_one_out: b
     """
     calibration = calibration or load_calibration()
     if calibration is None:
-        raise EdgeclfError("no cost-model calibration found; run python -m edgeclf.bench.calibrate first")
+        raise EdgeclfError("no cost-model calibration found; run `edgeclf profiles calibrate-costmodel` first")
     model = CostModel(calibration)
     device = calibration.host.figures()
     loo: dict[int, float] = {}

@@ -35,12 +35,16 @@ File size (MiB)::
 
 Factors come from ``calibration.json`` (fitted on measurements, see
 :mod:`edgeclf.select.calibration`) and, for combinations nobody measured, from the
-stated priors in this module (``source: "prior"``); every estimate says which.
+stated priors in this module (``source: "prior"``); every estimate says which. A profile
+written by ``edgeclf profiles calibrate`` carries its device's own factors (its
+``cost_model`` section, :meth:`CostModel.for_profile`), which replace both for it.
+The factor records themselves are defined in :mod:`edgeclf.profiles` for that reason.
 Sizes are MiB (2**20 bytes), like the profiles' ``memory_mb`` (``ram_gb * 1024``).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from dataclasses import dataclass
@@ -50,7 +54,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeclf.errors import EdgeclfError
-from edgeclf.profiles import HardwareProfile, Precision, RuntimeName, RuntimeSupport
+from edgeclf.profiles import (
+    FileFactors,
+    FitSummary,
+    HardwareProfile,
+    LatencyFactors,
+    MemoryFactors,
+    Precision,
+    RuntimeName,
+    RuntimeSupport,
+)
 from edgeclf.select.counts import ModelCounts
 
 __all__ = [
@@ -75,7 +88,6 @@ CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 CALIBRATION_SCHEMA = "1.0"
 MIB = float(1 << 20)
 Target = Literal["cpu", "gpu"]
-FactorSource = Literal["fitted", "derived", "prior"]
 
 # Bytes per weight and per activation element as stored and moved at each precision.
 # int8: QDQ models keep int8 weights and uint8 activations between quantised nodes.
@@ -95,79 +107,6 @@ def _working_precision(target: str, precision: str) -> str:
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FitSummary(_Frozen):
-    """How well fitted factors reproduce the measurements they were fitted on."""
-
-    points: int
-    rms_log_error: float = Field(description="Root mean square of ln(estimate / measured).")
-    max_abs_error_pct: float = Field(description="Largest |estimate / measured - 1|, percent.")
-    mean_abs_error_pct: float
-    loo_max_abs_error_pct: float | None = Field(
-        default=None,
-        description="Largest error when each backbone's points are predicted by factors fitted "
-        "without that backbone (leave-one-backbone-out); None with fewer than 3 backbones.",
-    )
-    loo_mean_abs_error_pct: float | None = None
-
-
-class LatencyFactors(_Frozen):
-    """Efficiency factors of one runtime at one precision on one kind of compute unit."""
-
-    target: Target
-    runtime: RuntimeName
-    backend: str = Field(description="Execution provider or device, e.g. CPUExecutionProvider, GPU.")
-    precision: Precision
-    compute_efficiency: float = Field(gt=0, description="Fraction of the precision's peak on dense nodes.")
-    depthwise_efficiency: float = Field(gt=0, description="Fraction of the precision's peak on depthwise nodes.")
-    memory_efficiency: float = Field(gt=0, description="Fraction of the memory bandwidth (above 1: caches help).")
-    call_overhead_ms: float = Field(ge=0, description="Fixed cost of one inference call.")
-    node_overhead_ms: float = Field(ge=0, description="Dispatch cost per graph node, at overhead_clock_ghz.")
-    overhead_clock_ghz: float | None = Field(
-        default=None, gt=0, description="CPU clock the overheads hold at (CPU targets); None: as given."
-    )
-    p95_factor: float = Field(ge=1, description="p95 latency = p50 latency x this factor.")
-    source: FactorSource
-    note: str = ""
-    fit: FitSummary | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.target, self.runtime, self.backend, self.precision)
-
-
-class MemoryFactors(_Frozen):
-    """Peak resident memory of an inference process running one runtime."""
-
-    target: Target
-    runtime: RuntimeName
-    backend: str
-    base_mib: float = Field(ge=0, description="Process + runtime libraries with no model loaded.")
-    weight_copies: float = Field(ge=0, description="Resident copies of the weights (file bytes, prepacked).")
-    activation_factor: float = Field(ge=0, description="Arena bytes per byte of planned peak activations.")
-    source: FactorSource
-    note: str = ""
-    max_abs_error_pct: float | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.target, self.runtime, self.backend)
-
-
-class FileFactors(_Frozen):
-    """Size of the model file one runtime loads, at one precision."""
-
-    runtime: RuntimeName
-    precision: Precision
-    bytes_per_param: float = Field(gt=0)
-    overhead_mib: float = Field(ge=0)
-    source: FactorSource
-    note: str = ""
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.runtime, self.precision)
 
 
 class DeviceFigures(_Frozen):
@@ -293,12 +232,12 @@ def _load_calibration(path: str) -> Calibration | None:
         if major != CALIBRATION_SCHEMA.split(".")[0]:
             raise EdgeclfError(
                 f"{file} has schema_version {data.get('schema_version')!r}; this edgeclf reads "
-                f"{CALIBRATION_SCHEMA}. Re-run the calibration (python -m edgeclf.bench.calibrate)"
+                f"{CALIBRATION_SCHEMA}. Re-run the calibration (edgeclf profiles calibrate-costmodel)"
             )
         return Calibration.model_validate(data)
     except (ValueError, ValidationError) as exc:
         raise EdgeclfError(
-            f"cannot read the cost-model calibration {file}: {exc}. Re-run the calibration (python -m edgeclf.bench.calibrate)"
+            f"cannot read the cost-model calibration {file}: {exc}. Re-run the calibration (edgeclf profiles calibrate-costmodel)"
         ) from None
 
 
@@ -492,6 +431,20 @@ class CostModel:
             self._latency.update({f.key: f for f in self.calibration.latency})
             self._memory.update({f.key: f for f in self.calibration.memory})
             self._files.update({f.key: f for f in self.calibration.files})
+
+    def for_profile(self, profile: HardwareProfile) -> CostModel:
+        """This model with ``profile``'s own factors (its ``cost_model`` section) over its own.
+
+        A profile without that section gets this model itself.
+        """
+        own = profile.cost_model
+        if own is None:
+            return self
+        model = copy.copy(self)
+        model._latency = {**self._latency, **{f.key: f for f in own.latency}}
+        model._memory = {**self._memory, **{f.key: f for f in own.memory}}
+        model._files = {**self._files, **{f.key: f for f in own.files}}
+        return model
 
     def latency_factors(self, target: str, runtime: str, backend: str, precision: str) -> LatencyFactors:
         key = (target, runtime, backend, precision)

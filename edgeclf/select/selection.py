@@ -292,7 +292,8 @@ def select_backbone(
         accuracy: User top-1 figures (percent) by backbone name (at its native size),
             ``"name@px"`` or ``(name, px)`` (at that size); they replace the registry's.
         measured: Costs measured on the target; they replace the estimates they match.
-        cost_model: Default: the shipped calibration over the stated priors.
+        cost_model: Default: the shipped calibration over the stated priors. Factors the
+            profile carries (its ``cost_model`` section) take precedence over either.
 
     Returns:
         The choice, a one-line justification, and the table of all candidates.
@@ -327,7 +328,7 @@ def select_backbone(
         raise ConfigError(f"profile {prof.name}'s runtimes support none of the precisions {list(precisions or [])}")
     for m in measured:
         get_backbone(m.backbone)
-    model = cost_model or CostModel()
+    model = (cost_model or CostModel()).for_profile(prof)  # a calibrated profile's own factors first
     device = DeviceFigures.from_profile(prof)
 
     rows: list[Candidate] = []
