@@ -944,37 +944,36 @@ def export_cmd(
             runtime_gate=c_runtime_rows,
             int8_evidence=int8_gates,
         )
-        rows = res.rows
+        rows = res.parity.table
     except ExportFailed as e:
+        from edgeclf.export.bundle import read_parity
+
         failure = e
-        rows = (
-            json.loads((out_dir / "parity.json").read_text(encoding="utf-8"))["table"]
-            if (out_dir / "parity.json").is_file()
-            else []
-        )
+        report = read_parity(out_dir)
+        rows = report.table if report is not None else []
     if as_json:
-        _print_json({"bundle": str(out_dir), "table": rows, "failed": str(failure) if failure else None})
+        _print_json({"bundle": str(out_dir), "table": [r.to_dict() for r in rows], "failed": str(failure) if failure else None})
     else:
         t = Table(title=f"{out_dir}: parity on validation")
         for col in ("format", "precision", "status", "size MB", "macro-F1", "Δ vs eager", "agreement", "ms/img"):
             t.add_column(col, justify="left" if col in ("format", "precision", "status") else "right")
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
         for r in rows:
-            style = {"ok": "green", "reference": "bold"}.get(r["status"], "red" if r["status"] != "skipped" else "yellow")
+            style = {"ok": "green", "reference": "bold"}.get(r.status or "", "red" if r.status != "skipped" else "yellow")
             t.add_row(
-                r["format"],
-                r["precision"],
-                f"[{style}]{r['status']}[/]",
-                fmt(r.get("size_mb"), ".2f"),
-                fmt(r.get("macro_f1"), ".4f"),
-                fmt(r.get("delta_macro_f1"), "+.4f"),
-                fmt(r.get("agreement"), ".4f"),
-                fmt(r.get("ms_per_image"), ".2f"),
+                r.format,
+                r.precision,
+                f"[{style}]{r.status}[/]",
+                fmt(r.size_mb, ".2f"),
+                fmt(r.macro_f1, ".4f"),
+                fmt(r.delta_macro_f1, "+.4f"),
+                fmt(r.agreement, ".4f"),
+                fmt(r.ms_per_image, ".2f"),
             )
         out.print(t)
         for r in rows:
-            if r.get("error") and r["status"] != "ok":
-                out.print(f"  [yellow]{r['format']}/{r['precision']}[/]: {r['error']}")
+            if r.error and r.status != "ok":
+                out.print(f"  [yellow]{r.format}/{r.precision}[/]: {r.error}")
     if failure is not None:
         raise failure
 

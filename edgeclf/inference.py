@@ -120,11 +120,8 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
 
 def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | None = None) -> Any:
     """The fastest shipped artifact whose runtime is installed (speed from the parity run), or ``runtime``'s."""
-    speed: dict[tuple[str, str], float] = {}
-    parity = read_parity(Path(bundle_dir))  # a damaged report is a BundleError naming the file
-    for row in (parity or {}).get("table", []):
-        if row.get("ms_per_image") is not None:
-            speed[(row["format"], row["precision"])] = row["ms_per_image"]
+    parity = read_parity(Path(bundle_dir))  # a damaged report is a BundleError naming the file and field
+    speed = parity.speeds() if parity is not None else {}
     candidates = [
         a
         for a in manifest.artifacts

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgeclf._io import _UMASK, canonical_json, sha256_bytes, sha256_file, write_json
 from edgeclf.errors import EdgeclfError
-from edgeclf.export.bundle import MANIFEST, PARITY, BundleError, BundleManifest, read_bundle
+from edgeclf.export.bundle import MANIFEST, BundleError, BundleManifest, read_bundle, read_parity
 
 log = logging.getLogger("edgeclf.registry")
 
@@ -245,55 +245,45 @@ def _gate_failures(gates: Any, where: str) -> list[str]:
     return out
 
 
-def _attempt_reason(row: dict[str, Any]) -> str:
-    """The last attempt's gate failures or error, as ``parity.json`` records them."""
-    attempts = row.get("attempts")
-    last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
-    fails = (last.get("parity") or {}).get("failures") if isinstance(last.get("parity"), dict) else None
-    if isinstance(fails, list) and fails:
-        return "; ".join(str(f) for f in fails)
-    return str(last.get("error") or row.get("error") or "")
-
-
 def parity_verdict(bundle_dir: Path, manifest: BundleManifest) -> ParityVerdict:
     """Read a bundle's parity results (the manifest's ``parity`` and ``parity.json``).
 
     ``failed`` when any artifact has a status other than ``ok`` (``skipped`` artifacts, never
-    attempted because their toolchain is absent, are listed but do not fail), when a gate is
-    recorded as failed, when a shipped artifact is not ``ok``, or when nothing is shipped.
+    attempted because their toolchain is absent, are listed but do not fail), when a gate of the
+    manifest's ``parity`` section is recorded as failed, when a shipped artifact is not ``ok``,
+    when ``parity.json`` does not read (``read_parity``), or when nothing is shipped.
     ``missing`` when the bundle holds no parity results at all.
     """
     failures: list[str] = []
-    rows: list[dict[str, Any]] = []
+    # (format/precision, status, why it did not pass): the manifest's summary (edgeclf.json is a
+    # document of its own: its parity section is a free object), then parity.json's artifacts
+    rows: list[tuple[str, str, str]] = []
     summary = manifest.parity.get("summary")
     if isinstance(summary, list):
-        rows += [r for r in summary if isinstance(r, dict)]
+        rows += [
+            (f"{r.get('format', '?')}/{r.get('precision', '?')}", str(r.get("status", "missing")), "")
+            for r in summary
+            if isinstance(r, dict)
+        ]
     failures += _gate_failures(manifest.parity.get("gates"), f"{MANIFEST} parity")
-    pf = bundle_dir / PARITY
-    if pf.is_file():
-        try:
-            doc = json.loads(pf.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            failures.append(f"{PARITY} is not valid JSON ({e})")
-            doc = None
-        if isinstance(doc, dict):
-            arts = doc.get("artifacts")
-            if isinstance(arts, list):
-                rows += [r for r in arts if isinstance(r, dict)]
-            failures += _gate_failures(doc.get("gates"), PARITY)
+    try:
+        report = read_parity(bundle_dir)
+    except BundleError as e:
+        failures.append(str(e))
+        report = None
+    if report is not None:
+        rows += [(f"{a.format}/{a.precision}", a.status or "missing", a.reason()) for a in report.artifacts]
     skipped: list[str] = []
     bad: dict[str, str] = {}  # "format/precision" -> status (both sources list the same artifacts)
     reasons: dict[str, str] = {}
-    for r in rows:
-        key = f"{r.get('format', '?')}/{r.get('precision', '?')}"
-        status = str(r.get("status", "missing"))
+    for key, status, reason in rows:
         if status == "skipped":
             if key not in skipped:
                 skipped.append(key)
         elif status not in _PASSING_STATUSES:
             bad.setdefault(key, status)
             if not reasons.get(key):
-                reasons[key] = _attempt_reason(r)
+                reasons[key] = reason
     failures += [f"{k}: {v} ({reasons[k]})" if reasons.get(k) else f"{k}: {v}" for k, v in bad.items()]
     shipped = [f"{a.format}/{a.precision}" for a in manifest.artifacts]
     for a in manifest.artifacts:

@@ -139,12 +139,37 @@ def tamper(b: Path) -> None:
 
 
 GOOD_PARITY = json.dumps({"table": [{"format": "onnx", "precision": "fp32", "ms_per_image": 0.1, "status": "ok"}]})
+#: the same report in the versioned layout (edgeclf.export.parity_schema, schema 1.0.0)
+GOOD_PARITY_V1 = json.dumps(
+    {
+        "schema_version": "1.0.0",
+        "split": "val",
+        "images": 10,
+        "temperature": 1.0,
+        "artifacts": [],
+        "table": [
+            {
+                "format": "onnx",
+                "precision": "fp32",
+                "status": "ok",
+                "size_mb": 0.1,
+                "macro_f1": 0.9,
+                "delta_macro_f1": 0.0,
+                "agreement": 1.0,
+                "ms_per_image": 0.1,
+                "error": None,
+            }
+        ],
+        "robustness": None,
+    }
+)
 
 CASES: list[Case] = [
     Case("as written", nothing, True),
     Case("schema 1.0.0 without a decision section", old_schema, True),
     Case("decision null", set_key("decision", None), True),
     Case("a good parity report", parity(GOOD_PARITY), True),
+    Case("a good parity report of schema 1.0.0", parity(GOOD_PARITY_V1), True),
     Case("a link to a file inside the bundle", symlink_in, True),
     Case("temperature as an integer", set_key("temperature", 2), True),
     # paths

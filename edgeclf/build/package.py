@@ -3,7 +3,6 @@ sources, the C example with its image decoder and a README for the device, as on
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -150,7 +149,7 @@ def _bundle_backend_libraries(manifest: Any, lib: Path) -> list[str]:
 def _stage_package(
     opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[str, Any], bench: dict[str, Any]
 ) -> dict[str, Any]:
-    from edgeclf.export.bundle import read_bundle
+    from edgeclf.export.bundle import read_bundle, read_parity
     from edgeclf.profiles import load_profile
 
     profile = load_profile(opts.profile)
@@ -225,10 +224,12 @@ def _stage_package(
         )
         prebuilt = ""
     trt = ""
-    for a in json.loads((out / "bundle" / "parity.json").read_text(encoding="utf-8")).get("artifacts", []):
-        cmd = (a.get("details") or {}).get("trt_command")
+    report = read_parity(out / "bundle")
+    for a in report.artifacts if report is not None else []:
+        # the exporter's details are format-specific: TensorRT's carry its build commands
+        cmd = a.details.get("trt_command")
         if cmd:
-            cal = (a.get("details") or {}).get("trt_calibration_command")
+            cal = a.details.get("trt_calibration_command")
             if cal:
                 trt += (
                     "\nTensorRT int8: first the calibration cache, with TensorRT's entropy calibrator over "
@@ -237,7 +238,7 @@ def _stage_package(
                     f"`bundle/`:\n\n```sh\n{cal}\n```\n\nthen the engine:\n"
                 )
             else:
-                trt += f"\nTensorRT {a['precision']} engine (build it on the device, in `bundle/`):\n"
+                trt += f"\nTensorRT {a.precision} engine (build it on the device, in `bundle/`):\n"
             trt += f"\n```sh\n{cmd}\n```\n"
     test = ev.get("test", {}) or {}
     val = ev.get("val", {}) or {}

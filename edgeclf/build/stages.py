@@ -358,25 +358,20 @@ def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
         runtime_gate=c_runtime_rows,
     )
     _replace_dir(tmp, out / "bundle")
-    rows = [
-        {
-            k: r.get(k)
-            for k in (
-                "format",
-                "precision",
-                "status",
-                "size_mb",
-                "macro_f1",
-                "delta_macro_f1",
-                "agreement",
-                "ms_per_image",
-                "error",
-                "decision_agreement",
-                "decision_match",
-            )
-        }
-        for r in res.rows
-    ]
+    keys = (
+        "format",
+        "precision",
+        "status",
+        "size_mb",
+        "macro_f1",
+        "delta_macro_f1",
+        "agreement",
+        "ms_per_image",
+        "error",
+        "decision_agreement",
+        "decision_match",
+    )
+    rows = [{k: getattr(r, k) for k in keys} for r in res.parity.table]
     return {
         "bundle": "bundle",
         "artifacts": [f"{a.format}/{a.precision}" for a in res.manifest.artifacts],

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from edgeclf._io import canonical_json, sha256_file, write_json
 from edgeclf.errors import EdgeclfError
 from edgeclf.evaluate.decision import DecisionPolicy
+from edgeclf.export.parity_schema import PARITY, ParityReport, ParityReportError, parse_parity
 from edgeclf.preprocess import PreprocessSpec
 
 #: 1.1.0 added the optional ``decision`` section (absent: argmax, so 1.0.x bundles still load).
@@ -31,7 +32,6 @@ MIN_RUNTIME_VERSION = "0.1.0"
 #: argmax asks for it, so an older runtime refuses the bundle instead of silently taking argmax.
 MIN_RUNTIME_VERSION_DECISION = "0.2.0"
 MANIFEST = "edgeclf.json"
-PARITY = "parity.json"
 
 
 class BundleError(EdgeclfError):
@@ -207,28 +207,39 @@ def _inside(bundle_dir: Path, p: Path) -> bool:
         return False
 
 
-def read_parity(bundle_dir: Path) -> dict[str, Any] | None:
-    """``parity.json`` checked the way the C runtime checks it: None when absent; a damaged report
-    (not JSON, no ``table`` list, a row without string ``format`` / ``precision``) is a BundleError."""
+def read_parity(bundle_dir: Path) -> ParityReport | None:
+    """``parity.json`` read through its schema (``edgeclf.export.parity_schema``): None when absent;
+    a damaged report (not a file inside the bundle, not JSON, another major schema version, a field
+    missing, of the wrong type or out of its vocabulary) is a BundleError naming the file and field.
+    A report written before the schema was versioned is migrated on read."""
     path = Path(bundle_dir) / PARITY
     if not path.exists() and not path.is_symlink():
         return None
     if not _inside(Path(bundle_dir), path) or not path.is_file():
         raise BundleError(f"{path}: the parity report is not a file inside the bundle; re-export the bundle")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; the bundle is damaged")
     try:
         doc = json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} is damaged (not valid JSON: {e}); re-export the bundle") from None
-    table = doc.get("table") if isinstance(doc, dict) else None
-    if not isinstance(table, list):
-        raise BundleError(f"{path} is damaged (no 'table' list of artifacts); re-export the bundle")
-    for i, row in enumerate(table):
-        if not (isinstance(row, dict) and isinstance(row.get("format"), str) and isinstance(row.get("precision"), str)):
-            raise BundleError(f"{path} is damaged (table row {i} has no format and precision); re-export the bundle")
-        ms = row.get("ms_per_image")
-        if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float))):
-            raise BundleError(f"{path} is damaged (table row {i}: ms_per_image is not a number); re-export the bundle")
-    return doc
+    try:
+        return parse_parity(doc, str(path))
+    except ParityReportError as e:
+        raise BundleError(str(e)) from None
+
+
+def write_parity(bundle_dir: Path, report: ParityReport) -> Path:
+    """Write ``report`` as ``parity.json`` (canonical JSON, atomically), after checking that it
+    reads back: the writer never leaves a report its own reader refuses."""
+    path = Path(bundle_dir) / PARITY
+    doc = report.to_dict()
+    try:
+        parse_parity(doc, str(path))
+    except ParityReportError as e:
+        raise BundleError(f"refusing to write an unreadable parity report: {e}") from None
+    write_json(path, doc)
+    return path
 
 
 def read_bundle(bundle_dir: Path, verify: bool = True) -> BundleManifest:

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgeclf.evaluate.calibration import ece
 from edgeclf.evaluate.metrics import softmax
+from edgeclf.export.parity_schema import AttemptStatus, GateResult
 from edgeclf.train.metrics import classification_metrics
 
 # ---- gates: named constants, each with the reason for its value -------------------------------------------------
@@ -69,6 +70,10 @@ class ParityResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def record(self) -> GateResult:
+        """The result as ``parity.json`` records it (an attempt's ``parity``)."""
+        return GateResult.model_validate(self.to_dict())
+
 
 def _recalls(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n)
@@ -78,7 +83,7 @@ def _recalls(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def row_status(res: ParityResult) -> str:
+def row_status(res: ParityResult) -> AttemptStatus:
     """The parity table's status of an artifact: ok, parity_failed, or insufficient_evidence (int8 on few images)."""
     return "ok" if res.passed else "insufficient_evidence" if res.status == "insufficient_evidence" else "parity_failed"
 

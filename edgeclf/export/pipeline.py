@@ -23,15 +23,23 @@ from edgeclf.errors import ConfigError, EdgeclfError
 from edgeclf.export.bundle import (
     MIN_RUNTIME_VERSION,
     MIN_RUNTIME_VERSION_DECISION,
-    PARITY,
     SCHEMA_VERSION,
     ArtifactEntry,
     BundleManifest,
     file_entry,
     model_card_json,
     write_manifest,
+    write_parity,
 )
 from edgeclf.export.parity import ParityResult, decision_check, row_status, run_parity
+from edgeclf.export.parity_schema import (
+    ArtifactRecord,
+    Attempt,
+    DecisionCheck,
+    ParityReport,
+    ParityRow,
+    RobustnessSummary,
+)
 
 Log = Callable[[str], None]
 
@@ -84,7 +92,7 @@ class RuntimeGate(Protocol):
 
     Export owns this interface and the runtime implements it (``edgeclf.runtime.gate.c_runtime_rows``);
     the caller that composes both (the CLI, ``edgeclf build``) passes it in, so export never imports
-    the layer after it. Each row has the parity table's keys; ``status`` ``parity_failed`` or
+    the layer after it. Each row is a parity table row; ``status`` ``parity_failed`` or
     ``insufficient_evidence`` marks the artifact failed.
     """
 
@@ -99,7 +107,7 @@ class RuntimeGate(Protocol):
         log: Log,
         policy: Any = None,
         int8_evidence: str = "interval",
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[ParityRow]: ...
 
 
 class ExportFailed(EdgeclfError):
@@ -109,9 +117,15 @@ class ExportFailed(EdgeclfError):
 @dataclass
 class ExportResult:
     bundle_dir: Path
-    rows: list[dict[str, Any]]
+    #: the bundle's ``parity.json``, as written
+    parity: ParityReport
     manifest: BundleManifest
     failed: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The parity table's rows as JSON objects (``parity.table`` holds them typed)."""
+        return [r.to_dict() for r in self.parity.table]
 
 
 def _versions() -> dict[str, str]:
@@ -243,32 +257,31 @@ def export_run(
     clean_stale_work(out_dir, log)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     write_json(work / WORK_MARKER, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-    rows: list[dict[str, Any]] = []
-    parity: dict[str, Any] = {"split": "val", "images": len(val.paths), "temperature": temperature, "artifacts": []}
+    from edgeclf.train.metrics import classification_metrics
+
+    rows: list[ParityRow] = [
+        ParityRow(
+            format="eager (torch)",
+            precision="fp32",
+            status="reference",
+            size_mb=None,
+            macro_f1=classification_metrics(val.y, val.logits.argmax(1), run.classes)["macro_f1"],
+            delta_macro_f1=0.0,
+            agreement=1.0,
+            ms_per_image=None,
+        )
+    ]
+    records: list[ArtifactRecord] = []
+    robustness_summary: RobustnessSummary | None = None
     entries: list[ArtifactEntry] = []
     failed: list[str] = []
     fp32_onnx: Path | None = None
-    eager_row = {
-        "format": "eager (torch)",
-        "precision": "fp32",
-        "status": "reference",
-        "size_mb": None,
-        "macro_f1": None,
-        "delta_macro_f1": 0.0,
-        "agreement": 1.0,
-        "ms_per_image": None,
-    }
-    from edgeclf.train.metrics import classification_metrics
-
-    eager_macro_f1 = classification_metrics(val.y, val.logits.argmax(1), run.classes)["macro_f1"]
-    eager_row["macro_f1"] = eager_macro_f1
-    rows.append(eager_row)
     runners: dict[str, Any] = {}
     try:
         for fmt, prec in jobs:
             key = f"{fmt}/{prec}"
             log(f"exporting {key}")
-            attempts: list[dict[str, Any]] = []
+            attempts: list[Attempt] = []
             base: dict[str, Any] = {"calibration_method": calibration_method} if prec == "int8" and fmt == "onnx" else {}
             variants = [base]
             art = None
@@ -286,7 +299,7 @@ def export_run(
                     fp32_onnx=fp32_onnx,
                 )
                 if art.status != "ok":
-                    attempts.append({"options": dict(options), "status": art.status, "error": art.error})
+                    attempts.append(Attempt(options=dict(options), status=art.status, error=art.error))
                     break
                 runner = load_runner(work, art, run.spec, run.classes)
                 res, art_logits = run_parity(
@@ -299,12 +312,12 @@ def export_run(
                         res.failures += dec["failures"]
                         res.passed, res.status = False, "failed"
                 attempts.append(
-                    {
-                        "options": dict(options),
-                        "status": row_status(res),
-                        "parity": res.to_dict(),
-                        **({"decision": dec} if dec is not None else {}),
-                    }
+                    Attempt(
+                        options=dict(options),
+                        status=row_status(res),
+                        parity=res.record(),
+                        decision=DecisionCheck.model_validate(dec) if dec is not None else None,
+                    )
                 )
                 if res.passed or prec != "int8":
                     break
@@ -324,35 +337,27 @@ def export_run(
                         (work / f).unlink(missing_ok=True)
             assert art is not None
             last = attempts[-1]
-            status = last["status"]
+            status = last.status
             if fmt == "onnx" and prec == "fp32" and status == "ok":
                 fp32_onnx = work / art.file
-            row = {
-                "format": fmt,
-                "precision": prec,
-                "status": status,
-                "size_mb": None,
-                "macro_f1": None,
-                "delta_macro_f1": None,
-                "agreement": None,
-                "ms_per_image": None,
-                "error": last.get("error") or "; ".join(last.get("parity", {}).get("failures", [])),
-            }
-            if "parity" in last:
-                p = last["parity"]
-                row.update(
-                    macro_f1=p["macro_f1"],
-                    delta_macro_f1=p["macro_f1_delta"],
-                    agreement=p["agreement"],
-                    ms_per_image=p["ms_per_image"],
-                    ece=p["ece_calibrated"],
-                    gate_rules=p.get("rules"),
-                )
-            if "decision" in last:
-                row["decision"] = last["decision"]
-                row["decision_agreement"] = last["decision"]["decision_agreement"]
+            p = last.parity
+            row = ParityRow(
+                format=fmt,
+                precision=prec,
+                status=status,
+                size_mb=None,
+                macro_f1=p.macro_f1 if p else None,
+                delta_macro_f1=p.macro_f1_delta if p else None,
+                agreement=p.agreement if p else None,
+                ms_per_image=p.ms_per_image if p else None,
+                error=last.error or "; ".join(p.failures if p else []) or None,
+                ece=p.ece_calibrated if p else None,
+                gate_rules=p.rules if p else None,
+                decision=last.decision,
+                decision_agreement=last.decision.decision_agreement if last.decision else None,
+            )
             if status == "ok":
-                row["size_mb"] = sum((work / f).stat().st_size for f in [art.file, *art.extra_files]) / 1e6
+                row.size_mb = sum((work / f).stat().st_size for f in [art.file, *art.extra_files]) / 1e6
                 e = file_entry(work, art.file)
                 entries.append(
                     ArtifactEntry(
@@ -369,19 +374,17 @@ def export_run(
                 )
                 runners[key] = load_runner(work, art, run.spec, run.classes)
             else:
-                failed.append(f"{key}: {row['error']}")
+                failed.append(f"{key}: {row.error}")
                 if art.status == "ok" and not (fmt == "onnx" and prec == "fp32"):
                     for f in [art.file, *art.extra_files]:  # not shipped
                         (work / f).unlink(missing_ok=True)
             if art.status == "skipped":
-                row["status"] = "skipped"
+                row.status = "skipped"
                 failed.pop()
-            parity["artifacts"].append(
-                {"format": fmt, "precision": prec, "status": row["status"], "details": art.details, "attempts": attempts}
-            )
+            records.append(ArtifactRecord(format=fmt, precision=prec, status=row.status, details=art.details, attempts=attempts))
             rows.append(row)
         if robustness and runners:
-            parity["robustness"] = _robustness_compare(ev, runners, val, robustness_images, work, log)
+            robustness_summary = _robustness_compare(ev, runners, val, robustness_images, work, log)
         manifest.artifacts = entries
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
         for row in (
@@ -390,20 +393,18 @@ def export_run(
             else []
         ):
             rows.append(row)
-            if row["status"] in ("parity_failed", "insufficient_evidence"):
-                failed.append(f"{row['format']}/{row['precision']}: {row['error']}")
-        manifest.parity = {
-            "gates": _gate_doc(),
-            "summary": [
-                {
-                    k: r.get(k)
-                    for k in ("format", "precision", "status", "agreement", "delta_macro_f1", "decision_agreement")
-                    if k in r
-                }
-                for r in rows[1:]
-            ],
-        }
-        write_json(work / PARITY, {**parity, "table": rows})
+            if row.failed:
+                failed.append(f"{row.format}/{row.precision}: {row.error}")
+        manifest.parity = {"gates": _gate_doc(), "summary": [_summary(r) for r in rows[1:]]}
+        report = ParityReport(
+            split="val",
+            images=len(val.paths),
+            temperature=temperature,
+            artifacts=records,
+            table=rows,
+            robustness=robustness_summary,
+        )
+        write_parity(work, report)
         write_manifest(work, manifest)
         (work / WORK_MARKER).unlink()
         if out_dir.exists():
@@ -412,7 +413,7 @@ def export_run(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    result = ExportResult(out_dir, rows, manifest, failed)
+    result = ExportResult(out_dir, report, manifest, failed)
     if failed and not allow_failed:
         raise ExportFailed(
             f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
@@ -457,7 +458,21 @@ def _sensitive_layers(
     return list(dict.fromkeys([*ends, *swept]))
 
 
-def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: int, work: Path, log: Log) -> dict[str, Any]:
+def _summary(r: ParityRow) -> dict[str, Any]:
+    """A table row as the manifest's ``parity.summary`` lists it (``decision_agreement`` with a policy)."""
+    out = {
+        "format": r.format,
+        "precision": r.precision,
+        "status": r.status,
+        "agreement": r.agreement,
+        "delta_macro_f1": r.delta_macro_f1,
+    }
+    if r.decision is not None:
+        out["decision_agreement"] = r.decision_agreement
+    return out
+
+
+def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: int, work: Path, log: Log) -> RobustnessSummary:
     """Corruption suite on eager and on the best int8 artifact (or best fp32 when no int8 shipped)."""
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.robustness import compare_robustness, plot_robustness, run_robustness
@@ -470,12 +485,14 @@ def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: 
     log(f"robustness suite on {len(idx)} images: eager ({eager.engine}) vs {pick_key}")
     res = {"eager fp32": run_robustness(eager, imgs, val.y[idx]), pick_key: run_robustness(runners[pick_key], imgs, val.y[idx])}
     plot_robustness(res, work / "robustness.png", f"macro-F1 under corruption: eager vs {pick_key}")
-    return {
-        "artifact": pick_key,
-        "images": int(len(idx)),
-        "rows": [r.to_dict() for r in compare_robustness(res)],
-        "mean_corruption_macro_f1": {k: v.mean_corruption_macro_f1 for k, v in res.items()},
-    }
+    return RobustnessSummary.model_validate(
+        {
+            "artifact": pick_key,
+            "images": int(len(idx)),
+            "rows": [r.to_dict() for r in compare_robustness(res)],
+            "mean_corruption_macro_f1": {k: v.mean_corruption_macro_f1 for k, v in res.items()},
+        }
+    )
 
 
 def _gate_doc() -> dict[str, Any]:

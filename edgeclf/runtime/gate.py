@@ -15,6 +15,7 @@ import numpy as np
 from edgeclf.errors import EdgeclfError
 from edgeclf.export.bundle import ArtifactEntry
 from edgeclf.export.parity import DECISION_MIN_MATCH, decision_check, row_status, run_parity
+from edgeclf.export.parity_schema import ParityRow, RuntimeDecision
 
 Log = Callable[[str], None]
 
@@ -29,7 +30,7 @@ def c_runtime_rows(
     log: Log,
     policy: Any = None,
     int8_evidence: str = "interval",
-) -> list[dict[str, Any]]:
+) -> list[ParityRow]:
     """The shipped C runtime gated like one more artifact: for each artifact it can run, the
     whole C++ path (preprocessing from the manifest + backend) against the eager model.
 
@@ -39,29 +40,16 @@ def c_runtime_rows(
     and the policy's recall targets must hold (``decision_check``)."""
     from edgeclf.runtime import Classifier
 
-    rows: list[dict[str, Any]] = []
+    rows: list[ParityRow] = []
     for e in entries:
         if e.runtime not in ("onnxruntime", "openvino"):
             continue
         fmt = f"c-runtime ({e.runtime})"
-        row: dict[str, Any] = {
-            "format": fmt,
-            "precision": e.precision,
-            "status": "ok",
-            "size_mb": None,
-            "macro_f1": None,
-            "delta_macro_f1": None,
-            "agreement": None,
-            "ms_per_image": None,
-            "error": None,
-        }
+        empty = {"size_mb": None, "macro_f1": None, "delta_macro_f1": None, "agreement": None, "ms_per_image": None}
         try:
             clf = Classifier(bundle, backend=e.runtime, precision=e.precision)
-        except ImportError as err:
-            rows.append({**row, "status": "skipped", "error": str(err)})
-            continue
-        except EdgeclfError as err:
-            rows.append({**row, "status": "skipped", "error": str(err)})
+        except (ImportError, EdgeclfError) as err:
+            rows.append(ParityRow(format=fmt, precision=e.precision, status="skipped", error=str(err), **empty))
             continue
         log(f"gating the C runtime on {e.runtime}/{e.precision}")
 
@@ -86,22 +74,25 @@ def c_runtime_rows(
                 res.failures += dec.get("failures", [])
                 if dec.get("failures") or dec["decision_match"] < DECISION_MIN_MATCH:
                     res.passed, res.status = False, "failed"
-        p = res.to_dict()
-        if dec is not None:
-            row["decision"] = dec
-            row["decision_agreement"] = dec.get("decision_agreement")
-            row["decision_match"] = dec["decision_match"]
-        row.update(
-            status=row_status(res),
-            gate_rules=res.rules,
-            macro_f1=p["macro_f1"],
-            delta_macro_f1=p["macro_f1_delta"],
-            agreement=p["agreement"],
-            ms_per_image=p["ms_per_image"],
-            ece=p["ece_calibrated"],
-            error="; ".join(res.failures) or None,
+        decision = RuntimeDecision.model_validate(dec) if dec is not None else None
+        rows.append(
+            ParityRow(
+                format=fmt,
+                precision=e.precision,
+                status=row_status(res),
+                size_mb=None,
+                macro_f1=res.macro_f1,
+                delta_macro_f1=res.macro_f1_delta,
+                agreement=res.agreement,
+                ms_per_image=res.ms_per_image,
+                error="; ".join(res.failures) or None,
+                ece=res.ece_calibrated,
+                gate_rules=res.rules,
+                decision=decision,
+                decision_agreement=decision.decision_agreement if decision else None,
+                decision_match=decision.decision_match if decision else None,
+            )
         )
-        rows.append(row)
     return rows
 
 
