@@ -1,5 +1,6 @@
-"""The C side: the C tests under AddressSanitizer + UndefinedBehaviorSanitizer, the fuzz
-target for a bounded time, and the C example built against the installed CMake package."""
+"""The C side: the C tests and the C++ wrapper's tests under AddressSanitizer +
+UndefinedBehaviorSanitizer, the fuzz target for a bounded time, and the C example built
+against the installed CMake package."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def asan_build() -> Path:
             str(ASAN_BUILD),
             "--target",
             "edgeclf_test_capi",
+            "edgeclf_test_cpp",
             "edgeclf_fuzz",
             "--parallel",
             str(os.cpu_count() or 2),
@@ -116,6 +118,21 @@ def test_c_api_under_sanitizers(asan_build: Path, tmp_path: Path, bands: str) ->
         env=_sanitizer_env(
             EDGECLF_TEST_BUNDLE=str(good), EDGECLF_TEST_BAD_BUNDLES=":".join(map(str, bad)), EDGECLF_PREPROCESS_BANDS=bands
         ),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr[-6000:]
+    assert "tests passed" in r.stdout
+    assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr
+
+
+@pytest.mark.parametrize("bands", ["1", "2"])
+def test_cpp_wrapper_under_sanitizers(asan_build: Path, tmp_path: Path, bands: str) -> None:
+    """edgeclf.hpp: every class and method against a bundle (cpp/tests/test_cpp.cpp)."""
+    crop, resize = (32, 40) if bands == "1" else (72, 80)
+    policy = _every_rule_policy()
+    good = make_synthetic_bundle(tmp_path / "good", crop=crop, resize=resize, decision=policy)
+    r = _run(
+        [str(asan_build / "edgeclf_test_cpp")],
+        env=_sanitizer_env(EDGECLF_TEST_BUNDLE=str(good), EDGECLF_PREPROCESS_BANDS=bands),
     )
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     assert "tests passed" in r.stdout

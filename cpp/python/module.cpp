@@ -1,52 +1,22 @@
-// edgeclf._runtime — the pybind11 module over the C API itself (not over C++ internals), so
-// Python tests exercise the same ABI a device program uses. The public face is
+// edgeclf._runtime — the pybind11 module over the C API, through its public C++ wrapper
+// (edgeclf.hpp: the same RAII handles and errors a C++ device program uses), not over C++
+// internals, so Python tests exercise the same ABI a device program uses. The public face is
 // edgeclf.runtime.Classifier.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <map>
-#include <memory>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <vector>
 
-#include "edgeclf/edgeclf.h"
+#include "edgeclf/edgeclf.hpp"
 
 namespace py = pybind11;
 
 namespace {
-
-// Raised for any non-OK status; the message starts with the status name.
-py::object g_error;
-
-[[noreturn]] void raise(edgeclf_status st) {
-  const std::string msg = std::string(edgeclf_status_name(st)) + ": " + edgeclf_last_error();
-  PyErr_SetString(g_error.ptr(), msg.c_str());
-  throw py::error_already_set();
-}
-
-inline void check(edgeclf_status st) {
-  if (st != EDGECLF_OK) raise(st);
-}
-
-struct OptionsDeleter { void operator()(edgeclf_options* o) const { edgeclf_options_free(o); } };
-struct ModelDeleter { void operator()(edgeclf_model* m) const { edgeclf_model_free(m); } };
-struct SessionDeleter { void operator()(edgeclf_session* s) const { edgeclf_session_free(s); } };
-
-std::unique_ptr<edgeclf_options, OptionsDeleter> make_options(const std::string& backend, const std::string& device,
-                                                              const std::string& precision, int threads, bool verify,
-                                                              const std::string& ort_library) {
-  edgeclf_options* o = nullptr;
-  check(edgeclf_options_create(&o));
-  std::unique_ptr<edgeclf_options, OptionsDeleter> opts(o);
-  check(edgeclf_options_set_backend(o, backend.c_str()));
-  check(edgeclf_options_set_device(o, device.c_str()));
-  check(edgeclf_options_set_precision(o, precision.c_str()));
-  check(edgeclf_options_set_threads(o, threads));
-  check(edgeclf_options_set_verify(o, verify ? 1 : 0));
-  if (!ort_library.empty()) check(edgeclf_options_set_onnxruntime_library(o, ort_library.c_str()));
-  return opts;
-}
 
 const std::map<std::string, int> kFormats = {{"RGB8", EDGECLF_PIXEL_RGB8},   {"BGR8", EDGECLF_PIXEL_BGR8},
                                              {"RGBA8", EDGECLF_PIXEL_RGBA8}, {"BGRA8", EDGECLF_PIXEL_BGRA8},
@@ -101,69 +71,42 @@ edgeclf_image as_image(const py::handle& obj, const std::string& format, std::ve
   return im;
 }
 
+// Runs `f` with the GIL released (the C calls below only touch C++ data). An edgeclf::Error
+// it throws reaches Python as RuntimeLibraryError, with the GIL held again.
+template <class F>
+auto without_gil(F&& f) -> decltype(f()) {
+  py::gil_scoped_release nogil;
+  return f();
+}
+
+// Decisions as Python rows: (index, rule, top_index, probability, score).
+std::vector<py::tuple> decision_rows(const std::vector<edgeclf_decision>& d) {
+  std::vector<py::tuple> rows;
+  rows.reserve(d.size());
+  for (const auto& x : d)
+    rows.push_back(py::make_tuple(x.index, edgeclf::rule_name(x.rule), x.top_index, x.probability, x.score));
+  return rows;
+}
+
 class Model {
  public:
   Model(const std::string& bundle, const std::string& backend, const std::string& device, const std::string& precision,
-        int threads, bool verify, const std::string& ort_library) {
-    auto opts = make_options(backend, device, precision, threads, verify, ort_library);
-    edgeclf_model* m = nullptr;
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_model_load(bundle.c_str(), opts.get(), &m);
-    }
-    check(st);
-    ptr_.reset(m);
-  }
+        int threads, bool verify, const std::string& ort_library)
+      : model_(load(bundle, make_options(backend, device, precision, threads, verify, ort_library))) {}
   Model(const py::bytes& manifest, const std::map<std::string, py::bytes>& files, const std::string& backend,
         const std::string& device, const std::string& precision, int threads, bool verify,
-        const std::string& ort_library) {
-    auto opts = make_options(backend, device, precision, threads, verify, ort_library);
-    std::string text = manifest;
-    std::vector<std::string> datas;
-    std::vector<std::string> names;
-    for (const auto& [name, data] : files) { names.push_back(name); datas.push_back(std::string(data)); }
-    std::vector<edgeclf_file> f;
-    for (size_t i = 0; i < names.size(); ++i) f.push_back({names[i].c_str(), datas[i].data(), datas[i].size()});
-    edgeclf_model* m = nullptr;
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_model_load_memory(text.data(), text.size(), f.data(), f.size(), opts.get(), &m);
-    }
-    check(st);
-    ptr_.reset(m);
-  }
-  size_t num_classes() const { size_t n = 0; check(edgeclf_model_num_classes(ptr_.get(), &n)); return n; }
-  std::vector<std::string> labels() const {
-    std::vector<std::string> out;
-    for (size_t i = 0; i < num_classes(); ++i) {
-      const char* s = nullptr;
-      check(edgeclf_model_label(ptr_.get(), static_cast<int32_t>(i), &s));
-      out.emplace_back(s);
-    }
-    return out;
-  }
-  std::string property(const std::string& name) const {
-    const char* s = nullptr;
-    check(edgeclf_model_property(ptr_.get(), name.c_str(), &s));
-    return s;
-  }
-  std::string manifest_value(const std::string& pointer) const {
-    size_t len = 0;
-    const edgeclf_status st = edgeclf_model_manifest_value(ptr_.get(), pointer.c_str(), nullptr, 0, &len);
-    if (st != EDGECLF_ERR_BUFFER_TOO_SMALL) check(st);
-    std::string out(len + 1, '\0');
-    check(edgeclf_model_manifest_value(ptr_.get(), pointer.c_str(), &out[0], out.size(), &len));
-    out.resize(len);
-    return out;
-  }
+        const std::string& ort_library)
+      : model_(load(manifest, files, make_options(backend, device, precision, threads, verify, ort_library))) {}
+
+  size_t num_classes() const { return model_.num_classes(); }
+  std::vector<std::string> labels() const { return model_.labels(); }
+  std::string property(const std::string& name) const { return model_.property(name); }
+  std::string manifest_value(const std::string& pointer) const { return model_.manifest_value(pointer); }
   std::tuple<int, int, int> input_shape() const {
-    int32_t c = 0, h = 0, w = 0;
-    check(edgeclf_model_input_shape(ptr_.get(), &c, &h, &w));
-    return {c, h, w};
+    const edgeclf::InputShape s = model_.input_shape();
+    return {s.channels, s.height, s.width};
   }
-  const edgeclf_model* get() const { return ptr_.get(); }
+  const edgeclf::Model& model() const { return model_; }
 
   // The bundle's decision for each row of raw logits (n x classes).
   std::vector<py::tuple> decide(const py::array_t<float, py::array::c_style | py::array::forcecast>& logits) const {
@@ -171,38 +114,44 @@ class Model {
     if (logits.ndim() != 2 || static_cast<size_t>(logits.shape(1)) != classes)
       throw py::value_error("logits must be N x " + std::to_string(classes));
     const size_t n = static_cast<size_t>(logits.shape(0));
-    std::vector<edgeclf_decision> out(std::max<size_t>(n, 1));
     const float* z = logits.data();
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_decide(ptr_.get(), z, n, out.data());
-    }
-    check(st);
-    return decisions(out, n);
-  }
-
-  static std::vector<py::tuple> decisions(const std::vector<edgeclf_decision>& d, size_t n) {
-    std::vector<py::tuple> rows;
-    for (size_t i = 0; i < n; ++i)
-      rows.push_back(py::make_tuple(d[i].index, std::string(edgeclf_rule_name(d[i].rule)), d[i].top_index,
-                                    d[i].probability, d[i].score));
-    return rows;
+    return decision_rows(without_gil([&] { return model_.decide(z, n); }));
   }
 
  private:
-  std::unique_ptr<edgeclf_model, ModelDeleter> ptr_;
+  static edgeclf::Options make_options(const std::string& backend, const std::string& device,
+                                       const std::string& precision, int threads, bool verify,
+                                       const std::string& ort_library) {
+    edgeclf::Options o;
+    o.backend(backend).device(device).precision(precision).threads(threads).verify(verify);
+    if (!ort_library.empty()) o.onnxruntime_library(ort_library);
+    return o;
+  }
+  static edgeclf::Model load(const std::string& bundle, const edgeclf::Options& opts) {
+    return without_gil([&] { return edgeclf::Model(bundle, opts); });
+  }
+  // The bytes objects stay alive (in `files`) for the call; the C API copies what it keeps.
+  static edgeclf::Model load(const py::bytes& manifest, const std::map<std::string, py::bytes>& files,
+                             const edgeclf::Options& opts) {
+    const std::string_view text = manifest;
+    std::vector<edgeclf_file> f;
+    f.reserve(files.size());
+    for (const auto& [name, data] : files) {
+      const std::string_view bytes = data;
+      f.push_back({name.c_str(), bytes.data(), bytes.size()});
+    }
+    return without_gil([&] { return edgeclf::Model::from_memory(text, f, &opts); });
+  }
+
+  edgeclf::Model model_;
 };
 
 class Session {
  public:
-  explicit Session(const Model& model) : classes_(model.num_classes()) {
-    edgeclf_session* s = nullptr;
-    check(edgeclf_session_create(model.get(), &s));
-    ptr_.reset(s);
-    const auto [c, h, w] = model.input_shape();
-    input_size_ = static_cast<size_t>(c) * h * w;
-    shape_ = {c, h, w};
+  explicit Session(const Model& model) : session_(model.model()), classes_(model.num_classes()) {
+    const edgeclf::InputShape s = model.model().input_shape();
+    input_size_ = s.size();
+    shape_ = {s.channels, s.height, s.width};
   }
 
   // Calibrated probabilities (n x classes) for a list of images (arrays) with their formats.
@@ -211,12 +160,7 @@ class Session {
     std::vector<edgeclf_image> ims = to_images(images, formats, keep);
     py::array_t<float> out({static_cast<py::ssize_t>(ims.size()), static_cast<py::ssize_t>(classes_)});
     float* p = out.mutable_data();
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_probabilities(ptr_.get(), ims.data(), ims.size(), p, ims.size() * classes_);
-    }
-    check(st);
+    without_gil([&] { session_.probabilities(ims.data(), ims.size(), p, ims.size() * classes_); });
     return out;
   }
 
@@ -225,17 +169,10 @@ class Session {
                                                            size_t k) {
     std::vector<py::array> keep;
     std::vector<edgeclf_image> ims = to_images(images, formats, keep);
-    std::vector<edgeclf_class_score> top(ims.size() * (k ? k : 1));
-    size_t n = 0;
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_classify_batch(ptr_.get(), ims.data(), ims.size(), top.data(), k, &n);
-    }
-    check(st);
-    std::vector<std::vector<std::pair<int, float>>> out(ims.size());
-    for (size_t i = 0; i < ims.size(); ++i)
-      for (size_t j = 0; j < n; ++j) out[i].emplace_back(top[i * k + j].index, top[i * k + j].probability);
+    const auto rows = without_gil([&] { return session_.classify_batch(ims, k); });
+    std::vector<std::vector<std::pair<int, float>>> out(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i)
+      for (const auto& s : rows[i]) out[i].emplace_back(s.index, s.probability);
     return out;
   }
 
@@ -243,14 +180,7 @@ class Session {
   std::vector<py::tuple> classify_decision(const py::list& images, const std::vector<std::string>& formats) {
     std::vector<py::array> keep;
     std::vector<edgeclf_image> ims = to_images(images, formats, keep);
-    std::vector<edgeclf_decision> out(std::max<size_t>(ims.size(), 1));
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_classify_decision(ptr_.get(), ims.data(), ims.size(), out.data());
-    }
-    check(st);
-    return Model::decisions(out, ims.size());
+    return decision_rows(without_gil([&] { return session_.classify_decision(ims); }));
   }
 
   py::array_t<float> preprocess(const py::handle& image, const std::string& format) {
@@ -258,12 +188,7 @@ class Session {
     edgeclf_image im = as_image(image, format, keep);
     py::array_t<float> out({std::get<0>(shape_), std::get<1>(shape_), std::get<2>(shape_)});
     float* p = out.mutable_data();
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_preprocess(ptr_.get(), &im, p, input_size_);
-    }
-    check(st);
+    without_gil([&] { session_.preprocess(im, p, input_size_); });
     return out;
   }
 
@@ -275,12 +200,7 @@ class Session {
     py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(classes_)});
     float* p = out.mutable_data();
     const float* x = tensor.data();
-    edgeclf_status st;
-    {
-      py::gil_scoped_release nogil;
-      st = edgeclf_run_tensor(ptr_.get(), x, n, p, n * classes_);
-    }
-    check(st);
+    without_gil([&] { session_.run_tensor(x, n, p, n * classes_); });
     return out;
   }
 
@@ -295,7 +215,7 @@ class Session {
     return ims;
   }
 
-  std::unique_ptr<edgeclf_session, SessionDeleter> ptr_;
+  edgeclf::Session session_;
   size_t classes_;
   size_t input_size_ = 0;
   std::tuple<py::ssize_t, py::ssize_t, py::ssize_t> shape_;
@@ -305,11 +225,11 @@ class Session {
 
 PYBIND11_MODULE(_runtime, m) {
   m.doc() = "edgeclf C runtime bindings (private; use edgeclf.runtime)";
-  g_error = py::reinterpret_borrow<py::object>(PyErr_NewException("edgeclf._runtime.RuntimeLibraryError", PyExc_RuntimeError, nullptr));
-  m.attr("RuntimeLibraryError") = g_error;
-  m.def("api_version", &edgeclf_api_version);
-  m.def("version", [] { return std::string(edgeclf_version()); });
-  m.def("backends", [] { return std::string(edgeclf_backends()); });
+  // Raised for any non-OK status (an edgeclf::Error); the message starts with the status name.
+  py::register_exception<edgeclf::Error>(m, "RuntimeLibraryError", PyExc_RuntimeError);
+  m.def("api_version", &edgeclf::api_version);
+  m.def("version", &edgeclf::version);
+  m.def("backends", &edgeclf::backends);
   m.attr("API_VERSION") = EDGECLF_API_VERSION;
   m.attr("DECISION_UNKNOWN") = EDGECLF_DECISION_UNKNOWN;
 

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <thread>
 
+#include "edgeclf/edgeclf_experimental.h"
 #include "internal.hpp"
 
 using edgeclf::Error;
@@ -129,6 +130,7 @@ struct ModelImpl {
   edgeclf::Artifact artifact;
   std::string backend, device;
   int threads = 0;  // the options' thread count (0: the backend's default)
+  int preprocess_bands = -1, preprocess_wide = -1;  // experimental options (-1: not set)
   edgeclf::FileMap files;
   std::unique_ptr<edgeclf::BackendModel> backend_model;
   std::map<std::string, std::string> properties;
@@ -231,6 +233,8 @@ std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::Lo
   const size_t classes = impl->manifest.labels.size();
   impl->backend = backend_of(a);
   impl->threads = o.threads;
+  impl->preprocess_bands = o.preprocess_bands;
+  impl->preprocess_wide = o.preprocess_wide;
   impl->backend_model = impl->backend == "onnxruntime" ? edgeclf::load_onnxruntime(a, impl->files, o, crop, classes)
                                                        : edgeclf::load_openvino(a, impl->files, o, crop, classes);
   impl->device = impl->backend_model->device();
@@ -386,6 +390,37 @@ edgeclf_status edgeclf_options_set_onnxruntime_library(edgeclf_options* options,
   });
 }
 
+edgeclf_status edgeclf_options_set_experimental(edgeclf_options* options, const char* key, const char* value) {
+  return guarded([&] {
+    need(options, "options");
+    need(key, "key");
+    need(value, "value");
+    struct Knob {
+      const char* key;
+      int edgeclf::LoadOptions::*field;
+      int lo, hi;
+    };
+    static const Knob knobs[] = {{"ort_spin", &edgeclf::LoadOptions::ort_spin, 0, 1},
+                                 {"preprocess_bands", &edgeclf::LoadOptions::preprocess_bands, 1, 2},
+                                 {"preprocess_wide", &edgeclf::LoadOptions::preprocess_wide, 0, 1}};
+    for (const Knob& k : knobs) {
+      if (std::strcmp(k.key, key) != 0) continue;
+      if (std::strcmp(value, "auto") == 0) {
+        options->o.*k.field = -1;
+        return;
+      }
+      if (value[0] >= '0' + k.lo && value[0] <= '0' + k.hi && value[1] == '\0') {
+        options->o.*k.field = value[0] - '0';
+        return;
+      }
+      fail(EDGECLF_ERR_INVALID_ARGUMENT, std::string("experimental option ") + key + " takes " + std::to_string(k.lo) +
+                                             ", " + std::to_string(k.hi) + " or auto, not " + value);
+    }
+    fail(EDGECLF_ERR_NOT_FOUND, std::string("no experimental option ") + key +
+                                    " in this build (ort_spin, preprocess_bands, preprocess_wide)");
+  });
+}
+
 edgeclf_status edgeclf_model_load(const char* bundle_dir, const edgeclf_options* options, edgeclf_model** out) {
   return guarded([&] {
     need(out, "out");
@@ -501,12 +536,19 @@ edgeclf_status edgeclf_session_create(const edgeclf_model* model, edgeclf_sessio
     s->backend = model->impl->backend_model->create_session();
     // Preprocessing in two bands on two threads (identical results either way) only when the
     // model runs off the CPU: with a CPU backend its own worker threads hold the cores and a
-    // second band measured no faster end to end. EDGECLF_PREPROCESS_BANDS=1|2 overrides.
+    // second band measured no faster end to end. The experimental "preprocess_bands" option
+    // overrides that, else EDGECLF_PREPROCESS_BANDS=1|2; "preprocess_wide", else
+    // EDGECLF_PREPROCESS_WIDE=0, turns the AVX-512 path off (edgeclf_experimental.h).
+    const ModelImpl& mi = *model->impl;
     const unsigned cores = std::thread::hardware_concurrency();
-    s->scratch.parts = (model->impl->threads != 1 && cores >= 2 && model->impl->device != "cpu") ? 2 : 1;
-    if (const char* bands = std::getenv("EDGECLF_PREPROCESS_BANDS"); bands && (bands[0] == '1' || bands[0] == '2') && !bands[1])
+    s->scratch.parts = (mi.threads != 1 && cores >= 2 && mi.device != "cpu") ? 2 : 1;
+    if (mi.preprocess_bands > 0)
+      s->scratch.parts = mi.preprocess_bands;
+    else if (const char* bands = std::getenv("EDGECLF_PREPROCESS_BANDS"); bands && (bands[0] == '1' || bands[0] == '2') && !bands[1])
       s->scratch.parts = bands[0] - '0';
-    if (const char* wide = std::getenv("EDGECLF_PREPROCESS_WIDE"); wide && wide[0] == '0' && !wide[1])
+    if (mi.preprocess_wide >= 0)
+      s->scratch.wide_disabled = mi.preprocess_wide == 0;
+    else if (const char* wide = std::getenv("EDGECLF_PREPROCESS_WIDE"); wide && wide[0] == '0' && !wide[1])
       s->scratch.wide_disabled = true;
     *out = s.release();
   });

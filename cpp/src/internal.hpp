@@ -113,7 +113,7 @@ struct HorizontalPlan {
 struct PreprocessScratch {
   int parts = 1;                   // bands per image: 1, or 2 when the session may use two threads
   bool wide = false;               // this image takes the AVX-512 window path
-  bool wide_disabled = false;      // EDGECLF_PREPROCESS_WIDE=0: never (for tests and comparisons)
+  bool wide_disabled = false;      // never (preprocess_wide 0 / EDGECLF_PREPROCESS_WIDE=0: for comparisons)
   std::vector<int32_t> wstart, wrel;
   int plan_w = -1, plan_h = -1;    // the image size the taps below were computed for
   int plan_x0 = 0, plan_x1 = 0;    // first and last source column any tap reads
@@ -136,6 +136,11 @@ struct LoadOptions {
   std::string precision = "auto";
   bool verify = true;
   std::string onnxruntime_library;
+  // Experimental knobs (edgeclf_experimental.h); -1: not set, the environment or the built-in
+  // choice decides.
+  int ort_spin = -1;          // 0 | 1
+  int preprocess_bands = -1;  // 1 | 2
+  int preprocess_wide = -1;   // 0 | 1
 };
 
 // Per-session inference state (not thread-safe; one per session).

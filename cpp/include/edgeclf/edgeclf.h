@@ -20,6 +20,9 @@
  *  - Strings returned as `const char*` are owned by the object they came from and stay valid
  *    until it is freed.
  *  - The ABI is append-only: functions and status codes are added, never changed.
+ *    edgeclf_experimental.h is outside that promise (see there).
+ *  - Each function's comment ends with who owns what it returns and what the caller must
+ *    free ("Ownership:"), and which threads may call it when ("Threads:").
  *
  * Example
  *   edgeclf_model* model = NULL; edgeclf_session* session = NULL;
@@ -143,107 +146,186 @@ typedef struct edgeclf_model edgeclf_model;     /* immutable, shareable across t
 typedef struct edgeclf_session edgeclf_session; /* per-thread scratch; keeps its model alive */
 
 /* ---- versions and errors -------------------------------------------------------------- */
-/** The API version of the library in hand (EDGECLF_API_VERSION of its build). */
+/** The API version of the library in hand (EDGECLF_API_VERSION of its build).
+ *  Ownership: a plain value. Threads: any thread, any time. */
 EDGECLF_API int32_t edgeclf_api_version(void);
-/** The library's semantic version, e.g. "0.1.0". Static string. */
+/** The library's semantic version, e.g. "0.1.0".
+ *  Ownership: a static string of the library; never free it; valid as long as the library is
+ *  loaded. Threads: any thread, any time. */
 EDGECLF_API const char* edgeclf_version(void);
-/** The backends built into this library, comma-separated, e.g. "onnxruntime,openvino". */
+/** The backends built into this library, comma-separated, e.g. "onnxruntime,openvino".
+ *  Ownership: a static string of the library; never free it; valid as long as the library is
+ *  loaded. Threads: any thread, any time. */
 EDGECLF_API const char* edgeclf_backends(void);
-/** The last error message of the calling thread ("" if none). Valid until the next call
- *  into edgeclf from the same thread. */
+/** The last error message of the calling thread ("" if none).
+ *  Ownership: owned by the library (per thread); never free it; valid until the next call into
+ *  edgeclf from the same thread (copy it to keep it). Threads: each thread sees its own
+ *  message; an error on one thread never changes another's. */
 EDGECLF_API const char* edgeclf_last_error(void);
-/** A static name for a status code, e.g. "EDGECLF_ERR_INTEGRITY". */
+/** A name for a status code, e.g. "EDGECLF_ERR_INTEGRITY" ("EDGECLF_ERR_UNKNOWN" otherwise).
+ *  Ownership: a static string of the library; never free it. Threads: any thread, any time. */
 EDGECLF_API const char* edgeclf_status_name(edgeclf_status status);
 
 /* ---- options -------------------------------------------------------------------------- */
+/* Load options are plain data read by edgeclf_model_load / edgeclf_model_load_memory, which
+ * copy what they need: an options object may be changed, reused for another load or freed as
+ * soon as a load returns. Setters copy their string arguments. An options object is not
+ * synchronised: set it from one thread at a time, and do not change it while a load that
+ * reads it is running (any number of concurrent loads may read one unchanged object). Every
+ * setter returns EDGECLF_ERR_INVALID_ARGUMENT for a NULL options or value and for a value
+ * outside the documented ones, and leaves the options unchanged then.
+ * Experimental knobs (latency and CPU trade-offs, comparisons) are not here but in
+ * edgeclf_experimental.h. */
+
+/** Create load options holding the defaults.
+ *  Ownership: on success *out is a new object the caller owns and frees with
+ *  edgeclf_options_free; on failure *out is NULL. Threads: any thread. */
 EDGECLF_API edgeclf_status edgeclf_options_create(edgeclf_options** out);
+/** Free options from edgeclf_options_create (NULL: no-op). Models loaded with them are not
+ *  affected. Threads: not while another thread uses the same options. */
 EDGECLF_API void edgeclf_options_free(edgeclf_options* options);
-/** Intra-op threads of the backend; 0 (default) lets the backend decide. The preprocessing
- *  runs on the calling thread; with a GPU backend (and threads != 1) it splits an image into
- *  two bands, the second on a helper thread. The environment variable
- *  EDGECLF_PREPROCESS_BANDS=1|2, read when a session is created, overrides that choice. The
- *  output is identical either way. ONNX Runtime's worker threads spin for a while after each
- *  run (lowest latency, more CPU and power); EDGECLF_ORT_SPIN=0, read at load, lets them
- *  sleep instead (measured 5-15 % slower end to end, back to back on a 2-core machine). */
+/** Intra-op threads of the backend: 0 (default) lets the backend decide, else 1..1024. The
+ *  preprocessing runs on the calling thread; with a GPU backend (and threads != 1) it may
+ *  split an image into two bands, the second on a helper thread (the output is identical
+ *  either way; see edgeclf_experimental.h to choose). Ownership: a plain value.
+ *  Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_threads(edgeclf_options* options, int32_t threads);
-/** "auto" (default), "onnxruntime" or "openvino". */
+/** "auto" (default), "onnxruntime" or "openvino". Ownership: `backend` is copied; the
+ *  caller keeps it. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_backend(edgeclf_options* options, const char* backend);
 /** "cpu" (default), "cuda" or "tensorrt" (ONNX Runtime execution providers), or an OpenVINO
- *  device name ("CPU", "GPU", "NPU", "AUTO"). */
+ *  device name ("CPU", "GPU", "NPU", "AUTO"). Ownership: `device` is copied; the caller
+ *  keeps it. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_device(edgeclf_options* options, const char* device);
 /** "auto" (default: the fastest artifact recorded by the bundle's parity run), "fp32",
- *  "fp16" or "int8". */
+ *  "fp16" or "int8". Ownership: `precision` is copied; the caller keeps it.
+ *  Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_precision(edgeclf_options* options, const char* precision);
-/** Verify every artifact's SHA-256 at load (default 1). Disable only for trusted storage. */
+/** Verify every artifact's SHA-256 at load (default 1; any non-zero value is 1). Disable only
+ *  for trusted storage. Ownership: a plain value. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_verify(edgeclf_options* options, int32_t verify);
-/** Path of the ONNX Runtime shared library to use (default: next to this library, the
- *  onnxruntime Python package, then the system's libonnxruntime.so.1). */
+/** Path of the ONNX Runtime shared library to use. It wins over the environment variable
+ *  EDGECLF_ONNXRUNTIME_LIBRARY; without either, the library looks next to itself, in the
+ *  onnxruntime Python package beside it, then for the system's libonnxruntime.so.1 (the full
+ *  order is in DEVELOPERS.md). The first library opened stays in use for the life of the
+ *  process. Ownership: `path` is copied; the caller
+ *  keeps it. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_onnxruntime_library(edgeclf_options* options, const char* path);
 
 /* ---- models --------------------------------------------------------------------------- */
+/* A model is immutable once loaded: every function below that takes a `const edgeclf_model*`
+ * may be called from any number of threads at once on one shared model. Strings a model
+ * returns (labels, properties) are owned by it: never free them; they stay valid until the
+ * model is freed. */
+
 /** Load the bundle in directory `bundle_dir`. `options` may be NULL (defaults).
- *  On success *out is a new model the caller frees with edgeclf_model_free. */
+ *  Ownership: `bundle_dir` and `options` are borrowed for the call (the model keeps a copy
+ *  of the options it needs). On success *out is a new model the caller owns and frees with
+ *  edgeclf_model_free; on failure *out is NULL. Threads: any thread; concurrent loads are
+ *  independent. */
 EDGECLF_API edgeclf_status edgeclf_model_load(const char* bundle_dir, const edgeclf_options* options,
                                               edgeclf_model** out);
 /** Load a bundle held in memory: the manifest (edgeclf.json) text and the files it names.
- *  The buffers are copied as needed; the caller may free them when this returns. */
+ *  Ownership: the manifest, the file array and the files' names and data are borrowed for the
+ *  call and copied as needed; the caller may free them when this returns. On success *out is
+ *  a new model the caller owns and frees with edgeclf_model_free; on failure *out is NULL.
+ *  Threads: any thread; concurrent loads are independent. */
 EDGECLF_API edgeclf_status edgeclf_model_load_memory(const char* manifest_json, size_t manifest_size,
                                                      const edgeclf_file* files, size_t file_count,
                                                      const edgeclf_options* options, edgeclf_model** out);
+/** Free a model (NULL: no-op). Strings it returned become invalid. Sessions created from it
+ *  hold their own reference to the loaded model and keep working until they are freed.
+ *  Threads: not while another thread still uses this model handle. */
 EDGECLF_API void edgeclf_model_free(edgeclf_model* model);
+/** The number of classes (labels) into *out. Ownership: writes caller memory.
+ *  Threads: thread-safe on a shared model. */
 EDGECLF_API edgeclf_status edgeclf_model_num_classes(const edgeclf_model* model, size_t* out);
+/** The label of class `index` (0 .. classes - 1; else EDGECLF_ERR_NOT_FOUND) into *out.
+ *  Ownership: *out is owned by the model; never free it; valid until the model is freed.
+ *  Threads: thread-safe on a shared model. */
 EDGECLF_API edgeclf_status edgeclf_model_label(const edgeclf_model* model, int32_t index, const char** out);
-/** The model's input tensor size: channels (3), height and width (the crop size). */
+/** The model's input tensor size: channels (3), height and width (the crop size).
+ *  Ownership: writes caller memory. Threads: thread-safe on a shared model. */
 EDGECLF_API edgeclf_status edgeclf_model_input_shape(const edgeclf_model* model, int32_t* channels,
                                                      int32_t* height, int32_t* width);
 /** A property of the loaded model: "backend", "device", "artifact" (file name), "format",
  *  "precision", "name", "schema_version", "decision" (the policy in words: "argmax", or its
- *  parts, e.g. "adjusted+reject"). */
+ *  parts, e.g. "adjusted+reject"); another name is EDGECLF_ERR_NOT_FOUND.
+ *  Ownership: `name` is borrowed for the call; *out is owned by the model; never free it;
+ *  valid until the model is freed. Threads: thread-safe on a shared model. */
 EDGECLF_API edgeclf_status edgeclf_model_property(const edgeclf_model* model, const char* name, const char** out);
 /** A manifest value by JSON pointer (RFC 6901), e.g. "/preprocess/crop_size" or
  *  "/metrics/test/macro_f1". Strings are written without quotes, anything else as compact
  *  JSON, NUL-terminated. *length (may be NULL) receives the length without the NUL; with
- *  EDGECLF_ERR_BUFFER_TOO_SMALL it receives the length needed. */
+ *  EDGECLF_ERR_BUFFER_TOO_SMALL (also for a NULL buffer: ask for the length first) it
+ *  receives the length needed. Ownership: the value is copied into the caller's `buffer`
+ *  (`capacity` bytes); nothing to free. Threads: thread-safe on a shared model. */
 EDGECLF_API edgeclf_status edgeclf_model_manifest_value(const edgeclf_model* model, const char* json_pointer,
                                                         char* buffer, size_t capacity, size_t* length);
 
 /* ---- sessions ------------------------------------------------------------------------- */
+/* A session is one thread's scratch state: the calls below that take an `edgeclf_session*`
+ * must not run on one session from two threads at once (a session may move between threads
+ * between calls). Images are borrowed for the duration of a call; every result is written
+ * into caller-provided memory, so nothing a session call returns needs freeing. After an
+ * error the session stays usable. */
+
+/** Create a session on `model`. Ownership: on success *out is a new session the caller owns
+ *  and frees with edgeclf_session_free; on failure *out is NULL. The session holds its own
+ *  reference to the loaded model: the model may be freed first. Threads: thread-safe on a
+ *  shared model (one session per thread). */
 EDGECLF_API edgeclf_status edgeclf_session_create(const edgeclf_model* model, edgeclf_session** out);
+/** Free a session (NULL: no-op); releases its reference to the model. Threads: not while a
+ *  call on this session is running. */
 EDGECLF_API void edgeclf_session_free(edgeclf_session* session);
 
 /** Classify one image: the `capacity` most probable classes, best first, into `top`
- *  (ties: lower class index first). *count receives min(capacity, classes). */
+ *  (ties: lower class index first). *count (may be NULL) receives min(capacity, classes).
+ *  Ownership: `image` borrowed for the call; `top` is caller memory of `capacity` entries.
+ *  Threads: one call per session at a time. */
 EDGECLF_API edgeclf_status edgeclf_classify(edgeclf_session* session, const edgeclf_image* image,
                                             edgeclf_class_score* top, size_t capacity, size_t* count);
 /** Classify `image_count` images in one backend call. `top` holds image_count * k entries:
  *  image i's best k at top[i * k]. *count (may be NULL) receives min(k, classes); when k
- *  exceeds the number of classes, the remaining entries of each row are index -1, p 0. */
+ *  exceeds the number of classes, the remaining entries of each row are index -1, p 0.
+ *  Ownership: `images` borrowed for the call; `top` is caller memory.
+ *  Threads: one call per session at a time. */
 EDGECLF_API edgeclf_status edgeclf_classify_batch(edgeclf_session* session, const edgeclf_image* images,
                                                   size_t image_count, edgeclf_class_score* top, size_t k,
                                                   size_t* count);
 /** Calibrated probabilities of every class for `image_count` images, row-major into
- *  `probabilities` (capacity in floats, at least image_count * classes). */
+ *  `probabilities` (capacity in floats, at least image_count * classes).
+ *  Ownership: `images` borrowed for the call; `probabilities` is caller memory.
+ *  Threads: one call per session at a time. */
 EDGECLF_API edgeclf_status edgeclf_probabilities(edgeclf_session* session, const edgeclf_image* images,
                                                  size_t image_count, float* probabilities, size_t capacity);
 /** Decide `image_count` images under the bundle's decision policy: one edgeclf_decision per
  *  image into `out` (capacity: image_count entries). The same preprocessing and inference as
- *  edgeclf_classify_batch. Borrowed inputs, caller-owned output. */
+ *  edgeclf_classify_batch. Ownership: `images` borrowed for the call; `out` is caller memory.
+ *  Threads: one call per session at a time. */
 EDGECLF_API edgeclf_status edgeclf_classify_decision(edgeclf_session* session, const edgeclf_image* images,
                                                      size_t image_count, edgeclf_decision* out);
 /** Apply the bundle's decision policy to raw logits computed elsewhere (image_count x classes,
  *  row-major, e.g. from edgeclf_run_tensor): one edgeclf_decision per row into `out`. Needs no
- *  session; thread-safe on a shared model. Non-finite logits are EDGECLF_ERR_INVALID_ARGUMENT. */
+ *  session. Non-finite logits are EDGECLF_ERR_INVALID_ARGUMENT. Ownership: `logits` borrowed
+ *  for the call; `out` is caller memory of image_count entries. Threads: thread-safe on a
+ *  shared model. */
 EDGECLF_API edgeclf_status edgeclf_decide(const edgeclf_model* model, const float* logits, size_t image_count,
                                           edgeclf_decision* out);
-/** A static name for a rule: "argmax", "adjusted", "costs", "reject" ("unknown" otherwise). */
+/** A name for a rule: "argmax", "adjusted", "costs", "reject" ("unknown" otherwise).
+ *  Ownership: a static string of the library; never free it. Threads: any thread, any time. */
 EDGECLF_API const char* edgeclf_rule_name(edgeclf_rule rule);
 
 /** The preprocessed input tensor (channels x height x width float32, see
- *  edgeclf_model_input_shape) exactly as inference sees it. For checking and debugging. */
+ *  edgeclf_model_input_shape) exactly as inference sees it. For checking and debugging.
+ *  Ownership: `image` borrowed for the call; `tensor` is caller memory of `capacity` floats.
+ *  Threads: one call per session at a time. */
 EDGECLF_API edgeclf_status edgeclf_preprocess(edgeclf_session* session, const edgeclf_image* image,
                                               float* tensor, size_t capacity);
 /** Run inference on a tensor already preprocessed (image_count x C x H x W float32) and write
- *  the raw logits (image_count x classes). For measuring the backend alone. */
+ *  the raw logits (image_count x classes). For measuring the backend alone.
+ *  Ownership: `tensor` borrowed for the call; `logits` is caller memory of `capacity` floats.
+ *  Threads: one call per session at a time. */
 EDGECLF_API edgeclf_status edgeclf_run_tensor(edgeclf_session* session, const float* tensor, size_t image_count,
                                               float* logits, size_t capacity);
 

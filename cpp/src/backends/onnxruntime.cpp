@@ -157,7 +157,10 @@ class OrtModel : public BackendModel {
     try {
       Ort::SessionOptions so;
       so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-      if (const char* spin = std::getenv("EDGECLF_ORT_SPIN"); spin && (spin[0] == '0' || spin[0] == '1') && !spin[1])
+      // The experimental "ort_spin" option, else EDGECLF_ORT_SPIN=0|1, else ONNX Runtime's default.
+      if (o.ort_spin >= 0)
+        so.AddConfigEntry("session.intra_op.allow_spinning", o.ort_spin ? "1" : "0");
+      else if (const char* spin = std::getenv("EDGECLF_ORT_SPIN"); spin && (spin[0] == '0' || spin[0] == '1') && !spin[1])
         so.AddConfigEntry("session.intra_op.allow_spinning", spin);
       if (o.threads > 0) {
         so.SetIntraOpNumThreads(o.threads);
