@@ -20,11 +20,11 @@ def _blobs(n_per: int, n_classes: int, dim: int, seed: int, scale: float = 1.0, 
 def test_folded_head_equals_the_standardised_model_and_separates_classes():
     from sklearn.linear_model import LogisticRegression
 
-    xtr, ytr = _blobs(60, 4, 16, seed=0, scale=1.5, offset=5.0)
-    xva, yva = _blobs(30, 4, 16, seed=1, scale=1.5, offset=5.0)
+    xtr, ytr = _blobs(60, 4, 16, seed=0, scale=1.5, offset=0.5)
+    xva, yva = _blobs(30, 4, 16, seed=1, scale=1.5, offset=0.5)
     fit = fit_probe(xtr, ytr, xva, yva, 4)
     assert fit.c in C_GRID and fit.weight.shape == (4, 16) and fit.bias.shape == (4,)
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    mu, sd = xtr.mean(0), xtr.std(0)
     ref = LogisticRegression(C=fit.c, max_iter=2000, tol=1e-8).fit((xtr - mu) / sd, ytr)
     ours = xva @ fit.weight.T.astype(np.float64) + fit.bias
     assert (ours.argmax(1) == ref.predict((xva - mu) / sd)).mean() >= 0.98
@@ -84,3 +84,20 @@ def test_class_weights_move_the_boundary_towards_the_large_class():
         return float(((xva @ f.weight.T + f.bias).argmax(1)[yva == 1] == 1).mean())
 
     assert recall1(weighted) > recall1(plain) + 0.2
+
+
+def test_nearly_constant_features_do_not_become_huge_weights():
+    # features with a large mean and a tiny spread (as a randomly initialised network gives):
+    # standardising by the spread alone would need weights ~1e6 and a bias cancelling them,
+    # and the exported head would lose its logits' precision in fp32
+    rng = np.random.default_rng(9)
+    y = np.repeat(np.arange(3), 30)
+    signal = np.eye(3)[y] @ rng.normal(0, 1, (3, 16))
+    x = 0.4 + 1e-6 * (signal + rng.normal(0, 0.5, (90, 16)))
+    fit = fit_probe(x[:60], y[:60], x[60:], y[60:], 3)
+    logits = x @ fit.weight.T.astype(np.float64) + fit.bias
+    assert np.abs(fit.weight).max() * 0.4 * 16 < 1e4  # cancellation bounded
+    assert np.abs(logits).max() < 50
+    # an all-zero feature keeps weight 0
+    z = np.concatenate([x, np.zeros((90, 1))], axis=1)
+    assert not np.any(fit_probe(z[:60], y[:60], z[60:], y[60:], 3).weight[:, -1])

@@ -26,6 +26,10 @@ C_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PATIENCE = 2
 #: A class absent from training gets this logit bias (never predicted) instead of a fit.
 ABSENT_BIAS = -30.0
+#: A feature's scale is at least this share of its root mean square: a (nearly) constant
+#: feature must not be blown up into huge weights whose bias cancels them (the head's
+#: logits would then lose their precision in fp32, fp16 and int8 exports).
+SCALE_FLOOR = 0.01
 
 
 @dataclass
@@ -78,7 +82,9 @@ def fit_probe(
     ytr = np.asarray(y_train, np.int64)
     yva = np.asarray(y_val, np.int64)
     mu = xtr.mean(axis=0)
-    sd = xtr.std(axis=0) + 1e-6
+    rms = np.sqrt((xtr**2).mean(axis=0))
+    sd = np.maximum(xtr.std(axis=0), SCALE_FLOOR * rms)
+    sd[sd <= 0] = 1.0  # an all-zero feature: any scale, its weight stays 0
     ztr, zva = (xtr - mu) / sd, (xva - mu) / sd
     present = np.unique(ytr)
     sw = None if class_weight is None else np.asarray(class_weight, np.float64)[ytr]
