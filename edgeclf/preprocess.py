@@ -2,7 +2,9 @@
 
 Everything that turns pixels into a model input — the evaluation transform in
 Python, the exported bundle manifest and the C++ runtime — follows this one
-spec, with every value fully resolved:
+spec, with every value fully resolved. A spec is resolved once, from the figures of
+the weights (:class:`PretrainedInput`), by :meth:`PreprocessSpec.for_weights`; what
+carries it afterwards (a checkpoint, a bundle manifest) carries it resolved.
 
 1. **Decode** to 8-bit RGB by the rules of :mod:`edgeclf.data._image`
    (EXIF orientation applied, 16-bit grey ``>> 8``, alpha dropped).
@@ -35,20 +37,94 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
-import torch
 from PIL import Image
 
-from edgeclf.errors import ConfigError
+from edgeclf.errors import ConfigError, EdgeclfError
+
+if TYPE_CHECKING:  # torch is imported by normalize_batch alone: reading a spec needs no torch
+    import torch
 
 Interpolation = Literal["bilinear", "bicubic"]
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 
 PREPROCESS_SPEC_VERSION = 1
 #: The largest resize target either runtime accepts (the C runtime's limit): beyond it a
 #: single image would need gigabytes.
 MAX_RESIZE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class PretrainedInput:
+    """The input a set of pretrained weights expects: the figures a spec is resolved from.
+
+    ``input_size`` is the native square side in pixels; ``crop_pct`` is the fraction of the
+    resized image kept by the centre crop at evaluation (resize side = ``input_size /
+    crop_pct``). The registry holds these figures for each backbone's reference weights and a
+    weights report for the weights actually loaded; :meth:`PreprocessSpec.for_weights` turns
+    them into the spec.
+    """
+
+    input_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+
+    def as_timm_cfg(self) -> dict[str, Any]:
+        """These figures under timm's pretrained-config key names."""
+        return {
+            "input_size": (3, self.input_size, self.input_size),
+            "interpolation": self.interpolation,
+            "mean": self.mean,
+            "std": self.std,
+            "crop_pct": self.crop_pct,
+        }
+
+    @classmethod
+    def from_timm_cfg(cls, cfg: Any) -> PretrainedInput:
+        """Read the figures from a timm ``PretrainedCfg`` or a timm pretrained-config dict.
+
+        Raises:
+            ConfigError: a figure is missing, or the config asks for a crop other than the
+                centre crop this spec implements.
+            EdgeclfError: a non-square native input or a channel value list not of 3.
+        """
+
+        def get(key: str) -> Any:
+            value = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+            if value is None:
+                raise ConfigError(f"the pretrained config has no {key!r}")
+            return value
+
+        crop_mode = cfg.get("crop_mode") if isinstance(cfg, dict) else getattr(cfg, "crop_mode", None)
+        if crop_mode not in (None, "center"):
+            raise ConfigError(f"crop_mode {crop_mode!r} of the pretrained config is not supported (allowed: 'center')")
+        _, height, width = get("input_size")
+        if height != width:
+            raise EdgeclfError(f"non-square native input {height}x{width} is not supported")
+        return cls(
+            input_size=int(height),
+            interpolation=str(get("interpolation")),
+            mean=_triple(get("mean")),
+            std=_triple(get("std")),
+            crop_pct=float(get("crop_pct")),
+        )
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    items = tuple(float(v) for v in values)
+    if len(items) != 3:
+        raise EdgeclfError(f"expected 3 channel values, got {items}")
+    return items  # type: ignore[return-value]
+
+
+def _float32(values: tuple[Any, ...]) -> np.ndarray:
+    """``values`` as the C runtime holds them (float32), with inf where they overflow."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -90,10 +166,20 @@ class PreprocessSpec:
             raise ConfigError(
                 f"preprocessing mean, std and scale must be finite numbers, scale > 0; got {self.mean}, {self.std}, {self.scale}"
             )
-        if self.interpolation not in ("bilinear", "bicubic"):
-            raise ConfigError(f"interpolation must be bilinear or bicubic, got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ConfigError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
+        # The runtimes compute in float32 (the C reader converts, then checks): a value that is
+        # finite and positive as a double but not as a float32 is refused here too.
+        mean32, std32, scale32 = _float32(self.mean), _float32(self.std), _float32((self.scale,))
+        if not (np.isfinite(mean32).all() and np.isfinite(std32).all() and (std32 > 0).all()):
+            raise ConfigError(
+                f"preprocessing mean and std must be finite as float32 numbers and std > 0 as float32; "
+                f"got {self.mean}, {self.std}"
+            )
+        if not (np.isfinite(scale32).all() and (scale32 > 0).all()):
+            raise ConfigError(f"preprocessing scale must be finite and > 0 as a float32 number; got {self.scale}")
         if self.antialias is not False:
             raise ConfigError("antialiased resizing is not part of preprocessing spec version 1")
         fixed = {
@@ -111,20 +197,33 @@ class PreprocessSpec:
                 )
 
     @classmethod
-    def from_timm_config(cls, cfg: dict[str, Any], image_size: int | None = None) -> PreprocessSpec:
-        """Resolve a timm pretrained config (mean/std/interpolation/crop_pct) at ``image_size``."""
-        crop = int(image_size or cfg["input_size"][-1])
-        crop_pct = float(cfg.get("crop_pct") or 1.0)
-        interp = cfg.get("interpolation", "bilinear")
-        if interp not in ("bilinear", "bicubic"):
-            interp = "bilinear"
+    def for_weights(cls, weights: PretrainedInput, image_size: int | None = None) -> PreprocessSpec:
+        """The spec for weights that expect ``weights``, run at ``image_size`` pixels.
+
+        This is the one place a spec is resolved. The crop is ``image_size`` (``None``: the
+        weights' native ``input_size``), the resize side ``floor(crop / crop_pct)``, and
+        interpolation, mean and std are the weights' own. A value the spec does not implement
+        (an interpolation other than bilinear/bicubic, say) is a :class:`ConfigError` naming
+        it and the allowed ones; nothing is replaced by a default.
+        """
+        crop = weights.input_size if image_size is None else image_size
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0:
+            raise ConfigError(f"the input size must be a positive number of pixels, got {crop!r}")
+        crop_pct = weights.crop_pct
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
         return cls(
             resize_size=int(math.floor(crop / crop_pct)),
             crop_size=crop,
-            interpolation=interp,
-            mean=tuple(float(m) for m in cfg["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(s) for s in cfg["std"]),  # type: ignore[arg-type]
+            interpolation=weights.interpolation,  # type: ignore[arg-type]  # checked by __post_init__
+            mean=tuple(weights.mean),  # type: ignore[arg-type]
+            std=tuple(weights.std),  # type: ignore[arg-type]
         )
+
+    @classmethod
+    def from_timm_config(cls, cfg: Any, image_size: int | None = None) -> PreprocessSpec:
+        """:meth:`for_weights` for the figures of a timm pretrained config (``PretrainedCfg`` or dict)."""
+        return cls.for_weights(PretrainedInput.from_timm_cfg(cfg), image_size)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -231,6 +330,8 @@ def preprocess(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndar
 
 def normalize_batch(batch_uint8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Normalise an N x 3 x H x W uint8 batch (already resized/cropped) to float32, in torch."""
+    import torch
+
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=batch_uint8.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32, device=batch_uint8.device).view(1, 3, 1, 1)
     return (batch_uint8.to(torch.float32) * spec.scale - mean) / std

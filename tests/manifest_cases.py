@@ -198,6 +198,10 @@ CASES: list[Case] = [
     Case("crop_size as a float", set_key("preprocess.crop_size", 32.0), False, "crop_size"),
     Case("crop larger than resize", set_key("preprocess.crop_size", 64), False, "crop_size"),
     Case("std 0", set_key("preprocess.std", [0.2, 0.0, 0.2]), False, "std"),
+    # the C reader converts mean, std and scale to float32 before it checks them
+    Case("std 0 as a float32", set_key("preprocess.std", [0.2, 1e-50, 0.2]), False, "std"),
+    Case("mean beyond float32", set_key("preprocess.mean", [0.5, 1e39, 0.5]), False, "mean"),
+    Case("scale 0 as a float32", set_key("preprocess.scale", 1e-50), False, "scale"),
     Case("unknown interpolation", set_key("preprocess.interpolation", "lanczos"), False, "interpolation"),
     Case("BGR colour order", set_key("preprocess.color_order", "BGR"), False, "color_order"),
     Case("unknown preprocessing key", set_key("preprocess.gamma", 2.2), False, "gamma"),

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 #: The flow, first to last; a package may import from its own layer and the ones before it.
 LAYERS: list[set[str]] = [
-    {"errors", "_io", "stats", "preprocess", "_onnx_match"},  # shared foundations
+    {"errors", "_io", "_provenance", "stats", "preprocess", "_onnx_match"},  # shared foundations
     {"data"},
     {"profiles", "models"},
     {"select"},

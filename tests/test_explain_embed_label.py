@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -277,6 +278,29 @@ def test_suggest_labels_ranks_the_ambiguous_image_first_and_skips_corrupt_files(
     again = suggest_labels(_stub_run(), src, out, temperature=4.0, top_k=2)
     assert [s.path for s in again.suggestions] == [s.path for s in res.suggestions]
     assert again.suggestions[2].confidence < res.suggestions[2].confidence  # a higher temperature softens
+
+
+def test_list_unlabeled_walks_links_and_leaves_out_the_output(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "pool", tmp_path / "elsewhere"
+    for rel in ("pool/a.png", "pool/sub/b.jpg", "pool/out/c.png", "pool/.hidden/d.png", "elsewhere/e.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"listed by suffix, never decoded")
+    (root / "notes.txt").write_text("x")
+    os.symlink(elsewhere, root / "link")  # followed, unlike a training scan's link out of the data
+    os.symlink(root, root / "sub" / "loop")
+    os.symlink("missing.png", root / "broken.png")
+    files, ignored, unreadable = labeling.list_unlabeled(root, exclude=root / "out")
+    assert files == ["a.png", "link/e.png", "sub/b.jpg"]
+    assert [(p.path, p.reason) for p in ignored] == [
+        ("notes.txt", "not an image suffix (.txt)"),
+        ("sub/loop", "symlink loop: folder already visited"),
+    ]
+    assert [(p.path, p.reason) for p in unreadable] == [("broken.png", "broken symlink")]
+    # the output folder is the pool itself: only its own grid is left out
+    (root / "most_uncertain.png").write_bytes(b"x")
+    (root / "sub" / "most_uncertain.png").write_bytes(b"x")
+    files, _, _ = labeling.list_unlabeled(root, exclude=root)
+    assert files == ["a.png", "link/e.png", "out/c.png", "sub/b.jpg", "sub/most_uncertain.png"]
 
 
 def test_suggest_labels_errors(tmp_path: Path) -> None:

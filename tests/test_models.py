@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,11 @@ from edgeclf.models import (
     list_backbones,
     load_pretrained,
     measure_cost,
+    preprocess_spec,
     read_state_dict,
 )
 from edgeclf.models import weights as weights_module
+from edgeclf.preprocess import PreprocessSpec, PretrainedInput
 from tests.conftest import blob_image, shared_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,6 +126,18 @@ def test_registry_lists_sane_entries_with_timm_preprocessing() -> None:
     mbv2 = get_backbone("mobilenetv2_100")
     assert mbv2.mean == timm.data.IMAGENET_INCEPTION_MEAN
     assert timm.models.get_pretrained_cfg("mobilenetv2_100").mean == timm.data.IMAGENET_DEFAULT_MEAN
+
+
+def test_preprocess_spec_is_resolved_from_the_weights_figures() -> None:
+    for info in list_backbones():
+        cfg = replace(timm.models.get_pretrained_cfg(info.timm_arch), **info.pretrained_cfg_overlay)
+        assert preprocess_spec(info.name) == preprocess_spec(info) == PreprocessSpec.from_timm_config(cfg)
+        assert preprocess_spec(info, 160) == PreprocessSpec.for_weights(info.pretrained_input, 160)
+    # the weights actually loaded decide: timm's hub weights of mobilenetv2_100 expect ImageNet mean/std
+    hub = PretrainedInput.from_timm_cfg(timm.models.get_pretrained_cfg("mobilenetv2_100"))
+    assert preprocess_spec(hub).mean == timm.data.IMAGENET_DEFAULT_MEAN != preprocess_spec("mobilenetv2_100").mean
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        preprocess_spec("no_such_net")
 
 
 def test_unknown_backbone_lists_known_names() -> None:

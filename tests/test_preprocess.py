@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from edgeclf.errors import ConfigError
-from edgeclf.preprocess import PreprocessSpec, center_crop, normalize, preprocess, resize_uint8, resized_shape
+from edgeclf.preprocess import (
+    PreprocessSpec,
+    PretrainedInput,
+    center_crop,
+    normalize,
+    preprocess,
+    resize_uint8,
+    resized_shape,
+)
 
 LITE0_CFG = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 
@@ -70,3 +81,33 @@ def test_invalid_specs() -> None:
         PreprocessSpec(resize_size=10, crop_size=8, interpolation="bilinear", mean=(0, 0, 0), std=(1, 0, 1))
     with pytest.raises(ConfigError, match="unknown preprocessing fields"):
         PreprocessSpec.from_dict({**PreprocessSpec.from_timm_config(LITE0_CFG).to_dict(), "gamma": 2.2})
+
+
+def test_resolved_once_from_the_weights_figures() -> None:
+    figures = PretrainedInput(input_size=224, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.875)
+    assert PreprocessSpec.for_weights(figures) == PreprocessSpec.from_timm_config(LITE0_CFG)
+    assert PreprocessSpec.for_weights(figures, 160) == PreprocessSpec.from_timm_config(LITE0_CFG, image_size=160)
+    assert PretrainedInput.from_timm_cfg(figures.as_timm_cfg()) == figures
+    # an unknown value is an error naming it and the allowed ones, never a silent default
+    with pytest.raises(ConfigError, match="bilinear, bicubic, got 'lanczos'"):
+        PreprocessSpec.from_timm_config({**LITE0_CFG, "interpolation": "lanczos"})
+    with pytest.raises(ConfigError, match="crop_mode 'squash'.*'center'"):
+        PreprocessSpec.from_timm_config({**LITE0_CFG, "crop_mode": "squash"})
+    with pytest.raises(ConfigError, match="crop_pct"):
+        PreprocessSpec.from_timm_config({k: v for k, v in LITE0_CFG.items() if k != "crop_pct"})
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="input size"):
+            PreprocessSpec.for_weights(figures, bad)  # type: ignore[arg-type]
+
+
+def test_values_the_c_runtime_refuses_as_float32_are_refused() -> None:
+    ok = {"resize_size": 10, "crop_size": 8, "interpolation": "bilinear", "mean": (0, 0, 0), "std": (1, 1, 1)}
+    PreprocessSpec(**ok)  # type: ignore[arg-type]
+    for bad in ({"std": (1, 1e-50, 1)}, {"mean": (0, 1e39, 0)}, {"scale": 1e-50}, {"scale": 1e39}):
+        with pytest.raises(ConfigError, match="float32"):
+            PreprocessSpec(**{**ok, **bad})  # type: ignore[arg-type]
+
+
+def test_reading_a_spec_needs_no_torch() -> None:
+    code = "import sys, edgeclf.preprocess; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

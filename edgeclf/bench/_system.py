@@ -10,7 +10,6 @@ includes every artifact measured before; the method used is recorded with the fi
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import resource
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgeclf._provenance import library_versions as _library_versions
 
 __all__ = ["Environment", "MemoryProbe", "RssMethod", "cpu_model", "environment", "library_versions"]
 
@@ -68,16 +69,7 @@ def cpu_model(cpuinfo: str | None = None, device_tree_model: str | None = None) 
 
 def library_versions() -> dict[str, str]:
     """Python and the installed versions of :data:`VERSIONED_PACKAGES`."""
-    out = {"python": platform.python_version()}
-    for pkg in VERSIONED_PACKAGES:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            if pkg == "edgeclf":
-                from edgeclf import __version__
-
-                out[pkg] = __version__
-    return out
+    return _library_versions(VERSIONED_PACKAGES)
 
 
 class Environment(BaseModel):

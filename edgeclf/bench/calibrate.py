@@ -195,8 +195,7 @@ def measure_backbones(
 
     from edgeclf.export.onnx_export import export_onnx_fp32
     from edgeclf.export.quantize import quantize_onnx_int8
-    from edgeclf.models import get_backbone, load_pretrained
-    from edgeclf.preprocess import PreprocessSpec
+    from edgeclf.models import get_backbone, load_pretrained, preprocess_spec
 
     jobs: list[_Job] = []
     for name in backbones:
@@ -210,7 +209,7 @@ def measure_backbones(
         sizes = {info.input_size, *(int(r) for r in extra)}
         for size in sorted({*sizes, *int8_resolutions}, reverse=True):
             log.info("exporting %s at %d px (%s weights)", name, size, weights)
-            spec = PreprocessSpec(resize_size=size, crop_size=size, interpolation="bilinear", mean=info.mean, std=info.std)
+            spec = preprocess_spec(info, size)  # the export reads only the input size from it
             fp32 = work_dir / f"{name}.{size}.{weights}.fp32.onnx"
             if not fp32.exists():  # a work_dir kept from an earlier run is reused
                 export_onnx_fp32(model, spec, fp32, "{}")

@@ -8,6 +8,7 @@ computed from: content hashes (exact duplicates), perceptual hashes
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -105,6 +106,81 @@ def _followable(d: Path, bases: list[Path]) -> str:
     return ""
 
 
+def walk_images(
+    top: Path,
+    root: Path,
+    ignored: list[FileProblem],
+    unreadable: list[FileProblem],
+    *,
+    enter: Callable[[Path], str] | None = None,
+    prune: Callable[[Path], bool] | None = None,
+    skip: Callable[[Path], bool] | None = None,
+) -> list[str]:
+    """Image files under ``top`` (recursively), as POSIX paths relative to ``root``, in walk order.
+
+    Hidden files and folders are passed over; directory symlinks are followed, and a folder
+    already visited in this walk is not re-entered (reported as a symlink loop). Files that are
+    not images (by suffix) go to ``ignored``; unreadable folders, names that are not UTF-8 and
+    broken or looping file symlinks go to ``unreadable``, each with the reason.
+
+    Args:
+        enter: why a sub-folder met while walking must not be entered (reported in
+            ``ignored``), ``""`` when it may; ``None``: every sub-folder is entered.
+        prune: folders (reached and not yet listed) whose contents are left out silently.
+        skip: files left out silently.
+    """
+    files: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        d = Path(dirpath)
+        try:
+            st = d.stat()
+        except OSError as e:
+            unreadable.append(FileProblem(_rel(root, d), f"cannot read folder: {e.strerror}"))
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            ignored.append(FileProblem(_rel(root, d), "symlink loop: folder already visited"))
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        if prune is not None and prune(d):
+            dirnames[:] = []
+            continue
+        keep = []
+        for n in sorted(x for x in dirnames if not x.startswith(".")):
+            why = enter(d / n) if enter is not None else ""
+            if why:
+                ignored.append(FileProblem(_rel(root, d / n), why))
+            else:
+                keep.append(n)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = d / name
+            if skip is not None and skip(p):
+                continue
+            rel = _rel(root, p)
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                unreadable.append(FileProblem(rel.encode("utf-8", "replace").decode(), "file name is not valid UTF-8"))
+                continue
+            if not is_image_suffix(p):
+                ignored.append(FileProblem(rel, f"not an image suffix ({p.suffix or 'none'})"))
+                continue
+            if p.is_symlink():
+                try:
+                    os.stat(p)
+                except OSError as e:
+                    unreadable.append(FileProblem(rel, "symlink loop" if e.errno == errno.ELOOP else "broken symlink"))
+                    continue
+            files.append(rel)
+    return files
+
+
 def scan_folder(root: Path) -> FolderScan:
     """List the images of an ImageFolder tree (one sub-folder per class).
 
@@ -131,50 +207,9 @@ def scan_folder(root: Path) -> FolderScan:
             ignored.append(FileProblem(entry.name, "not inside a class folder"))
             continue
         classes.append(entry.name)
-        seen: set[tuple[int, int]] = set()
         bases = [root.resolve(), entry.resolve()]
-        for dirpath, dirnames, filenames in os.walk(entry, followlinks=True):
-            d = Path(dirpath)
-            try:
-                st = d.stat()
-            except OSError as e:
-                unreadable.append(FileProblem(_rel(root, d), f"cannot read folder: {e.strerror}"))
-                dirnames[:] = []
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                ignored.append(FileProblem(_rel(root, d), "symlink loop: folder already visited"))
-                dirnames[:] = []
-                continue
-            seen.add(key)
-            keep = []
-            for n in sorted(x for x in dirnames if not x.startswith(".")):
-                why = _followable(d / n, bases)
-                if why:
-                    ignored.append(FileProblem(_rel(root, d / n), why))
-                else:
-                    keep.append(n)
-            dirnames[:] = keep
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                p = d / name
-                rel = _rel(root, p)
-                try:
-                    rel.encode("utf-8")
-                except UnicodeEncodeError:
-                    unreadable.append(FileProblem(rel.encode("utf-8", "replace").decode(), "file name is not valid UTF-8"))
-                    continue
-                if not is_image_suffix(p):
-                    ignored.append(FileProblem(rel, f"not an image suffix ({p.suffix or 'none'})"))
-                    continue
-                if p.is_symlink():
-                    try:
-                        os.stat(p)
-                    except OSError as e:
-                        unreadable.append(FileProblem(rel, "symlink loop" if e.errno == errno.ELOOP else "broken symlink"))
-                        continue
-                files.append((rel, entry.name))
+        rels = walk_images(entry, root, ignored, unreadable, enter=functools.partial(_followable, bases=bases))
+        files.extend((rel, entry.name) for rel in rels)
     if not classes:
         raise DataError(f"{root} has no class sub-folders; expected DATA_DIR/<class>/<image>")
     files.sort()

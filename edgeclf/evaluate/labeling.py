@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ import numpy as np
 from torch import nn
 
 from edgeclf._io import atomic_write_text
-from edgeclf.data._image import IMAGE_SUFFIXES, ImageDecodeError, is_image_suffix, load_rgb
-from edgeclf.data._index import FileProblem
+from edgeclf.data._image import IMAGE_SUFFIXES, ImageDecodeError, load_rgb
+from edgeclf.data._index import FileProblem, walk_images
 from edgeclf.data.manifest import Manifest
 from edgeclf.errors import ConfigError, DataError
 from edgeclf.evaluate.explain import image_grid
@@ -201,45 +200,16 @@ def list_unlabeled(root: Path, exclude: Path | None = None) -> tuple[list[str], 
     skip_outputs = excl == root_real
     if excl is not None and (skip_outputs or not _is_within(excl, root_real)):
         excl = None  # the output folder is root itself, or outside it: nothing to prune
-    files: list[str] = []
     ignored: list[FileProblem] = []
     unreadable: list[FileProblem] = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        d = Path(dirpath)
-        rel_d = d.relative_to(root).as_posix()
-        try:
-            st = d.stat()
-        except OSError as e:
-            unreadable.append(FileProblem(rel_d, f"cannot read folder: {e.strerror}"))
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            ignored.append(FileProblem(rel_d, "symlink loop: folder already visited"))
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        if excl is not None and _is_within(d.resolve(), excl):
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or (skip_outputs and d == root and name in _OUTPUT_FILES):
-                continue
-            p = d / name
-            rel = p.relative_to(root).as_posix()
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                unreadable.append(FileProblem(rel.encode("utf-8", "replace").decode(), "file name is not valid UTF-8"))
-                continue
-            if not is_image_suffix(p):
-                ignored.append(FileProblem(rel, f"not an image suffix ({p.suffix or 'none'})"))
-                continue
-            if p.is_symlink() and not p.exists():
-                unreadable.append(FileProblem(rel, "broken symlink"))
-                continue
-            files.append(rel)
+    files = walk_images(
+        root,
+        root,
+        ignored,
+        unreadable,
+        prune=(lambda d: _is_within(d.resolve(), excl)) if excl is not None else None,
+        skip=(lambda p: p.parent == root and p.name in _OUTPUT_FILES) if skip_outputs else None,
+    )
     files.sort()
     return files, ignored, unreadable
 

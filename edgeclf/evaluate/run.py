@@ -418,7 +418,7 @@ class Evaluation:
 
     def _explain(self, data: SplitData, probs: np.ndarray, fig_dir: Path, tag: str, seed: int) -> dict[str, str]:
         from edgeclf.evaluate.embeddings import export_projector, plot_embeddings, project_2d
-        from edgeclf.evaluate.explain import gradcam_grid
+        from edgeclf.evaluate.explain import gradcam_grid, sample_correct_and_wrong
 
         xy, method = project_2d(data.features, seed=seed)
         plot_embeddings(xy, data.y, self.run.classes, fig_dir / "embeddings.png", f"penultimate-layer features, {tag}", method)
@@ -426,10 +426,8 @@ class Evaluation:
             data.features, data.y, self.run.classes, data.paths, self.run_dir / "tensorboard" / f"projector-{fig_dir.name}"
         )
         pred = probs.argmax(1)
-        rng = np.random.default_rng(seed)
-        right = np.nonzero(pred == data.y)[0]
-        wrong = np.nonzero(pred != data.y)[0]
-        pick = np.concatenate([rng.permutation(right)[:8], rng.permutation(wrong)[:8]]).astype(int)
+        pick = np.asarray(sample_correct_and_wrong(data.y, pred, max_items=16, seed=seed), dtype=int)
+        n_wrong = int((pred[pick] != data.y[pick]).sum())
         imgs = load_images(self.run.data_root, [data.paths[i] for i in pick])
         gradcam_grid(
             self.run.model,
@@ -440,7 +438,7 @@ class Evaluation:
             pred[pick],
             probs[pick, pred[pick]],
             fig_dir / "gradcam.png",
-            f"Grad-CAM: 8 correct, 8 wrong, {tag}",
+            f"Grad-CAM: {len(pick) - n_wrong} correct, {n_wrong} wrong, {tag}",
         )
         return {"embeddings": method}
 

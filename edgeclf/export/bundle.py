@@ -104,6 +104,8 @@ class BundleManifest(BaseModel):
     created: str
     creator: dict[str, str]
     labels: list[str]
+    #: the resolved spec as written (``PreprocessSpec.to_dict()``); at load it must build a
+    #: :class:`PreprocessSpec` (the C reader's limits), and :meth:`spec` returns that
     preprocess: dict[str, Any]
     temperature: float
     source_run: dict[str, Any]

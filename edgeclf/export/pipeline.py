@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import os
-import platform
 import shutil
 import socket
 import tempfile
@@ -19,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeclf._io import write_json
+from edgeclf._provenance import library_versions
 from edgeclf.errors import ConfigError, EdgeclfError
 from edgeclf.export.bundle import (
     MIN_RUNTIME_VERSION,
@@ -128,14 +127,8 @@ class ExportResult:
         return [r.to_dict() for r in self.parity.table]
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("edgeclf", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+#: The libraries a bundle's ``creator`` names.
+_CREATOR_PACKAGES = ("edgeclf", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf")
 
 
 def plan_jobs(formats: list[str] | None, precisions: list[str] | None, profile: Any | None) -> list[tuple[str, str]]:
@@ -229,7 +222,7 @@ def export_run(
         name=Path(run_dir).name,
         min_runtime_version=MIN_RUNTIME_VERSION if policy is None or policy.is_argmax else MIN_RUNTIME_VERSION_DECISION,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        creator=_versions(),
+        creator=library_versions(_CREATOR_PACKAGES),
         labels=run.classes,
         preprocess=run.spec.to_dict(),
         temperature=temperature,

@@ -9,6 +9,7 @@ from edgeclf.models.registry import (
     get_backbone,
     list_backbones,
     measure_cost,
+    preprocess_spec,
 )
 from edgeclf.models.weights import (
     WeightSource,
@@ -36,5 +37,6 @@ __all__ = [
     "load_pretrained",
     "measure_cost",
     "package_weights_installed",
+    "preprocess_spec",
     "read_state_dict",
 ]

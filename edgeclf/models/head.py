@@ -54,8 +54,10 @@ def create_model(
 
     Returns:
         The model (in training mode) and the report of the weights it was given. The
-        model's ``pretrained_cfg`` is updated to the loaded weights' input figures and
-        the new number of classes, so timm's ``resolve_data_config`` agrees with the report.
+        preprocessing of these weights is ``preprocess_spec(report.expects, size)``
+        (:func:`~edgeclf.models.registry.preprocess_spec`); edgeclf never reads it back from
+        the model. The model's ``pretrained_cfg`` is set to the same figures and the new
+        number of classes only so that timm's own tools (``resolve_data_config``) agree.
 
     Raises:
         ConfigError: Unknown backbone, bad ``num_classes``/``drop_rate``, or weights that

@@ -2,9 +2,10 @@
 
 Every entry names a timm architecture (the registry key *is* the timm name) and the
 ImageNet weights edgeclf loads for it by default. Preprocessing figures (input size,
-interpolation, mean, std, crop_pct) come from timm's pretrained config of that
-architecture, adjusted only where the weights edgeclf ships differ from timm's default
-tag (see ``pretrained_cfg_overlay``); no ImageNet number is typed in here.
+interpolation, mean, std, crop_pct: a :class:`~edgeclf.preprocess.PretrainedInput`) come
+from timm's pretrained config of that architecture, adjusted only where the weights
+edgeclf ships differ from timm's default tag (see ``pretrained_cfg_overlay``); no ImageNet
+number is typed in here. :func:`preprocess_spec` resolves them into the spec.
 
 Cost figures are constants measured once with :func:`measure_cost` (timm 1.0.31,
 torch 2.13, CPU) and re-measured by the test suite:
@@ -30,6 +31,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgeclf.errors import ConfigError, EdgeclfError
+from edgeclf.preprocess import PreprocessSpec, PretrainedInput
 
 __all__ = [
     "BackboneInfo",
@@ -39,49 +41,8 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "measure_cost",
+    "preprocess_spec",
 ]
-
-
-@dataclass(frozen=True)
-class PretrainedInput:
-    """The input a set of pretrained weights expects (as timm's pretrained config says).
-
-    ``input_size`` is the native square side in pixels; ``crop_pct`` is the fraction of
-    the resized image kept by the centre crop at evaluation (resize side =
-    ``input_size / crop_pct``). The preprocessing spec of a run is resolved from these
-    figures by ``edgeclf.preprocess``; this class only carries them.
-    """
-
-    input_size: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    crop_pct: float
-
-    def as_timm_cfg(self) -> dict[str, Any]:
-        """These figures under timm's pretrained-config key names."""
-        return {
-            "input_size": (3, self.input_size, self.input_size),
-            "interpolation": self.interpolation,
-            "mean": self.mean,
-            "std": self.std,
-            "crop_pct": self.crop_pct,
-        }
-
-    @classmethod
-    def from_timm_cfg(cls, cfg: Any) -> PretrainedInput:
-        """Read the figures from a timm ``PretrainedCfg`` or a model's ``pretrained_cfg`` dict."""
-        get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key)
-        _, height, width = get("input_size")
-        if height != width:
-            raise EdgeclfError(f"non-square native input {height}x{width} is not supported")
-        return cls(
-            input_size=int(height),
-            interpolation=str(get("interpolation")),
-            mean=_triple(get("mean")),
-            std=_triple(get("std")),
-            crop_pct=float(get("crop_pct")),
-        )
 
 
 @dataclass(frozen=True)
@@ -91,11 +52,9 @@ class BackboneInfo:
     Attributes:
         name: Registry key; equal to the timm architecture name.
         timm_arch: The timm architecture passed to ``timm.create_model``.
-        input_size: Native square input side in pixels (from timm's pretrained config).
-        interpolation: Resize interpolation the weights were evaluated with.
-        mean: Per-channel RGB mean on the [0, 1] scale.
-        std: Per-channel RGB standard deviation on the [0, 1] scale.
-        crop_pct: Centre-crop fraction at evaluation.
+        pretrained_input: The preprocessing figures of the reference weights (from timm's
+            pretrained config, with ``pretrained_cfg_overlay`` applied); ``input_size``,
+            ``interpolation``, ``mean``, ``std`` and ``crop_pct`` read them.
         params_m: Parameters of the 1000-class model, millions (see module docstring).
         gflops: Forward FLOPs at ``input_size``, batch 1, 10^9, multiply-add = 2 FLOPs.
         imagenet_top1: ImageNet-1k validation top-1 (%) of the weights described by
@@ -113,11 +72,7 @@ class BackboneInfo:
 
     name: str
     timm_arch: str
-    input_size: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    crop_pct: float
+    pretrained_input: PretrainedInput
     params_m: float
     gflops: float
     imagenet_top1: float | None
@@ -128,21 +83,36 @@ class BackboneInfo:
     pretrained_cfg_overlay: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
-    def pretrained_input(self) -> PretrainedInput:
-        """The preprocessing figures of the reference weights."""
-        return PretrainedInput(
-            input_size=self.input_size,
-            interpolation=self.interpolation,
-            mean=self.mean,
-            std=self.std,
-            crop_pct=self.crop_pct,
-        )
+    def input_size(self) -> int:
+        """Native square input side in pixels."""
+        return self.pretrained_input.input_size
+
+    @property
+    def interpolation(self) -> str:
+        """Resize interpolation the weights were evaluated with."""
+        return self.pretrained_input.interpolation
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel RGB mean on the [0, 1] scale."""
+        return self.pretrained_input.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel RGB standard deviation on the [0, 1] scale."""
+        return self.pretrained_input.std
+
+    @property
+    def crop_pct(self) -> float:
+        """Centre-crop fraction at evaluation."""
+        return self.pretrained_input.crop_pct
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
+        """A JSON-ready dict (tuples become lists); the figures sit beside the other fields."""
         data = asdict(self)
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
+        figures = data.pop("pretrained_input")
+        figures["mean"], figures["std"] = list(self.mean), list(self.std)
+        data = {"name": data.pop("name"), "timm_arch": data.pop("timm_arch"), **figures, **data}
         data["pretrained_cfg_overlay"] = {
             k: list(v) if isinstance(v, tuple) else v for k, v in self.pretrained_cfg_overlay.items()
         }
@@ -286,28 +256,16 @@ _SPECS: tuple[_Spec, ...] = (
 )
 
 
-def _triple(values: Any) -> tuple[float, float, float]:
-    items = tuple(float(v) for v in values)
-    if len(items) != 3:
-        raise EdgeclfError(f"expected 3 channel values, got {items}")
-    return items  # type: ignore[return-value]
-
-
 def _build(spec: _Spec) -> BackboneInfo:
     cfg = timm.models.get_pretrained_cfg(spec.name)
     if cfg is None:  # a timm that renamed the architecture: a bug to fix here, not user error
         raise EdgeclfError(f"timm {timm.__version__} has no pretrained config for {spec.name!r}")
     overlay = dict(spec.overlay)
     cfg = replace(cfg, **overlay)
-    figures = PretrainedInput.from_timm_cfg(cfg)
     return BackboneInfo(
         name=spec.name,
         timm_arch=spec.name,
-        input_size=figures.input_size,
-        interpolation=figures.interpolation,
-        mean=figures.mean,
-        std=figures.std,
-        crop_pct=figures.crop_pct,
+        pretrained_input=PretrainedInput.from_timm_cfg(cfg),
         params_m=spec.params_m,
         gflops=spec.gflops,
         imagenet_top1=spec.imagenet_top1,
@@ -350,6 +308,23 @@ def get_backbone(name: str) -> BackboneInfo:
     close = difflib.get_close_matches(str(name), list(registry), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"unknown backbone {name!r}.{hint} Known backbones: {known}.")
+
+
+def preprocess_spec(weights: str | BackboneInfo | PretrainedInput, image_size: int | None = None) -> PreprocessSpec:
+    """The preprocessing spec of ``weights`` at ``image_size`` pixels (``None``: their native size).
+
+    ``weights`` is a backbone (registry name or entry: its reference weights' figures) or the
+    figures of the weights actually loaded (``WeightsReport.expects``, which differ from the
+    registry's for hub weights of another training recipe). The resolution itself is
+    :meth:`edgeclf.preprocess.PreprocessSpec.for_weights`.
+
+    Raises:
+        ConfigError: an unknown backbone, a bad size, or a figure the spec does not implement.
+    """
+    if isinstance(weights, str):
+        weights = get_backbone(weights)
+    figures = weights.pretrained_input if isinstance(weights, BackboneInfo) else weights
+    return PreprocessSpec.for_weights(figures, image_size)
 
 
 @dataclass(frozen=True)

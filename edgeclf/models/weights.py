@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from edgeclf.errors import ConfigError
-from edgeclf.models.registry import BackboneInfo, PretrainedInput
+from edgeclf.models.registry import BackboneInfo
+from edgeclf.preprocess import PretrainedInput
 
 __all__ = [
     "WeightSource",

@@ -36,7 +36,6 @@ OpenVINO fp16 on a CPU computes in fp32, so its factors are OpenVINO fp32's
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeclf._io import write_json
+from edgeclf._provenance import library_versions
 from edgeclf.errors import ConfigError, EdgeclfError
 from edgeclf.select.costmodel import (
     ACTIVATION_BYTES,
@@ -261,14 +261,8 @@ def detect_host(threads: int | None = None) -> HostInfo:
 # ------------------------------------------------------------------------ measuring
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("edgeclf", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+#: The libraries a calibration records.
+_CALIBRATION_PACKAGES = ("edgeclf", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "openvino")
 
 
 # --------------------------------------------------------------------------- fitting
@@ -464,7 +458,7 @@ def fit_calibration(
         schema_version=CALIBRATION_SCHEMA,
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         host=host,
-        versions=versions if versions is not None else _versions(),
+        versions=versions if versions is not None else library_versions(_CALIBRATION_PACKAGES),
         stated_error_pct=stated,
         points=list(points),
         latency=latency,

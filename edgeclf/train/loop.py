@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from edgeclf._io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_bytes, write_json
 from edgeclf.data.manifest import Manifest, read_manifest
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
-from edgeclf.preprocess import PreprocessSpec, normalize_batch
+from edgeclf.preprocess import PreprocessSpec, PretrainedInput, normalize_batch
 from edgeclf.train.config import TrainConfig
 from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset, mix_seed
 from edgeclf.train.losses import build_loss, class_weights
@@ -569,7 +569,9 @@ class Trainer:
             if measured:  # measured before the interruption: the same result
                 choice = measured[0]
             elif len(sizes) > 1:
-                size, why, table = self._resolution_check(model, train_rows, val_rows, root, classes, sizes)
+                size, why, table = self._resolution_check(
+                    model, train_rows, val_rows, root, classes, sizes, weights_report.expects
+                )
                 choice = RecipeChoice(key="model.image_size", value=size, reason=why, source="auto")
                 self.resolution_table = table
             else:
@@ -579,7 +581,7 @@ class Trainer:
                 cfg = self.cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"image_size": choice.value})})
         for c in choices:
             self.log(f"  recipe: {c.key} = {c.value}  ({c.source}: {c.reason})")
-        spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, cfg.model.image_size)
+        spec = PreprocessSpec.for_weights(weights_report.expects, cfg.model.image_size)
         if weights_report.bn_folded and cfg.finetune.batchnorm == "train":
             self.log(
                 "[yellow]warning:[/] these weights have batch-norm folded into the convolutions; "
@@ -779,6 +781,7 @@ class Trainer:
         root: Path,
         classes: list[str],
         sizes: list[int],
+        figures: PretrainedInput,
     ) -> tuple[int, str, list[dict[str, Any]]]:
         """The linear probe at each candidate input size on a class-stratified sample of train,
         scored on (a sample of) validation; :func:`choose_resolution` decides."""
@@ -794,7 +797,7 @@ class Trainer:
         y_val = np.zeros(0, np.int64)
         t0 = time.perf_counter()
         for size in sizes:
-            spec = PreprocessSpec.from_timm_config(model.pretrained_cfg, size)
+            spec = PreprocessSpec.for_weights(figures, size)
             cache = DecodeCache(self.cfg.data.cache_dir or None, spec)
             ftr, ytr = self._predict(model, ManifestDataset(tr, root, classes, spec, cache, None, self.cfg.seed), features=True)
             fva, y_val = self._predict(model, ManifestDataset(va, root, classes, spec, cache, None, self.cfg.seed), features=True)
