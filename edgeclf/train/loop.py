@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import platform
 import subprocess
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from edgeclf._io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_bytes, write_json
+from edgeclf._provenance import library_versions
 from edgeclf.data.manifest import Manifest, read_manifest
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
 from edgeclf.preprocess import PreprocessSpec, PretrainedInput, normalize_batch
@@ -148,16 +148,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("edgeclf", "torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+#: The packages a training run's record names (config.yaml ``run.versions``).
+_RUN_PACKAGES = ("edgeclf", "torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn")
 
 
 def git_commit() -> str | None:
@@ -605,7 +597,7 @@ class Trainer:
                 "amp": self.amp,
                 "device": str(self.device),
                 "world_size": self.dist.world_size,
-                "versions": library_versions(),
+                "versions": library_versions(_RUN_PACKAGES),
                 "git_commit": git_commit(),
             },
         }
