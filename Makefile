@@ -6,9 +6,10 @@ PYTEST_ARGS ?=
 bootstrap:
 	@scripts/bootstrap.sh
 
-# The SDK's one command on the embedded elpv data set, for this machine's profile.
+# The SDK's one command on the embedded elpv data set, for this machine's profile:
+# `edgeclf demo` is `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0`.
 demo: bootstrap
-	.venv/bin/edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0
+	.venv/bin/edgeclf demo
 
 # Lint and format check first (seconds), then the default test suite.
 lint: bootstrap

@@ -110,9 +110,6 @@ def _render_audit(report: Any, out_dir: Path | None) -> None:
         out.print(f"wrote {out_dir / 'audit.json'} and {len(report.sample_grids)} sample grids in {out_dir / 'samples'}")
 
 
-from edgeclf.data.split import run_split  # noqa: E402  (the library function the CLI and `build` share)
-
-
 @data_app.command("audit")
 def data_audit(
     data_dir: Annotated[Path, typer.Argument(help="ImageFolder tree: one sub-folder per class.")],
@@ -135,10 +132,10 @@ def data_audit(
         _render_audit(report, out_dir)
 
 
-def _render_split(summary: dict[str, Any]) -> None:
-    counts = summary["counts"]
+def _render_split(summary: Any) -> None:
+    counts = summary.counts
     labels = list(next(iter(counts.values())).keys())
-    t = Table(title=f"{summary['manifest']}: {summary['images']:,} images, {summary['groups']:,} duplicate-free groups")
+    t = Table(title=f"{summary.manifest}: {summary.images:,} images, {summary.groups:,} duplicate-free groups")
     t.add_column("class")
     for s in counts:
         t.add_column(s, justify="right")
@@ -146,13 +143,13 @@ def _render_split(summary: dict[str, Any]) -> None:
         t.add_row(lab, *(f"{counts[s][lab]:,}" for s in counts))
     t.add_row("[bold]total", *(f"[bold]{sum(counts[s].values()):,}" for s in counts))
     out.print(t)
-    for cls, why in summary["dropped_classes"].items():
+    for cls, why in summary.dropped_classes.items():
         out.print(f"[yellow]dropped {cls}[/]: {why}")
     out.print(
-        f"near-duplicate pairs across splits: [bold green]{summary['cross_split_duplicate_pairs']}[/] "
-        f"(a naive random split would have leaked {summary['naive_random_split_duplicate_pairs']})"
+        f"near-duplicate pairs across splits: [bold green]{summary.cross_split_duplicate_pairs}[/] "
+        f"(a naive random split would have leaked {summary.naive_random_split_duplicate_pairs})"
     )
-    out.print(f"data set fingerprint: [bold]{summary['fingerprint']}[/]")
+    out.print(f"data set fingerprint: [bold]{summary.fingerprint}[/]")
 
 
 @data_app.command("split")
@@ -171,17 +168,13 @@ def data_split(
     as_json: JsonOpt = False,
 ) -> None:
     """Stratified, duplicate-grouped train/val/test split; writes the manifest and its fingerprint."""
-    from edgeclf.data._index import NEAR_DUPLICATE_BITS, index_dataset
-    from edgeclf.data.split import SplitConfig
+    from edgeclf.data.split import SplitConfig, split_folder
 
     cfg = SplitConfig(val=val, test=test, seed=seed, drop_small_classes=drop_small_classes)
-    cfg.validate()
-    bits = NEAR_DUPLICATE_BITS if near_dup_bits is None else near_dup_bits
     with _progress("decoding + hashing", not as_json) as cb:
-        index = index_dataset(data_dir, near_duplicate_bits=bits, progress=cb)
-    summary = run_split(index, manifest, cfg)
+        summary = split_folder(data_dir, manifest, cfg, near_duplicate_bits=near_dup_bits, progress=cb)
     if as_json:
-        _print_json(summary)
+        _print_json(summary.model_dump(mode="json"))
     else:
         _render_split(summary)
 
@@ -203,9 +196,9 @@ def data_elpv(
 @profiles_app.command("list")
 def profiles_list(as_json: JsonOpt = False) -> None:
     """The built-in hardware profiles."""
-    from edgeclf.profiles import list_profiles, load_profile
+    from edgeclf.profiles import profile_summaries
 
-    rows = [load_profile(name).summary().model_dump(mode="json") for name in list_profiles()]
+    rows = [s.model_dump(mode="json") for s in profile_summaries()]
     if as_json:
         _print_json(rows)
         return
@@ -329,7 +322,7 @@ def profiles_calibrate(
         )
     prof = res.profile
     if as_json:
-        _print_json({"path": str(res.path), "fitted": res.fitted, "notes": res.notes, "profile": prof.to_json_dict()})
+        _print_json(res.to_json_dict())
         return
     c, b = prof.compute, prof.budgets
     t = Table(title=f"{res.path}: profile {prof.name}")
@@ -388,13 +381,9 @@ def profiles_calibrate_costmodel(
 
     Prints the estimated-vs-measured table (validation.json). Takes long: every backbone is exported
     and timed at several resolutions, each in its own process, on (mostly) idle CPUs."""
-    from edgeclf.bench.calibrate import PASSES, calibrate
-    from edgeclf.errors import ConfigError
-    from edgeclf.select.calibration import VALIDATION_PATH, format_validation, write_validation
-    from edgeclf.select.costmodel import CALIBRATION_PATH, load_calibration
+    from edgeclf.bench.calibrate import calibrate_cost_model
+    from edgeclf.select.calibration import format_validation
 
-    cal_path = out_file or CALIBRATION_PATH
-    val_path = validation_out or VALIDATION_PATH
     if validate_only:
         given = [
             n
@@ -411,31 +400,28 @@ def profiles_calibrate_costmodel(
         ]
         if given:
             raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --validate-only")
-        calibration = load_calibration(cal_path)
-        if calibration is None:
-            raise ConfigError(f"no cost-model calibration at {cal_path}; run this command without --validate-only first")
-    else:
-        int8 = _int_list("--int8-resolutions", int8_resolutions)
-        with _log_to_stderr("edgeclf.select"):
-            calibration = calibrate(
-                _csv_list(backbones),
-                resolutions=_int_list("--resolutions", resolutions),
-                **({"int8_resolutions": int8} if int8 is not None else {}),
-                runtimes=_csv_list(runtimes),
-                threads=threads,
-                seconds_per_point=seconds,
-                passes=PASSES if passes is None else passes,
-                out=cal_path,
-                validation_out=None,
-                work_dir=work_dir,
-            )
-    report = write_validation(val_path, calibration)
+    resolutions_px = _int_list("--resolutions", resolutions)
+    int8_px = _int_list("--int8-resolutions", int8_resolutions)
+    with _log_to_stderr("edgeclf.select"):
+        res = calibrate_cost_model(
+            _csv_list(backbones),
+            resolutions=resolutions_px,
+            int8_resolutions=int8_px,
+            runtimes=_csv_list(runtimes),
+            threads=threads,
+            seconds_per_point=seconds,
+            passes=passes,
+            out=out_file,
+            validation_out=validation_out,
+            work_dir=work_dir,
+            validate_only=validate_only,
+        )
     if as_json:
-        _print_json(report.model_dump(mode="json"))
+        _print_json(res.validation.model_dump(mode="json"))
         return
-    sys.stdout.write(format_validation(report) + "\n")  # fixed-width text, as is
-    if not validate_only:
-        err.print(f"wrote {cal_path} and {val_path}", soft_wrap=True, highlight=False)
+    sys.stdout.write(format_validation(res.validation) + "\n")  # fixed-width text, as is
+    if res.measured:
+        err.print(f"wrote {res.calibration_path} and {res.validation_path}", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------- models + training
@@ -520,19 +506,13 @@ def train_cmd(
         },
     )
     if data is not None and manifest is None:
-        from edgeclf.data._index import index_dataset
-        from edgeclf.data.split import SplitConfig
+        from edgeclf.data.prepare import audit_and_split
 
-        manifest = run_dir / "splits.csv"
-        if not (resume and manifest.is_file()):
-            with _progress("decoding + hashing", not as_json) as cb:
-                index = index_dataset(data, progress=cb)
-            from edgeclf.data.audit import audit_index
-
-            audit_index(index, run_dir / "audit")
-            summary = run_split(index, manifest, SplitConfig(seed=seed or 0))
-            if not as_json:
-                _render_split(summary)
+        with _progress("decoding + hashing", not as_json) as cb:
+            prepared = audit_and_split(data, run_dir, seed=seed, keep_existing=resume, progress=cb)
+        manifest = prepared.manifest
+        if prepared.split is not None and not as_json:
+            _render_split(prepared.split)
     overrides = {
         "data.manifest": manifest,
         "data.root": data_root,
@@ -783,13 +763,6 @@ label_app = typer.Typer(help="Label assistance: what to label next, which labels
 app.add_typer(label_app, name="label")
 
 
-def _run_temperature(run_dir: Path) -> float:
-    path = run_dir / "calibration.json"
-    if path.is_file():
-        return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
-    return 1.0
-
-
 @label_app.command("suggest")
 def label_suggest(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
@@ -802,40 +775,18 @@ def label_suggest(
     as_json: JsonOpt = False,
 ) -> None:
     """Predicted label + calibrated confidence per image, most uncertain first (label those next)."""
-    from edgeclf.evaluate.labeling import suggest_labels
-    from edgeclf.evaluate.predictor import load_run
+    from edgeclf.evaluate.labeling import suggest_run_labels
 
-    out_dir = out_dir or unlabeled_dir / "edgeclf-suggestions"
-    temp = _run_temperature(run_dir)
     with _progress("predicting", not as_json) as cb:
-        res = suggest_labels(load_run(run_dir), unlabeled_dir, out_dir, temperature=temp, top_k=top_k, progress=cb)
-    rows = [
-        {
-            "rank": s.rank,
-            "path": s.path,
-            "suggested_label": s.suggested_label,
-            "confidence": s.confidence,
-            "margin": s.margin,
-            "top_k": [list(t) for t in s.top_k],
-        }
-        for s in res.suggestions
-    ]
+        res = suggest_run_labels(run_dir, unlabeled_dir, out_dir, top_k=top_k, progress=cb)
     if as_json:
-        _print_json(
-            {
-                "temperature": temp,
-                "suggestions": rows,
-                "skipped": [vars(p) for p in res.skipped],
-                "csv": str(res.csv_path),
-                "grid": str(res.grid_path),
-            }
-        )
+        _print_json(res.to_json_dict())
         return
-    t = Table(title=f"{len(rows)} images, most uncertain first (temperature {temp:.3f})")
+    t = Table(title=f"{len(res.suggestions)} images, most uncertain first (temperature {res.temperature:.3f})")
     for col in ("rank", "path", "suggested", "confidence", "margin"):
         t.add_column(col, justify="right" if col in ("rank", "confidence", "margin") else "left")
-    for r in rows[:20]:
-        t.add_row(str(r["rank"]), r["path"], r["suggested_label"], f"{r['confidence']:.3f}", f"{r['margin']:.3f}")
+    for sg in res.suggestions[:20]:
+        t.add_row(str(sg.rank), sg.path, sg.suggested_label, f"{sg.confidence:.3f}", f"{sg.margin:.3f}")
     out.print(t)
     if res.skipped:
         out.print(f"[yellow]{len(res.skipped)} unreadable images skipped[/] (see {res.skipped_csv_path})")
@@ -853,33 +804,21 @@ def label_audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Likely-mislabelled training images: out-of-fold predictions that confidently disagree with the label."""
-    from edgeclf.evaluate.labeling import audit_labels
-    from edgeclf.evaluate.predictor import load_run
+    from edgeclf.evaluate.labeling import audit_run_labels
 
-    out_dir = out_dir or run_dir / "label-audit"
     with _progress("features", not as_json) as cb:
-        res = audit_labels(load_run(run_dir), out_dir, folds=folds, threshold=threshold, progress=cb)
-    rows = [vars(s) for s in res.suspects]
+        res = audit_run_labels(run_dir, out_dir, folds=folds, threshold=threshold, progress=cb)
     if as_json:
-        _print_json(
-            {
-                "folds": res.folds,
-                "grouped": res.grouped,
-                "images": res.n_images,
-                "suspects": rows,
-                "csv": str(res.csv_path),
-                "grid": str(res.grid_path),
-            }
-        )
+        _print_json(res.to_json_dict())
         return
     t = Table(
-        title=f"{len(rows)} suspects among {res.n_images} training images ({res.folds}-fold, "
+        title=f"{len(res.suspects)} suspects among {res.n_images} training images ({res.folds}-fold, "
         f"{'grouped' if res.grouped else 'not grouped'}, threshold {threshold})"
     )
     for col in ("path", "given", "suggested", "p(suggested)", "p(given)"):
         t.add_column(col)
-    for r in rows[:25]:
-        t.add_row(r["path"], r["given_label"], r["suggested_label"], f"{r['p_suggested']:.3f}", f"{r['p_given']:.3f}")
+    for sp in res.suspects[:25]:
+        t.add_row(sp.path, sp.given_label, sp.suggested_label, f"{sp.p_suggested:.3f}", f"{sp.p_given:.3f}")
     out.print(t)
     out.print(f"wrote {res.csv_path} and {res.grid_path}")
 
@@ -946,11 +885,8 @@ def export_cmd(
         )
         rows = res.parity.table
     except ExportFailed as e:
-        from edgeclf.export.bundle import read_parity
-
         failure = e
-        report = read_parity(out_dir)
-        rows = report.table if report is not None else []
+        rows = e.result.parity.table if e.result is not None else []
     if as_json:
         _print_json({"bundle": str(out_dir), "table": [r.to_dict() for r in rows], "failed": str(failure) if failure else None})
     else:
@@ -1029,7 +965,7 @@ def build_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """audit -> split -> select -> train -> evaluate -> export + parity -> benchmark -> device package, for one profile."""
-    from edgeclf.build import BuildOptions, build, weak_classes
+    from edgeclf.build import BuildOptions
     from edgeclf.train.search import parse_duration
 
     req = _decision_request(optimize, min_recall, costs, reject, coverage, ood_dir, ood_accept)
@@ -1050,6 +986,13 @@ def build_cmd(
         allow_weak=allow_weak,
         time_budget_s=parse_duration(time_budget) if time_budget else None,
     )
+    _run_build(opts, as_json)
+
+
+def _run_build(opts: Any, as_json: bool) -> None:
+    """Run :func:`edgeclf.build.build` with ``opts``; render its stages and its summary table."""
+    from edgeclf.build import build, weak_classes
+
     console = err if as_json else out
     log = lambda m: console.print(f"  [dim]{m}[/]")  # noqa: E731
     marks = {"running": "[bold cyan]▶[/]", "done": "[green]✓[/]", "cached": "[green]✓[/] [dim](cached)[/]"}
@@ -1063,11 +1006,11 @@ def build_cmd(
     weak = weak_classes(res["results"].get("train", {}))
     if as_json:
         _print_json(res)
-        if weak and not allow_weak:
+        if weak and not opts.allow_weak:
             raise typer.Exit(1)
         return
     r = res["results"]
-    t = Table(title=f"edgeclf build — {opts.profile} — {out_dir}")
+    t = Table(title=f"edgeclf build — {opts.profile} — {opts.out}")
     t.add_column("stage")
     t.add_column("status")
     t.add_column("seconds", justify="right")
@@ -1101,7 +1044,7 @@ def build_cmd(
             f"quality gate every_class_recalled FAILED: the shipped model never predicts {', '.join(weak)} on "
             "validation; the bundle is written but the registry will not promote it"
         )
-        if allow_weak:
+        if opts.allow_weak:
             out.print(f"[yellow]warning:[/] {msg} (--allow-weak)")
         else:
             err.print(f"[bold red]error:[/] {msg} (pass --allow-weak to exit 0)")
@@ -1232,27 +1175,18 @@ def registry_add(
 def registry_list(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     """Stored versions with content hash, macro-F1, parity verdict and the current marker."""
     reg = _registry(root)
-    entries = reg.entries()
-    cur = reg.current()
-    current = cur.version if cur else None
+    listing = reg.listing()
     if as_json:
-        _print_json(
-            {
-                "root": str(reg.root.resolve()),
-                "current": current,
-                "stack": cur.stack if cur else [],
-                "versions": [{**e.model_dump(mode="json"), "current": e.version == current} for e in entries],
-            }
-        )
+        _print_json(listing.model_dump(mode="json"))
         return
-    t = Table(title=f"{reg.root}: {len(entries)} version(s)")
+    t = Table(title=f"{reg.root}: {len(listing.versions)} version(s)")
     for col in ("", "version", "hash", "added", "name", "macro-F1", "parity", "decision"):
         t.add_column(col, justify="right" if col == "macro-F1" else "left", no_wrap=col in ("version", "hash", "added"))
-    for e in entries:
+    for e in listing.versions:
         f1 = "–" if e.metrics.macro_f1 is None else f"{e.metrics.macro_f1:.4f}"
         style = "green" if e.parity.verdict == "passed" else "red"
         t.add_row(
-            "*" if e.version == current else "",
+            "*" if e.current else "",
             e.version,
             e.content_hash.removeprefix("sha256:")[:12],
             e.added[:16].replace("T", " "),
@@ -1262,7 +1196,8 @@ def registry_list(root: RootOpt = None, as_json: JsonOpt = False) -> None:
             e.decision,
         )
     out.print(t)
-    out.print(f"current: [bold]{current}[/]" if current else "current: none (run `edgeclf registry promote VERSION`)")
+    cur = listing.current
+    out.print(f"current: [bold]{cur}[/]" if cur else "current: none (run `edgeclf registry promote VERSION`)")
 
 
 def _render_change(ch: Any, as_json: bool) -> None:
@@ -1310,27 +1245,18 @@ def registry_path(
 
 @app.command("demo")
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its data, audit and manifest.")] = Path(
-        "demo-out"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Build folder (default: demo-out; re-running it resumes finished stages)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The main job on the embedded default data set (elpv, installed from PyPI): audit + split."""
-    from edgeclf.data._index import index_dataset
-    from edgeclf.data.audit import audit_index
-    from edgeclf.data.datasets import materialize_elpv
-    from edgeclf.data.split import SplitConfig
+    """The whole build on the embedded elpv data set (from PyPI) for this machine's profile; what `make demo` runs.
 
-    data_dir = materialize_elpv(out_dir / "data" / "elpv")
-    with _progress("decoding + hashing", not as_json) as cb:
-        index = index_dataset(data_dir, progress=cb)
-    report = audit_index(index, out_dir / "audit")
-    summary = run_split(index, out_dir / "splits.csv", SplitConfig())
-    if as_json:
-        _print_json({"audit": report.model_dump(mode="json"), "split": summary})
-        return
-    _render_audit(report, out_dir / "audit")
-    _render_split(summary)
+    The same as `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0`."""
+    from edgeclf.build import demo_options
+
+    _run_build(demo_options(out_dir), as_json)
 
 
 # ----------------------------------------------------------------------------- bench
@@ -1476,8 +1402,7 @@ def bench_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Latency (p50/p90/p95/p99), throughput and peak memory of a bundle's artifacts on this machine."""
-    from edgeclf._io import write_json
-    from edgeclf.bench import DEFAULT_BATCHES, DEFAULT_ROUNDS, DEFAULT_WARMUP, compare, run_bench
+    from edgeclf.bench import compare, run_bench, write_comparison, write_report
 
     if compare_files:
         given = [
@@ -1498,7 +1423,7 @@ def bench_cmd(
             raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --compare")
         cmp = compare(paths)
         if out_file is not None:
-            write_json(out_file, cmp.to_json_dict())
+            write_comparison(out_file, cmp)
         if as_json:
             _print_json(cmp.to_json_dict())
         else:
@@ -1511,9 +1436,9 @@ def bench_cmd(
     with _progress("benchmarking", not as_json) as cb:
         rep = run_bench(
             paths[0],
-            batches=batch or DEFAULT_BATCHES,
-            rounds=rounds or DEFAULT_ROUNDS,
-            warmup=DEFAULT_WARMUP if warmup is None else warmup,
+            batches=batch or None,  # an empty --batch is the default, as an absent one
+            rounds=rounds,
+            warmup=warmup,
             runtimes=_csv_list(runtime),
             precisions=_csv_list(precision),
             threads=threads,
@@ -1522,7 +1447,7 @@ def bench_cmd(
             progress=lambda label, done, total: cb(done, total),
         )
     if out_file is not None:
-        write_json(out_file, rep.to_json_dict())
+        write_report(out_file, rep)
     if as_json:
         _print_json(rep.to_json_dict())
         return

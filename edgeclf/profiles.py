@@ -62,6 +62,7 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "parse_profile",
+    "profile_summaries",
 ]
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -578,6 +579,11 @@ def _builtin_files() -> dict[str, Traversable]:
 def list_profiles() -> list[str]:
     """Names of the built-in profiles, sorted."""
     return list(_builtin_files())
+
+
+def profile_summaries() -> list[ProfileSummary]:
+    """One :class:`ProfileSummary` per built-in profile, in :func:`list_profiles` order (each validated)."""
+    return [load_profile(name).summary() for name in list_profiles()]
 
 
 def _looks_like_path(text: str) -> bool:

@@ -145,6 +145,22 @@ class AddResult(BaseModel):
     repaired: bool = False
 
 
+class ListedVersion(RegistryEntry):
+    """A stored version as ``edgeclf registry list`` shows it."""
+
+    current: bool = False
+
+
+class RegistryListing(BaseModel):
+    """Every stored version and where the current pointer stands."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str  # the registry folder, absolute
+    current: str | None  # the current version; None before the first promotion
+    stack: list[str]  # promoted versions, oldest first (the pointer's)
+    versions: list[ListedVersion]  # in semantic-version order
+
+
 class PointerChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["promote", "rollback"]
@@ -436,6 +452,18 @@ class Registry:
             ) from None
         return p
 
+    def listing(self) -> RegistryListing:
+        """Every stored version, each marked whether it is the current one."""
+        entries = self.entries()
+        cur = self.current()
+        current = cur.version if cur else None
+        return RegistryListing(
+            root=str(self.root.resolve()),
+            current=current,
+            stack=cur.stack if cur else [],
+            versions=[ListedVersion(**e.model_dump(), current=e.version == current) for e in entries],
+        )
+
     def path(self, which: str = "current") -> Path:
         """Absolute folder of the current bundle (``which="current"``) or of a version."""
         if which == "current":
@@ -688,6 +716,7 @@ class Registry:
 
 __all__ = [
     "AddResult",
+    "ListedVersion",
     "MetricsSummary",
     "ParityVerdict",
     "Pointer",
@@ -697,6 +726,7 @@ __all__ = [
     "RegistryEntry",
     "RegistryError",
     "RegistryIndex",
+    "RegistryListing",
     "content_hash",
     "default_root",
     "metrics_summary",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -99,3 +100,33 @@ def test_profiles_list_and_show_json() -> None:
 def test_version_flag() -> None:
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.startswith("edgeclf ")
+
+
+def test_demo_is_the_make_demo_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgeclf demo` runs the build the README and the Makefile describe, `--out` aside; nothing is built here."""
+    import edgeclf.build
+
+    calls: list[edgeclf.build.BuildOptions] = []
+
+    def fake_build(opts: edgeclf.build.BuildOptions, **kwargs: object) -> dict[str, object]:
+        calls.append(opts)
+        return {"results": {}, "stages": []}
+
+    monkeypatch.setattr(edgeclf.build, "build", fake_build)
+    described = ["--profile", "auto", "--data", "elpv", "--out", "demo-out", "--backbones", "tf_efficientnet_lite0"]
+    for args in (["build", *described], ["demo"], ["demo", "--out", str(tmp_path / "elsewhere")]):
+        res = runner.invoke(app, [*args, "--json"])
+        assert res.exit_code == 0, (args, res.output, res.exception)
+        assert json.loads(res.stdout) == {"results": {}, "stages": []}
+    built, demo, elsewhere = calls
+    assert demo == built
+    assert (demo.profile, demo.data_dir, demo.out, demo.backbones) == (
+        "auto",
+        Path("elpv"),
+        Path("demo-out"),
+        ["tf_efficientnet_lite0"],
+    )
+    assert elsewhere == dataclasses.replace(built, out=tmp_path / "elsewhere")
+
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert ".venv/bin/edgeclf demo" in recipe and "edgeclf build" not in recipe.split("\n", 1)[1]

@@ -17,7 +17,7 @@ only means something when the bench ran on that device. Other runtimes (the C++
 runtime) plug in through :data:`extra_runners` / :func:`register_runner`.
 """
 
-from edgeclf.bench._compare import CompareRow, CompareSource, Comparison, compare, load_rows
+from edgeclf.bench._compare import CompareRow, CompareSource, Comparison, compare, load_rows, write_comparison
 from edgeclf.bench._measure import (
     DEFAULT_BATCHES,
     DEFAULT_IMAGE_SIZE,
@@ -115,5 +115,6 @@ __all__ = [
     "runner_factories",
     "time_calls",
     "unregister_runner",
+    "write_comparison",
     "write_report",
 ]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgeclf.bench._schema import KIND, SCHEMA_VERSION, BenchError, load_json, parse_report
 
-__all__ = ["CompareRow", "CompareSource", "Comparison", "compare", "load_rows"]
+__all__ = ["CompareRow", "CompareSource", "Comparison", "compare", "load_rows", "write_comparison"]
 
 SourceKind = Literal["edgeclf.bench", "pytest-benchmark"]
 
@@ -248,3 +248,11 @@ def compare(paths: Sequence[str | Path]) -> Comparison:
         elif s.ignored:
             notes.append(f"{s.label}: {s.ignored} benchmarks without runtime/precision ignored")
     return Comparison(sources=sources, rows=rows, notes=notes)
+
+
+def write_comparison(path: str | Path, comparison: Comparison) -> Path:
+    """Write ``comparison`` as canonical JSON (atomically), as ``write_report`` writes a result."""
+    from edgeclf._io import write_json
+
+    write_json(path, comparison.to_json_dict())
+    return Path(path)

@@ -279,9 +279,9 @@ def plan(
 def run_bench(
     bundle: str | Path,
     *,
-    batches: Sequence[int] | str = DEFAULT_BATCHES,
-    rounds: int = DEFAULT_ROUNDS,
-    warmup: int = DEFAULT_WARMUP,
+    batches: Sequence[int] | str | None = DEFAULT_BATCHES,
+    rounds: int | None = DEFAULT_ROUNDS,
+    warmup: int | None = DEFAULT_WARMUP,
     runtimes: Sequence[str] | None = None,
     precisions: Sequence[str] | None = None,
     threads: int | None = None,
@@ -295,9 +295,9 @@ def run_bench(
 
     Args:
         bundle: Bundle directory (hashes are verified first).
-        batches: Batch sizes (``"1,8"`` or a list).
-        rounds: Timed calls per (runtime, artifact, batch).
-        warmup: Untimed calls before them.
+        batches: Batch sizes (``"1,8"`` or a list); ``None``: :data:`DEFAULT_BATCHES`.
+        rounds: Timed calls per (runtime, artifact, batch); ``None``: :data:`DEFAULT_ROUNDS`.
+        warmup: Untimed calls before them; ``None``: :data:`DEFAULT_WARMUP`.
         runtimes: Only these (``onnxruntime``, ``openvino``, ``torch``, ``tensorrt``, or an extra runner's
             name); default: all.
         precisions: Only artifacts at these precisions; default: all.
@@ -315,7 +315,9 @@ def run_bench(
         BundleError: The bundle is missing, damaged or tampered with.
         ProfileError: The profile cannot be loaded.
     """
-    sizes = parse_batches(batches)
+    sizes = parse_batches(DEFAULT_BATCHES if batches is None else batches)
+    rounds = DEFAULT_ROUNDS if rounds is None else rounds
+    warmup = DEFAULT_WARMUP if warmup is None else warmup
     if rounds < 1:
         raise ConfigError(f"rounds must be at least 1, got {rounds}")
     if warmup < 0:

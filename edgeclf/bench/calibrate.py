@@ -30,7 +30,7 @@ import numpy as np
 
 from edgeclf._io import write_json
 from edgeclf.errors import ConfigError, EdgeclfError
-from edgeclf.select.calibration import VALIDATION_PATH, detect_host, fit_calibration, write_validation
+from edgeclf.select.calibration import VALIDATION_PATH, ValidationReport, detect_host, fit_calibration, write_validation
 from edgeclf.select.costmodel import CALIBRATION_PATH, MIB, Calibration, CalibrationPoint
 
 log = logging.getLogger("edgeclf.select")
@@ -314,7 +314,81 @@ def calibrate(
     return calibration
 
 
-__all__ = ["PASSES", "WORKER", "calibrate", "measure_backbones", "weights_available"]
+@dataclass(frozen=True)
+class CostModelCalibration:
+    """What :func:`calibrate_cost_model` used or wrote: the calibration and its estimated-vs-measured table."""
+
+    calibration: Calibration
+    validation: ValidationReport
+    calibration_path: Path
+    validation_path: Path
+    #: False with ``validate_only``: the stored calibration was read, nothing measured
+    measured: bool
+
+
+def calibrate_cost_model(
+    backbones: Sequence[str] | None = None,
+    *,
+    resolutions: Sequence[int] | None = None,
+    int8_resolutions: Sequence[int] | None = None,
+    runtimes: Sequence[str] | None = None,
+    threads: int | None = None,
+    seconds_per_point: float = 1.0,
+    passes: int | None = None,
+    out: Path | str | None = None,
+    validation_out: Path | str | None = None,
+    work_dir: Path | str | None = None,
+    validate_only: bool = False,
+) -> CostModelCalibration:
+    """``edgeclf profiles calibrate-costmodel``: :func:`calibrate` here (or, with ``validate_only``,
+    read the stored calibration), then write its estimated-vs-measured table.
+
+    ``out`` defaults to the calibration edgeclf reads (:data:`CALIBRATION_PATH`), ``validation_out``
+    to :data:`VALIDATION_PATH`, ``int8_resolutions`` to 224 and 160 px, ``passes`` to :data:`PASSES`.
+
+    Raises:
+        ConfigError: ``validate_only`` and no calibration at ``out``; or a bad setting.
+    """
+    from edgeclf.select.costmodel import load_calibration
+
+    cal_path = Path(out) if out is not None else CALIBRATION_PATH
+    val_path = Path(validation_out) if validation_out is not None else VALIDATION_PATH
+    if validate_only:
+        calibration = load_calibration(cal_path)
+        if calibration is None:
+            raise ConfigError(f"no cost-model calibration at {cal_path}; run this command without --validate-only first")
+    else:
+        calibration = calibrate(
+            backbones,
+            resolutions=resolutions,
+            int8_resolutions=_DEFAULT_INT8_SIZES if int8_resolutions is None else int8_resolutions,
+            runtimes=runtimes,
+            threads=threads,
+            seconds_per_point=seconds_per_point,
+            passes=PASSES if passes is None else passes,
+            out=cal_path,
+            validation_out=None,
+            work_dir=work_dir,
+        )
+    report = write_validation(val_path, calibration)
+    return CostModelCalibration(
+        calibration=calibration,
+        validation=report,
+        calibration_path=cal_path,
+        validation_path=val_path,
+        measured=not validate_only,
+    )
+
+
+__all__ = [
+    "PASSES",
+    "WORKER",
+    "CostModelCalibration",
+    "calibrate",
+    "calibrate_cost_model",
+    "measure_backbones",
+    "weights_available",
+]
 
 
 if __name__ == "__main__":

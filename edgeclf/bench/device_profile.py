@@ -87,6 +87,10 @@ class CalibratedProfile:
     fitted: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON document ``edgeclf profiles calibrate --json`` prints."""
+        return {"path": str(self.path), "fitted": self.fitted, "notes": self.notes, "profile": self.profile.to_json_dict()}
+
 
 def default_profile_name() -> str:
     """A profile name (slug) from this host's name; ``this-device`` when it has none."""

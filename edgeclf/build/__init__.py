@@ -12,7 +12,7 @@ build never leaves a stage that looks finished.
 
 The package, in the order its modules import each other:
 
-* ``options`` — :class:`BuildOptions`, :class:`BuildError`, the log callback's type;
+* ``options`` — :class:`BuildOptions`, :class:`BuildError`, the log callback's type, :func:`demo_options`;
 * ``host`` — the data set to read, and whether this host stands for the profile's device;
 * ``stages`` — the stages audit to benchmark;
 * ``report`` — ``report.md`` and ``build.json``;
@@ -25,7 +25,7 @@ from __future__ import annotations
 # The public surface, then (``name as name``) the stage functions the tests drive one at a time.
 from edgeclf.build.chain import STAGES, StageRecord, Stages, build, data_listing_key
 from edgeclf.build.host import host_is_target, host_profile, resolve_data
-from edgeclf.build.options import BuildError, BuildOptions, Log
+from edgeclf.build.options import DEMO_OUT, BuildError, BuildOptions, Log, demo_options
 from edgeclf.build.report import _decision_lines as _decision_lines
 from edgeclf.build.report import weak_classes
 from edgeclf.build.stages import _stage_benchmark as _stage_benchmark
@@ -33,6 +33,7 @@ from edgeclf.build.stages import _stage_evaluate as _stage_evaluate
 from edgeclf.build.stages import _stage_select as _stage_select
 
 __all__ = [
+    "DEMO_OUT",
     "STAGES",
     "BuildError",
     "BuildOptions",
@@ -41,6 +42,7 @@ __all__ = [
     "Stages",
     "build",
     "data_listing_key",
+    "demo_options",
     "host_is_target",
     "host_profile",
     "resolve_data",

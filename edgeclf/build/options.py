@@ -1,4 +1,4 @@
-"""What the chain and every stage share: the build's options, its error and the log callback."""
+"""What the chain and every stage share: the build's options, its error and the log callback; the demo's options."""
 
 from __future__ import annotations
 
@@ -36,3 +36,21 @@ class BuildOptions:
     allow_weak: bool = False
     time_budget_s: float | None = None  # search the recipe for this long (edgeclf.train.search)
     decision: Any = None  # edgeclf.evaluate.decision.DecisionRequest; None: argmax
+
+
+#: Where ``edgeclf demo`` (``make demo``) builds unless told otherwise.
+DEMO_OUT = Path("demo-out")
+#: The demo's one candidate backbone: the selection alone would take the more accurate, slower
+#: EfficientNet-Lite2; pinning Lite0 keeps the demo short.
+DEMO_BACKBONES = ("tf_efficientnet_lite0",)
+
+
+def demo_options(out: Path | None = None) -> BuildOptions:
+    """``edgeclf demo``: the whole build on the embedded elpv data set for this host's profile,
+    i.e. ``edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0``."""
+    return BuildOptions(
+        profile="auto",
+        data_dir=Path("elpv"),
+        out=Path(out) if out is not None else DEMO_OUT,
+        backbones=list(DEMO_BACKBONES),
+    )

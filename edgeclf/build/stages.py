@@ -58,7 +58,7 @@ def _stage_split(data_dir: Path, out: Path, seed: int) -> dict[str, Any]:
 
     index = index_dataset(data_dir)
     summary = run_split(index, out / "splits.csv", SplitConfig(seed=seed))
-    return {"fingerprint": summary["fingerprint"], "counts": summary["counts"], "manifest": "splits.csv"}
+    return {"fingerprint": summary.fingerprint, "counts": summary.counts, "manifest": "splits.csv"}
 
 
 def _weights_here(name: str) -> bool:

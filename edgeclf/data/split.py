@@ -25,11 +25,11 @@ import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
-from edgeclf.data._index import METADATA_FILE, DatasetIndex
+from edgeclf.data._index import METADATA_FILE, NEAR_DUPLICATE_BITS, DatasetIndex, ProgressFn, index_dataset
 from edgeclf.data.manifest import SPLITS, ManifestRow
 from edgeclf.errors import ConfigError, DataError
 
@@ -213,33 +213,63 @@ def read_extra_columns(data_dir: Path) -> tuple[list[str], dict[str, dict[str, s
     return cols, out
 
 
-__all__ = ["SPLITS", "SplitConfig", "SplitResult", "make_split", "naive_split", "count_leaks", "read_extra_columns"]
+__all__ = [
+    "SPLITS",
+    "SplitConfig",
+    "SplitResult",
+    "SplitSummary",
+    "count_leaks",
+    "make_split",
+    "naive_split",
+    "read_extra_columns",
+    "run_split",
+    "split_folder",
+]
 
 
-def split_summary(result: Any, cfg: Any, fingerprint: str, manifest: Path, data_dir: Path, bits: int) -> dict[str, Any]:
-    from edgeclf.data.manifest import SPLITS
+class SplitSummary(BaseModel):
+    """What a split wrote: the manifest's fingerprint and per-split class counts (``<manifest>.summary.json``)."""
 
+    manifest: str
+    data_dir: str
+    fingerprint: str
+    images: int
+    seed: int
+    fractions: dict[str, float]
+    near_duplicate_max_bits: int
+    #: split -> class -> images, splits in manifest order
+    counts: dict[str, dict[str, int]]
+    groups: int
+    #: class left out (``drop_small_classes``) -> why
+    dropped_classes: dict[str, str]
+    cross_split_duplicate_pairs: int
+    naive_random_split_duplicate_pairs: int
+
+
+def split_summary(
+    result: SplitResult, cfg: SplitConfig, fingerprint: str, manifest: Path, data_dir: Path, bits: int
+) -> SplitSummary:
     labels = sorted({r.label for r in result.rows})
     counts = {s: {lab: 0 for lab in labels} for s in SPLITS}
     for r in result.rows:
         counts[r.split][r.label] += 1
-    return {
-        "manifest": str(manifest),
-        "data_dir": str(data_dir),
-        "fingerprint": fingerprint,
-        "images": len(result.rows),
-        "seed": cfg.seed,
-        "fractions": {"val": cfg.val, "test": cfg.test},
-        "near_duplicate_max_bits": bits,
-        "counts": counts,
-        "groups": len({r.group for r in result.rows}),
-        "dropped_classes": result.dropped_classes,
-        "cross_split_duplicate_pairs": result.leaked_pairs,
-        "naive_random_split_duplicate_pairs": result.naive_leaked_pairs,
-    }
+    return SplitSummary(
+        manifest=str(manifest),
+        data_dir=str(data_dir),
+        fingerprint=fingerprint,
+        images=len(result.rows),
+        seed=cfg.seed,
+        fractions={"val": cfg.val, "test": cfg.test},
+        near_duplicate_max_bits=bits,
+        counts=counts,
+        groups=len({r.group for r in result.rows}),
+        dropped_classes=result.dropped_classes,
+        cross_split_duplicate_pairs=result.leaked_pairs,
+        naive_random_split_duplicate_pairs=result.naive_leaked_pairs,
+    )
 
 
-def run_split(index: Any, manifest: Path, cfg: Any) -> dict[str, Any]:
+def run_split(index: DatasetIndex, manifest: Path, cfg: SplitConfig) -> SplitSummary:
     """Split an indexed data set; write the manifest plus its summary (``<manifest>.summary.json``)."""
     from edgeclf._io import write_json
     from edgeclf.data.manifest import write_manifest
@@ -248,5 +278,24 @@ def run_split(index: Any, manifest: Path, cfg: Any) -> dict[str, Any]:
     result = make_split(index, cfg, extra)
     fingerprint = write_manifest(manifest, result.rows, cols)
     summary = split_summary(result, cfg, fingerprint, manifest, index.root, index.near_duplicate_bits)
-    write_json(manifest.with_name(manifest.stem + ".summary.json"), summary)
+    write_json(manifest.with_name(manifest.stem + ".summary.json"), summary.model_dump(mode="json"))
     return summary
+
+
+def split_folder(
+    data_dir: Path,
+    manifest: Path,
+    cfg: SplitConfig | None = None,
+    near_duplicate_bits: int | None = None,
+    progress: ProgressFn | None = None,
+) -> SplitSummary:
+    """Index the ImageFolder tree ``data_dir`` and split it into ``manifest`` (see :func:`run_split`).
+
+    ``cfg`` is checked before any image is read; ``near_duplicate_bits`` defaults to
+    :data:`edgeclf.data._index.NEAR_DUPLICATE_BITS`.
+    """
+    cfg = cfg or SplitConfig()
+    cfg.validate()
+    bits = NEAR_DUPLICATE_BITS if near_duplicate_bits is None else near_duplicate_bits
+    index = index_dataset(Path(data_dir), near_duplicate_bits=bits, progress=progress)
+    return run_split(index, Path(manifest), cfg)

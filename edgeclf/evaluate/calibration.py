@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,15 @@ from edgeclf.evaluate.metrics import softmax
 
 #: 15 equal-width confidence bins, as in Guo et al. 2017 ("On Calibration of Modern Neural Networks").
 ECE_BINS = 15
+
+
+def stored_temperature(run_dir: Path) -> float:
+    """The temperature fitted for a training run (``RUN_DIR/calibration.json``, written by its
+    evaluation); 1.0 (raw probabilities) while none is stored."""
+    path = Path(run_dir) / "calibration.json"
+    if path.is_file():
+        return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+    return 1.0
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:

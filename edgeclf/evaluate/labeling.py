@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from torch import nn
@@ -40,6 +40,10 @@ ProgressFn = Callable[[int, int], None]
 
 #: Tiles in the ``most_uncertain.png`` and ``label_audit.png`` grids.
 GRID_ITEMS = 24
+#: Where :func:`suggest_run_labels` writes by default, inside the unlabelled folder (it is not scanned).
+SUGGESTIONS_DIR = "edgeclf-suggestions"
+#: Where :func:`audit_run_labels` writes by default, inside the run folder.
+LABEL_AUDIT_DIR = "label-audit"
 
 #: Features are centred and divided by one number, their RMS distance from the mean, fitted on
 #: each fold's training part. Unlike per-dimension standardisation this keeps the geometry:
@@ -167,6 +171,26 @@ class LabelSuggestions:
     csv_path: Path
     grid_path: Path
     skipped_csv_path: Path
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON document ``edgeclf label suggest --json`` prints."""
+        return {
+            "temperature": self.temperature,
+            "suggestions": [
+                {
+                    "rank": s.rank,
+                    "path": s.path,
+                    "suggested_label": s.suggested_label,
+                    "confidence": s.confidence,
+                    "margin": s.margin,
+                    "top_k": [list(t) for t in s.top_k],
+                }
+                for s in self.suggestions
+            ],
+            "skipped": [vars(p) for p in self.skipped],
+            "csv": str(self.csv_path),
+            "grid": str(self.grid_path),
+        }
 
 
 def _is_within(path: Path, parent: Path) -> bool:
@@ -480,6 +504,17 @@ class LabelAudit:
     csv_path: Path
     grid_path: Path
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON document ``edgeclf label audit --json`` prints."""
+        return {
+            "folds": self.folds,
+            "grouped": self.grouped,
+            "images": self.n_images,
+            "suspects": [vars(s) for s in self.suspects],
+            "csv": str(self.csv_path),
+            "grid": str(self.grid_path),
+        }
+
 
 def audit_labels(
     run: TrainingRun,
@@ -580,3 +615,37 @@ def audit_labels(
         csv_path=csv_path,
         grid_path=grid_path,
     )
+
+
+# ----------------------------------------------------------------------------- on a training run
+
+
+def suggest_run_labels(
+    run_dir: Path,
+    unlabeled_dir: Path,
+    out_dir: Path | None = None,
+    top_k: int = 3,
+    progress: ProgressFn | None = None,
+) -> LabelSuggestions:
+    """:func:`suggest_labels` with a training run's model, calibrated by the run's stored temperature
+    (1.0 before its evaluation has fitted one); ``out_dir`` defaults to ``UNLABELED_DIR/edgeclf-suggestions``."""
+    from edgeclf.evaluate.calibration import stored_temperature
+    from edgeclf.evaluate.predictor import load_run
+
+    out_dir = out_dir or Path(unlabeled_dir) / SUGGESTIONS_DIR
+    temperature = stored_temperature(run_dir)
+    return suggest_labels(load_run(run_dir), unlabeled_dir, out_dir, temperature=temperature, top_k=top_k, progress=progress)
+
+
+def audit_run_labels(
+    run_dir: Path,
+    out_dir: Path | None = None,
+    folds: int = 5,
+    threshold: float = 0.7,
+    progress: ProgressFn | None = None,
+) -> LabelAudit:
+    """:func:`audit_labels` on a training run's model and training split; ``out_dir`` defaults to ``RUN_DIR/label-audit``."""
+    from edgeclf.evaluate.predictor import load_run
+
+    out_dir = out_dir or Path(run_dir) / LABEL_AUDIT_DIR
+    return audit_labels(load_run(run_dir), out_dir, folds=folds, threshold=threshold, progress=progress)

@@ -110,7 +110,14 @@ class RuntimeGate(Protocol):
 
 
 class ExportFailed(EdgeclfError):
-    """At least one artifact failed to export or failed its parity gate."""
+    """At least one artifact failed to export or failed its parity gate.
+
+    ``result`` is the bundle written without them (its parity table names every failure).
+    """
+
+    def __init__(self, message: str, result: ExportResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -410,7 +417,8 @@ def export_run(
     if failed and not allow_failed:
         raise ExportFailed(
             f"{len(failed)} artifact(s) failed and were not shipped: {' | '.join(failed)}. "
-            f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this"
+            f"The bundle in {out_dir} holds the rest; pass --allow-failed to accept this",
+            result,
         )
     return result
 
