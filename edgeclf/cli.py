@@ -1003,42 +1003,41 @@ def _run_build(opts: Any, as_json: bool) -> None:
             on_stage=lambda name, state: console.print(f"{marks[state]} [bold]{name}[/]"),
             progress=lambda label, d, t: cb(d, t),
         )
-    weak = weak_classes(res["results"].get("train", {}))
+    r = res.results
+    weak = weak_classes(r.train)
     if as_json:
-        _print_json(res)
+        _print_json(res.model_dump(mode="json"))
         if weak and not opts.allow_weak:
             raise typer.Exit(1)
         return
-    r = res["results"]
     t = Table(title=f"edgeclf build — {opts.profile} — {opts.out}")
     t.add_column("stage")
     t.add_column("status")
     t.add_column("seconds", justify="right")
     t.add_column("result")
-    sel, ev, b = r["select"], r["evaluate"], r["benchmark"]
+    sel, ev, b = r.select, r.evaluate, r.benchmark
+    dec_test = ev.decision.test if ev.decision is not None else None
     summary = {
-        "audit": f"{r['audit'].get('num_images')} images",
-        "split": f"fingerprint {r['split']['fingerprint'][:12]}",
-        "select": f"{sel['backbone']} @ {sel['resolution']} px, {sel['precision']} on {sel['runtime']}",
-        "train": f"val macro-F1 {r['train'].get('val_macro_f1') or 0:.4f} ({r['train'].get('candidate') or 'finetune'})",
-        "evaluate": f"test macro-F1 {ev['test'].get('macro_f1') or 0:.4f} (once)"
+        "audit": f"{r.audit.num_images} images",
+        "split": f"fingerprint {r.split.fingerprint[:12]}",
+        "select": f"{sel.backbone} @ {sel.resolution} px, {sel.precision} on {sel.runtime}",
+        "train": f"val macro-F1 {r.train.val_macro_f1 or 0:.4f} ({r.train.candidate or 'finetune'})",
+        "evaluate": f"test macro-F1 {ev.test.macro_f1 or 0:.4f} (once)"
         + (
-            f"; policy {ev['decision']['describe']}: test macro-F1 {ev['decision']['test']['macro_f1']:.4f}, "
-            f"coverage {ev['decision']['test']['coverage']:.3f}"
-            if (ev.get("decision") or {}).get("test")
+            f"; policy {ev.decision.describe}: test macro-F1 {dec_test.macro_f1:.4f}, coverage {dec_test.coverage:.3f}"
+            if ev.decision is not None and dec_test is not None
             else ""
         ),
-        "export": f"{len(r['export']['artifacts'])} artifacts, {len(r['export']['failed'])} failed",
-        "benchmark": f"p95 {b['latency_ms_p95']:.2f} ms [{b['source'].upper()}] vs {b['budget_ms']} ms: "
-        f"{'fits' if b['fits'] else 'OVER'}",
-        "package": r["package"]["package"],
+        "export": f"{len(r.export.artifacts)} artifacts, {len(r.export.failed)} failed",
+        "benchmark": f"p95 {b.latency_ms_p95:.2f} ms [{b.source.upper()}] vs {b.budget_ms} ms: {'fits' if b.fits else 'OVER'}",
+        "package": r.package.package,
         "report": "report.md",
     }
-    for s in res["stages"]:
-        t.add_row(s["stage"], s["status"], f"{s['seconds']:.1f}", summary.get(s["stage"], ""))
+    for s in res.stages:
+        t.add_row(s.stage, s.status, f"{s.seconds:.1f}", summary.get(s.stage, ""))
     out.print(t)
-    if b["source"] == "estimate":
-        out.print(f"[yellow]latency is an ESTIMATE[/]: {b['label']}")
+    if b.source == "estimate":
+        out.print(f"[yellow]latency is an ESTIMATE[/]: {b.label}")
     if weak:
         msg = (
             f"quality gate every_class_recalled FAILED: the shipped model never predicts {', '.join(weak)} on "

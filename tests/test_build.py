@@ -9,31 +9,37 @@ from pathlib import Path
 import pytest
 
 from edgeclf.build import BuildError, BuildOptions, Stages, build, data_listing_key
+from edgeclf.build.results import BuildRun, StageResult
 from tests.conftest import make_clean_dataset
+
+
+class _Count(StageResult):
+    n: int
 
 
 def test_stages_skip_redo_and_record(tmp_path: Path) -> None:
     calls: list[str] = []
     out = tmp_path / "o.txt"
 
-    def work() -> dict:
+    def work() -> _Count:
         calls.append("x")
         out.write_text("done")
-        return {"n": len(calls)}
+        return _Count(n=len(calls))
 
     s = Stages(tmp_path, lambda m: None)
-    assert s.run("a", {"k": 1}, [out], work) == {"n": 1}
-    assert Stages(tmp_path, lambda m: None).run("a", {"k": 1}, [out], work) == {"n": 1}  # cached
+    assert s.run("a", {"k": 1}, [out], work, _Count) == _Count(n=1)
+    assert Stages(tmp_path, lambda m: None).run("a", {"k": 1}, [out], work, _Count) == _Count(n=1)  # cached
     assert len(calls) == 1
-    assert Stages(tmp_path, lambda m: None).run("a", {"k": 2}, [out], work) == {"n": 2}  # inputs changed
+    assert json.loads((tmp_path / "stages" / "a.json").read_text())["result"] == {"n": 1}
+    assert Stages(tmp_path, lambda m: None).run("a", {"k": 2}, [out], work, _Count) == _Count(n=2)  # inputs changed
     out.unlink()
-    assert Stages(tmp_path, lambda m: None).run("a", {"k": 2}, [out], work) == {"n": 3}  # output gone
+    assert Stages(tmp_path, lambda m: None).run("a", {"k": 2}, [out], work, _Count) == _Count(n=3)  # output gone
 
-    def boom() -> dict:
+    def boom() -> _Count:
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        Stages(tmp_path, lambda m: None).run("b", {}, [], boom)
+        Stages(tmp_path, lambda m: None).run("b", {}, [], boom, _Count)
     assert not (tmp_path / "stages" / "b.json").exists()  # a failed stage never looks finished
 
 
@@ -46,7 +52,7 @@ def test_data_key_follows_the_files(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, BuildOptions]:
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildRun, BuildOptions]:
     base = tmp_path_factory.mktemp("build")
     data = make_clean_dataset(base / "data", {"a": 10, "b": 10, "c": 10})
     opts = BuildOptions(
@@ -64,9 +70,9 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Bu
     return base / "out", res, opts
 
 
-def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
+def test_build_end_to_end(tiny_build: tuple[Path, BuildRun, BuildOptions]) -> None:
     out, res, _ = tiny_build
-    assert [s["stage"] for s in res["stages"]] == [
+    assert [s.stage for s in res.stages] == [
         "audit",
         "split",
         "select",
@@ -77,27 +83,27 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
         "package",
         "report",
     ]
-    r = res["results"]
-    assert r["audit"]["num_images"] == 30 and r["audit"]["num_classes"] == 3
+    r = res.results
+    assert r.audit.num_images == 30 and r.audit.num_classes == 3
     # the most accurate fitting candidate with weights here (lite0/1/2 all are installed)
     usable = [c for c in json.loads((out / "selection.json").read_text())["candidates"] if c["fits"] and c["weights_here"]]
-    assert r["select"]["backbone"] == max(usable, key=lambda c: (c["accuracy"] or 0, -c["latency_ms_p95"]))["backbone"]
+    assert r.select.backbone == max(usable, key=lambda c: (c["accuracy"] or 0, -c["latency_ms_p95"]))["backbone"]
     sel = json.loads((out / "selection.json").read_text())
     assert len(sel["candidates"]) > 10 and any(not c["weights_here"] for c in sel["candidates"])
     ledger = (out / "run" / "test_ledger.jsonl").read_text().splitlines()
     assert len(ledger) == 1  # the test split was touched, once
-    assert {"onnx/fp32", "openvino/fp32"} <= set(r["export"]["artifacts"])
+    assert {"onnx/fp32", "openvino/fp32"} <= set(r.export.artifacts)
     # int8 on this build's 6 validation images: shipped only if its gates could be decided; here one image
     # would swing them, so it must be named "insufficient evidence" with the rule (statistically sound gates)
-    int8 = next(row for row in r["export"]["parity"] if (row["format"], row["precision"]) == ("onnx", "int8"))
-    assert ("onnx/int8" in r["export"]["artifacts"]) == (int8["status"] == "ok")
-    assert int8["status"] == "ok" or (
-        int8["status"] in ("insufficient_evidence", "parity_failed")
-        and "insufficient evidence" in (int8["error"] or "") + str(r["export"]["failed"])
+    int8 = next(row for row in r.export.parity if (row.format, row.precision) == ("onnx", "int8"))
+    assert ("onnx/int8" in r.export.artifacts) == (int8.status == "ok")
+    assert int8.status == "ok" or (
+        int8.status in ("insufficient_evidence", "parity_failed")
+        and "insufficient evidence" in (int8.error or "") + str(r.export.failed)
     )
-    assert any(row["format"].startswith("c-runtime") for row in r["export"]["parity"])
-    assert r["benchmark"]["source"] == "measured" and r["benchmark"]["latency_ms_p95"] > 0
-    pkg = out / r["package"]["package"]
+    assert any(row.format.startswith("c-runtime") for row in r.export.parity)
+    assert r.benchmark.source == "measured" and r.benchmark.latency_ms_p95 > 0
+    pkg = out / r.package.package
     with tarfile.open(pkg) as tar:
         names = tar.getnames()
     top = names[0].split("/")[0]
@@ -113,32 +119,39 @@ def test_build_end_to_end(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
     assert any(n.startswith(f"{top}/lib/libedgeclf.so") for n in names)
     report = (out / "report.md").read_text()
     assert "| backbone | weights here |" in report and "MEASURED" in report
-    assert f"{r['select']['backbone']} **(chosen)**" in report and "no pretrained weights here" in report
+    assert f"{r.select.backbone} **(chosen)**" in report and "no pretrained weights here" in report
     assert "| candidate (validation) | macro-F1 | shipped |" in report and "Automatic recipe choices" in report
-    assert r["benchmark"]["rows"][0]["configuration"] == "selected"
-    assert r["benchmark"]["rows"][0]["precision"] == sel["choice"]["precision"]
+    assert r.benchmark.rows and r.benchmark.rows[0].configuration == "selected"
+    assert r.benchmark.rows[0].precision == sel["choice"]["precision"]
+    # build.json is the BuildRecord of this build's results
+    record = json.loads((out / "build.json").read_text())
+    assert record["benchmark"] == r.benchmark.model_dump(mode="json") and record["test"] == r.evaluate.test.model_dump()
+    # each stage's record holds its result as the model writes it
+    for name in ("audit", "split", "export", "package"):
+        assert json.loads((out / "stages" / f"{name}.json").read_text())["result"] == getattr(r, name).model_dump(mode="json")
 
 
-def test_build_resumes_finished_stages(tiny_build: tuple[Path, dict, BuildOptions]) -> None:
+def test_build_resumes_finished_stages(tiny_build: tuple[Path, BuildRun, BuildOptions]) -> None:
     out, first, opts = tiny_build
     before = (out / "run" / "checkpoints" / "best.pt").stat().st_mtime_ns
     again = build(opts)
-    assert all(s["status"] == "cached" for s in again["stages"])
+    assert all(s.status == "cached" for s in again.stages)
     assert (out / "run" / "checkpoints" / "best.pt").stat().st_mtime_ns == before
     # a changed budget re-selects (the choice stays) and redoes only what depends on it
     (out / "stages" / "benchmark.json").unlink()
     third = build(opts)
-    status = {s["stage"]: s["status"] for s in third["stages"]}
+    status = {s.stage: s.status for s in third.stages}
     assert status["train"] == "cached" and status["benchmark"] == "done"
 
 
-def test_estimate_is_labelled_for_another_device(tiny_build: tuple[Path, dict, BuildOptions], tmp_path: Path) -> None:
+def test_estimate_is_labelled_for_another_device(tiny_build: tuple[Path, BuildRun, BuildOptions], tmp_path: Path) -> None:
     from edgeclf.build import _stage_benchmark
 
     out, res, opts = tiny_build
     o = BuildOptions(profile="jetson-orin", data_dir=opts.data_dir, out=out)
-    b = _stage_benchmark(o, out, {**res["results"]["select"], "latency_ms_p95_estimate": 3.0}, lambda m: None)
-    assert b["source"] == "estimate" and "GPU" in b["why"] and b["latency_ms_p95"] == 3.0
+    b = _stage_benchmark(o, out, res.results.select.model_copy(update={"latency_ms_p95_estimate": 3.0}), lambda m: None)
+    assert b.source == "estimate" and "GPU" in b.why and b.latency_ms_p95 == 3.0
+    assert "rows" not in b.model_dump(mode="json")  # an estimate has no timed rows
 
 
 def test_no_candidate_fits_names_the_closest(tmp_path: Path) -> None:
@@ -160,7 +173,7 @@ def test_measure_times_the_choice_instead_of_estimating(tmp_path: Path) -> None:
     )
     lines: list[str] = []
     res = _stage_select(opts, tmp_path, lines.append)
-    assert res["latency_source"] == "measured"
+    assert res.latency_source == "measured"
     assert any("measuring tf_efficientnet_lite0" in line for line in lines)
     doc = json.loads((tmp_path / "selection.json").read_text())
     measured = [c for c in doc["candidates"] if c["latency_source"] == "measured"]
@@ -189,7 +202,7 @@ JPEG_PROB_ATOL = 1e-2
 
 
 @pytest.mark.cpp
-def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict, BuildOptions], tmp_path: Path) -> None:
+def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, BuildRun, BuildOptions], tmp_path: Path) -> None:
     """The tarball, unpacked elsewhere: the example builds against its CMake package and runs
     with no Python environment and no library path, on a PNG of the data set as it is, a
     PPM and a JPEG, giving the same top-1 as Python (and the README's commands work)."""
@@ -206,7 +219,7 @@ def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, dict,
     if shutil.which("cmake") is None or shutil.which("cc") is None:
         pytest.skip("needs cmake and a C compiler")
     out, res, opts = tiny_build
-    with tarfile.open(out / res["results"]["package"]["package"]) as tar:
+    with tarfile.open(out / res.results.package.package) as tar:
         tar.extractall(tmp_path, filter="data")
     root = next(tmp_path.iterdir())
     assert (root / "examples" / "third_party" / "stb" / "LICENSE").is_file()

@@ -105,19 +105,24 @@ def test_version_flag() -> None:
 def test_demo_is_the_make_demo_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`edgeclf demo` runs the build the README and the Makefile describe, `--out` aside; nothing is built here."""
     import edgeclf.build
+    from edgeclf.build.results import BuildRun
+    from tests.build_documents import stage_results
 
     calls: list[edgeclf.build.BuildOptions] = []
+    docs = stage_results()
+    docs["train"]["quality_gates"] = {"every_class_recalled": {"passed": True, "classes": []}}
+    done = BuildRun.model_validate({"out": "demo-out", "stages": [], "results": docs})
 
-    def fake_build(opts: edgeclf.build.BuildOptions, **kwargs: object) -> dict[str, object]:
+    def fake_build(opts: edgeclf.build.BuildOptions, **kwargs: object) -> BuildRun:
         calls.append(opts)
-        return {"results": {}, "stages": []}
+        return done
 
     monkeypatch.setattr(edgeclf.build, "build", fake_build)
     described = ["--profile", "auto", "--data", "elpv", "--out", "demo-out", "--backbones", "tf_efficientnet_lite0"]
     for args in (["build", *described], ["demo"], ["demo", "--out", str(tmp_path / "elsewhere")]):
         res = runner.invoke(app, [*args, "--json"])
         assert res.exit_code == 0, (args, res.output, res.exception)
-        assert json.loads(res.stdout) == {"results": {}, "stages": []}
+        assert json.loads(res.stdout) == done.model_dump(mode="json")
     built, demo, elsewhere = calls
     assert demo == built
     assert (demo.profile, demo.data_dir, demo.out, demo.backbones) == (

@@ -204,8 +204,8 @@ def test_the_build_reports_the_policy_on_validation_and_test(policy_bundle: tupl
         profile="x86-64-avx2", data_dir=tmp_path, out=out, robustness=False, decision=make_request(min_recall="c=0.9")
     )
     res = _stage_evaluate(opts, out, lambda m: None)
-    dec = res["decision"]
-    assert set(dec) >= {"describe", "val", "test"}, dec
-    assert dec["val"]["recall"]["c"] >= 0.9 and "argmax" in dec["test"]
+    dec = res.decision
+    assert dec is not None and dec.val is not None and dec.test is not None, dec
+    assert dec.val.recall["c"] >= 0.9 and dec.test.argmax is not None
     text = "\n".join(_decision_lines(dec))
     assert "| recall c |" in text and "val policy" in text and "test policy" in text

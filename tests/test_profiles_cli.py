@@ -127,7 +127,7 @@ def test_build_selection_stage_runs_on_the_profile_file(fast_probe: None, tmp_pa
     build_dir = tmp_path / "build"
     build_dir.mkdir()
     sel = _stage_select(BuildOptions(profile=str(out), data_dir=tmp_path, out=build_dir), build_dir)
-    assert sel["runtime"] == "onnxruntime/CPU" and sel["latency_source"] == "estimate"
+    assert sel.runtime == "onnxruntime/CPU" and sel.latency_source == "estimate"
     assert json.loads((build_dir / "selection.json").read_text(encoding="utf-8"))["profile"] == "my-device"
     # measured on this host's CPU: latency measured here stands for the device's
     assert host_is_target(load_profile(out))[0]

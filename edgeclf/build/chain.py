@@ -12,13 +12,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from edgeclf._io import canonical_json, sha256_file, write_json
 from edgeclf.build.host import host_profile, resolve_data
 from edgeclf.build.options import BuildError, BuildOptions, Log
 from edgeclf.build.package import DEVICE_README, EXAMPLE_CMAKE, PREBUILT_USE, _runtime_files, _stage_package
 from edgeclf.build.report import _stage_report
+from edgeclf.build.results import (
+    AuditResult,
+    BenchmarkResult,
+    BuildResults,
+    BuildRun,
+    EvaluateResult,
+    ExportStageResult,
+    PackageResult,
+    ReportResult,
+    SelectResult,
+    SplitResult,
+    StageResult,
+    StageRun,
+    TrainResult,
+)
 from edgeclf.build.stages import (
     _select_at,
     _stage_audit,
@@ -33,13 +50,15 @@ from edgeclf.errors import EdgeclfError
 
 STAGES = ("audit", "split", "select", "train", "evaluate", "export", "benchmark", "package", "report")
 
+R = TypeVar("R", bound=StageResult)
+
 
 @dataclass
 class StageRecord:
     name: str
     status: str  # "done" | "cached"
     seconds: float
-    result: dict[str, Any]
+    result: StageResult
 
 
 def _key(obj: Any) -> str:
@@ -63,7 +82,9 @@ def data_listing_key(root: Path) -> str:
 
 
 class Stages:
-    """Runs named stages, skipping those whose recorded key matches and whose outputs exist."""
+    """Runs named stages, skipping those whose recorded key matches, whose outputs exist and whose
+    recorded result is a valid ``result_type`` (one that is not, an older layout or an edited
+    file, is stale like a changed key: the stage runs again)."""
 
     def __init__(self, out: Path, log: Log, on_stage: Callable[[str, str], None] | None = None) -> None:
         self.dir = Path(out) / "stages"
@@ -72,7 +93,7 @@ class Stages:
         self.on_stage = on_stage or (lambda name, state: None)
         self.records: list[StageRecord] = []
 
-    def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], R], result_type: type[R]) -> R:
         key = _key(inputs)
         rec_path = self.dir / f"{name}.json"
         if rec_path.is_file():
@@ -80,10 +101,22 @@ class Stages:
                 rec = json.loads(rec_path.read_text(encoding="utf-8"))
             except ValueError:
                 rec = {}
+            if not isinstance(rec, dict):
+                rec = {}
             if rec.get("key") == key and all(Path(p).exists() for p in outputs):
-                self.on_stage(name, "cached")
-                self.records.append(StageRecord(name, "cached", 0.0, rec["result"]))
-                return rec["result"]
+                try:
+                    cached = result_type.model_validate(rec.get("result"))
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "result"
+                    self.log(
+                        f"{name}: the recorded result in {rec_path} is not this version's layout "
+                        f"({where}: {first['msg']}); running the stage again"
+                    )
+                else:
+                    self.on_stage(name, "cached")
+                    self.records.append(StageRecord(name, "cached", 0.0, cached))
+                    return cached
             rec_path.unlink()  # stale: redo it
         self.on_stage(name, "running")
         t0 = time.perf_counter()
@@ -95,7 +128,7 @@ class Stages:
                 "stage": name,
                 "key": key,
                 "inputs": inputs,
-                "result": result,
+                "result": result.model_dump(mode="json"),
                 "seconds": round(seconds, 2),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
@@ -110,7 +143,7 @@ def build(
     log: Log | None = None,
     on_stage: Callable[[str, str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> BuildRun:
     """Run (or resume) every stage; returns each stage's result and how it ran."""
     from edgeclf.profiles import load_profile
 
@@ -125,17 +158,20 @@ def build(
     data_dir = resolve_data(opts.data_dir, out, log)
     opts.data_dir = data_dir
     stages = Stages(out, log, on_stage)
-    r: dict[str, dict[str, Any]] = {}
     data_key = data_listing_key(data_dir)
     try:
-        r["audit"] = stages.run("audit", {"data": data_key}, [out / "audit"], lambda: _stage_audit(data_dir, out))
-        r["split"] = stages.run(
-            "split", {"data": data_key, "seed": opts.seed}, [out / "splits.csv"], lambda: _stage_split(data_dir, out, opts.seed)
+        audit = stages.run("audit", {"data": data_key}, [out / "audit"], lambda: _stage_audit(data_dir, out), AuditResult)
+        split = stages.run(
+            "split",
+            {"data": data_key, "seed": opts.seed},
+            [out / "splits.csv"],
+            lambda: _stage_split(data_dir, out, opts.seed),
+            SplitResult,
         )
         from edgeclf.select import load_calibration
 
         cal = load_calibration()
-        r["select"] = stages.run(
+        sel = stages.run(
             "select",
             {
                 "profile": profile.to_json_dict(),
@@ -146,91 +182,120 @@ def build(
             },
             [out / "selection.json"],
             lambda: _stage_select(opts, out, log),
+            SelectResult,
         )
         train_key = {
-            "split": r["split"]["fingerprint"],
-            "backbone": r["select"]["backbone"],
-            "resolution": opts.image_size or r["select"]["resolution"],
+            "split": split.fingerprint,
+            "backbone": sel.backbone,
+            "resolution": opts.image_size or sel.resolution,
             "config": _file_key(opts.config),
             "epochs": opts.epochs,
             "batch_size": opts.batch_size,
             "seed": opts.seed,
             "extra": opts.extra_train,
             "time_budget_s": opts.time_budget_s,
-            "max_resolution": r["select"].get("max_resolution"),
+            "max_resolution": sel.max_resolution,
             "recipe_version": 2,
         }
         if opts.image_size:
-            r["select"] = {
-                **r["select"],
-                "resolution": opts.image_size,
-                "justification": r["select"]["justification"] + f" Trained at {opts.image_size} px (--image-size).",
-            }
-        r["train"] = stages.run(
+            sel = sel.model_copy(
+                update={
+                    "resolution": opts.image_size,
+                    "justification": sel.justification + f" Trained at {opts.image_size} px (--image-size).",
+                }
+            )
+        selected = sel
+        train = stages.run(
             "train",
             train_key,
             [out / "run" / "checkpoints" / "best.pt"],
-            lambda: _stage_train(opts, out, r["select"], log, progress),
+            lambda: _stage_train(opts, out, selected, log, progress),
+            TrainResult,
         )
         best = out / "run" / "checkpoints" / "best.pt"
-        if sha256_file(best) != r["train"]["checkpoint_sha256"]:  # a cached stage's output is data too
+        if sha256_file(best) != train.checkpoint_sha256:  # a cached stage's output is data too
             raise BuildError(
                 f"train: {best} does not match the SHA-256 recorded when it was trained "
-                f"({r['train']['checkpoint_sha256'][:12]}...): the file is damaged; restore it or delete "
+                f"({train.checkpoint_sha256[:12]}...): the file is damaged; restore it or delete "
                 f"{out / 'stages' / 'train.json'} to train again"
             )
-        trained_at = r["train"].get("image_size") or r["select"]["resolution"]
-        trained = r["train"].get("backbone") or r["select"]["backbone"]
-        if (trained, trained_at) != (r["select"]["backbone"], r["select"]["resolution"]):
-            r["select"] = _select_at(out, r["select"], int(trained_at), trained)
-        ck = r["train"]["checkpoint_sha256"]
+        trained_at = train.image_size or sel.resolution
+        trained = train.backbone or sel.backbone
+        if (trained, trained_at) != (sel.backbone, sel.resolution):
+            sel = _select_at(out, sel, int(trained_at), trained)
+        ck = train.checkpoint_sha256
         decision_key = opts.decision.key() if opts.decision is not None else None
-        r["evaluate"] = stages.run(
+        evaluate = stages.run(
             "evaluate",
             {"checkpoint": ck, "robustness": opts.robustness, "decision": decision_key},
             [out / "run" / "report" / "index.html"],
             lambda: _stage_evaluate(opts, out, log),
+            EvaluateResult,
         )
-        r["export"] = stages.run(
+        export = stages.run(
             "export",
             {"checkpoint": ck, "profile": profile.name, "calibration_images": opts.calibration_images, "decision": decision_key},
             [out / "bundle" / "edgeclf.json"],
             lambda: _stage_export(opts, out, log),
+            ExportStageResult,
         )
         bundle_key = _file_key(out / "bundle" / "edgeclf.json")
-        r["benchmark"] = stages.run(
+        final_sel = sel
+        benchmark = stages.run(
             "benchmark",
             {
                 "bundle": bundle_key,
                 "measure": opts.measure,
                 "budget_ms": opts.budget_ms,
-                "selected": [r["select"]["runtime"], r["select"]["precision"]],
+                "selected": [sel.runtime, sel.precision],
                 "host": platform.node() if opts.measure is not False else None,
             },
             [],
-            lambda: _stage_benchmark(opts, out, r["select"], log),
+            lambda: _stage_benchmark(opts, out, final_sel, log),
+            BenchmarkResult,
         )
         # the package's own layout (README, example, its decoder) is part of its key: an upgrade re-packages
         layout = _key(
             [DEVICE_README, PREBUILT_USE, EXAMPLE_CMAKE, _file_key(_runtime_files() / "cpp-src" / "examples" / "classify.c")]
         )
-        r["package"] = stages.run(
+        package = stages.run(
             "package",
-            {"bundle": bundle_key, "benchmark": r["benchmark"], "version": _runtime_version(), "layout": layout},
+            {
+                "bundle": bundle_key,
+                "benchmark": benchmark.model_dump(mode="json"),
+                "version": _runtime_version(),
+                "layout": layout,
+            },
             [out / f"{out.name}-{profile.name}.tar.gz"],
-            lambda: _stage_package(opts, out, r["select"], r["evaluate"], r["benchmark"]),
+            lambda: _stage_package(opts, out, final_sel, evaluate, benchmark),
+            PackageResult,
         )
-        r["report"] = stages.run(
-            "report", {"all": _key({k: v for k, v in r.items()})}, [out / "report.md"], lambda: _stage_report(opts, out, r)
+        results = BuildResults(
+            audit=audit,
+            split=split,
+            select=sel,
+            train=train,
+            evaluate=evaluate,
+            export=export,
+            benchmark=benchmark,
+            package=package,
+        )
+        results.report = stages.run(
+            "report",
+            {"all": _key(results.model_dump(mode="json"))},
+            [out / "report.md"],
+            lambda: _stage_report(opts, out, results),
+            ReportResult,
         )
     except EdgeclfError as e:
-        stage = next((s for s in STAGES if s not in r), "build")
+        done = {rec.name for rec in stages.records}
+        stage = next((s for s in STAGES if s not in done), "build")
         raise BuildError(f"{stage}: {e}") from e
-    return {
-        "out": str(out),
-        "stages": [{"stage": s.name, "status": s.status, "seconds": round(s.seconds, 1)} for s in stages.records],
-        "results": r,
-    }
+    return BuildRun(
+        out=str(out),
+        stages=[StageRun(stage=s.name, status=s.status, seconds=round(s.seconds, 1)) for s in stages.records],
+        results=results,
+    )
 
 
 def _runtime_version() -> str:

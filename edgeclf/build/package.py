@@ -16,6 +16,7 @@ from edgeclf._io import atomic_write_text as write_text
 from edgeclf._io import sha256_file
 from edgeclf.build.options import BuildError, BuildOptions
 from edgeclf.build.report import _fmt
+from edgeclf.build.results import BenchmarkResult, EvaluateResult, PackageResult, SelectResult
 from edgeclf.errors import EdgeclfError
 
 
@@ -146,9 +147,7 @@ def _bundle_backend_libraries(manifest: Any, lib: Path) -> list[str]:
     return done  # libedgeclf's RUNPATH has $ORIGIN (cpp/CMakeLists.txt): it finds them there
 
 
-def _stage_package(
-    opts: BuildOptions, out: Path, sel: dict[str, Any], ev: dict[str, Any], bench: dict[str, Any]
-) -> dict[str, Any]:
+def _stage_package(opts: BuildOptions, out: Path, sel: SelectResult, ev: EvaluateResult, bench: BenchmarkResult) -> PackageResult:
     from edgeclf.export.bundle import read_bundle, read_parity
     from edgeclf.profiles import load_profile
 
@@ -240,8 +239,6 @@ def _stage_package(
             else:
                 trt += f"\nTensorRT {a.precision} engine (build it on the device, in `bundle/`):\n"
             trt += f"\n```sh\n{cmd}\n```\n"
-    test = ev.get("test", {}) or {}
-    val = ev.get("val", {}) or {}
     write_text(
         root / "README.md",
         DEVICE_README.format(
@@ -249,14 +246,14 @@ def _stage_package(
             device=profile.device,
             created=datetime.now(timezone.utc).date().isoformat(),
             profile=profile.name,
-            backbone=sel["backbone"],
-            resolution=sel["resolution"],
+            backbone=sel.backbone,
+            resolution=sel.resolution,
             labels=", ".join(manifest.labels),
-            justification=sel["justification"],
-            latency=bench["latency_ms_p95"],
-            latency_label=bench["label"],
-            val_f1=_fmt(val.get("macro_f1")),
-            test_f1=_fmt(test.get("macro_f1")),
+            justification=sel.justification,
+            latency=bench.latency_ms_p95,
+            latency_label=bench.label,
+            val_f1=_fmt(ev.val.macro_f1),
+            test_f1=_fmt(ev.test.macro_f1),
             lib_line=lib_line,
             sample=sample("./build/edgeclf_classify"),
             trt=trt + prebuilt,
@@ -268,9 +265,9 @@ def _stage_package(
     final = out / f"{name}.tar.gz"
     os.replace(tar_tmp, final)
     shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "package": final.name,
-        "sha256": sha256_file(final),
-        "size_mb": round(final.stat().st_size / 1e6, 2),
-        "prebuilt_library": same_arch,
-    }
+    return PackageResult(
+        package=final.name,
+        sha256=sha256_file(final),
+        size_mb=round(final.stat().st_size / 1e6, 2),
+        prebuilt_library=same_arch,
+    )

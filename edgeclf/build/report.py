@@ -4,17 +4,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edgeclf._io import atomic_write_text as write_text
 from edgeclf._io import write_json
 from edgeclf.build.options import BuildOptions
+from edgeclf.build.results import BuildRecord, BuildResults, DecisionResult, ReportResult, TrainResult
 
 
-def weak_classes(train_result: dict[str, Any]) -> list[str]:
-    """Classes the shipped candidate never recalls on validation (the every_class_recalled gate)."""
-    gate = (train_result.get("quality_gates") or {}).get("every_class_recalled") or {}
+def weak_classes(train_result: TrainResult | Mapping[str, Any] | None) -> list[str]:
+    """Classes the shipped candidate never recalls on validation (the every_class_recalled gate);
+    ``train_result`` is the train stage's result, or a mapping with its ``quality_gates``."""
+    if isinstance(train_result, TrainResult):
+        gates = train_result.quality_gates
+    else:
+        gates = (train_result or {}).get("quality_gates")
+    gate = (gates or {}).get("every_class_recalled") or {}
     return list(gate.get("classes") or []) if gate.get("passed") is False else []
 
 
@@ -22,14 +29,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
 
 
-def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _stage_report(opts: BuildOptions, out: Path, results: BuildResults) -> ReportResult:
     sel = json.loads((out / "selection.json").read_text(encoding="utf-8"))
-    b = results["benchmark"]
+    b = results.benchmark
     lines = [
         f"# edgeclf build: {sel.get('profile') or opts.profile}",
         "",
-        f"Data: `{opts.data_dir}` — {results['audit'].get('num_images')} images, {results['audit'].get('num_classes')} classes; "
-        f"split fingerprint `{results['split']['fingerprint'][:16]}`.",
+        f"Data: `{opts.data_dir}` — {results.audit.num_images} images, {results.audit.num_classes} classes; "
+        f"split fingerprint `{results.split.fingerprint[:16]}`.",
         "",
         "## Backbone selection",
         "",
@@ -86,26 +93,26 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
         for c in sel["candidates"]
     ]
     lines += ["", "</details>"]
-    t = results["train"]
-    e = results["evaluate"]
+    t = results.train
+    e = results.evaluate
     lines += [
         "",
         "## Training and evaluation",
         "",
-        f"Shipped: **{t.get('candidate') or 'finetune'}**, validation macro-F1 {_fmt(t.get('val_macro_f1'))}"
-        + (f" (epoch {t['best_epoch']})" if t.get("best_epoch") else "")
-        + _fmt_ci(e.get("val_ci"))
+        f"Shipped: **{t.candidate or 'finetune'}**, validation macro-F1 {_fmt(t.val_macro_f1)}"
+        + (f" (epoch {t.best_epoch})" if t.best_epoch else "")
+        + _fmt_ci(e.val_ci)
         + ".",
-        f"Test (touched once): accuracy {_fmt(e['test'].get('accuracy'))}, macro-F1 {_fmt(e['test'].get('macro_f1'))}"
-        + _fmt_ci(e.get("test_ci"))
+        f"Test (touched once): accuracy {_fmt(e.test.accuracy)}, macro-F1 {_fmt(e.test.macro_f1)}"
+        + _fmt_ci(e.test_ci)
         + ". Full report: `run/report/index.html`.",
         "",
     ]
-    cands = t.get("candidates") or {}
+    cands = t.candidates
     if cands:
         lines += ["| candidate (validation) | macro-F1 | shipped |", "|---|---|---|"]
-        lines += [f"| {name} | {_fmt(f1)} | {'**yes**' if name == t.get('candidate') else ''} |" for name, f1 in cands.items()]
-        picked = t.get("selection") or {}
+        lines += [f"| {name} | {_fmt(f1)} | {'**yes**' if name == t.candidate else ''} |" for name, f1 in cands.items()]
+        picked = t.selection or {}
         lines += ["", f"Rule: {picked.get('rule', '')}. {picked.get('reason', '')}.", ""]
     weak = weak_classes(t)
     if weak:
@@ -133,14 +140,14 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
             )
             lines.append(f"| {tr['trial']} | {tr['state']} | {conf} | {f1} | {tr.get('shipped', '')} | {tr['seconds']:.0f} |")
         lines += [""]
-    if t.get("recipe"):
+    if t.recipe:
         lines += ["Automatic recipe choices (the training data's rules; a user's setting always wins):", ""]
-        lines += [f"- `{c['key']}: {c['value']}` — {c['source']}: {c['reason']}" for c in t["recipe"]]
+        lines += [f"- `{c.key}: {c.value}` — {c.source}: {c.reason}" for c in t.recipe]
         lines += [""]
-    dec = results["evaluate"].get("decision")
+    dec = e.decision
     if dec:
         lines += _decision_lines(dec)
-    has_dec = any(r.get("decision_agreement") is not None for r in results["export"]["parity"])
+    has_dec = any(r.decision_agreement is not None for r in results.export.parity)
     lines += [
         "## Export and parity",
         "",
@@ -148,73 +155,73 @@ def _stage_report(opts: BuildOptions, out: Path, results: dict[str, dict[str, An
         + (" decisions vs eager | C = Python decisions |" if has_dec else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|" if has_dec else ""),
     ]
-    for r in results["export"]["parity"]:
+    for r in results.export.parity:
         lines.append(
-            f"| {r['format']} | {r['precision']} | {r['status']} | {_fmt2(r['size_mb'])} | {_fmt(r['macro_f1'])} | "
-            f"{_fmt(r['delta_macro_f1'])} | {_fmt(r['agreement'])} | {_fmt2(r['ms_per_image'])} |"
-            + (f" {_fmt(r.get('decision_agreement'))} | {_fmt(r.get('decision_match'))} |" if has_dec else "")
+            f"| {r.format} | {r.precision} | {r.status} | {_fmt2(r.size_mb)} | {_fmt(r.macro_f1)} | "
+            f"{_fmt(r.delta_macro_f1)} | {_fmt(r.agreement)} | {_fmt2(r.ms_per_image)} |"
+            + (f" {_fmt(r.decision_agreement)} | {_fmt(r.decision_match)} |" if has_dec else "")
         )
     lines += [
         "",
         "## Latency on the target",
         "",
-        f"p95 **{b['latency_ms_p95']:.2f} ms** vs budget {b['budget_ms']} ms — "
-        f"{'fits' if b['fits'] else 'OVER BUDGET'}. Source: **{b['source'].upper()}** — {b['label']}"
+        f"p95 **{b.latency_ms_p95:.2f} ms** vs budget {b.budget_ms} ms — "
+        f"{'fits' if b.fits else 'OVER BUDGET'}. Source: **{b.source.upper()}** — {b.label}"
         + (
-            f" (the selected artifact `{b['rows'][0]['artifact']}`, {b['rows'][0]['precision']}, "
-            f"{b['rows'][0]['runtime']}; p50 {b['rows'][0]['p50_ms']:.2f} ms)"
-            if b.get("rows")
+            f" (the selected artifact `{b.rows[0].artifact}`, {b.rows[0].precision}, "
+            f"{b.rows[0].runtime}; p50 {b.rows[0].p50_ms:.2f} ms)"
+            if b.rows
             else ""
         )
         + ".",
         "",
     ]
-    if b["source"] == "measured":
+    if b.source == "measured":
         lines += [
             f"The selection's {sel['choice']['latency_source']} for this configuration was "
             f"{sel['choice']['latency_ms_p95']:.2f} ms (the model alone, on the profile's nominal device); "
             "the measurement includes the preprocessing of a 640x480 frame and this host's own speed.",
             "",
         ]
-    if len(b.get("rows") or []) > 1:
+    if len(b.rows or []) > 1:
         lines += [
             "| configuration | runtime | artifact | precision | p50 ms | p95 ms | p99 ms |",
             "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r.get('configuration', '')} | {r['runtime']} | `{r['artifact']}` | {r['precision']} | "
-            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} |"
-            for r in b["rows"]
+            f"| {row.configuration or ''} | {row.runtime} | `{row.artifact}` | {row.precision} | "
+            f"{row.p50_ms:.2f} | {row.p95_ms:.2f} | {row.p99_ms:.2f} |"
+            for row in b.rows
         ]
         lines += [""]
-    lines += [f"Device package: `{results['package']['package']}` ({results['package']['size_mb']} MB).", ""]
+    lines += [f"Device package: `{results.package.package}` ({results.package.size_mb} MB).", ""]
     write_text(out / "report.md", "\n".join(lines))
-    summary = {
-        "profile": sel.get("profile") or opts.profile,
-        "choice": sel["choice"],
-        "benchmark": b,
-        "package": results["package"],
-        "test": e["test"],
-        "val": e["val"],
-    }
-    write_json(out / "build.json", summary)
-    return {"report": "report.md", "summary": "build.json"}
+    record = BuildRecord(
+        profile=sel.get("profile") or str(opts.profile),
+        choice=sel["choice"],
+        benchmark=b,
+        package=results.package,
+        test=e.test,
+        val=e.val,
+    )
+    write_json(out / "build.json", record.model_dump(mode="json"))
+    return ReportResult(report="report.md", summary="build.json")
 
 
-def _decision_lines(dec: dict[str, Any]) -> list[str]:
+def _decision_lines(dec: DecisionResult) -> list[str]:
     """The decision policy's operating point next to argmax, validation and test (touched once)."""
     lines = [
         "## Decision policy",
         "",
-        f"Policy **{dec.get('describe')}**, fitted on validation only; the C runtime "
+        f"Policy **{dec.describe}**, fitted on validation only; the C runtime "
         "applies it on the device (`edgeclf_classify_decision`).",
         "",
     ]
-    splits = [s for s in ("val", "test") if s in dec]
+    splits = [(s, d) for s, d in (("val", dec.val), ("test", dec.test)) if d is not None]
     if not splits:
         return [*lines, "No split was evaluated with this policy.", ""]
-    classes = list(dec[splits[0]]["recall"])
-    head = "| figure | " + " | ".join(f"{s} policy | {s} argmax" for s in splits) + " |"
+    classes = list(splits[0][1].recall)
+    head = "| figure | " + " | ".join(f"{s} policy | {s} argmax" for s, _ in splits) + " |"
     lines += [head, "|---|" + "---|---|" * len(splits)]
     for key, label in (
         ("macro_f1", "macro-F1"),
@@ -223,16 +230,14 @@ def _decision_lines(dec: dict[str, Any]) -> list[str]:
         ("selective_accuracy", "selective accuracy"),
     ):
         lines.append(
-            f"| {label} | " + " | ".join(f"{_fmt(dec[s].get(key))} | {_fmt(dec[s]['argmax'].get(key))}" for s in splits) + " |"
+            f"| {label} | " + " | ".join(f"{_fmt(getattr(d, key))} | {_fmt(getattr(d.argmax, key))}" for _, d in splits) + " |"
         )
     for c in classes:
         lines.append(
-            f"| recall {c} | "
-            + " | ".join(f"{_fmt(dec[s]['recall'][c])} | {_fmt(dec[s]['argmax']['recall'][c])}" for s in splits)
-            + " |"
+            f"| recall {c} | " + " | ".join(f"{_fmt(d.recall[c])} | {_fmt(d.argmax.recall[c])}" for _, d in splits) + " |"
         )
-    for s in splits:
-        o = dec[s].get("ood")
+    for s, d in splits:
+        o = d.ood
         if o:
             lines.append(
                 f"\nOut-of-distribution ({s} half of {o.get('dir')}, {o['ood_images']} images): AUROC "

@@ -21,6 +21,20 @@ import yaml
 from edgeclf._io import sha256_file, write_json
 from edgeclf.build.host import host_is_target
 from edgeclf.build.options import BuildError, BuildOptions, Log
+from edgeclf.build.results import (
+    AuditResult,
+    BenchmarkResult,
+    BenchmarkRow,
+    DecisionResult,
+    DecisionSummary,
+    EvaluateResult,
+    ExportStageResult,
+    ParityLine,
+    SelectResult,
+    SplitResult,
+    SplitScores,
+    TrainResult,
+)
 from edgeclf.errors import EdgeclfError
 
 
@@ -35,7 +49,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _stage_audit(data_dir: Path, out: Path) -> dict[str, Any]:
+def _stage_audit(data_dir: Path, out: Path) -> AuditResult:
     from edgeclf.data._index import index_dataset
     from edgeclf.data.audit import audit_index
 
@@ -44,21 +58,21 @@ def _stage_audit(data_dir: Path, out: Path) -> dict[str, Any]:
     report = audit_index(index, tmp)
     _replace_dir(tmp, out / "audit")
     d = report.model_dump(mode="json")
-    return {
-        "num_images": d["num_images"],
-        "num_classes": len(d["classes"]),
-        "imbalance_ratio": d["imbalance_ratio"],
-        "audit": "audit/audit.json",
-    }
+    return AuditResult(
+        num_images=d["num_images"],
+        num_classes=len(d["classes"]),
+        imbalance_ratio=d["imbalance_ratio"],
+        audit="audit/audit.json",
+    )
 
 
-def _stage_split(data_dir: Path, out: Path, seed: int) -> dict[str, Any]:
+def _stage_split(data_dir: Path, out: Path, seed: int) -> SplitResult:
     from edgeclf.data._index import index_dataset
     from edgeclf.data.split import SplitConfig, run_split
 
     index = index_dataset(data_dir)
     summary = run_split(index, out / "splits.csv", SplitConfig(seed=seed))
-    return {"fingerprint": summary.fingerprint, "counts": summary.counts, "manifest": "splits.csv"}
+    return SplitResult(fingerprint=summary.fingerprint, counts=summary.counts, manifest="splits.csv")
 
 
 def _weights_here(name: str) -> bool:
@@ -118,7 +132,7 @@ def _measure_candidate(c: Any, out: Path, log: Log) -> list[Any]:
     return out_rows
 
 
-def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> dict[str, Any]:
+def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> SelectResult:
     from edgeclf.profiles import load_profile
     from edgeclf.select import select_backbone
 
@@ -178,31 +192,31 @@ def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> dict
         for c in res.candidates
         if c.fits and c.backbone == choice.backbone and c.runtime == choice.runtime and c.precision == choice.precision
     ]
-    return {
-        "backbone": choice.backbone,
-        "resolution": choice.resolution,
-        "runtime": choice.runtime,
-        "max_resolution": max([c.resolution for c in same] + [choice.resolution]),
-        "precision": choice.precision,
-        "latency_ms_p95_estimate": choice.latency_ms_p95,
-        "latency_source": choice.latency_source,
-        "memory_mb": choice.memory_mb,
-        "file_mb": choice.file_mb,
-        "accuracy": choice.accuracy,
-        "justification": doc["justification"],
-        "selection": "selection.json",
-    }
+    return SelectResult(
+        backbone=choice.backbone,
+        resolution=choice.resolution,
+        runtime=choice.runtime,
+        max_resolution=max([c.resolution for c in same] + [choice.resolution]),
+        precision=choice.precision,
+        latency_ms_p95_estimate=choice.latency_ms_p95,
+        latency_source=choice.latency_source,
+        memory_mb=choice.memory_mb,
+        file_mb=choice.file_mb,
+        accuracy=choice.accuracy,
+        justification=doc["justification"],
+        selection="selection.json",
+    )
 
 
 def _stage_train(
-    opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log, progress: Callable[[str, int, int], None] | None
-) -> dict[str, Any]:
+    opts: BuildOptions, out: Path, sel: SelectResult, log: Log, progress: Callable[[str, int, int], None] | None
+) -> TrainResult:
     from edgeclf.train import load_config, train
 
     run_dir = out / "run"
     overrides: dict[str, Any] = {
         "data.manifest": out / "splits.csv",
-        "model.backbone": sel["backbone"],
+        "model.backbone": sel.backbone,
         "model.image_size": opts.image_size,
         "seed": opts.seed,
         "finetune.epochs": opts.epochs,
@@ -219,17 +233,17 @@ def _stage_train(
     # The input size is the training data's choice (edgeclf.train.recipe) within what the
     # selected configuration's latency budget allows: the largest fitting resolution.
     cfg = load_config(opts.config, overrides)
-    max_size = sel.get("max_resolution") or sel["resolution"]
+    max_size = sel.max_resolution or sel.resolution
     if opts.time_budget_s:
         from edgeclf.train.search import search
 
         # the recipe and the backbone, among the selection's fitting ones with weights here
         doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
         others = sorted(
-            {c["backbone"] for c in doc["candidates"] if c["fits"] and c.get("weights_here") and c["backbone"] != sel["backbone"]}
+            {c["backbone"] for c in doc["candidates"] if c["fits"] and c.get("weights_here") and c["backbone"] != sel.backbone}
         )
-        log(f"train: searching the recipe for {opts.time_budget_s:.0f} s over {', '.join([sel['backbone'], *others])}")
-        table = search(cfg, run_dir, opts.time_budget_s, backbones=[sel["backbone"], *others], log=log, max_image_size=max_size)
+        log(f"train: searching the recipe for {opts.time_budget_s:.0f} s over {', '.join([sel.backbone, *others])}")
+        table = search(cfg, run_dir, opts.time_budget_s, backbones=[sel.backbone, *others], log=log, max_image_size=max_size)
         doc["search"] = table
         write_json(out / "selection.json", doc)
     else:
@@ -237,54 +251,51 @@ def _stage_train(
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     ft = m.get("finetuned") or {}
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    return {
-        "run": "run",
-        "checkpoint_sha256": sha256_file(run_dir / "checkpoints" / "best.pt"),
-        "backbone": cfg["config"]["model"]["backbone"],
-        "search": bool(opts.time_budget_s),
-        "val_macro_f1": ft.get("macro_f1"),
-        "val_accuracy": ft.get("accuracy"),
-        "best_epoch": ft.get("epoch"),
-        "candidate": ft.get("candidate"),
-        "image_size": cfg["config"]["model"]["image_size"],
-        "baselines": {k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()},
-        "candidates": {c["name"]: c["val"]["macro_f1"] for c in m.get("candidates", [])},
-        "selection": m.get("selection"),
-        "quality_gates": m.get("quality_gates"),
-        "recipe": (m.get("recipe") or {}).get("choices", []),
-    }
+    return TrainResult(
+        run="run",
+        checkpoint_sha256=sha256_file(run_dir / "checkpoints" / "best.pt"),
+        backbone=cfg["config"]["model"]["backbone"],
+        search=bool(opts.time_budget_s),
+        val_macro_f1=ft.get("macro_f1"),
+        val_accuracy=ft.get("accuracy"),
+        best_epoch=ft.get("epoch"),
+        candidate=ft.get("candidate"),
+        image_size=cfg["config"]["model"]["image_size"],
+        baselines={k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()},
+        candidates={c["name"]: c["val"]["macro_f1"] for c in m.get("candidates", [])},
+        selection=m.get("selection"),
+        quality_gates=m.get("quality_gates"),
+        recipe=(m.get("recipe") or {}).get("choices", []),
+    )
 
 
-def _select_at(out: Path, sel: dict[str, Any], resolution: int, backbone: str) -> dict[str, Any]:
+def _select_at(out: Path, sel: SelectResult, resolution: int, backbone: str) -> SelectResult:
     """The selection's figures for the backbone and resolution training chose (the data's resolution
     rule or the recipe search, within the budget's fitting configurations)."""
     doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
     why = (
         f" Trained {backbone} at {resolution} px: "
-        + ("the recipe search's choice" if backbone != sel["backbone"] else "the data's resolution rule")
+        + ("the recipe search's choice" if backbone != sel.backbone else "the data's resolution rule")
         + ", within the latency budget."
     )
     rows = [c for c in doc.get("candidates", []) if c["backbone"] == backbone and c["resolution"] == resolution]
-    same = [c for c in rows if (c["runtime"], c["precision"]) == (sel["runtime"], sel["precision"])]
+    same = [c for c in rows if (c["runtime"], c["precision"]) == (sel.runtime, sel.precision)]
     pick = (same or sorted([c for c in rows if c["fits"]], key=lambda c: c["latency_ms_p95"]) or rows or [None])[0]
-    if pick is None:
-        return {**sel, "backbone": backbone, "resolution": resolution, "justification": sel["justification"] + why}
-    return {
-        **sel,
-        "backbone": backbone,
-        "resolution": resolution,
-        "runtime": pick["runtime"],
-        "precision": pick["precision"],
-        "latency_ms_p95_estimate": pick["latency_ms_p95"],
-        "latency_source": pick["latency_source"],
-        "memory_mb": pick["memory_mb"],
-        "file_mb": pick["file_mb"],
-        "accuracy": pick.get("accuracy"),
-        "justification": sel["justification"] + why,
-    }
+    doc = sel.model_dump() | {"backbone": backbone, "resolution": resolution, "justification": sel.justification + why}
+    if pick is not None:
+        doc |= {
+            "runtime": pick["runtime"],
+            "precision": pick["precision"],
+            "latency_ms_p95_estimate": pick["latency_ms_p95"],
+            "latency_source": pick["latency_source"],
+            "memory_mb": pick["memory_mb"],
+            "file_mb": pick["file_mb"],
+            "accuracy": pick.get("accuracy"),
+        }
+    return SelectResult.model_validate(doc)
 
 
-def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
+def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> EvaluateResult:
     from edgeclf.evaluate.decision import DecisionRequest
     from edgeclf.evaluate.run import Evaluation
 
@@ -304,27 +315,28 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
     else:
         test = ev.evaluate("test", robustness=False, explain=False)
     pick = ("accuracy", "balanced_accuracy", "macro_f1")
-    res = {
-        "val": {k: val.get(k) for k in pick},
-        "test": {k: test.get(k) for k in pick},
-        "val_ci": val.get("ci"),
-        "test_ci": test.get("ci"),
-        "temperature": val.get("calibration", {}).get("temperature"),
-        "report": "run/report/index.html",
-    }
+    decision = None
     if opts.decision is not None:
-        res["decision"] = {
-            "describe": (val.get("decision") or {}).get("describe"),
+        decision = DecisionResult(
+            describe=(val.get("decision") or {}).get("describe"),
             **{
                 s: _decision_summary(m)
                 for s, m in (("val", val), ("test", test))
                 if (m.get("decision") or {}).get("policy_document") == policy_doc["policy"]
             },
-        }
-    return res
+        )
+    return EvaluateResult(
+        val=SplitScores(**{k: val.get(k) for k in pick}),
+        test=SplitScores(**{k: test.get(k) for k in pick}),
+        val_ci=val.get("ci"),
+        test_ci=test.get("ci"),
+        temperature=val.get("calibration", {}).get("temperature"),
+        report="run/report/index.html",
+        decision=decision,
+    )
 
 
-def _decision_summary(m: dict[str, Any]) -> dict[str, Any]:
+def _decision_summary(m: dict[str, Any]) -> DecisionSummary:
     d = m["decision"]
     out = {
         side: {
@@ -336,10 +348,10 @@ def _decision_summary(m: dict[str, Any]) -> dict[str, Any]:
         }
         for side in ("policy", "argmax")
     }
-    return {**out["policy"], "argmax": out["argmax"], **({"ood": d["ood"]} if "ood" in d else {})}
+    return DecisionSummary.model_validate({**out["policy"], "argmax": out["argmax"], **({"ood": d["ood"]} if "ood" in d else {})})
 
 
-def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
+def _stage_export(opts: BuildOptions, out: Path, log: Log) -> ExportStageResult:
     from edgeclf.export.pipeline import export_run
 
     tmp = out / f".bundle.{os.getpid()}"
@@ -358,26 +370,12 @@ def _stage_export(opts: BuildOptions, out: Path, log: Log) -> dict[str, Any]:
         runtime_gate=c_runtime_rows,
     )
     _replace_dir(tmp, out / "bundle")
-    keys = (
-        "format",
-        "precision",
-        "status",
-        "size_mb",
-        "macro_f1",
-        "delta_macro_f1",
-        "agreement",
-        "ms_per_image",
-        "error",
-        "decision_agreement",
-        "decision_match",
+    return ExportStageResult(
+        bundle="bundle",
+        artifacts=[f"{a.format}/{a.precision}" for a in res.manifest.artifacts],
+        failed=res.failed,
+        parity=[ParityLine(**{k: getattr(r, k) for k in ParityLine.model_fields}) for r in res.parity.table],
     )
-    rows = [{k: getattr(r, k) for k in keys} for r in res.parity.table]
-    return {
-        "bundle": "bundle",
-        "artifacts": [f"{a.format}/{a.precision}" for a in res.manifest.artifacts],
-        "failed": res.failed,
-        "parity": rows,
-    }
 
 
 def _frame() -> np.ndarray:
@@ -385,7 +383,7 @@ def _frame() -> np.ndarray:
     return rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
 
 
-def _stage_benchmark(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Log) -> dict[str, Any]:
+def _stage_benchmark(opts: BuildOptions, out: Path, sel: SelectResult, log: Log) -> BenchmarkResult:
     from edgeclf.profiles import load_profile
 
     profile = load_profile(opts.profile)
@@ -393,32 +391,32 @@ def _stage_benchmark(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Lo
     measure = here if opts.measure is None else opts.measure
     budget = opts.budget_ms or profile.budgets.latency_ms_p95
     if not measure:
-        est = sel["latency_ms_p95_estimate"]
+        est = sel.latency_ms_p95_estimate
         log(f"benchmark: ESTIMATED for {profile.name} ({why}): p95 {est:.2f} ms")
-        return {
-            "source": "estimate",
-            "why": why,
-            "latency_ms_p95": est,
-            "budget_ms": budget,
-            "fits": est <= budget,
-            "label": f"estimated by the cost model ({why}); measure on the device "
+        return BenchmarkResult(
+            source="estimate",
+            why=why,
+            latency_ms_p95=est,
+            budget_ms=budget,
+            fits=est <= budget,
+            label=f"estimated by the cost model ({why}); measure on the device "
             "with `edgeclf bench` or `pytest benchmarks --benchmark-only`",
-        }
+        )
     from edgeclf.runtime import Classifier
 
     frame = _frame()
-    rows = []
+    rows: list[BenchmarkRow] = []
     # The selected configuration (what the budget was checked against), then the runtime's
     # own default (`auto`: the fastest artifact it can run) when that is another artifact.
-    backend = str(sel["runtime"]).split("/")[0]
-    for want in ((backend, sel["precision"], "selected"), ("auto", "auto", "runtime default")):
+    backend = str(sel.runtime).split("/")[0]
+    for want in ((backend, sel.precision, "selected"), ("auto", "auto", "runtime default")):
         try:
             clf = Classifier(out / "bundle", backend=want[0], precision=want[1])
         except EdgeclfError as e:
             log(f"benchmark: {want[2]} configuration not runnable here: {e}")
             continue
         with clf:
-            if any(r["artifact"] == clf.artifact and r["runtime"] == f"c-runtime/{clf.backend}" for r in rows):
+            if any(r.artifact == clf.artifact and r.runtime == f"c-runtime/{clf.backend}" for r in rows):
                 continue
             for _ in range(10):
                 clf.classify(frame, top_k=5)
@@ -428,26 +426,26 @@ def _stage_benchmark(opts: BuildOptions, out: Path, sel: dict[str, Any], log: Lo
                 clf.classify(frame, top_k=5)
                 ts.append((time.perf_counter() - t0) * 1000)
             rows.append(
-                {
-                    "runtime": f"c-runtime/{clf.backend}",
-                    "precision": clf.precision,
-                    "artifact": clf.artifact,
-                    "configuration": want[2],
-                    "p50_ms": float(np.percentile(ts, 50)),
-                    "p95_ms": float(np.percentile(ts, 95)),
-                    "p99_ms": float(np.percentile(ts, 99)),
-                }
+                BenchmarkRow(
+                    runtime=f"c-runtime/{clf.backend}",
+                    precision=clf.precision,
+                    artifact=clf.artifact,
+                    configuration=want[2],
+                    p50_ms=float(np.percentile(ts, 50)),
+                    p95_ms=float(np.percentile(ts, 95)),
+                    p99_ms=float(np.percentile(ts, 99)),
+                )
             )
     if not rows:
         raise BuildError("benchmark: the C runtime could run no artifact of the bundle here")
-    p95 = rows[0]["p95_ms"]
-    log(f"benchmark: MEASURED on this host: p95 {p95:.2f} ms ({rows[0]['artifact']}, 640x480 frame -> top-5, C runtime)")
-    return {
-        "source": "measured",
-        "why": why if here else "forced with --measure",
-        "latency_ms_p95": p95,
-        "budget_ms": budget,
-        "fits": p95 <= budget,
-        "rows": rows,
-        "label": "measured on this host, end to end through the C runtime (640x480 RGB8 frame -> top-5)",
-    }
+    p95 = rows[0].p95_ms
+    log(f"benchmark: MEASURED on this host: p95 {p95:.2f} ms ({rows[0].artifact}, 640x480 frame -> top-5, C runtime)")
+    return BenchmarkResult(
+        source="measured",
+        why=why if here else "forced with --measure",
+        latency_ms_p95=p95,
+        budget_ms=budget,
+        fits=p95 <= budget,
+        rows=rows,
+        label="measured on this host, end to end through the C runtime (640x480 RGB8 frame -> top-5)",
+    )
