@@ -13,8 +13,8 @@ def _blobs(n_per: int, n_classes: int, dim: int, seed: int, scale: float = 1.0, 
     centres = np.random.default_rng(99).normal(0, 1.0, (n_classes, dim))
     x = np.concatenate([centres[c] + rng.normal(0, scale, (n_per, dim)) for c in range(n_classes)])
     y = np.repeat(np.arange(n_classes), n_per)
-    # features on wildly different scales and offsets, as pooled CNN features are
-    return x * np.geomspace(0.01, 100, dim) + offset, y
+    # features on different scales and with an offset, as pooled CNN features are
+    return x * np.geomspace(0.3, 3, dim) + offset, y
 
 
 def test_folded_head_equals_the_standardised_model_and_separates_classes():
@@ -24,7 +24,7 @@ def test_folded_head_equals_the_standardised_model_and_separates_classes():
     xva, yva = _blobs(30, 4, 16, seed=1, scale=1.5, offset=0.5)
     fit = fit_probe(xtr, ytr, xva, yva, 4)
     assert fit.c in C_GRID and fit.weight.shape == (4, 16) and fit.bias.shape == (4,)
-    mu, sd = xtr.mean(0), xtr.std(0)
+    mu, sd = xtr.mean(0), np.sqrt(xtr.var(0).mean())
     ref = LogisticRegression(C=fit.c, max_iter=2000, tol=1e-8).fit((xtr - mu) / sd, ytr)
     ours = xva @ fit.weight.T.astype(np.float64) + fit.bias
     assert (ours.argmax(1) == ref.predict((xva - mu) / sd)).mean() >= 0.98
@@ -84,6 +84,17 @@ def test_class_weights_move_the_boundary_towards_the_large_class():
         return float(((xva @ f.weight.T + f.bias).argmax(1)[yva == 1] == 1).mean())
 
     assert recall1(weighted) > recall1(plain) + 0.2
+
+
+def test_weights_keep_the_features_proportions():
+    # a feature that varies 1000x less than the others must not get 1000x the weight: the
+    # head is scaled as a whole, so quantising its rows keeps every feature's contribution
+    rng = np.random.default_rng(10)
+    y = np.repeat(np.arange(2), 100)
+    x = rng.normal(0, 1, (200, 8)) + y[:, None] * 1.0
+    x[:, 0] = 1e-3 * rng.normal(0, 1, 200) + 1e-3 * y
+    fit = fit_probe(x[:150], y[:150], x[150:], y[150:], 2, grid=(1.0,))
+    assert np.abs(fit.weight[:, 0]).max() < np.abs(fit.weight[:, 1:]).max()
 
 
 def test_nearly_constant_features_do_not_become_huge_weights():

@@ -57,7 +57,10 @@ def test_search_respects_its_budget_and_never_reads_test(
     # trial may still be running when the budget ends
     slowest = max(r["seconds"] for r in table["trials"])
     assert took <= budget + slowest + 10
-    assert len(table["trials"]) >= 2 and table["trials"][0]["trial"] == 0
+    assert table["trials"][0]["trial"] == 0
+    # a second trial starts when the first one's time still fits in what is left (on a loaded
+    # host the first trial alone can take more than half the budget)
+    assert len(table["trials"]) >= 2 or 2 * table["trials"][0]["seconds"] > budget
     assert seen and not (seen & test_paths)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     done = [r for r in table["trials"] if r["state"] == "complete"]
