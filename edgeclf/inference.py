@@ -153,17 +153,7 @@ class BundleClassifier:
         try:
             self.runner = load_runner(
                 self.bundle_dir,
-                {
-                    "format": a.format,
-                    "precision": a.precision,
-                    "file": a.file,
-                    "extra_files": [e.file for e in a.extra_files],
-                    "runtime": a.runtime,
-                    "status": "ok",
-                    "error": None,
-                    "export_seconds": 0.0,
-                    "details": a.details,
-                },
+                a.to_artifact(),
                 self.spec,
                 self.labels,
                 threads=threads,

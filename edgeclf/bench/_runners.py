@@ -210,17 +210,7 @@ def _builtin_factory(runtime: str) -> RunnerFactory:
             return None
         if importlib.util.find_spec(BUILTIN_RUNTIMES[runtime]) is None:
             raise RunnerUnavailable(f"{BUILTIN_RUNTIMES[runtime]} is not installed")
-        entry = {
-            "format": a.format,
-            "precision": a.precision,
-            "file": a.file,
-            "extra_files": [e.file for e in a.extra_files],
-            "runtime": a.runtime,
-            "status": "ok",
-            "error": None,
-            "export_seconds": 0.0,
-            "details": a.details,
-        }
+        entry = a.to_artifact()
         try:
             runner = load_runner(
                 request.bundle_dir,

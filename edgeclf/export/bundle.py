@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -23,6 +23,9 @@ from edgeclf.errors import EdgeclfError
 from edgeclf.evaluate.decision import DecisionPolicy
 from edgeclf.export.parity_schema import PARITY, ParityReport, ParityReportError, parse_parity
 from edgeclf.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    from edgeclf.export.formats import Artifact
 
 #: 1.1.0 added the optional ``decision`` section (absent: argmax, so 1.0.x bundles still load).
 SCHEMA_VERSION = "1.1.0"
@@ -94,6 +97,22 @@ class ArtifactEntry(FileEntry):
     extra_files: list[FileEntry] = []
     status: str  # "ok" (shipped) — failed artifacts are listed in parity.json only
     details: dict[str, Any] = {}
+
+    def to_artifact(self) -> Artifact:
+        """The exporter's record of this shipped artifact, as the runners take it."""
+        from edgeclf.export.formats import Artifact
+
+        return Artifact(
+            format=self.format,
+            precision=self.precision,
+            file=self.file,
+            extra_files=[e.file for e in self.extra_files],
+            runtime=self.runtime,
+            status="ok",
+            error=None,
+            export_seconds=0.0,
+            details=self.details,
+        )
 
 
 class BundleManifest(BaseModel):
