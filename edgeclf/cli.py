@@ -247,6 +247,13 @@ def _log_to_stderr(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _refuse_measuring_options(mode: str, *given: tuple[str, object]) -> None:
+    """Options that only apply when measuring, given with a mode that does not measure: one clear error."""
+    names = [name for name, value in given if value is not None]
+    if names:
+        raise typer.BadParameter(f"{', '.join(names)} apply to measuring, not to {mode}")
+
+
 def _int_list(option: str, value: str | None) -> list[int] | None:
     """A comma list of integers; None when the option is not given, [] for an empty one."""
     if value is None:
@@ -385,21 +392,16 @@ def profiles_calibrate_costmodel(
     from edgeclf.select.calibration import format_validation
 
     if validate_only:
-        given = [
-            n
-            for n, v in (
-                ("--backbones", backbones),
-                ("--resolutions", resolutions),
-                ("--int8-resolutions", int8_resolutions),
-                ("--runtimes", runtimes),
-                ("--threads", threads),
-                ("--passes", passes),
-                ("--work-dir", work_dir),
-            )
-            if v is not None
-        ]
-        if given:
-            raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --validate-only")
+        _refuse_measuring_options(
+            "--validate-only",
+            ("--backbones", backbones),
+            ("--resolutions", resolutions),
+            ("--int8-resolutions", int8_resolutions),
+            ("--runtimes", runtimes),
+            ("--threads", threads),
+            ("--passes", passes),
+            ("--work-dir", work_dir),
+        )
     resolutions_px = _int_list("--resolutions", resolutions)
     int8_px = _int_list("--int8-resolutions", int8_resolutions)
     with _log_to_stderr("edgeclf.select"):
@@ -1404,22 +1406,17 @@ def bench_cmd(
     from edgeclf.bench import compare, run_bench, write_comparison, write_report
 
     if compare_files:
-        given = [
-            n
-            for n, v in (
-                ("--runtime", runtime),
-                ("--precision", precision),
-                ("--batch", batch),
-                ("--rounds", rounds),
-                ("--warmup", warmup),
-                ("--threads", threads),
-                ("--profile", profile),
-                ("--preprocess", preprocess or None),
-            )
-            if v is not None
-        ]
-        if given:
-            raise typer.BadParameter(f"{', '.join(given)} apply to measuring, not to --compare")
+        _refuse_measuring_options(
+            "--compare",
+            ("--runtime", runtime),
+            ("--precision", precision),
+            ("--batch", batch),
+            ("--rounds", rounds),
+            ("--warmup", warmup),
+            ("--threads", threads),
+            ("--profile", profile),
+            ("--preprocess", preprocess or None),
+        )
         cmp = compare(paths)
         if out_file is not None:
             write_comparison(out_file, cmp)
