@@ -297,3 +297,10 @@ def test_tensorrt_build_without_tensorrt_is_a_clear_error(
 
     res = runner.invoke(app, ["tensorrt", "build", "--onnx", str(onnx), "--precision", "int4"])
     assert res.exit_code == 2 and "int4" in res.output
+
+
+def test_measuring_options_are_refused_where_nothing_is_measured() -> None:
+    r = runner.invoke(app, ["profiles", "calibrate-costmodel", "--validate-only", "--threads", "2", "--passes", "3"])
+    assert r.exit_code != 0
+    text = " ".join(r.output.replace("│", " ").split())
+    assert "--threads, --passes apply to measuring, not to --validate-only" in text
