@@ -14,7 +14,7 @@ __all__ = ["ConfigError", "DataError", "EdgeclfError", "ProfileError", "__versio
 
 def __getattr__(name: str):  # noqa: ANN202 - lazy: `import edgeclf` stays light (no torch)
     if name == "predict":
-        from edgeclf.inference import predict
+        from edgeclf.runtime.reference import predict
 
         return predict
     raise AttributeError(f"module 'edgeclf' has no attribute {name!r}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from edgeclf.errors import EdgeclfError
@@ -44,22 +44,30 @@ def _print_json(obj: Any) -> None:
 
 
 @contextmanager
-def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields a ``(done, total)`` callback."""
+def _progress(label: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr (elapsed time and ETA); yields a ``(done, total, step=None)``
+    callback: ``step`` names what is running now (a new step restarts the bar and its ETA)."""
     if not enabled or not err.is_terminal:
-        yield lambda done, total: None
+        yield lambda done, total, step=None: None
         return
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
     ) as prog:
         task = prog.add_task(label, total=None)
+        current = [label]
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, total: int, step: str | None = None) -> None:
+            if step is not None and step != current[0]:
+                current[0] = step
+                prog.reset(task, description=step, total=total, completed=done)
+                return
             prog.update(task, completed=done, total=total)
 
         yield update
@@ -485,6 +493,7 @@ def train_cmd(
 ) -> None:
     """Candidates on validation (majority class, linear probe, fine-tuning); the best one is shipped."""
     from edgeclf.train import load_config, train
+    from edgeclf.train.record import read_metrics
     from edgeclf.train.search import parse_duration, search, train_seeds
 
     if (manifest is None) == (data is None) and not resume:
@@ -527,9 +536,9 @@ def train_cmd(
         "seed": seed,
     }
     if resume and manifest is None and (run_dir / "config.yaml").is_file():
-        import yaml
+        from edgeclf.train.record import read_run_config
 
-        stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["config"]
+        stored = read_run_config(run_dir).config.model_dump(mode="json")
         cfg = load_config(
             None, {**{k: v for k, v in _flatten(stored).items()}, **{k: v for k, v in overrides.items() if v is not None}}
         )
@@ -538,47 +547,47 @@ def train_cmd(
     log = (lambda m: err.print(m)) if as_json else (lambda m: out.print(m))
     if time_budget:
         search(cfg, run_dir, parse_duration(time_budget), log=log)
-        m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        m = read_metrics(run_dir)
     elif seeds:
         try:
             seed_list = [int(x) for x in seeds.split(",") if x.strip()]
         except ValueError:
             raise typer.BadParameter(f"--seeds {seeds!r}: expected integers such as 0,1,2") from None
         train_seeds(cfg, run_dir, seed_list, log=log)
-        m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        m = read_metrics(run_dir)
     else:
         with _progress("training", True) as cb:
-            result = train(cfg, run_dir, resume=resume, log=log, progress=lambda label, d, t: cb(d, t))
+            result = train(cfg, run_dir, resume=resume, log=log, progress=lambda label, d, t: cb(d, t, label))
         m = result.metrics
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     if as_json:
-        _print_json(m)
+        _print_json(m.to_json())
         return
     t = Table(title=f"{run_dir}: validation candidates (test split untouched)")
     for col in ("candidate", "accuracy", "macro-F1", "seconds"):
         t.add_column(col)
-    selected = (m.get("selection") or {}).get("selected")
-    for c in m.get("candidates", []):
-        b = "[bold]" if c["name"] == selected else ""
+    selected = m.selection.selected if m.selection else None
+    for c in m.candidates:
+        b = "[bold]" if c.name == selected else ""
         t.add_row(
-            f"{b}{c['name']}{' (shipped)' if c['name'] == selected else ''}",
-            f"{b}{c['val']['accuracy']:.4f}",
-            f"{b}{c['val']['macro_f1']:.4f}",
-            f"{c.get('seconds', 0):.0f}",
+            f"{b}{c.name}{' (shipped)' if c.name == selected else ''}",
+            f"{b}{c.val.accuracy:.4f}",
+            f"{b}{c.val.macro_f1:.4f}",
+            f"{c.seconds:.0f}",
         )
     out.print(t)
-    if m.get("selection"):
-        out.print(m["selection"]["reason"])
-    if m.get("seeds"):
-        sd = m["seeds"]
+    if m.selection:
+        out.print(m.selection.reason)
+    sd = (m.model_extra or {}).get("seeds")
+    if sd:
         out.print(
             f"over seeds {sd['seeds']}: val macro-F1 {sd['mean']:.4f} ± {sd['std']:.4f} "
             f"(min {sd['min']:.4f}, max {sd['max']:.4f})"
         )
-    gate = (m.get("quality_gates") or {}).get("every_class_recalled") or {}
-    if gate.get("passed") is False:
-        err.print(f"[yellow]warning:[/] the shipped model never predicts {', '.join(gate['classes'])} on validation")
+    gate = m.quality_gates.get("every_class_recalled")
+    if gate is not None and not gate.passed:
+        err.print(f"[yellow]warning:[/] the shipped model never predicts {', '.join(gate.classes)} on validation")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -733,31 +742,31 @@ def evaluate_cmd(
             explain,
             robustness_images,
             log=log,
-            progress=lambda label, d, t: cb(d, t),
+            progress=lambda label, d, t: cb(d, t, label),
             decision=req,
         )
     if as_json:
-        _print_json(m)
+        _print_json(m.to_json())
         return
-    t = Table(title=f"{run_dir} — {split}{' (TEST REUSED)' if m['test_reused'] else ''}")
+    t = Table(title=f"{run_dir} — {split}{' (TEST REUSED)' if m.test_reused else ''}")
     t.add_column("class")
     for col in ("precision", "recall", "F1", "support"):
         t.add_column(col, justify="right")
-    for c, v in m["per_class"].items():
-        t.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    for c, v in m.per_class.items():
+        t.add_row(c, f"{v.precision:.3f}", f"{v.recall:.3f}", f"{v.f1:.3f}", str(v.support))
     out.print(t)
-    cal = m["calibration"]
+    cal = m.calibration
     out.print(
-        f"accuracy {m['accuracy']:.4f} · balanced {m['balanced_accuracy']:.4f} · macro-F1 [bold]{m['macro_f1']:.4f}[/] · "
-        f"weighted-F1 {m['weighted_f1']:.4f}"
+        f"accuracy {m.accuracy:.4f} · balanced {m.balanced_accuracy:.4f} · macro-F1 [bold]{m.macro_f1:.4f}[/] · "
+        f"weighted-F1 {m.weighted_f1:.4f}"
     )
     out.print(
-        f"calibration: T = {cal['temperature']:.3f} (fitted on val); ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}; "
-        f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
+        f"calibration: T = {cal.temperature:.3f} (fitted on val); ECE {cal.ece_before:.4f} -> {cal.ece_after:.4f}; "
+        f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}"
     )
-    for g, v in m["verdict"]["gates"].items():
-        out.print(f"  {'[green]pass[/]' if v['passed'] else '[red]FAIL[/]'}  {g}: {v['rule']}")
-    _render_decision(m)
+    for g, v in m.verdict.gates.items():
+        out.print(f"  {'[green]pass[/]' if v.passed else '[red]FAIL[/]'}  {g}: {v.rule}")
+    _render_decision(m.to_json())
     out.print(f"report: {run_dir / 'report' / 'index.html'}")
 
 
@@ -998,12 +1007,12 @@ def _run_build(opts: Any, as_json: bool) -> None:
     console = err if as_json else out
     log = lambda m: console.print(f"  [dim]{m}[/]")  # noqa: E731
     marks = {"running": "[bold cyan]▶[/]", "done": "[green]✓[/]", "cached": "[green]✓[/] [dim](cached)[/]"}
-    with _progress("training", not as_json) as cb:
+    with _progress("building", not as_json) as cb:
         res = build(
             opts,
             log=log,
             on_stage=lambda name, state: console.print(f"{marks[state]} [bold]{name}[/]"),
-            progress=lambda label, d, t: cb(d, t),
+            progress=lambda label, d, t: cb(d, t, label),
         )
     r = res.results
     weak = weak_classes(r.train)
@@ -1061,7 +1070,7 @@ def predict_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Calibrated top-k labels for each image, on the fastest artifact available here."""
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     clf = BundleClassifier(bundle, runtime)
     preds = clf.classify(images, top_k)
@@ -1400,10 +1409,51 @@ def bench_cmd(
             help="Compare result files (edgeclf bench --out; pytest-benchmark --benchmark-json) instead of measuring.",
         ),
     ] = False,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="Time the candidate artifacts in the C runtime now and record the fastest for this host in the "
+            "bundle's autotune.json (what precision=auto then loads here without timing).",
+        ),
+    ] = False,
+    tune_cache: Annotated[
+        Path | None, typer.Option("--tune-cache", help="With --tune: the cache file to update (default: BUNDLE/autotune.json).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency (p50/p90/p95/p99), throughput and peak memory of a bundle's artifacts on this machine."""
     from edgeclf.bench import compare, run_bench, write_comparison, write_report
+
+    if tune:
+        _refuse_measuring_options(
+            "--tune",
+            ("--runtime", runtime),
+            ("--precision", precision),
+            ("--batch", batch),
+            ("--rounds", rounds),
+            ("--warmup", warmup),
+            ("--profile", profile),
+            ("--preprocess", preprocess or None),
+            ("--compare", compare_files or None),
+            ("--out", out_file),
+        )
+        if len(paths) != 1 or not paths[0].is_dir():
+            raise typer.BadParameter("--tune takes one bundle directory")
+        from edgeclf.bench.tune import tune_bundle
+
+        res = tune_bundle(paths[0], threads=threads or 0, cache=tune_cache)
+        if as_json:
+            _print_json(res.to_json_dict())
+            return
+        t = Table(title=f"{paths[0]}: candidate artifacts timed on this host (C runtime, batch 1, median)")
+        t.add_column("artifact")
+        t.add_column("ms / image", justify="right")
+        for name, ms in sorted(res.ms.items(), key=lambda kv: kv[1]):
+            t.add_row(f"[bold]{name} (chosen)[/]" if name == res.chosen else name, f"{ms:.3f}")
+        out.print(t)
+        out.print(f"precision=auto loads {res.chosen} ({res.backend}/{res.precision}) here; recorded in {res.cache}")
+        return
 
     if compare_files:
         _refuse_measuring_options(

@@ -317,7 +317,7 @@ def validate_bundle(bundle_dir: Path) -> BundleManifest:
     every file's hash, and the fastest artifact opened with one frame, so labels that do not match
     the model's outputs are refused here, not on the device."""
     from edgeclf.errors import EdgeclfError
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     try:
         return BundleClassifier(bundle_dir).manifest  # read_bundle(verify=True), then the artifact opened

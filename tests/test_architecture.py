@@ -29,6 +29,9 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 
+#: The package's compiled extension modules (built by scikit-build; no .py source).
+COMPILED = ("edgeclf._runtime",)
+
 #: Remaining debts: (importer layer, imported layer) for upward edges, or a frozenset of the
 #: modules of a cycle. Each names its way out.
 KNOWN: dict[object, str] = {}
@@ -50,9 +53,14 @@ def _module_name(path: Path) -> str:
 
 def _imports() -> dict[str, set[str]]:
     """module -> the edgeclf modules it imports (relative imports resolved, names mapped to modules)."""
-    files = {_module_name(p): p for p in (REPO / "edgeclf").rglob("*.py")}
+    files: dict[str, Path | None] = {_module_name(p): p for p in (REPO / "edgeclf").rglob("*.py")}
+    # compiled extension modules are leaves of their own (`from edgeclf import _runtime` imports
+    # the extension, not the package's __init__)
+    files |= dict.fromkeys(COMPILED)
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
+        if path is None:
+            continue
         pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             targets: list[str] = []

@@ -380,3 +380,14 @@ def test_the_chain_passes_models_and_resumes_from_their_records(monkeypatch: pyt
     assert status["benchmark"] == "done" and status["train"] == "cached"
     assert status["package"] == "cached" and status["report"] == "cached"  # the same result, so the same keys
     assert any(line.startswith("benchmark: the recorded result") for line in lines)
+
+
+def test_selection_document_is_read_through_its_schema(tmp_path: Path) -> None:
+    from edgeclf.errors import ConfigError
+    from edgeclf.select.document import read_selection
+
+    with pytest.raises(ConfigError, match="select stage did not run"):
+        read_selection(tmp_path)
+    (tmp_path / "selection.json").write_text(json.dumps({"profile": "p", "budgets": {}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"selection\.json: budgets\.latency_ms_p95: Field required"):
+        read_selection(tmp_path)

@@ -78,7 +78,7 @@ def test_run_ships_its_best_candidate_and_never_reads_test(
     tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     test_paths, seen = record_decoded(tiny_manifest, monkeypatch)
-    m = train(cfg(tiny_manifest, tmp_path), tmp_path / "run").metrics
+    m = train(cfg(tiny_manifest, tmp_path), tmp_path / "run").metrics.to_json()
     assert seen and not (seen & test_paths)
     names = [c["name"] for c in m["candidates"]]
     assert names == ["majority_class", "linear_probe", "finetune"]
@@ -110,7 +110,7 @@ def test_weak_class_gate_fires_and_names_the_class(tiny_manifest: Path, tmp_path
         return real_add(self, name, description, logits, *a, **k)
 
     monkeypatch.setattr(loop._Candidates, "add", never_c)
-    m = train(cfg(tiny_manifest, tmp_path), tmp_path / "run").metrics
+    m = train(cfg(tiny_manifest, tmp_path), tmp_path / "run").metrics.to_json()
     gate = m["quality_gates"]["every_class_recalled"]
     assert gate["passed"] is False and gate["classes"] == ["c"]
     from edgeclf.build import weak_classes
@@ -159,7 +159,7 @@ def test_cached_run_resumes_like_an_uninterrupted_one(
     from edgeclf.train.loop import Trainer
 
     c = cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3})
-    full = train(c, tmp_path / "full").metrics
+    full = train(c, tmp_path / "full").metrics.to_json()
     real = Trainer._top_epoch
     calls = {"n": 0}
 
@@ -173,7 +173,7 @@ def test_cached_run_resumes_like_an_uninterrupted_one(
     with pytest.raises(KeyboardInterrupt):
         train(c, tmp_path / "cut")
     monkeypatch.setattr(Trainer, "_top_epoch", real)
-    resumed = train(c, tmp_path / "cut", resume=True).metrics
+    resumed = train(c, tmp_path / "cut", resume=True).metrics.to_json()
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "images_per_second")} for e in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(full["history"])
     assert resumed["selection"]["selected"] == full["selection"]["selected"]
@@ -216,7 +216,7 @@ def test_augmentation_that_destroys_the_label_is_softened(
 
     monkeypatch.setattr(ManifestDataset, "_build_augment", lambda self: Blank())
     c = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03})
-    m = train(c, tmp_path / "run").metrics
+    m = train(c, tmp_path / "run").metrics.to_json()
     soft = [ch for ch in m["recipe"]["choices"] if ch["reason"].startswith("probe check")]
     assert [ch["key"] for ch in soft] == ["augment.crop_scale", "augment.rotation_deg"]
     stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -224,7 +224,7 @@ def test_augmentation_that_destroys_the_label_is_softened(
     assert "crop_scale:" in (tmp_path / "run" / "config.yaml").read_text()
     # the user's own crop wins: no check
     c2 = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.crop_scale": [0.5, 1.0]})
-    m2 = train(c2, tmp_path / "run2").metrics
+    m2 = train(c2, tmp_path / "run2").metrics.to_json()
     assert not [ch for ch in m2["recipe"]["choices"] if ch["reason"].startswith("probe check")]
 
 

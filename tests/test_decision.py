@@ -273,7 +273,7 @@ POLICIES = {
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_c_runtime_decides_exactly_as_python(tmp_path: Path, name: str) -> None:
     runtime = pytest.importorskip("edgeclf.runtime")
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     pol = POLICIES[name]
     b = make_synthetic_bundle(tmp_path / "b", decision=pol)
@@ -361,7 +361,7 @@ def test_python_and_c_refuse_the_same_bad_decision_sections(tmp_path: Path, case
 def test_an_older_bundle_without_a_decision_section_loads_as_argmax(tmp_path: Path) -> None:
     runtime = pytest.importorskip("edgeclf.runtime")
     from edgeclf.export.bundle import read_bundle
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     b = make_synthetic_bundle(tmp_path / "old")
 

@@ -106,7 +106,7 @@ def test_c_and_python_decide_alike_on_a_real_bundle_for_every_policy(
     from edgeclf.evaluate.decision import fit_policy
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.run import Evaluation
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     run, bundle, ood = policy_bundle
     ev = Evaluation(run)

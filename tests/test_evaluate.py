@@ -84,7 +84,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_val_then_test_once_and_report(tiny_run: Path) -> None:
     from edgeclf.evaluate import evaluate
 
-    m = evaluate(tiny_run, "val", robustness_max_images=6)
+    m = evaluate(tiny_run, "val", robustness_max_images=6).to_json()
     assert m["split"] == "val" and not m["test_reused"]
     assert set(m["verdict"]["gates"]) == {
         "best_candidate_shipped",
@@ -102,14 +102,14 @@ def test_evaluate_val_then_test_once_and_report(tiny_run: Path) -> None:
         assert (tiny_run / "report" / "figures" / "val" / f"{fig}.png").is_file(), fig
     assert (tiny_run / "report" / "figures" / "val" / "mistakes.csv").read_text().startswith("path,true,predicted")
     assert m["robustness"]["rows"] and "image_size" in m["slices"]
-    t = evaluate(tiny_run, "test", robustness=False, explain=False)
+    t = evaluate(tiny_run, "test", robustness=False, explain=False).to_json()
     assert t["temperature"] == m["temperature"]  # fitted on val, reused for test
     assert set(t["train_vs_heldout"]["splits"]) == {"train", "val", "test"}
     from edgeclf.evaluate.ledger import TestReuseError
 
     with pytest.raises(TestReuseError):
         evaluate(tiny_run, "test", robustness=False, explain=False)
-    again = evaluate(tiny_run, "test", allow_test_reuse=True, robustness=False, explain=False)
+    again = evaluate(tiny_run, "test", allow_test_reuse=True, robustness=False, explain=False).to_json()
     assert again["test_reused"] and not again["verdict"]["gates"]["test_touched_once"]["passed"]
     html = (tiny_run / "report" / "index.html").read_text(encoding="utf-8")
     assert "TEST SPLIT REUSED" in html and "data:image/png;base64," in html and "Verdict" in html
@@ -306,7 +306,8 @@ def _crafted_run(
             "git_commit": None,
             "versions": {"torch": "x", "timm": "y"},
             "weights": {"source": "test", "location": "-"},
-            "preprocess": {"crop_size": 64, "resize_size": 64},
+            "preprocess": {"crop_size": 64, "resize_size": 64, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3},
+            "data_root": str(tmp_path),
         },
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")

@@ -82,7 +82,7 @@ def test_tampered_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
     import shutil
 
     from edgeclf.export.bundle import BundleError
-    from edgeclf.inference import predict
+    from edgeclf.runtime.reference import predict
 
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)

@@ -20,7 +20,7 @@ from edgeclf.export.bundle import (
     read_bundle,
     write_manifest,
 )
-from edgeclf.inference import to_rgb_array
+from edgeclf.runtime.types import to_rgb_array
 
 CLASSES = ["a", "b", "c"]
 
@@ -164,3 +164,28 @@ def test_int8_gates_are_decided_for_the_number_of_images() -> None:
     a_big[:5] = np.roll(a_big[:5], 1, axis=1)  # 5 of 1200 flipped: 99.6 % agreement
     big = P.compare("onnx", "int8", a_big, e_big, y_big, CLASSES, 1.0, 0.1)
     assert big.status == "passed" and big.rules["agreement"].startswith("point estimate")
+
+
+def test_third_party_output_goes_to_the_log_file_not_the_terminal(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import os
+
+    from edgeclf.export.formats import stdout_to_stderr, third_party_log
+
+    log_file = tmp_path / "logs" / "export.log"
+    with third_party_log(log_file), stdout_to_stderr():
+        print("Collecting tensor data and making histogram ...")
+        os.write(1, b"a C library's stdout\n")
+        os.write(2, b"a C library's stderr\n")
+        logging.getLogger("nncf").warning("NNCF says something")
+    print("ours, after")
+    text = log_file.read_text(encoding="utf-8")
+    for line in ("Collecting tensor data", "a C library's stdout", "a C library's stderr", "NNCF says something"):
+        assert line in text
+    out, err = capfd.readouterr()
+    assert "Collecting" not in out + err and "NNCF" not in out + err and "C library" not in out + err
+    assert "ours, after" in out  # the redirection ends with the block
+    with stdout_to_stderr():  # without a log file: off stdout, onto stderr (as before)
+        print("to stderr")
+    out, err = capfd.readouterr()
+    assert "to stderr" in err and "to stderr" not in out

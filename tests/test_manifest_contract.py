@@ -18,7 +18,7 @@ runtime = pytest.importorskip("edgeclf.runtime")
 def python_load(b: Path) -> str | None:
     """None when the Python side loads and classifies with the bundle, else its error message."""
     from edgeclf.errors import EdgeclfError
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     try:
         BundleClassifier(b).classify([np.zeros((40, 40, 3), np.uint8)], top_k=1)

@@ -464,7 +464,7 @@ def test_not_json_and_not_an_object_are_refused(tmp_path: Path) -> None:
 @pytest.mark.cpp
 def test_the_c_runtime_loads_a_bundle_with_a_versioned_report(tmp_path: Path) -> None:
     runtime = pytest.importorskip("edgeclf.runtime")
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
     from tests.conftest import make_synthetic_bundle
 
     b = make_synthetic_bundle(tmp_path / "bundle")

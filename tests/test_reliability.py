@@ -154,7 +154,7 @@ def test_the_c_runtime_face_refuses_the_same_images(tmp_path: Path, bad: object,
 
 def test_predict_keeps_only_resized_copies(tmp_path: Path) -> None:
     """Each input is decoded and resized before the next is decoded (large inputs are not all held)."""
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     b = make_synthetic_bundle(tmp_path / "b", crop=32, resize=40)
     clf = BundleClassifier(b)

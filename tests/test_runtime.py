@@ -61,7 +61,7 @@ def val_images(bundle: Path) -> list[Path]:
 def test_top1_and_probabilities_match_python(bundle: Path, backend: str, precision: str) -> None:
     """C++ end to end (decode in Python, everything else in C++) vs edgeclf.predict on the same artifact."""
     from edgeclf.export.bundle import read_bundle
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     m = read_bundle(bundle)
     art = [a for a in m.artifacts if a.runtime == backend and a.precision == precision]
@@ -74,22 +74,7 @@ def test_top1_and_probabilities_match_python(bundle: Path, backend: str, precisi
     from edgeclf.export.runners import load_runner
 
     a = art[0]
-    py.runner = load_runner(
-        bundle,
-        {
-            "format": a.format,
-            "precision": a.precision,
-            "file": a.file,
-            "extra_files": [e.file for e in a.extra_files],
-            "runtime": a.runtime,
-            "status": "ok",
-            "error": None,
-            "export_seconds": 0.0,
-            "details": a.details,
-        },
-        py.spec,
-        py.labels,
-    )
+    py.runner = load_runner(bundle, a.to_artifact(), py.spec, py.labels)
     want = py.classify(images, top_k=3)
     with runtime.Classifier(bundle, backend=backend, precision=precision) as clf:
         assert (clf.backend, clf.precision, clf.artifact) == (backend, precision, a.file)
@@ -106,13 +91,134 @@ def test_top1_and_probabilities_match_python(bundle: Path, backend: str, precisi
 
 
 def test_auto_choice_matches_predict(bundle: Path) -> None:
-    from edgeclf.inference import BundleClassifier
+    from edgeclf.runtime.reference import BundleClassifier
 
     py = BundleClassifier(bundle)
     if py.artifact.runtime not in ("onnxruntime", "openvino"):
         pytest.skip("the fastest artifact here is not one the C runtime runs")
     with runtime.Classifier(bundle) as clf:
         assert (clf.backend, clf.precision) == (py.artifact.runtime, py.artifact.precision)
+
+
+def test_both_faces_choose_by_one_rule(bundle: Path, tmp_path: Path) -> None:
+    """The fastest-artifact rule exists once: without host timing, whichever artifact the parity run
+    timed fastest, the Python face (choose_artifact) and the C runtime (precision "auto") both load
+    it; with it, the Python face loads the C runtime's choice."""
+    import shutil
+
+    from edgeclf.export.bundle import read_bundle
+    from edgeclf.runtime.reference import choose_artifact
+
+    work = tmp_path / "bundle"
+    shutil.copytree(bundle, work, ignore=shutil.ignore_patterns("autotune.json"))
+    m = read_bundle(work)
+    runnable = [a for a in m.artifacts if a.status == "ok" and a.runtime in ("onnxruntime", "openvino")]
+    assert len(runnable) >= 2, "the tiny export ships fewer than two artifacts the C runtime runs"
+    original = json.loads((work / "parity.json").read_text(encoding="utf-8"))
+    for fastest in runnable:
+        doc = json.loads(json.dumps(original))
+        for row in doc["table"]:
+            if row.get("ms_per_image") is not None:
+                mine = (row["format"], row["precision"]) == (fastest.format, fastest.precision)
+                row["ms_per_image"] = 0.5 if mine else 50.0
+        (work / "parity.json").write_text(json.dumps(doc), encoding="utf-8")
+        py = choose_artifact(work, m, autotune=False)
+        with runtime.Classifier(work, autotune=False) as clf:
+            assert (py.runtime, py.precision, py.file) == (fastest.runtime, fastest.precision, fastest.file)
+            assert (clf.backend, clf.precision, clf.artifact) == (fastest.runtime, fastest.precision, fastest.file)
+    # timed on this host: the Python face loads what the C runtime measured fastest
+    py = choose_artifact(work, m)
+    with runtime.Classifier(work) as clf:
+        assert clf.autotune["state"] in ("measured", "cached")
+        assert py.file == clf.artifact
+
+
+def _parity_says_fastest(work: Path, fastest: tuple[str, str]) -> None:
+    doc = json.loads((work / "parity.json").read_text(encoding="utf-8"))
+    for row in doc["table"]:
+        if row.get("ms_per_image") is not None:
+            row["ms_per_image"] = 0.5 if (row["format"], row["precision"]) == fastest else 50.0
+    (work / "parity.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def test_autotune_chooses_on_this_host_and_caches_it(bundle: Path, tmp_path: Path) -> None:
+    """precision=auto times the candidates here, whatever the export host recorded; the result is cached
+    per host and reused; autotune off is the export host's rule; a bad cache is ignored, never fatal."""
+    import shutil
+
+    from edgeclf.export.bundle import read_bundle
+
+    work = tmp_path / "bundle"
+    shutil.copytree(bundle, work, ignore=shutil.ignore_patterns("autotune.json"))
+    runnable = [a for a in read_bundle(work).artifacts if a.status == "ok" and a.runtime in ("onnxruntime", "openvino")]
+    assert len(runnable) >= 2
+    # the export host's figures, deliberately wrong: the last candidate "was fastest"
+    claimed = runnable[-1]
+    _parity_says_fastest(work, (claimed.format, claimed.precision))
+    with runtime.Classifier(work) as clf:
+        tuned = clf.autotune
+        assert tuned["state"] == "measured", tuned
+        assert set(tuned["ms"]) == {a.file for a in runnable} and all(v > 0 for v in tuned["ms"].values())
+        assert clf.artifact == min(tuned["ms"], key=tuned["ms"].get)  # the fastest as measured here
+        assert tuned["cache"] == str(work / "autotune.json")
+        assert clf.classify(np.asarray(blob_image(1, 64)), top_k=1)[0].label in clf.labels
+    cache = json.loads((work / "autotune.json").read_text(encoding="utf-8"))
+    assert cache["format"] == "edgeclf-autotune" and len(cache["entries"]) == 1
+    (entry,) = cache["entries"].values()
+    assert entry["chosen"] == min(tuned["ms"], key=tuned["ms"].get) and entry["host"]
+    with runtime.Classifier(work) as clf:  # the same host, threads and bundle: no timing
+        assert clf.autotune["state"] == "cached" and clf.artifact == entry["chosen"]
+    with runtime.Classifier(work, threads=1) as clf:  # another thread count is another entry
+        assert clf.autotune["state"] == "measured"
+    assert len(json.loads((work / "autotune.json").read_text(encoding="utf-8"))["entries"]) == 2
+    # a changed bundle (its manifest) is another entry: timed anew
+    from edgeclf._io import canonical_json
+
+    manifest = json.loads((work / "edgeclf.json").read_text(encoding="utf-8"))
+    (work / "edgeclf.json").write_text(canonical_json(manifest | {"name": manifest["name"] + "-v2"}), encoding="utf-8")
+    with runtime.Classifier(work) as clf:
+        assert clf.autotune["state"] == "measured"
+    assert len(json.loads((work / "autotune.json").read_text(encoding="utf-8"))["entries"]) == 3
+    with runtime.Classifier(work, autotune=False) as clf:  # the export host's rule
+        assert clf.artifact == claimed.file and clf.autotune["state"].startswith("off")
+    with runtime.Classifier(work, precision="fp32", backend="onnxruntime") as clf:
+        assert clf.autotune["state"].startswith("off") and clf.precision == "fp32"
+    # a damaged cache is ignored and replaced; an entry naming a file the bundle lacks is not used
+    (work / "autotune.json").write_text("{not json", encoding="utf-8")
+    with runtime.Classifier(work) as clf:
+        assert clf.autotune["state"] == "measured"
+    doc = json.loads((work / "autotune.json").read_text(encoding="utf-8"))
+    for e in doc["entries"].values():
+        e["chosen"] = "gone.onnx"
+    (work / "autotune.json").write_text(json.dumps(doc), encoding="utf-8")
+    with runtime.Classifier(work) as clf:
+        assert clf.autotune["state"] == "measured"
+    # a cache that cannot be written only means the timing is not kept
+    with runtime.Classifier(work, autotune_cache=tmp_path / "no" / "such" / "dir" / "t.json") as clf:
+        assert clf.autotune["state"].startswith("measured (not cached: cannot write")
+
+
+def test_bench_tune_records_this_host_for_the_bundle(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from edgeclf.cli import app
+
+    work = tmp_path / "bundle"
+    shutil.copytree(bundle, work, ignore=shutil.ignore_patterns("autotune.json"))
+    foreign = {"format": "edgeclf-autotune", "version": 1, "entries": {"another-host": {"chosen": "model.onnx", "ms": {}}}}
+    (work / "autotune.json").write_text(json.dumps(foreign), encoding="utf-8")
+    res = CliRunner().invoke(app, ["bench", str(work), "--tune", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["chosen"] == min(out["ms"], key=out["ms"].get) and len(out["ms"]) >= 2
+    entries = json.loads((work / "autotune.json").read_text(encoding="utf-8"))["entries"]
+    assert "another-host" in entries and len(entries) == 2  # other devices' timings are kept
+    with runtime.Classifier(work) as clf:  # what --tune recorded is what the runtime then loads, untimed
+        assert clf.autotune["state"] == "cached" and clf.artifact == out["chosen"]
+    res = CliRunner().invoke(app, ["bench", str(work), "--tune", "--batch", "8"])
+    assert res.exit_code != 0 and "--batch" in res.output
 
 
 def test_classifier_api(bundle: Path, tmp_path: Path) -> None:
@@ -249,7 +355,7 @@ def test_versions() -> None:
 
     from edgeclf import _runtime
 
-    assert _runtime.api_version() == _runtime.API_VERSION == 2
+    assert _runtime.api_version() == _runtime.API_VERSION == 3  # 3: autotune
     assert runtime.version() == importlib.metadata.version("edgeclf") == "0.2.0"
     assert set(runtime.backends()) == {"onnxruntime", "openvino"}
 

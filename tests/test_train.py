@@ -59,7 +59,7 @@ def test_run_directory_contents(tiny_manifest: Path, tmp_path: Path) -> None:
     assert {"torch", "timm", "python"} <= set(cfg["run"]["versions"]) and "git_commit" in cfg["run"]
     assert cfg["run"]["preprocess"]["crop_size"] == 64 and cfg["config"]["seed"] == 1
     m = json.loads((run / "metrics.json").read_text())
-    assert m == result.metrics
+    assert m == result.metrics.to_json()
     assert set(m["baselines"]) == {"majority_class", "linear_probe"}
     assert 0.0 <= m["finetuned"]["macro_f1"] <= 1.0 and len(m["history"]) == 2
     best = max(m["history"], key=lambda h: h["val_macro_f1"])
@@ -129,7 +129,7 @@ def test_early_stopping_triggers(tiny_manifest: Path, tmp_path: Path) -> None:
         tmp_path,
         **{"finetune.epochs": 6, "finetune.lr": 1e-9, "probe.epochs": 0, "finetune.early_stopping_patience": 1},
     )
-    m = train(cfg, tmp_path / "run").metrics
+    m = train(cfg, tmp_path / "run").metrics.to_json()
     assert m["stopped_early"] and len(m["history"]) == 2  # epoch 2 did not beat epoch 1
     assert next(c for c in m["candidates"] if c["name"] == "finetune")["epoch"] == 1
 
@@ -139,7 +139,7 @@ def test_resume_after_interruption_matches_uninterrupted(
 ) -> None:
     # the whole network on images (the cached partial path has its own test in test_candidates.py)
     cfg = tiny_cfg(tiny_manifest, tmp_path, **{"finetune.epochs": 3, "finetune.unfreeze": "all"})
-    full = train(cfg, tmp_path / "full").metrics
+    full = train(cfg, tmp_path / "full").metrics.to_json()
 
     real_epoch = Trainer._train_epoch
     calls = {"n": 0}
@@ -155,7 +155,7 @@ def test_resume_after_interruption_matches_uninterrupted(
         train(cfg, tmp_path / "cut")
     monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 0
-    resumed = train(cfg, tmp_path / "cut", resume=True).metrics
+    resumed = train(cfg, tmp_path / "cut", resume=True).metrics.to_json()
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "images_per_second")} for e in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(full["history"])
     assert resumed["finetuned"] == full["finetuned"]
@@ -364,5 +364,5 @@ def test_finetune_lite0_on_trashnet_subset_beats_linear_probe(tmp_path: Path) ->
             "seed": 0,
         },
     )
-    metrics = train(cfg, tmp_path / "run").metrics
+    metrics = train(cfg, tmp_path / "run").metrics.to_json()
     assert metrics["finetuned"]["macro_f1"] > metrics["baselines"]["linear_probe"]["macro_f1"]

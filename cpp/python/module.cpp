@@ -91,12 +91,13 @@ std::vector<py::tuple> decision_rows(const std::vector<edgeclf_decision>& d) {
 class Model {
  public:
   Model(const std::string& bundle, const std::string& backend, const std::string& device, const std::string& precision,
-        int threads, bool verify, const std::string& ort_library)
-      : model_(load(bundle, make_options(backend, device, precision, threads, verify, ort_library))) {}
+        int threads, bool verify, const std::string& ort_library, bool autotune, const std::string& autotune_cache)
+      : model_(load(bundle, make_options(backend, device, precision, threads, verify, ort_library, autotune, autotune_cache))) {}
   Model(const py::bytes& manifest, const std::map<std::string, py::bytes>& files, const std::string& backend,
         const std::string& device, const std::string& precision, int threads, bool verify,
-        const std::string& ort_library)
-      : model_(load(manifest, files, make_options(backend, device, precision, threads, verify, ort_library))) {}
+        const std::string& ort_library, bool autotune, const std::string& autotune_cache)
+      : model_(load(manifest, files,
+                    make_options(backend, device, precision, threads, verify, ort_library, autotune, autotune_cache))) {}
 
   size_t num_classes() const { return model_.num_classes(); }
   std::vector<std::string> labels() const { return model_.labels(); }
@@ -121,10 +122,11 @@ class Model {
  private:
   static edgeclf::Options make_options(const std::string& backend, const std::string& device,
                                        const std::string& precision, int threads, bool verify,
-                                       const std::string& ort_library) {
+                                       const std::string& ort_library, bool autotune, const std::string& autotune_cache) {
     edgeclf::Options o;
-    o.backend(backend).device(device).precision(precision).threads(threads).verify(verify);
+    o.backend(backend).device(device).precision(precision).threads(threads).verify(verify).autotune(autotune);
     if (!ort_library.empty()) o.onnxruntime_library(ort_library);
+    if (!autotune_cache.empty()) o.autotune_cache(autotune_cache);
     return o;
   }
   static edgeclf::Model load(const std::string& bundle, const edgeclf::Options& opts) {
@@ -235,14 +237,15 @@ PYBIND11_MODULE(_runtime, m) {
 
   py::class_<Model>(m, "Model")
       .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&, int, bool,
-                    const std::string&>(),
+                    const std::string&, bool, const std::string&>(),
            py::arg("bundle"), py::arg("backend") = "auto", py::arg("device") = "cpu", py::arg("precision") = "auto",
-           py::arg("threads") = 0, py::arg("verify") = true, py::arg("onnxruntime_library") = "")
+           py::arg("threads") = 0, py::arg("verify") = true, py::arg("onnxruntime_library") = "",
+           py::arg("autotune") = true, py::arg("autotune_cache") = "")
       .def(py::init<const py::bytes&, const std::map<std::string, py::bytes>&, const std::string&, const std::string&,
-                    const std::string&, int, bool, const std::string&>(),
+                    const std::string&, int, bool, const std::string&, bool, const std::string&>(),
            py::arg("manifest"), py::arg("files"), py::arg("backend") = "auto", py::arg("device") = "cpu",
            py::arg("precision") = "auto", py::arg("threads") = 0, py::arg("verify") = true,
-           py::arg("onnxruntime_library") = "")
+           py::arg("onnxruntime_library") = "", py::arg("autotune") = true, py::arg("autotune_cache") = "")
       .def_property_readonly("num_classes", &Model::num_classes)
       .def_property_readonly("labels", &Model::labels)
       .def_property_readonly("input_shape", &Model::input_shape)

@@ -1,11 +1,15 @@
 // The C API: every entry point catches everything and turns it into a status code plus a
 // thread-local message. Nothing throws across this boundary.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <new>
 #include <numeric>
 #include <thread>
@@ -84,8 +88,30 @@ std::shared_ptr<const std::vector<uint8_t>> read_file(const std::string& dir, co
   return data;
 }
 
-// parity.json, when present, is checked as the Python loader checks it (edgeclf.export.bundle.read_parity):
-// a JSON object with a "table" list whose rows name their format and precision.
+// The major version of a "MAJOR.MINOR.PATCH[-pre][+build]" string, or -1 when it is not one.
+long semver_major(const std::string& v) {
+  const std::string core = v.substr(0, v.find_first_of("-+"));
+  long major = -1;
+  int parts = 0;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = core.find('.', start);
+    const std::string p = core.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (p.empty() || p.find_first_not_of("0123456789") != std::string::npos || p.size() > 9) return -1;
+    if (parts++ == 0) major = std::stol(p);
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts == 3 ? major : -1;
+}
+
+// parity.json, when present, is checked as the Python loader checks the parts the runtime reads
+// (edgeclf.export.parity_schema.parse_parity; tests/manifest_cases.py holds the cases both must agree
+// on): a JSON object of a 1.x schema (or of schema 0, without a version) with a "table" list whose rows
+// name their format and precision, a known status, and numbers (or null) for the figures; a versioned
+// report records every figure of a row and its split, image count, temperature and artifacts.
+constexpr long kParityMajor = 1;
+
 nlohmann::json read_parity(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -93,16 +119,48 @@ nlohmann::json read_parity(const std::string& dir) {
   const auto text = read_file(dir, "parity.json", kMaxManifestBytes, EDGECLF_ERR_INTEGRITY);
   const auto j = nlohmann::json::parse(text->begin(), text->end(), nullptr, /*allow_exceptions=*/false);
   const std::string where = dir + "/parity.json is damaged (";
-  if (j.is_discarded()) fail(EDGECLF_ERR_INTEGRITY, where + "not valid JSON); re-export the bundle");
-  if (!j.is_object() || !j.contains("table") || !j["table"].is_array())
-    fail(EDGECLF_ERR_INTEGRITY, where + "no 'table' list of artifacts); re-export the bundle");
+  auto damaged = [&](const std::string& what) { fail(EDGECLF_ERR_INTEGRITY, where + what + "); re-export the bundle"); };
+  if (j.is_discarded()) damaged("not valid JSON");
+  if (!j.is_object()) damaged("not a JSON object");
+  const bool versioned = j.contains("schema_version");
+  if (versioned) {
+    const auto& v = j["schema_version"];
+    const long major = v.is_string() ? semver_major(v.get<std::string>()) : -1;
+    if (major < 0) damaged("schema_version: " + v.dump() + " is not a semantic version");
+    if (major != kParityMajor)
+      fail(EDGECLF_ERR_INTEGRITY, dir + "/parity.json: parity report schema_version " + v.dump() +
+                                      " is not supported (this runtime reads " + std::to_string(kParityMajor) + ".x); " +
+                                      (major > kParityMajor ? "upgrade edgeclf" : "re-export the bundle"));
+    for (const char* key : {"split", "images", "temperature", "artifacts"})
+      if (!j.contains(key)) damaged(std::string(key) + ": Field required");
+    if (!j["artifacts"].is_array()) damaged("artifacts: Input should be a valid list");
+  }
+  if (!j.contains("table") || !j["table"].is_array()) damaged("no 'table' list of artifacts");
+  static const char* const kStatuses[] = {"reference", "ok", "parity_failed", "insufficient_evidence", "export_failed", "skipped"};
   size_t i = 0;
   for (const auto& row : j["table"]) {
+    const std::string at = "table." + std::to_string(i);
     if (!row.is_object() || !row.contains("format") || !row["format"].is_string() || !row.contains("precision") ||
         !row["precision"].is_string())
-      fail(EDGECLF_ERR_INTEGRITY, where + "table row " + std::to_string(i) + " has no format and precision); re-export the bundle");
-    if (row.contains("ms_per_image") && !row["ms_per_image"].is_null() && !row["ms_per_image"].is_number())
-      fail(EDGECLF_ERR_INTEGRITY, where + "table row " + std::to_string(i) + ": ms_per_image is not a number); re-export the bundle");
+      damaged("table row " + std::to_string(i) + " has no format and precision");
+    if (row.contains("status") && !row["status"].is_null()) {
+      const auto& st = row["status"];
+      const bool known = st.is_string() && std::any_of(std::begin(kStatuses), std::end(kStatuses),
+                                                       [&](const char* k) { return st.get<std::string>() == k; });
+      if (!known) damaged(at + ".status: " + st.dump() + " is not a status this runtime knows");
+    } else if (versioned && !row.contains("status")) {
+      damaged(at + ".status: Field required");
+    }
+    for (const char* key : {"size_mb", "macro_f1", "delta_macro_f1", "agreement", "ms_per_image"}) {
+      if (!row.contains(key)) {
+        if (versioned) damaged(at + "." + key + ": Field required");
+        continue;
+      }
+      const auto& x = row[key];
+      if (!x.is_null() && (!x.is_number() || x.is_boolean()))
+        damaged(std::string(key) == "ms_per_image" ? "table row " + std::to_string(i) + ": ms_per_image is not a number"
+                                                   : at + "." + key + ": is not a number");
+    }
     ++i;
   }
   return j;
@@ -155,7 +213,8 @@ const char* backend_of(const edgeclf::Artifact& a) {
   return nullptr;
 }
 
-const edgeclf::Artifact& choose(const edgeclf::Manifest& m, const edgeclf::LoadOptions& o, const std::string& dir) {
+// The artifacts the options allow and this build can run, in the manifest's order.
+std::vector<const edgeclf::Artifact*> candidates(const edgeclf::Manifest& m, const edgeclf::LoadOptions& o) {
   std::vector<const edgeclf::Artifact*> c;
   for (const auto& a : m.artifacts) {
     const char* b = backend_of(a);
@@ -174,7 +233,14 @@ const edgeclf::Artifact& choose(const edgeclf::Manifest& m, const edgeclf::LoadO
                                               o.precision + " in this build (backends: " + edgeclf_backends() +
                                               "; bundle has: " + (have.empty() ? "none" : have) + ")");
   }
-  if (o.precision == "auto" && !dir.empty()) {  // the same rule as edgeclf.predict: fastest measured
+  return c;
+}
+
+// Without timings of this host: the fastest artifact of the bundle's parity run (precision "auto",
+// the same rule as edgeclf.predict), else fp32 before other precisions, then the manifest's order.
+const edgeclf::Artifact& choose_static(const std::vector<const edgeclf::Artifact*>& c, const edgeclf::LoadOptions& o,
+                                       const std::string& dir) {
+  if (o.precision == "auto" && !dir.empty()) {
     const auto speed = parity_speeds(dir);
     auto ms = [&](const edgeclf::Artifact* a) {
       auto it = speed.find({a->format, a->precision});
@@ -193,6 +259,196 @@ void verify(const std::string& name, const std::string& sha, uint64_t size, cons
                                 "tampered with); re-export the bundle");
 }
 
+// ---- autotune: the fastest candidate artifact as measured on this host -----------------------------------
+
+//: Timed runs per candidate (after one warm-up) and the time all candidates' timing may take
+//: together; a candidate gets at least one timed run, so a very slow one ends its timing early.
+constexpr int kTuneRuns = 7;
+constexpr double kTuneBudgetSeconds = 1.5;
+//: Entries a cache file keeps (the most recent; one per host, thread setting and bundle).
+constexpr size_t kTuneMaxEntries = 32;
+
+struct Tuning {
+  const edgeclf::Artifact* chosen = nullptr;
+  std::unique_ptr<edgeclf::BackendModel> model;  // the chosen artifact, loaded (when measured here)
+  std::string state, timings, cache;
+};
+
+// What the host is, for the cache key: the CPU's model name, the number of hardware threads.
+std::string host_description() {
+  std::string cpu = "unknown cpu";
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    if (key == "model name" || key == "Model" || key == "Hardware" || key == "cpu model") {
+      cpu = line.substr(line.find_first_not_of(" \t", colon + 1));
+      if (key == "model name") break;
+    }
+  }
+  return cpu + "; " + std::to_string(std::thread::hardware_concurrency()) + " hardware threads";
+}
+
+double median_ms(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string fmt_ms(double ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", ms);
+  return buf;
+}
+
+// The cache file (JSON): {"format": "edgeclf-autotune", "version": 1, "entries": {key: entry}}; an
+// entry names the host, the chosen artifact and every candidate's median milliseconds. A file that
+// does not parse, or another format, is ignored (and replaced on the next write), never an error.
+nlohmann::json read_tune_cache(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return nlohmann::json();
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (text.size() > kMaxManifestBytes) return nlohmann::json();
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || j.value("format", "") != "edgeclf-autotune" || !j.contains("entries") ||
+      !j["entries"].is_object())
+    return nlohmann::json();
+  return j;
+}
+
+// Write atomically (a temporary file beside it, then a rename); "" or why it could not be written.
+std::string write_tune_cache(const std::string& path, nlohmann::json doc) {
+  namespace fs = std::filesystem;
+  auto& entries = doc["entries"];
+  while (entries.size() > kTuneMaxEntries) {  // the oldest first (ISO times sort as text)
+    auto oldest = entries.begin();
+    for (auto it = entries.begin(); it != entries.end(); ++it)
+      if (it.value().value("measured_at", "") < oldest.value().value("measured_at", "")) oldest = it;
+    entries.erase(oldest);
+  }
+  const std::string tmp = path + ".tmp." + std::to_string(static_cast<unsigned long>(std::hash<std::thread::id>{}(std::this_thread::get_id())));
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) return "cannot write " + tmp;
+    f << doc.dump(1) << "\n";
+    if (!f.flush()) return "cannot write " + tmp;
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return "cannot rename into " + path;
+  }
+  return "";
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+template <class Open>
+Tuning autotune(const std::vector<const edgeclf::Artifact*>& cands, const edgeclf::LoadOptions& o, const std::string& dir,
+                const std::string& manifest_text, int crop, size_t classes, Open&& open_artifact) {
+  Tuning t;
+  t.cache = !o.autotune_cache.empty() ? o.autotune_cache : dir.empty() ? "" : dir + "/autotune.json";
+  const std::string host = host_description();
+  // the backend libraries the candidates would run on: a new ONNX Runtime or OpenVINO is timed anew
+  std::string libraries;
+  bool ort = false, ov = false;
+  for (const auto* a : cands) (std::string(backend_of(*a)) == "onnxruntime" ? ort : ov) = true;
+  if (ort) libraries += "onnxruntime " + edgeclf::onnxruntime_library_version(o) + "; ";
+  if (ov) libraries += "openvino " + edgeclf::openvino_library_version() + "; ";
+  const std::string key_text = manifest_text + "\n" + host + "\nthreads " + std::to_string(o.threads) + "\ndevice " +
+                               o.device + "\nbackend " + o.backend + "\nedgeclf " + EDGECLF_VERSION_STRING + "\n" +
+                               libraries;
+  const std::string key = edgeclf::sha256_hex(key_text.data(), key_text.size());
+  auto describe = [](const nlohmann::json& ms) {
+    std::string out;
+    for (auto it = ms.begin(); it != ms.end(); ++it)
+      if (it.value().is_number()) out += (out.empty() ? "" : ";") + it.key() + "=" + fmt_ms(it.value().get<double>());
+    return out;
+  };
+  nlohmann::json cache = t.cache.empty() ? nlohmann::json() : read_tune_cache(t.cache);
+  if (!cache.is_null() && cache["entries"].contains(key)) {
+    const auto& e = cache["entries"][key];
+    if (e.is_object() && e.contains("chosen") && e["chosen"].is_string() && e.contains("ms") && e["ms"].is_object()) {
+      for (const auto* a : cands)
+        if (a->file == e["chosen"].get<std::string>()) {
+          t.chosen = a;
+          t.state = "cached";
+          t.timings = describe(e["ms"]);
+          return t;
+        }
+    }
+  }
+  // measure: one warm-up and up to kTuneRuns timed runs of a black frame's tensor per candidate
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const double per = kTuneBudgetSeconds / static_cast<double>(cands.size());
+  std::vector<float> input(static_cast<size_t>(3) * crop * crop, 0.0f), logits(classes);
+  nlohmann::json ms = nlohmann::json::object();
+  double best = 1e300;
+  std::unique_ptr<edgeclf::Error> first_error;
+  for (const auto* a : cands) {
+    std::unique_ptr<edgeclf::BackendModel> model;
+    std::unique_ptr<edgeclf::BackendSession> session;
+    try {  // an artifact this host cannot run is left out of the choice, not a failed load
+      model = open_artifact(*a);
+      session = model->create_session();
+      session->run(input.data(), 1, logits.data());  // warm-up: first-run allocations, lazy compilation
+    } catch (const edgeclf::Error& e) {
+      if (e.status() == EDGECLF_ERR_INTEGRITY) throw;  // a damaged file refuses the bundle, as without tuning
+      if (!first_error) first_error = std::make_unique<edgeclf::Error>(e);
+      ms[a->file] = std::string("failed: ") + e.what();
+      continue;
+    }
+    std::vector<double> runs;
+    const auto start = clock::now();
+    for (int i = 0; i < kTuneRuns; ++i) {
+      const auto r0 = clock::now();
+      session->run(input.data(), 1, logits.data());
+      runs.push_back(std::chrono::duration<double, std::milli>(clock::now() - r0).count());
+      if (std::chrono::duration<double>(clock::now() - start).count() > per) break;
+    }
+    const double m = median_ms(runs);
+    ms[a->file] = m;
+    if (m < best) {
+      best = m;
+      t.chosen = a;
+      t.model = std::move(model);
+    }
+  }
+  if (t.chosen == nullptr) throw *first_error;  // no candidate runs here: the first one's error
+  t.timings = describe(ms);
+  const double took = std::chrono::duration<double>(clock::now() - t0).count();
+  t.state = "measured";
+  if (t.cache.empty()) {
+    t.state += " (not cached: a bundle loaded from memory names no cache file)";
+    return t;
+  }
+  if (cache.is_null()) cache = {{"format", "edgeclf-autotune"}, {"version", 1}, {"entries", nlohmann::json::object()}};
+  cache["entries"][key] = {{"host", host},
+                           {"threads", o.threads},
+                           {"device", o.device},
+                           {"edgeclf", EDGECLF_VERSION_STRING},
+                           {"libraries", libraries},
+                           {"chosen", t.chosen->file},
+                           {"ms", ms},
+                           {"seconds", took},
+                           {"measured_at", utc_now()}};
+  const std::string why = write_tune_cache(t.cache, cache);
+  if (!why.empty()) t.state += " (not cached: " + why + ")";
+  return t;
+}
+
 std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::LoadOptions& o, const std::string& dir,
                                 const edgeclf_file* files, size_t file_count) {
   auto impl = std::make_shared<ModelImpl>();
@@ -206,39 +462,54 @@ std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::Lo
         for (const auto& f : refs) verify(f.file, f.sha256, f.size_bytes, *read_file(dir, f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY));
       }
   }
-  impl->artifact = choose(impl->manifest, o, dir);
-  const edgeclf::Artifact& a = impl->artifact;
-  std::vector<edgeclf::FileRef> needed{{a.file, a.sha256, a.size_bytes}};
-  needed.insert(needed.end(), a.extra_files.begin(), a.extra_files.end());
-  for (const auto& f : needed) {
-    std::shared_ptr<const std::vector<uint8_t>> data;
-    if (!dir.empty()) {
-      data = read_file(dir, f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY);
-    } else {
-      for (size_t i = 0; i < file_count; ++i) {
-        need(files[i].name, "file name");
-        if (files[i].data == nullptr && files[i].size > 0) fail(EDGECLF_ERR_INVALID_ARGUMENT, "file data is NULL");
-        if (f.file == files[i].name) {
-          const auto* p = static_cast<const uint8_t*>(files[i].data);
-          data = std::make_shared<std::vector<uint8_t>>(p, p + files[i].size);
-          break;
-        }
-      }
-      if (!data) fail(EDGECLF_ERR_BUNDLE, "bundle file " + f.file + " was not passed to edgeclf_model_load_memory");
-    }
-    if (o.verify) verify(f.file, f.sha256, f.size_bytes, *data);
-    impl->files[f.file] = std::move(data);
-  }
+  const auto cands = candidates(impl->manifest, o);
   const int crop = impl->manifest.spec.crop_size;
   const size_t classes = impl->manifest.labels.size();
+  auto open_artifact = [&](const edgeclf::Artifact& a) {
+    edgeclf::FileMap held;
+    std::vector<edgeclf::FileRef> needed{{a.file, a.sha256, a.size_bytes}};
+    needed.insert(needed.end(), a.extra_files.begin(), a.extra_files.end());
+    for (const auto& f : needed) {
+      std::shared_ptr<const std::vector<uint8_t>> data;
+      if (!dir.empty()) {
+        data = read_file(dir, f.file, f.size_bytes, EDGECLF_ERR_INTEGRITY);
+      } else {
+        for (size_t i = 0; i < file_count; ++i) {
+          need(files[i].name, "file name");
+          if (files[i].data == nullptr && files[i].size > 0) fail(EDGECLF_ERR_INVALID_ARGUMENT, "file data is NULL");
+          if (f.file == files[i].name) {
+            const auto* p = static_cast<const uint8_t*>(files[i].data);
+            data = std::make_shared<std::vector<uint8_t>>(p, p + files[i].size);
+            break;
+          }
+        }
+        if (!data) fail(EDGECLF_ERR_BUNDLE, "bundle file " + f.file + " was not passed to edgeclf_model_load_memory");
+      }
+      if (o.verify) verify(f.file, f.sha256, f.size_bytes, *data);
+      held[f.file] = std::move(data);
+    }
+    // the backend holds what it still needs of the files
+    return std::string(backend_of(a)) == "onnxruntime" ? edgeclf::load_onnxruntime(a, held, o, crop, classes)
+                                                       : edgeclf::load_openvino(a, held, o, crop, classes);
+  };
+  Tuning tuning;
+  if (o.precision == "auto" && o.autotune && cands.size() > 1) {
+    tuning = autotune(cands, o, dir, std::string(text, size), crop, classes, open_artifact);
+    impl->artifact = *tuning.chosen;
+    impl->backend_model = std::move(tuning.model);
+  } else {
+    tuning.state = o.precision != "auto" ? "off (precision " + o.precision + " asked for)"
+                   : !o.autotune         ? "off (disabled by the options)"
+                                         : "off (one candidate artifact)";
+    impl->artifact = choose_static(cands, o, dir);
+  }
+  const edgeclf::Artifact& a = impl->artifact;
   impl->backend = backend_of(a);
   impl->threads = o.threads;
   impl->preprocess_bands = o.preprocess_bands;
   impl->preprocess_wide = o.preprocess_wide;
-  impl->backend_model = impl->backend == "onnxruntime" ? edgeclf::load_onnxruntime(a, impl->files, o, crop, classes)
-                                                       : edgeclf::load_openvino(a, impl->files, o, crop, classes);
+  if (!impl->backend_model) impl->backend_model = open_artifact(a);
   impl->device = impl->backend_model->device();
-  impl->files.clear();  // the backend holds what it still needs
   impl->properties = {{"backend", impl->backend},
                       {"device", impl->device},
                       {"artifact", a.file},
@@ -246,7 +517,10 @@ std::shared_ptr<ModelImpl> load(const char* text, size_t size, const edgeclf::Lo
                       {"precision", a.precision},
                       {"name", impl->manifest.name},
                       {"schema_version", impl->manifest.schema_version},
-                      {"decision", impl->manifest.decision.describe}};
+                      {"decision", impl->manifest.decision.describe},
+                      {"autotune", tuning.state},
+                      {"autotune_ms", tuning.timings},
+                      {"autotune_cache", tuning.cache}};
   return impl;
 }
 
@@ -379,6 +653,21 @@ edgeclf_status edgeclf_options_set_verify(edgeclf_options* options, int32_t veri
   return guarded([&] {
     need(options, "options");
     options->o.verify = verify != 0;
+  });
+}
+
+edgeclf_status edgeclf_options_set_autotune(edgeclf_options* options, int32_t enabled) {
+  return guarded([&] {
+    need(options, "options");
+    options->o.autotune = enabled != 0;
+  });
+}
+
+edgeclf_status edgeclf_options_set_autotune_cache(edgeclf_options* options, const char* path) {
+  return guarded([&] {
+    need(options, "options");
+    need(path, "path");
+    options->o.autotune_cache = path;
   });
 }
 

@@ -136,6 +136,9 @@ struct LoadOptions {
   std::string precision = "auto";
   bool verify = true;
   std::string onnxruntime_library;
+  // precision "auto": time the candidate artifacts on this host at load (cached per host)
+  bool autotune = true;
+  std::string autotune_cache;  // "" : <bundle>/autotune.json for a directory bundle, none in memory
   // Experimental knobs (edgeclf_experimental.h); -1: not set, the environment or the built-in
   // choice decides.
   int ort_spin = -1;          // 0 | 1
@@ -163,6 +166,10 @@ using FileMap = std::map<std::string, std::shared_ptr<const std::vector<uint8_t>
 
 bool onnxruntime_available_in_build();
 bool openvino_available_in_build();
+// The backend library in use, for the autotune cache key ("" when the build lacks the backend;
+// "unavailable" when ONNX Runtime's library cannot be loaded).
+std::string onnxruntime_library_version(const LoadOptions& options);
+std::string openvino_library_version();
 std::unique_ptr<BackendModel> load_onnxruntime(const Artifact& artifact, const FileMap& files, const LoadOptions& options,
                                                int crop, size_t classes);
 std::unique_ptr<BackendModel> load_openvino(const Artifact& artifact, const FileMap& files, const LoadOptions& options,

@@ -92,7 +92,8 @@ void test_without_bundle() {
 
   edgeclf::Options o;
   CHECK(o.get() != nullptr);
-  o.threads(1).backend("auto").device("cpu").precision("auto").verify(true).onnxruntime_library("");
+  o.threads(1).backend("auto").device("cpu").precision("auto").verify(true).onnxruntime_library("").autotune(true);
+  o.autotune_cache("autotune.json").autotune(false);
   EXPECT_ERROR(o.threads(-1), EDGECLF_ERR_INVALID_ARGUMENT);
   EXPECT_ERROR(o.backend("tflite"), EDGECLF_ERR_INVALID_ARGUMENT);
   EXPECT_ERROR(o.device("tpu"), EDGECLF_ERR_INVALID_ARGUMENT);

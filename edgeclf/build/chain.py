@@ -229,7 +229,7 @@ def build(
             "evaluate",
             {"checkpoint": ck, "robustness": opts.robustness, "decision": decision_key},
             [out / "run" / "report" / "index.html"],
-            lambda: _stage_evaluate(opts, out, log),
+            lambda: _stage_evaluate(opts, out, log, progress),
             EvaluateResult,
         )
         export = stages.run(

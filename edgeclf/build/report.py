@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,9 @@ def _fmt(v: Any) -> str:
 
 
 def _stage_report(opts: BuildOptions, out: Path, results: BuildResults) -> ReportResult:
-    sel = json.loads((out / "selection.json").read_text(encoding="utf-8"))
+    from edgeclf.select.document import read_selection
+
+    sel = read_selection(out).to_json()
     b = results.benchmark
     lines = [
         f"# edgeclf build: {sel.get('profile') or opts.profile}",

@@ -6,7 +6,6 @@ chain (edgeclf.build.chain) records; a stage's finished directory is moved into 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from edgeclf._io import sha256_file, write_json
+from edgeclf._io import sha256_file
 from edgeclf.build.host import host_is_target
 from edgeclf.build.options import BuildError, BuildOptions, Log
 from edgeclf.build.results import (
@@ -135,6 +133,7 @@ def _measure_candidate(c: Any, out: Path, log: Log) -> list[Any]:
 def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> SelectResult:
     from edgeclf.profiles import load_profile
     from edgeclf.select import select_backbone
+    from edgeclf.select.document import SelectionDocument, SelectionRow, write_selection
 
     log = log or (lambda s: None)
     measured: list[Any] = []
@@ -174,19 +173,19 @@ def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> Sele
             f"{fitting[0].describe()} would be the first choice, but its pretrained weights are not available "
             "offline here; the next best with weights was taken"
         )
-    doc = {
-        "profile": res.profile,
-        "budgets": res.budgets.model_dump(mode="json"),
-        "choice": choice.model_dump(mode="json"),
-        "justification": res.justification
+    doc = SelectionDocument(
+        profile=res.profile,
+        budgets=res.budgets,
+        choice=choice,
+        justification=res.justification
         if choice is res.choice
         else f"{choice.describe()}: the most accurate fitting candidate with weights here. {note}",
-        "note": note,
-        "accuracy_rule": res.accuracy_rule,
-        "candidates": [c.model_dump(mode="json") | {"weights_here": _weights_here(c.backbone)} for c in res.candidates],
-        "table": res.table(),
-    }
-    write_json(out / "selection.json", doc)
+        note=note,
+        accuracy_rule=res.accuracy_rule,
+        candidates=[SelectionRow(**c.model_dump(), weights_here=_weights_here(c.backbone)) for c in res.candidates],
+        table=res.table(),
+    )
+    write_selection(out, doc)
     same = [
         c
         for c in res.candidates
@@ -203,7 +202,7 @@ def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> Sele
         memory_mb=choice.memory_mb,
         file_mb=choice.file_mb,
         accuracy=choice.accuracy,
-        justification=doc["justification"],
+        justification=doc.justification,
         selection="selection.json",
     )
 
@@ -212,6 +211,7 @@ def _stage_train(
     opts: BuildOptions, out: Path, sel: SelectResult, log: Log, progress: Callable[[str, int, int], None] | None
 ) -> TrainResult:
     from edgeclf.train import load_config, train
+    from edgeclf.train.record import read_metrics, read_run_config
 
     run_dir = out / "run"
     overrides: dict[str, Any] = {
@@ -235,50 +235,48 @@ def _stage_train(
     cfg = load_config(opts.config, overrides)
     max_size = sel.max_resolution or sel.resolution
     if opts.time_budget_s:
+        from edgeclf.select.document import read_selection, write_selection
         from edgeclf.train.search import search
 
         # the recipe and the backbone, among the selection's fitting ones with weights here
-        doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
-        others = sorted(
-            {c["backbone"] for c in doc["candidates"] if c["fits"] and c.get("weights_here") and c["backbone"] != sel.backbone}
-        )
+        doc = read_selection(out)
+        others = [b for b in doc.fitting_backbones_with_weights() if b != sel.backbone]
         log(f"train: searching the recipe for {opts.time_budget_s:.0f} s over {', '.join([sel.backbone, *others])}")
         table = search(cfg, run_dir, opts.time_budget_s, backbones=[sel.backbone, *others], log=log, max_image_size=max_size)
-        doc["search"] = table
-        write_json(out / "selection.json", doc)
+        write_selection(out, doc.model_copy(update={"search": table}))
     else:
         train(cfg, run_dir, resume=resume, log=log, progress=progress, max_image_size=max_size)
-    m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    ft = m.get("finetuned") or {}
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    m = read_metrics(run_dir)
+    trained = read_run_config(run_dir).config
     return TrainResult(
         run="run",
         checkpoint_sha256=sha256_file(run_dir / "checkpoints" / "best.pt"),
-        backbone=cfg["config"]["model"]["backbone"],
+        backbone=trained.model.backbone,
         search=bool(opts.time_budget_s),
-        val_macro_f1=ft.get("macro_f1"),
-        val_accuracy=ft.get("accuracy"),
-        best_epoch=ft.get("epoch"),
-        candidate=ft.get("candidate"),
-        image_size=cfg["config"]["model"]["image_size"],
-        baselines={k: v.get("macro_f1") for k, v in m.get("baselines", {}).items()},
-        candidates={c["name"]: c["val"]["macro_f1"] for c in m.get("candidates", [])},
-        selection=m.get("selection"),
-        quality_gates=m.get("quality_gates"),
-        recipe=(m.get("recipe") or {}).get("choices", []),
+        val_macro_f1=m.finetuned.macro_f1,
+        val_accuracy=m.finetuned.accuracy,
+        best_epoch=m.finetuned.epoch,
+        candidate=m.finetuned.candidate,
+        image_size=trained.model.image_size,
+        baselines=m.baseline_macro_f1(),
+        candidates=m.candidate_macro_f1(),
+        selection=m.selection.model_dump(mode="json") if m.selection else None,
+        quality_gates={k: g.model_dump(mode="json") for k, g in m.quality_gates.items()},
+        recipe=m.recipe_choices(),
     )
 
 
 def _select_at(out: Path, sel: SelectResult, resolution: int, backbone: str) -> SelectResult:
     """The selection's figures for the backbone and resolution training chose (the data's resolution
     rule or the recipe search, within the budget's fitting configurations)."""
-    doc = json.loads((out / "selection.json").read_text(encoding="utf-8"))
+    from edgeclf.select.document import read_selection
+
+    rows = [c.model_dump(mode="json") for c in read_selection(out).rows_at(backbone, resolution)]
     why = (
         f" Trained {backbone} at {resolution} px: "
         + ("the recipe search's choice" if backbone != sel.backbone else "the data's resolution rule")
         + ", within the latency budget."
     )
-    rows = [c for c in doc.get("candidates", []) if c["backbone"] == backbone and c["resolution"] == resolution]
     same = [c for c in rows if (c["runtime"], c["precision"]) == (sel.runtime, sel.precision)]
     pick = (same or sorted([c for c in rows if c["fits"]], key=lambda c: c["latency_ms_p95"]) or rows or [None])[0]
     doc = sel.model_dump() | {"backbone": backbone, "resolution": resolution, "justification": sel.justification + why}
@@ -295,19 +293,21 @@ def _select_at(out: Path, sel: SelectResult, resolution: int, backbone: str) -> 
     return SelectResult.model_validate(doc)
 
 
-def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> EvaluateResult:
+def _stage_evaluate(
+    opts: BuildOptions, out: Path, log: Log, progress: Callable[[str, int, int], None] | None = None
+) -> EvaluateResult:
     from edgeclf.evaluate.decision import DecisionRequest
+    from edgeclf.evaluate.record import read_split_evaluation
     from edgeclf.evaluate.run import Evaluation
 
     run_dir = out / "run"
-    ev = Evaluation(run_dir, log)  # one model load for the policy fit, validation and test
+    ev = Evaluation(run_dir, log, progress)  # one model load for the policy fit, validation and test
     # the decision policy is fitted on validation before the test split is touched (argmax when none is asked)
     policy_doc = ev.fit_decision(opts.decision or DecisionRequest())
     val = ev.evaluate("val", robustness=opts.robustness, explain=False)
-    test_path = run_dir / "eval" / "test" / "metrics.json"
-    if test_path.is_file():  # touched once already (an interrupted build): read, never re-evaluate
-        test = json.loads(test_path.read_text(encoding="utf-8"))
-        if (test.get("decision") or {}).get("policy_document") != policy_doc["policy"] and opts.decision is not None:
+    test = read_split_evaluation(run_dir, "test")
+    if test is not None:  # touched once already (an interrupted build): read, never re-evaluate
+        if test.policy_document() != policy_doc["policy"] and opts.decision is not None:
             log(
                 "the test split was evaluated before this decision policy was fitted; its test figures are not "
                 "reported (the test split is touched once; evaluate it again with --allow-test-reuse, marked as reused)"
@@ -318,26 +318,25 @@ def _stage_evaluate(opts: BuildOptions, out: Path, log: Log) -> EvaluateResult:
     decision = None
     if opts.decision is not None:
         decision = DecisionResult(
-            describe=(val.get("decision") or {}).get("describe"),
+            describe=(val.decision or {}).get("describe"),
             **{
-                s: _decision_summary(m)
+                s: _decision_summary(m.decision or {})
                 for s, m in (("val", val), ("test", test))
-                if (m.get("decision") or {}).get("policy_document") == policy_doc["policy"]
+                if m.policy_document() == policy_doc["policy"]
             },
         )
     return EvaluateResult(
-        val=SplitScores(**{k: val.get(k) for k in pick}),
-        test=SplitScores(**{k: test.get(k) for k in pick}),
-        val_ci=val.get("ci"),
-        test_ci=test.get("ci"),
-        temperature=val.get("calibration", {}).get("temperature"),
+        val=SplitScores(**{k: getattr(val, k) for k in pick}),
+        test=SplitScores(**{k: getattr(test, k) for k in pick}),
+        val_ci=val.ci,
+        test_ci=test.ci,
+        temperature=val.calibration.temperature,
         report="run/report/index.html",
         decision=decision,
     )
 
 
-def _decision_summary(m: dict[str, Any]) -> DecisionSummary:
-    d = m["decision"]
+def _decision_summary(d: dict[str, Any]) -> DecisionSummary:
     out = {
         side: {
             "macro_f1": d[side]["macro_f1"],

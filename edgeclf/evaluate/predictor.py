@@ -15,12 +15,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from edgeclf.data.manifest import Manifest, read_manifest
-from edgeclf.errors import ConfigError
 from edgeclf.preprocess import PreprocessSpec, preprocess
+from edgeclf.train.record import RunConfigDocument, read_run_config
 
 
 @runtime_checkable
@@ -136,7 +135,7 @@ class LoadedRun:
     classes: list[str]
     manifest: Manifest
     data_root: Path
-    config: dict
+    config: RunConfigDocument
     checkpoint_sha256: str
     best_epoch: int
 
@@ -157,20 +156,16 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt") -> LoadedRun:
     from edgeclf.train.loop import load_checkpoint
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir} is not a training run directory (no config.yaml); run `edgeclf train` first")
-    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    doc = read_run_config(run_dir)
     ck_path = run_dir / "checkpoints" / checkpoint
     ck = load_checkpoint(ck_path)
     classes = list(ck["classes"])
-    model, _ = create_model(ck["backbone"], len(classes), source="none", drop_rate=float(cfg["config"]["model"]["drop_rate"]))
+    model, _ = create_model(ck["backbone"], len(classes), source="none", drop_rate=doc.config.model.drop_rate)
     model.load_state_dict(ck["model"])
     model.eval()
     model = model.to(memory_format=torch.channels_last)
-    manifest_path = Path(cfg["config"]["data"]["manifest"])
-    manifest = read_manifest(manifest_path)
-    data_root = Path(cfg["run"]["data_root"])
+    manifest = read_manifest(doc.manifest)
+    data_root = Path(doc.run.data_root)
     return LoadedRun(
         run_dir=run_dir,
         model=model,
@@ -178,7 +173,7 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt") -> LoadedRun:
         classes=classes,
         manifest=manifest,
         data_root=data_root,
-        config=cfg,
+        config=doc,
         checkpoint_sha256=sha256_file(ck_path),
         best_epoch=int(ck["epoch"]) + 1,
     )

@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from edgeclf._io import atomic_write_text
+from edgeclf.evaluate.record import read_split_evaluation
+from edgeclf.train.record import read_metrics, read_run_config
 
 
 def _img(path: Path) -> str | None:
@@ -162,12 +164,14 @@ def write_report(run_dir: Path) -> Path:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    train_metrics = _load_json(run_dir / "metrics.json") or {}
-    audit, split_summary = _find_data_docs(run_dir, Path(cfg["config"]["data"]["manifest"]))
+    doc = read_run_config(run_dir)
+    cfg = doc.model_dump(mode="json")
+    train_metrics = read_metrics(run_dir).to_json() if (run_dir / "metrics.json").is_file() else {}
+    audit, split_summary = _find_data_docs(run_dir, doc.manifest)
     splits = {}
     for s in ("val", "test"):
-        m = _load_json(run_dir / "eval" / s / "metrics.json")
+        doc = read_split_evaluation(run_dir, s)  # typed: a damaged evaluation is an error naming the field
+        m = doc.to_json() if doc is not None else None
         if m:
             fig = run_dir / "report" / "figures" / s
             m["figures"] = {

@@ -28,6 +28,8 @@ from edgeclf.evaluate.metrics import (
     softmax,
 )
 from edgeclf.evaluate.predictor import LoadedRun, load_images, load_run
+from edgeclf.evaluate.record import SplitEvaluation, write_split_evaluation
+from edgeclf.train.record import read_metrics, write_metrics
 
 Log = Callable[[str], None]
 
@@ -300,7 +302,7 @@ class Evaluation:
         robustness_max_images: int = 300,
         explain: bool = True,
         seed: int = 0,
-    ) -> dict[str, Any]:
+    ) -> SplitEvaluation:
         if split not in ("val", "test"):
             raise ConfigError(f"--split must be val or test, got {split!r}")
         reused = False
@@ -349,7 +351,7 @@ class Evaluation:
         gap = side["train"]["macro_f1"] - side["val"]["macro_f1"]
         metrics["train_vs_heldout"] = {"splits": side, "train_minus_val_macro_f1": gap, "overfitting": gap > OVERFIT_GAP}
 
-        train_metrics = json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        train_metrics = read_metrics(self.run_dir).to_json()
         metrics["baselines"] = _dict(train_metrics.get("baselines"))
         metrics["candidate_comparison"] = candidate_comparison(self.run_dir, train_metrics, classes, seed, self.log)
 
@@ -372,7 +374,7 @@ class Evaluation:
                 "classes": classes,
             }
         )
-        write_json(self.run_dir / "eval" / split / "metrics.json", metrics)
+        doc = write_split_evaluation(self.run_dir, metrics)  # validated: what every reader relies on is there
         train_metrics.setdefault("evaluation", {})[split] = {
             k: metrics[k]
             for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "test_reused", "verdict", "ci")
@@ -397,11 +399,11 @@ class Evaluation:
             }
         train_metrics["evaluation"][split]["ece_after"] = metrics["calibration"]["ece_after"]
         train_metrics["calibration"] = {k: v for k, v in calib.items()}
-        write_json(self.run_dir / "metrics.json", train_metrics)
+        write_metrics(self.run_dir, train_metrics)
         from edgeclf.evaluate.report import write_report
 
         write_report(self.run_dir)
-        return metrics
+        return doc
 
     def _robustness(self, data: SplitData, fig_dir: Path, tag: str, max_images: int, seed: int) -> dict[str, Any]:
         from edgeclf.evaluate.robustness import plot_robustness, run_robustness
@@ -411,7 +413,10 @@ class Evaluation:
         images = load_images(self.run.data_root, [data.paths[i] for i in idx])
         self.log(f"robustness suite on {len(idx)} images")
         pred = self.run.fast_predictor(images[:8])
-        res = run_robustness(pred, images, data.y[idx], seed=seed)
+        tick = self.progress
+        res = run_robustness(
+            pred, images, data.y[idx], seed=seed, progress=(lambda d, t: tick(f"robustness {tag}", d, t)) if tick else None
+        )
         self.engine = pred.engine
         plot_robustness({"eager fp32": res}, fig_dir / "robustness.png", f"macro-F1 under corruption, {tag}")
         return {"images": int(len(idx)), **res.to_dict()}
@@ -641,7 +646,7 @@ def evaluate(
     log: Log | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     decision: Any = None,
-) -> dict[str, Any]:
+) -> SplitEvaluation:
     """Evaluate a training run on ``split``; write figures, metrics and the HTML report.
 
     ``decision`` (a :class:`~edgeclf.evaluate.decision.DecisionRequest`) fits that policy on

@@ -29,6 +29,7 @@ stdout redirected to stderr (Python-level and, where possible, file descriptor 1
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import json
 import logging
@@ -332,27 +333,75 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
 
 
+#: Where the export's third-party output goes (set by :func:`third_party_log`); None: stderr.
+_THIRD_PARTY_LOG: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edgeclf_third_party_log", default=None)
+#: The libraries whose own log records go to the log file with their prints.
+_CHATTY_LOGGERS = ("nncf", "onnxruntime", "openvino")
+
+
+@contextlib.contextmanager
+def third_party_log(path: Path | None) -> Iterator[None]:
+    """For the duration, :func:`stdout_to_stderr` sends the quantizers' and converters' chatter
+    (ONNX Runtime's "Collecting tensor data and making histogram ...", NNCF's progress and INFO
+    lines) to ``path`` (appended) instead of the user's terminal."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    token = _THIRD_PARTY_LOG.set(Path(path) if path is not None else None)
+    try:
+        yield
+    finally:
+        _THIRD_PARTY_LOG.reset(token)
+
+
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """Send everything printed to stdout (Python and C level) to stderr for the duration."""
-    saved_fd: int | None = None
+    """Keep third-party output off stdout (Python and C level) for the duration: into the export's
+    log file when :func:`third_party_log` names one (stderr too, then), else onto stderr."""
+    import logging
+
+    log_path = _THIRD_PARTY_LOG.get()
+    sink = open(log_path, "a", encoding="utf-8") if log_path is not None else None  # noqa: SIM115
+    target = sink if sink is not None else sys.stderr
+    saved: list[tuple[int, int]] = []
     try:
-        sys.stdout.flush()
-        saved_fd = os.dup(1)
-        os.dup2(2, 1)
-    except (OSError, ValueError, AttributeError):  # no real fd 1 (embedded interpreters)
-        saved_fd = None
+        for stream in (sys.stdout, sys.stderr) if sink is not None else (sys.stdout,):
+            stream.flush()
+        for fd in (1, 2) if sink is not None else (1,):
+            saved.append((fd, os.dup(fd)))
+            os.dup2(target.fileno(), fd)
+    except (OSError, ValueError, AttributeError):  # no real fds (embedded interpreters)
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        saved = []
+    handlers: list[tuple[logging.Logger, logging.Handler, bool]] = []
+    if sink is not None:
+        for name in _CHATTY_LOGGERS:
+            lg = logging.getLogger(name)
+            h = logging.StreamHandler(sink)
+            handlers.append((lg, h, lg.propagate))
+            lg.addHandler(h)
+            lg.propagate = False
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with (
+            contextlib.redirect_stdout(target),
+            contextlib.redirect_stderr(target) if sink is not None else contextlib.nullcontext(),
+        ):
             yield
     finally:
-        if saved_fd is not None:
-            try:
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
+        for lg, h, propagate in handlers:
+            lg.removeHandler(h)
+            lg.propagate = propagate
+        try:
+            sys.stdout.flush()
+            target.flush()
+        except (OSError, ValueError):
+            pass
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        if sink is not None:
+            sink.close()
 
 
 def _fsync(path: Path) -> None:

@@ -188,6 +188,48 @@ def export_run(
     """
     if int8_evidence not in ("interval", "point"):
         raise ConfigError(f"int8 gate evidence must be interval or point, got {int8_evidence!r}")
+    from edgeclf.export.formats import third_party_log
+
+    chatter = Path(run_dir) / "logs" / EXPORT_LOG
+    with third_party_log(chatter if Path(run_dir).is_dir() else None):
+        if Path(run_dir).is_dir():
+            (log or (lambda s: None))(f"the quantizers' and converters' own output goes to {chatter}")
+        return _export_run(
+            run_dir,
+            out_dir,
+            formats,
+            precisions,
+            profile,
+            calibration_images,
+            calibration_method,
+            allow_failed,
+            robustness,
+            robustness_images,
+            log,
+            runtime_gate,
+            int8_evidence,
+        )
+
+
+#: The run directory's log of third-party output during export (logs/ in the run).
+EXPORT_LOG = "export.log"
+
+
+def _export_run(
+    run_dir: Path,
+    out_dir: Path,
+    formats: list[str] | None,
+    precisions: list[str] | None,
+    profile: str | None,
+    calibration_images: int,
+    calibration_method: str,
+    allow_failed: bool,
+    robustness: bool,
+    robustness_images: int,
+    log: Log | None,
+    runtime_gate: RuntimeGate | None,
+    int8_evidence: str,
+) -> ExportResult:
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.run import Evaluation
     from edgeclf.export.exporters import export_artifact
@@ -237,7 +279,7 @@ def export_run(
             "run": Path(run_dir).name,
             "checkpoint_sha256": run.checkpoint_sha256,
             "best_epoch": run.best_epoch,
-            "backbone": run.config["run"]["backbone"],
+            "backbone": run.config.run.backbone,
         },
         dataset_fingerprint=run.manifest.fingerprint,
         calibration_data={
@@ -424,8 +466,11 @@ def export_run(
 
 
 def ev_metrics(run_dir: Path) -> dict[str, Any]:
-    m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    keep = {
+    """The training run's figures a bundle carries (its manifest's ``metrics``), from the typed run record."""
+    from edgeclf.train.record import read_metrics
+
+    m = read_metrics(run_dir).to_json()
+    return {
         "baselines": m.get("baselines"),
         "finetuned": {
             k: v for k, v in (m.get("finetuned") or {}).items() if k in ("epoch", "accuracy", "macro_f1", "n", "candidate")
@@ -434,7 +479,6 @@ def ev_metrics(run_dir: Path) -> dict[str, Any]:
         "selection": m.get("selection"),
         "quality_gates": m.get("quality_gates"),
     }
-    return keep
 
 
 def _sensitive_layers(

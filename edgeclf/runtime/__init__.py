@@ -25,7 +25,7 @@ from PIL import Image
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
 
 if TYPE_CHECKING:
-    from edgeclf.inference import Decision
+    from edgeclf.runtime.types import Decision
 
 PIXEL_FORMATS = ("RGB8", "BGR8", "RGBA8", "BGRA8", "GRAY8", "NV12")
 
@@ -83,7 +83,7 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 def _as_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, Path)):
-        from edgeclf.inference import to_rgb_array
+        from edgeclf.runtime.types import to_rgb_array
 
         return to_rgb_array(image)
     if isinstance(image, Image.Image):
@@ -95,7 +95,7 @@ def _as_array(image: ImageInput) -> np.ndarray:
             raise DataError("empty image array")
         if image.dtype != np.uint8:
             raise DataError(f"image arrays must be uint8, got {image.dtype}")
-    from edgeclf.inference import refuse_unusable
+    from edgeclf.runtime.types import refuse_unusable
 
     refuse_unusable(image)
     if isinstance(image, np.ndarray):
@@ -110,9 +110,14 @@ class Classifier:
         bundle: bundle directory (from ``edgeclf export``).
         backend: ``auto``, ``onnxruntime`` or ``openvino``.
         device: ``cpu``, ``cuda``, ``tensorrt`` (ONNX Runtime) or an OpenVINO device name.
-        precision: ``auto`` (the fastest artifact of the bundle's parity run), ``fp32``, ``fp16``, ``int8``.
+        precision: ``auto`` (the fastest artifact as timed on this host, see ``autotune``), ``fp32``,
+            ``fp16``, ``int8``.
         threads: backend intra-op threads; 0 lets the backend decide.
         verify: check every loaded file against its SHA-256 in the manifest.
+        autotune: with ``precision="auto"``, time each candidate artifact on this host at load
+            (about 1.5 s at most, cached per host in ``autotune_cache``) and keep the fastest;
+            False: the fastest of the bundle's parity run (timed on the export host).
+        autotune_cache: the cache file (default: ``autotune.json`` in the bundle).
     """
 
     def __init__(
@@ -125,6 +130,8 @@ class Classifier:
         threads: int = 0,
         verify: bool = True,
         onnxruntime_library: str | None = None,
+        autotune: bool = True,
+        autotune_cache: str | Path | None = None,
     ) -> None:
         self._mod = _load_module()
         if not Path(bundle).is_dir():
@@ -138,6 +145,8 @@ class Classifier:
                 threads=int(threads),
                 verify=bool(verify),
                 onnxruntime_library=onnxruntime_library or "",
+                autotune=bool(autotune),
+                autotune_cache=str(autotune_cache or ""),
             )
         except self._mod.RuntimeLibraryError as e:
             raise _convert(self._mod, e) from None
@@ -162,6 +171,23 @@ class Classifier:
     @property
     def device(self) -> str:
         return str(self._model.property("device"))
+
+    @property
+    def autotune(self) -> dict[str, Any]:
+        """How the artifact was chosen: ``state`` ("measured", "cached" or "off (why)"), ``ms`` (median
+        milliseconds per candidate file, as timed on this host, or the reason it could not run) and ``cache``."""
+        ms: dict[str, float | str] = {}
+        for part in filter(None, str(self._model.property("autotune_ms")).split(";")):
+            name, _, value = part.partition("=")
+            try:
+                ms[name] = float(value)
+            except ValueError:
+                ms[name] = value
+        return {
+            "state": str(self._model.property("autotune")),
+            "ms": ms,
+            "cache": str(self._model.property("autotune_cache")) or None,
+        }
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -220,8 +246,8 @@ class Classifier:
     def classify(
         self, images: Sequence[ImageInput] | ImageInput, top_k: int = 5, pixel_format: str | Sequence[str] | None = None
     ) -> list[Any]:
-        """Top-k labels with calibrated probabilities per image (:class:`edgeclf.inference.Prediction`)."""
-        from edgeclf.inference import Prediction
+        """Top-k labels with calibrated probabilities per image (:class:`edgeclf.runtime.types.Prediction`)."""
+        from edgeclf.runtime.types import Prediction
 
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
@@ -236,7 +262,7 @@ class Classifier:
         return str(self._model.property("decision"))
 
     def _decisions(self, rows: list[Any]) -> list[Decision]:
-        from edgeclf.inference import Decision
+        from edgeclf.runtime.types import Decision
 
         return [
             Decision(int(i), self.labels[i] if i >= 0 else None, str(rule), self.labels[top], float(p), float(s))

@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from edgeclf._io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_bytes, write_json
+from edgeclf._io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_bytes
 from edgeclf._provenance import library_versions
 from edgeclf.data.manifest import Manifest, read_manifest
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
@@ -48,6 +48,7 @@ from edgeclf.train.recipe import (
     explicit_keys,
     resolution_candidates,
 )
+from edgeclf.train.record import TrainMetrics, read_run_config, write_metrics
 from edgeclf.train.schedule import lr_factor
 
 CHECKPOINT_FORMAT = "edgeclf-checkpoint"
@@ -289,7 +290,7 @@ def param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay
 @dataclass
 class RunResult:
     run_dir: Path
-    metrics: dict[str, Any]
+    metrics: TrainMetrics
 
 
 class _TB:
@@ -545,10 +546,9 @@ class Trainer:
             choices = []
         stored_choices: list[RecipeChoice] = []
         if self.resume and (self.run_dir / "config.yaml").is_file():
-            stored = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
             stored_choices = [
                 RecipeChoice.model_validate(c)
-                for c in (stored.get("recipe") or {}).get("choices", [])
+                for c in read_run_config(self.run_dir).recipe.get("choices", [])
                 if c.get("source") == "auto"
             ]
             checked = [c for c in stored_choices if c.reason.startswith(AUG_CHECK)]
@@ -690,7 +690,7 @@ class Trainer:
             and "augment.crop_scale" not in explicit_keys(self.user_cfg)
             and train_ds.augment is not None
         ):
-            soft = self._augment_check(model, split, acts, train_ds, spec, classes)
+            soft = self._augment_check(model, split, acts, train_ds, val_ds, spec, classes)
             if soft:
                 cfg = self.cfg = _with_augment(cfg, {c.key.split(".", 1)[1]: c.value for c in soft})
                 choices += soft
@@ -755,10 +755,12 @@ class Trainer:
             )
 
         selected = cands.select()
-        metrics = self._final_metrics(cands, selected, baselines, history, stopped_early, classes, recipe)
+        metrics = TrainMetrics.model_validate(
+            self._final_metrics(cands, selected, baselines, history, stopped_early, classes, recipe)
+        )
         if self.dist.main:
             cands.ship(selected, ckpt_dir / "best.pt")
-            write_json(self.run_dir / "metrics.json", metrics)
+            write_metrics(self.run_dir, metrics)
         if self.dist.active:
             import torch.distributed as td
 
@@ -876,36 +878,37 @@ class Trainer:
         split: TrunkSplit,
         acts: _Activations,
         train_ds: ManifestDataset,
+        val_ds: ManifestDataset,
         spec: PreprocessSpec,
         classes: list[str],
     ) -> list[RecipeChoice]:
-        """Does the augmentation keep the label? The linear probe (trained on clean images) scores a
-        sample of training images as deployed and as augmented; when augmentation costs more than
-        ``AUG_MAX_DROP`` of its macro-F1, the crop and rotation are softened (the label lives in
+        """Does the augmentation keep the label? The linear probe (fitted on clean training images)
+        scores a sample of *validation* images as deployed and as augmented — held-out images, so the
+        clean figure is not the probe's fit to its own training data; when augmentation costs more
+        than ``AUG_MAX_DROP`` of its macro-F1, the crop and rotation are softened (the label lives in
         details that a large crop or turn removes, as for defects on an inspection image)."""
         a = train_ds.augment
         assert a is not None
         rng = np.random.default_rng(mix_seed(self.cfg.seed, 4242))
-        idx = np.sort(rng.choice(len(train_ds), size=min(AUG_CHECK_IMAGES, len(train_ds)), replace=False)).tolist()
-        y = np.asarray(train_ds.targets)[idx]
+        idx = np.sort(rng.choice(len(val_ds), size=min(AUG_CHECK_IMAGES, len(val_ds)), replace=False)).tolist()
+        y = np.asarray(val_ds.targets)[idx]
         head = model.get_classifier()
-        aug = self._run_trunk(
-            acts.runner, train_ds, [(AUG_CHECK_VIEW, i) for i in idx], spec, "augmentation check", torch.float32
-        )
+        val_aug = ManifestDataset(val_ds.rows, val_ds.root, classes, spec, val_ds.cache, a, self.cfg.seed)
+        aug = self._run_trunk(acts.runner, val_aug, [(AUG_CHECK_VIEW, i) for i in idx], spec, "augmentation check", torch.float32)
         with torch.no_grad():
-            clean_pred = head(torch.from_numpy(self._top_predict(model, split, acts.train[idx], features=True))).argmax(1)
+            clean_pred = head(torch.from_numpy(self._top_predict(model, split, acts.val[idx], features=True))).argmax(1)
             aug_pred = head(torch.from_numpy(self._top_predict(model, split, aug, features=True))).argmax(1)
         f_clean = classification_metrics(y, clean_pred.numpy(), classes)["macro_f1"]
         f_aug = classification_metrics(y, aug_pred.numpy(), classes)["macro_f1"]
         drop = (f_clean - f_aug) / max(f_clean, 1e-9)
         self.log(
-            f"augmentation check on {len(idx)} training images: probe macro-F1 {f_clean:.3f} as deployed, "
+            f"augmentation check on {len(idx)} validation images: probe macro-F1 {f_clean:.3f} as deployed, "
             f"{f_aug:.3f} augmented ({drop:+.0%} drop; softened above {AUG_MAX_DROP:.0%})"
         )
         if drop <= AUG_MAX_DROP:
             return []
         why = (
-            f"{AUG_CHECK}: augmentation cut the linear probe's macro-F1 on {len(idx)} training images from "
+            f"{AUG_CHECK}: augmentation cut the linear probe's macro-F1 on {len(idx)} validation images from "
             f"{f_clean:.3f} to {f_aug:.3f} ({drop:.0%} > {AUG_MAX_DROP:.0%}): the label does not survive it"
         )
         out = [RecipeChoice(key="augment.crop_scale", value=(max(a.crop_scale[0], SOFT_CROP[0]), 1.0), reason=why, source="auto")]

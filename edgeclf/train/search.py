@@ -15,7 +15,6 @@ trial took (plus a margin), so the budget holds without timing assertions on spe
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -26,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeclf._io import write_json
 from edgeclf.errors import ConfigError
 from edgeclf.train.config import TrainConfig, _set_dotted
+from edgeclf.train.record import CandidateRecord, SplitScores, TrainMetrics, read_metrics, read_run_config, write_metrics
 
 Log = Callable[[str], None]
 
@@ -130,7 +129,7 @@ def search(
             res = Trainer(
                 tcfg, tdir, log=lambda s: None, max_image_size=max_image_size, shared_cache=shared, on_epoch=on_epoch
             ).run()
-            value = float(res.metrics["finetuned"]["macro_f1"])
+            value = float(res.metrics.finetuned.macro_f1 or 0.0)
         except _Pruned:
             state = "pruned"
             value = float("nan")
@@ -144,13 +143,10 @@ def search(
             "run": str(tdir.relative_to(run_dir)),
         }
         if (tdir / "config.yaml").is_file():
-            import yaml
-
-            resolved = yaml.safe_load((tdir / "config.yaml").read_text(encoding="utf-8"))["config"]
+            resolved = read_run_config(tdir).config.model_dump(mode="json")
             row["config"] = {k: _dotted(resolved, k) for k in [*over, "model.image_size", "finetune.epochs"]}
         if state == "complete":
-            m = json.loads((tdir / "metrics.json").read_text(encoding="utf-8"))
-            row.update(_trial_summary(tdir, m))
+            row.update(_trial_summary(tdir, read_metrics(tdir)))
         rows.append(row)
         log(
             f"search: trial {trial.number} {state} in {seconds:.0f} s"
@@ -181,37 +177,36 @@ def search(
         "best_trial": best["trial"],
         "trials": rows,
     }
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    metrics["search"] = table
+    metrics = read_metrics(run_dir)
+    metrics.search = table  # type: ignore[attr-defined]  # an open field of the document
     others = [r for r in done if r is not best]
-    metrics["candidates"] = metrics.get("candidates", []) + [
-        {
-            "name": f"trial-{r['trial']:03d}",
-            "description": f"search trial {r['trial']} ({r['shipped']}): {r['params']}",
-            "epoch": r.get("epoch") or 0,
-            "seconds": r["seconds"],
-            "shippable": True,
-            "val": {
-                "accuracy": r["val_accuracy"],
-                "macro_f1": r["val_macro_f1"],
-                "nll": r.get("val_nll"),
-                "per_class_recall": r.get("per_class_recall", {}),
-                "n": r.get("n"),
-            },
-        }
+    metrics.candidates += [
+        CandidateRecord(
+            name=f"trial-{r['trial']:03d}",
+            description=f"search trial {r['trial']} ({r['shipped']}): {r['params']}",
+            epoch=r.get("epoch") or 0,
+            seconds=r["seconds"],
+            shippable=True,
+            val=SplitScores(
+                accuracy=r["val_accuracy"],
+                macro_f1=r["val_macro_f1"],
+                nll=r.get("val_nll"),
+                per_class_recall=r.get("per_class_recall", {}),
+                n=r.get("n"),
+            ),
+        )
         for r in others
     ]
-    sel = metrics.get("selection") or {}
-    sel.setdefault("margins", {}).update(
-        {f"trial-{r['trial']:03d}": round(best["val_macro_f1"] - r["val_macro_f1"], 6) for r in others}
-    )
-    sel["reason"] = (
-        sel.get("reason", "") + f"; search: trial {best['trial']} of {len(rows)} "
-        f"({len(done)} finished, {len(rows) - len(done)} pruned) in {table['seconds']:.0f} s"
-    )
-    metrics["selection"] = sel
+    if metrics.selection is not None:
+        metrics.selection.margins.update(
+            {f"trial-{r['trial']:03d}": round(best["val_macro_f1"] - r["val_macro_f1"], 6) for r in others}
+        )
+        metrics.selection.reason += (
+            f"; search: trial {best['trial']} of {len(rows)} "
+            f"({len(done)} finished, {len(rows) - len(done)} pruned) in {table['seconds']:.0f} s"
+        )
     _add_trial_predictions(run_dir, others)
-    write_json(run_dir / "metrics.json", metrics)
+    write_metrics(run_dir, metrics)
     return table
 
 
@@ -249,24 +244,26 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _trial_summary(tdir: Path, m: dict[str, Any]) -> dict[str, Any]:
+def _trial_summary(tdir: Path, m: TrainMetrics) -> dict[str, Any]:
     from edgeclf.stats import bootstrap_ci
 
-    ft = m["finetuned"]
-    sel = next(c for c in m["candidates"] if c["name"] == m["selection"]["selected"])
+    ft = m.finetuned
+    if m.selection is None:
+        raise ConfigError(f"{tdir / 'metrics.json'}: the trial selected no candidate")
+    sel = next(c for c in m.candidates if c.name == m.selection.selected)
     out = {
-        "shipped": sel["name"],
-        "val_macro_f1": ft["macro_f1"],
-        "val_accuracy": ft["accuracy"],
-        "val_nll": sel["val"].get("nll"),
-        "epoch": ft.get("epoch"),
-        "n": sel["val"].get("n"),
-        "per_class_recall": sel["val"].get("per_class_recall", {}),
+        "shipped": sel.name,
+        "val_macro_f1": ft.macro_f1,
+        "val_accuracy": ft.accuracy,
+        "val_nll": sel.val.nll,
+        "epoch": ft.epoch,
+        "n": sel.val.n,
+        "per_class_recall": sel.val.per_class_recall,
     }
     z = tdir / "candidates" / "val_predictions.npz"
     if z.is_file():
         with np.load(z, allow_pickle=False) as d:
-            ci = bootstrap_ci(d["y_true"], d[sel["name"]], m["classes"], n_resamples=1000, seed=0)
+            ci = bootstrap_ci(d["y_true"], d[sel.name], m.classes, n_resamples=1000, seed=0)
         out["val_macro_f1_ci"] = [ci["macro_f1"]["low"], ci["macro_f1"]["high"]]
     return out
 
@@ -320,17 +317,17 @@ def train_seeds(
             max_image_size=max_image_size,
             resume=(sdir / "checkpoints" / "last.pt").is_file(),
         )
-        ft = res.metrics["finetuned"]
+        ft = res.metrics.finetuned
         rows.append(
             {
                 "seed": seed,
-                "val_macro_f1": ft["macro_f1"],
-                "val_accuracy": ft["accuracy"],
-                "shipped": ft.get("candidate"),
+                "val_macro_f1": ft.macro_f1,
+                "val_accuracy": ft.accuracy,
+                "shipped": ft.candidate,
                 "run": str(sdir.relative_to(run_dir)),
             }
         )
-        log(f"seed {seed}: val macro-F1 {ft['macro_f1']:.4f} ({ft.get('candidate')})")
+        log(f"seed {seed}: val macro-F1 {ft.macro_f1 or 0.0:.4f} ({ft.candidate})")
     f1 = np.array([r["val_macro_f1"] for r in rows])
     best = rows[int(np.argmax(f1))]
     _adopt(run_dir, run_dir / best["run"])
@@ -344,7 +341,7 @@ def train_seeds(
         "adopted": best["seed"],
         "rule": "the seed with the highest validation macro-F1 is adopted",
     }
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    metrics["seeds"] = spread
-    write_json(run_dir / "metrics.json", metrics)
+    metrics = read_metrics(run_dir)
+    metrics.seeds = spread  # type: ignore[attr-defined]  # an open field of the document
+    write_metrics(run_dir, metrics)
     return spread

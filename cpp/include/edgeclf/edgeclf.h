@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 /** Version of this header's API; compare with edgeclf_api_version() at run time. */
-#define EDGECLF_API_VERSION 2 /* 2: decisions (edgeclf_decide, edgeclf_classify_decision) */
+#define EDGECLF_API_VERSION 3 /* 2: decisions (edgeclf_decide, edgeclf_classify_decision); 3: autotune */
 
 /* ---- status codes (new codes may be added) ------------------------------------------ */
 typedef int32_t edgeclf_status;
@@ -197,13 +197,32 @@ EDGECLF_API edgeclf_status edgeclf_options_set_backend(edgeclf_options* options,
  *  device name ("CPU", "GPU", "NPU", "AUTO"). Ownership: `device` is copied; the caller
  *  keeps it. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_device(edgeclf_options* options, const char* device);
-/** "auto" (default: the fastest artifact recorded by the bundle's parity run), "fp32",
- *  "fp16" or "int8". Ownership: `precision` is copied; the caller keeps it.
- *  Threads: see the options section. */
+/** "auto" (default: the fastest artifact as timed on this host at load, see
+ *  edgeclf_options_set_autotune), "fp32", "fp16" or "int8". Ownership: `precision` is copied;
+ *  the caller keeps it. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_precision(edgeclf_options* options, const char* precision);
 /** Verify every artifact's SHA-256 at load (default 1; any non-zero value is 1). Disable only
  *  for trusted storage. Ownership: a plain value. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_verify(edgeclf_options* options, int32_t verify);
+/** Autotune (default 1; any non-zero value is 1). With precision "auto" and more than one
+ *  artifact the options allow, the load times each candidate on this host (one warm-up, then
+ *  up to 7 runs of one image at the options' thread count, about 1.5 s at most in all, besides
+ *  loading each artifact once) and keeps the fastest by median. The result is cached per host
+ *  (CPU model, hardware threads), thread count, device, backend filter, library versions and
+ *  bundle (its manifest's SHA-256) in the cache file (edgeclf_options_set_autotune_cache), so
+ *  later loads on the same host time nothing; `edgeclf bench BUNDLE --tune` fills it ahead of
+ *  time, and a bundle shipped with its autotune.json loads without timing on the devices it
+ *  was tuned on. A candidate this host cannot load is left out of the choice. 0: no timing; the
+ *  fastest artifact of the bundle's parity run (timed on the export host) is loaded, as in API
+ *  version 2. The model's properties "autotune" ("measured", "cached" or "off (why)"),
+ *  "autotune_ms" ("file=ms;..." per candidate) and "autotune_cache" say what happened.
+ *  Ownership: a plain value. Threads: see the options section. */
+EDGECLF_API edgeclf_status edgeclf_options_set_autotune(edgeclf_options* options, int32_t enabled);
+/** The autotune cache file (default: autotune.json in the bundle directory; none for a bundle
+ *  loaded from memory). A file that cannot be written (a read-only bundle) only means the
+ *  timing is not kept; a damaged or foreign one is ignored and replaced. Written atomically.
+ *  Ownership: `path` is copied; the caller keeps it. Threads: see the options section. */
+EDGECLF_API edgeclf_status edgeclf_options_set_autotune_cache(edgeclf_options* options, const char* path);
 /** Path of the ONNX Runtime shared library to use. It wins over the environment variable
  *  EDGECLF_ONNXRUNTIME_LIBRARY; without either, the library looks next to itself, in the
  *  onnxruntime Python package beside it, then for the system's libonnxruntime.so.1 (the full
@@ -250,7 +269,8 @@ EDGECLF_API edgeclf_status edgeclf_model_input_shape(const edgeclf_model* model,
                                                      int32_t* height, int32_t* width);
 /** A property of the loaded model: "backend", "device", "artifact" (file name), "format",
  *  "precision", "name", "schema_version", "decision" (the policy in words: "argmax", or its
- *  parts, e.g. "adjusted+reject"); another name is EDGECLF_ERR_NOT_FOUND.
+ *  parts, e.g. "adjusted+reject"), "autotune", "autotune_ms", "autotune_cache" (see
+ *  edgeclf_options_set_autotune); another name is EDGECLF_ERR_NOT_FOUND.
  *  Ownership: `name` is borrowed for the call; *out is owned by the model; never free it;
  *  valid until the model is freed. Threads: thread-safe on a shared model. */
 EDGECLF_API edgeclf_status edgeclf_model_property(const edgeclf_model* model, const char* name, const char** out);

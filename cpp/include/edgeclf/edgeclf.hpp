@@ -80,6 +80,11 @@ class Options {
   Options& device(const std::string& d) { check(edgeclf_options_set_device(ptr_.get(), d.c_str())); return *this; }
   Options& precision(const std::string& p) { check(edgeclf_options_set_precision(ptr_.get(), p.c_str())); return *this; }
   Options& verify(bool v) { check(edgeclf_options_set_verify(ptr_.get(), v ? 1 : 0)); return *this; }
+  Options& autotune(bool v) { check(edgeclf_options_set_autotune(ptr_.get(), v ? 1 : 0)); return *this; }
+  Options& autotune_cache(const std::string& p) {
+    check(edgeclf_options_set_autotune_cache(ptr_.get(), p.c_str()));
+    return *this;
+  }
   Options& onnxruntime_library(const std::string& p) {
     check(edgeclf_options_set_onnxruntime_library(ptr_.get(), p.c_str()));
     return *this;

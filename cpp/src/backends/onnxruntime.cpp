@@ -240,6 +240,15 @@ class OrtModel : public BackendModel {
 
 bool onnxruntime_available_in_build() { return true; }
 
+std::string onnxruntime_library_version(const LoadOptions& options) {
+  try {
+    const OrtRuntime& rt = runtime(options.onnxruntime_library);
+    return rt.version + " (" + rt.path + ")";
+  } catch (const Error&) {
+    return "unavailable";
+  }
+}
+
 std::unique_ptr<BackendModel> load_onnxruntime(const Artifact& artifact, const FileMap& files, const LoadOptions& options,
                                                int crop, size_t classes) {
   return std::make_unique<OrtModel>(artifact, files, options, crop, classes);

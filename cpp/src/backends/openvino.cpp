@@ -85,6 +85,8 @@ class OvModel : public BackendModel {
 
 bool openvino_available_in_build() { return true; }
 
+std::string openvino_library_version() { return ov::get_openvino_version().buildNumber; }
+
 std::unique_ptr<BackendModel> load_openvino(const Artifact& artifact, const FileMap& files, const LoadOptions& options,
                                             int crop, size_t classes) {
   return std::make_unique<OvModel>(artifact, files, options, crop, classes);

@@ -1,0 +1,108 @@
+"""A split's evaluation as a typed document: ``<run>/eval/<split>/metrics.json``.
+
+``edgeclf evaluate`` writes it; the build's evaluate stage, the CLI and the report read it. The
+figures every reader relies on are typed (and checked when the file is read back); the sections
+only the HTML report renders (robustness, slices, mistakes, figures) stay open (``extra="allow"``),
+so a document written by a newer edgeclf keeps what it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeclf._io import write_json
+from edgeclf.errors import ConfigError
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ClassFigures(_Open):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class CalibrationFigures(_Open):
+    """The temperature fitted on validation and what it did to ECE and NLL on this split."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
+class GateVerdict(_Open):
+    passed: bool
+    rule: str = ""
+
+
+class Verdict(_Open):
+    passed: bool
+    gates: dict[str, GateVerdict] = Field(default_factory=dict)
+
+
+class SplitEvaluation(_Open):
+    """One split's evaluation of a run's shipped checkpoint."""
+
+    split: str
+    classes: list[str]
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    per_class: dict[str, ClassFigures]
+    calibration: CalibrationFigures
+    verdict: Verdict
+    test_reused: bool = False
+    temperature: float | None = None
+    #: bootstrap intervals (``edgeclf.stats.bootstrap_ci``); absent in evaluations that predate them
+    ci: dict[str, Any] | None = None
+    #: the decision policy's figures (``edgeclf.evaluate.decision``); absent without a policy
+    decision: dict[str, Any] | None = None
+    prediction_engine: str | None = None
+    model_sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The document as written: the parts it holds, nothing a default filled in."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def policy_document(self) -> Any:
+        return (self.decision or {}).get("policy_document")
+
+
+def split_evaluation_path(run_dir: Path, split: str) -> Path:
+    return Path(run_dir) / "eval" / split / "metrics.json"
+
+
+def write_split_evaluation(run_dir: Path, metrics: SplitEvaluation | dict[str, Any]) -> SplitEvaluation:
+    """Validate and write the split's document atomically; returns the typed document."""
+    doc = metrics if isinstance(metrics, SplitEvaluation) else SplitEvaluation.model_validate(metrics)
+    write_json(split_evaluation_path(run_dir, doc.split), doc.to_json())
+    return doc
+
+
+def read_split_evaluation(run_dir: Path, split: str) -> SplitEvaluation | None:
+    """The split's evaluation, or None when the split was not evaluated; a damaged file is a
+    :class:`ConfigError` naming the file and the field."""
+    path = split_evaluation_path(run_dir, split)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e}); evaluate the run again") from None
+    try:
+        return SplitEvaluation.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: {where}: {err['msg']}; the file is damaged or from another edgeclf version") from None
