@@ -213,8 +213,8 @@ def test_device_package_builds_and_runs_on_its_own(tiny_build: tuple[Path, Build
     import numpy as np
     from PIL import Image
 
-    from edgeclf.runtime.reference import predict
     from edgeclf.runtime import Classifier
+    from edgeclf.runtime.reference import predict
 
     if shutil.which("cmake") is None or shutil.which("cc") is None:
         pytest.skip("needs cmake and a C compiler")
