@@ -73,3 +73,32 @@ def canonical_json(obj: Any) -> str:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, canonical_json(obj))
+
+
+def read_document(
+    path: str | os.PathLike[str],
+    model: Any,
+    remedy: str,
+    loads: Any = json.loads,
+    parse_errors: tuple[type[BaseException], ...] = (ValueError,),
+) -> Any:
+    """Read ``path`` (``loads``: JSON by default) into the pydantic ``model``, or raise one
+    :class:`~edgeclf.errors.ConfigError` that names the file, the field and ``remedy`` (what to do)."""
+    from pydantic import ValidationError
+
+    from edgeclf.errors import ConfigError
+
+    try:
+        raw = loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, *parse_errors) as e:
+        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e}); {remedy}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping (a JSON object) at the top level; {remedy}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(
+            f"{path}: {where}: {err['msg']}; the file is damaged or from another edgeclf version ({remedy})"
+        ) from None

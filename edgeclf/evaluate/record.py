@@ -8,14 +8,12 @@ so a document written by a newer edgeclf keeps what it holds.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgeclf._io import write_json
-from edgeclf.errors import ConfigError
+from edgeclf._io import read_document, write_json
 
 
 class _Open(BaseModel):
@@ -96,13 +94,4 @@ def read_split_evaluation(run_dir: Path, split: str) -> SplitEvaluation | None:
     path = split_evaluation_path(run_dir, split)
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e}); evaluate the run again") from None
-    try:
-        return SplitEvaluation.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {err['msg']}; the file is damaged or from another edgeclf version") from None
+    return read_document(path, SplitEvaluation, "evaluate the run again")

@@ -8,13 +8,12 @@ recipe search's trial table when one ran; the report and the later stages read i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from edgeclf._io import write_json
+from edgeclf._io import read_document, write_json
 from edgeclf.errors import ConfigError
 from edgeclf.select.selection import ACCURACY_RULE, Candidate, SelectionBudgets
 
@@ -66,12 +65,4 @@ def read_selection(out: Path) -> SelectionDocument:
     path = Path(out) / SELECTION_FILE
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: the build's select stage did not run; run `edgeclf build` again")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return SelectionDocument.model_validate(raw)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, ValidationError):
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            raise ConfigError(f"{path}: {where}: {err['msg']}; run the build's select stage again") from None
-        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e}); run the build's select stage again") from None
+    return read_document(path, SelectionDocument, "run the build's select stage again")

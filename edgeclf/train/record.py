@@ -14,14 +14,13 @@ against the current config with unknown fields refused). Fields a newer edgeclf 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeclf._io import write_json
+from edgeclf._io import read_document, write_json
 from edgeclf.errors import ConfigError
 from edgeclf.preprocess import PreprocessSpec
 from edgeclf.train.config import TrainConfig
@@ -178,33 +177,17 @@ class RunConfigDocument(BaseModel):
         return Path(self.config.data.manifest)
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"{where}: {err['msg']}"
-
-
-def _not_a_run(run_dir: Path, name: str) -> ConfigError:
-    return ConfigError(f"{run_dir} is not a training run directory (no {name}); run `edgeclf train` first")
-
-
 def read_run_config(run_dir: Path) -> RunConfigDocument:
     """The run's ``config.yaml``, validated; a :class:`ConfigError` naming the file and field otherwise."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise _not_a_run(Path(run_dir), "config.yaml")
+        raise ConfigError(f"{run_dir} is not a training run directory (no config.yaml); run `edgeclf train` first")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e}); train the run again") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with config, recipe and run; train the run again")
-    try:
-        return RunConfigDocument.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {_first_error(e)}; the file is damaged or from another edgeclf version") from None
-    except ConfigError as e:  # the preprocessing spec's own check
-        raise ConfigError(f"{path}: run.preprocess: {e}") from None
+        return read_document(path, RunConfigDocument, "train the run again", yaml.safe_load, (yaml.YAMLError,))
+    except ConfigError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: run.preprocess: {e}") from None  # the preprocessing spec's own check
 
 
 def read_metrics(run_dir: Path) -> TrainMetrics:
@@ -212,16 +195,7 @@ def read_metrics(run_dir: Path) -> TrainMetrics:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: the training run did not finish; resume it with `edgeclf train --resume`")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e}); train the run again") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object; train the run again")
-    try:
-        return TrainMetrics.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {_first_error(e)}; the file is damaged or from another edgeclf version") from None
+    return read_document(path, TrainMetrics, "train the run again")
 
 
 def write_metrics(run_dir: Path, metrics: TrainMetrics | dict[str, Any]) -> TrainMetrics:
