@@ -14,6 +14,7 @@ Latency options (see test_bench_latency.py):
     --bench-batch LIST    batch sizes (default 1,8)
     --bench-rounds N      timed rounds per row; --bench-warmup N untimed calls first
     --bench-threads N     intra-op threads (default: the profile's, else the runtime's)
+    --serve-requests N    test_bench_serve.py: requests per configuration; --serve-seconds S caps its time
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="intra-op threads (default: the profile's compute.threads, else the runtime's)",
     )
+    serve = parser.getgroup("edgeclf serve load", "edgeclf serve load benchmark (test_bench_serve.py)")
+    serve.addoption("--serve-requests", type=int, default=2000, help="requests per configuration (default 2000)")
+    serve.addoption("--serve-seconds", type=float, default=120.0, help="stop a configuration after this long (default 120)")
 
 
 @dataclass

@@ -1513,6 +1513,43 @@ def _root(
         raise typer.Exit()
 
 
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path | None, typer.Argument(help="A bundle directory (or --registry ROOT).", show_default=False)] = None,
+    registry_root: Annotated[
+        Path | None, typer.Option("--registry", help="Serve the registry's current version; follow promote/rollback.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    max_batch: Annotated[int, typer.Option(min=1, help="Images per inference call at most.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits to fill.")] = 2.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Images waiting at most; beyond: 429 with Retry-After.")] = 64,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond: 413.")] = 16.0,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key /v1/ routes require (401 without it).")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=0, help="Backend intra-op threads (0: the backend's default).")] = 0,
+) -> None:
+    """Serve a bundle over HTTP through the C runtime: POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics, /docs."""
+    try:
+        import uvicorn
+
+        from edgeclf.serve import ServeOptions, create_app
+    except ImportError as e:
+        raise EdgeclfError(f"edgeclf serve needs its extra: pip install 'edgeclf[serve]' ({e})") from None
+    opts = ServeOptions(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        api_key_env=api_key_env,
+        threads=threads,
+    )
+    app_ = create_app(bundle, registry=registry_root, options=opts)
+    err.print(f"edgeclf serve: http://{host}:{port} (docs: /docs, metrics: /metrics)")
+    uvicorn.run(app_, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one red line, never a traceback.
 

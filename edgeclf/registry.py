@@ -197,11 +197,23 @@ def default_root() -> Path:
     return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
 
 
+#: Files a bundle directory may hold that are not its content: the runtime's per-host autotune
+#: cache (and its temporary files while written) changes wherever the bundle is loaded.
+HOST_LOCAL = ("autotune.json",)
+
+
+def _host_local(rel: str) -> bool:
+    return rel in HOST_LOCAL or any(rel.startswith(f"{name}.tmp.") for name in HOST_LOCAL)
+
+
 def _bundle_files(bundle_dir: Path) -> list[str]:
-    """Every regular file under ``bundle_dir`` (relative POSIX paths, sorted); refuses links."""
+    """Every regular file under ``bundle_dir`` (relative POSIX paths, sorted) except the host-local
+    caches (:data:`HOST_LOCAL`); refuses links."""
     files: list[str] = []
     for p in sorted(bundle_dir.rglob("*")):
         rel = p.relative_to(bundle_dir).as_posix()
+        if _host_local(rel):
+            continue
         if p.is_symlink():
             raise BundleError(
                 f"bundle {bundle_dir} contains a symbolic link ({rel}); "

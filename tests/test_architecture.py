@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"inference", "runtime", "_runtime"},  # the two faces of a loaded bundle
     {"bench"},
     {"registry"},
+    {"serve"},  # HTTP over the runtime, following the registry
     {"build"},
     {"cli"},
 ]

@@ -14,6 +14,7 @@ training and evaluation all see the same pixels:
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,23 +62,27 @@ def is_image_suffix(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
-    """Open and fully decode ``path``; raise :class:`ImageDecodeError` with a reason.
+def open_image(path: Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
+    """Open and fully decode ``path`` (a file, or the encoded bytes of one); raise
+    :class:`ImageDecodeError` with a reason.
 
     The header is read first and the size checked against ``max_pixels``
     before any pixel data is decompressed.
     """
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise ImageDecodeError(f"cannot stat file: {e.strerror or e}") from None
+    if isinstance(path, bytes):
+        size = len(path)
+    else:
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise ImageDecodeError(f"cannot stat file: {e.strerror or e}") from None
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # PIL warns (and past 2x its own limit raises) on huge images; we apply our own limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(f"refused: {e}") from None
     except UnidentifiedImageError:
@@ -106,7 +111,7 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, I
             raise ImageDecodeError(f"truncated {fmt} ({msg})") from None
         raise ImageDecodeError(f"corrupt {fmt} data ({msg})") from None
     suffixes = _FORMAT_SUFFIXES.get(fmt)
-    mismatch = suffixes is not None and path.suffix.lower() not in suffixes
+    mismatch = suffixes is not None and not isinstance(path, bytes) and path.suffix.lower() not in suffixes
     return im, ImageInfo(format=fmt, mode=mode, width=w, height=h, extension_mismatch=mismatch)
 
 
@@ -129,7 +134,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_rgb(path: Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``path`` to an 8-bit RGB image (raises :class:`ImageDecodeError`)."""
     im, _ = open_image(path, max_pixels)
     rgb = to_rgb(im)

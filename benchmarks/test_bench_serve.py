@@ -1,0 +1,166 @@
+"""Load on ``edgeclf serve`` (loopback only): throughput, p50/p99 and errors, batching on and off,
+against the usual hand-written server (FastAPI + eager timm on the same backbone) in the same run.
+
+    pytest benchmarks/test_bench_serve.py --benchmark-only --bundle BUNDLE_DIR -s
+
+16 concurrent clients send a real 640x480 JPEG (``--serve-requests`` in all, default 2,000; the
+run also stops after ``--serve-seconds``); each configuration's figures go to ``extra_info``
+and are printed. The eager baseline decodes with PIL, resizes and normalises with torchvision
+and runs the timm model in fp32 (random weights: the speed is what is compared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from fastapi import FastAPI, Request  # noqa: E402
+
+from benchmarks.conftest import versions  # noqa: E402
+
+CLIENTS = 16
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:480, 0:640]
+    base = np.stack([(xx // 3) % 256, (yy // 2) % 256, ((xx + yy) // 5) % 256], axis=2)
+    img = (base + rng.integers(0, 30, (480, 640, 3))).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    def __init__(self, app: Any) -> None:
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "the server did not start"
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = None) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    sent = 0
+    t_end = time.perf_counter() + seconds
+
+    async def client(c: Any) -> None:
+        nonlocal errors, sent
+        while sent < n and time.perf_counter() < t_end:
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                r = await c.post("/v1/classify?top_k=1", content=body, headers={"content-type": "image/jpeg"})
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            lat.append(time.perf_counter() - t0)
+            errors += 0 if ok else 1
+
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(client(c)) for _ in range(CLIENTS)]
+        if during is not None:
+            await asyncio.sleep(0.5)
+            await asyncio.get_running_loop().run_in_executor(None, during)
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1e3
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "images_per_s": len(lat) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "seconds": wall,
+    }
+
+
+def _eager_app(bundle: Path) -> Any:
+    """The usual hand-written endpoint: FastAPI + PIL + torchvision transforms + eager timm, one image per call."""
+    import timm
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from edgeclf.export.bundle import read_bundle
+
+    m = read_bundle(bundle, verify=False)
+    spec = m.spec()
+    arch = (m.source_run or {}).get("timm_arch") or (m.source_run or {}).get("backbone") or "tf_efficientnet_lite0"
+    model = timm.create_model(arch, pretrained=False, num_classes=len(m.labels)).eval()
+    tf = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(spec.resize_size, antialias=True),
+            v2.CenterCrop(spec.crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(spec.mean), list(spec.std)),
+        ]
+    )
+    app = FastAPI()
+    lock = threading.Lock()
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> dict[str, Any]:
+        img = Image.open(io.BytesIO(await request.body())).convert("RGB")
+        with lock, torch.no_grad():
+            p = model(tf(img)[None]).softmax(1)[0]
+        i = int(p.argmax())
+        return {"label": m.labels[i], "probability": float(p[i])}
+
+    return app
+
+
+@pytest.mark.parametrize("config", ["edgeclf-batched", "edgeclf-unbatched", "fastapi-eager-timm"])
+def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureRequest, config: str) -> None:
+    from edgeclf.serve import ServeOptions, create_app
+
+    n = int(request.config.getoption("--serve-requests"))
+    seconds = float(request.config.getoption("--serve-seconds"))
+    if config == "fastapi-eager-timm":
+        app = _eager_app(bundle_dir)
+    else:
+        opts = ServeOptions(max_batch=8 if config == "edgeclf-batched" else 1, max_wait_ms=2.0, max_queue=256)
+        app = create_app(bundle_dir, options=opts)
+    body = _jpeg()
+    with _Server(app) as url:
+        asyncio.run(_load(url, body, min(64, n), 30))  # warm-up
+        res = asyncio.run(_load(url, body, n, seconds))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    benchmark.extra_info.update(kind="serve-load", config=config, clients=CLIENTS, frame="640x480 JPEG", **res, **versions())
+    print(f"\n{config}: {res}")
+    assert res["errors"] == 0

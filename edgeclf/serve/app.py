@@ -1,0 +1,504 @@
+"""``edgeclf serve``: an HTTP API over the C runtime, with dynamic micro-batching.
+
+:func:`create_app` returns a FastAPI (ASGI) app, importable for embedding; ``edgeclf serve``
+runs it under uvicorn. Inference goes through :class:`edgeclf.runtime.Classifier` (never torch):
+the same preprocessing, backend and calibrated probabilities a device program gets.
+
+Routes: ``POST /v1/classify`` (one or more images as multipart files, or raw bytes with an image
+content type; ``?top_k=``), ``GET /v1/model``, ``GET /healthz`` (alive), ``GET /readyz`` (a model
+is loaded), ``GET /metrics`` (Prometheus text format), ``GET /docs`` (OpenAPI).
+
+Requests that arrive within ``max_wait_ms`` of each other are classified in one batch call of
+up to ``max_batch`` images; past ``max_queue`` waiting images the server answers 429 with
+``Retry-After``. Bad input is never a 500: every refusal is JSON ``{"error": {"code", "message"}}``
+with a stable ``code`` (:data:`ERROR_CODES`). With ``registry`` the app serves the registry's
+``current`` version and follows promotions and rollbacks without a restart: the new version is
+verified by content hash and loaded before it takes traffic (requests in flight finish on the
+old one); a version that fails to verify or load is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from edgeclf.errors import ConfigError
+
+log = logging.getLogger("edgeclf.serve")
+
+#: code -> HTTP status of every refusal the API makes
+ERROR_CODES: dict[str, int] = {
+    "empty_body": 400,
+    "not_an_image": 400,
+    "truncated_image": 400,
+    "no_images": 400,
+    "unauthorized": 401,
+    "body_too_large": 413,
+    "image_too_large": 413,
+    "too_many_images": 413,
+    "unsupported_media_type": 415,
+    "invalid_top_k": 422,
+    "invalid_request": 422,
+    "overloaded": 429,
+    "internal": 500,
+    "not_ready": 503,
+}
+#: image content types accepted as a raw body (multipart parts may carry any image/* type)
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff", "image/webp", "image/gif", "image/x-portable-anymap")
+#: seconds a 429 asks the client to wait
+RETRY_AFTER_S = 1
+#: how often registry mode looks at the ``current`` pointer
+REGISTRY_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The server's limits (``edgeclf serve`` flags)."""
+
+    max_batch: int = 8
+    max_wait_ms: float = 2.0
+    max_queue: int = 64
+    max_body_mb: float = 16.0
+    #: images one request may carry
+    max_images: int = 64
+    #: environment variable holding the API key (None: no key asked for)
+    api_key_env: str | None = None
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_images < 1:
+            raise ConfigError("--max-batch, --max-queue and --max-images must be >= 1")
+        if self.max_wait_ms < 0 or self.max_body_mb <= 0:
+            raise ConfigError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.headers = code, message, headers or {}
+        self.status = ERROR_CODES[code]
+
+
+# ---- the model being served -----------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    """A loaded bundle and what the API says about it."""
+
+    bundle_dir: Path
+    version: str
+    content_hash: str
+    clf: Any  # edgeclf.runtime.Classifier
+    info: dict[str, Any]
+
+    @classmethod
+    def load(cls, bundle_dir: Path, version: str | None, expected_hash: str | None, threads: int) -> ServedModel:
+        from edgeclf.export.bundle import read_bundle
+        from edgeclf.registry import content_hash
+        from edgeclf.runtime import Classifier
+
+        manifest = read_bundle(bundle_dir, verify=True)  # every artifact against its SHA-256
+        digest = content_hash(bundle_dir, manifest)
+        if expected_hash is not None and digest != expected_hash:
+            raise ConfigError(f"{bundle_dir}: content hash {digest} is not the registry's {expected_hash}; not served")
+        clf = Classifier(bundle_dir, threads=threads)
+        info = {
+            "name": manifest.name,
+            "version": version or manifest.name,
+            "content_hash": digest,
+            "labels": list(manifest.labels),
+            "preprocess": manifest.preprocess,
+            "temperature": manifest.temperature,
+            "metrics": manifest.metrics,
+            "created": manifest.created,
+            "artifact": {"file": clf.artifact, "backend": clf.backend, "precision": clf.precision, "device": clf.device},
+            "autotune": clf.autotune,
+            "decision_policy": clf.decision_policy,
+        }
+        return cls(Path(bundle_dir), version or manifest.name, digest, clf, info)
+
+
+# ---- micro-batching -------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    image: np.ndarray
+    future: asyncio.Future[Any]
+    model: ServedModel | None = None
+
+
+@dataclass
+class MicroBatcher:
+    """Collects single images into batch calls on one inference thread (the C runtime's session
+    for that thread), at most ``max_batch`` at a time, waiting at most ``max_wait_ms`` for a batch
+    to fill."""
+
+    opts: ServeOptions
+    current: Any  # () -> ServedModel | None
+    on_batch: Any  # (size) -> None
+    queue: asyncio.Queue[_Item] | None = None
+    _task: asyncio.Task[None] | None = None
+    _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="edgeclf-infer"))
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=True)
+
+    def depth(self) -> int:
+        return self.queue.qsize() if self.queue is not None else 0
+
+    async def submit(self, images: list[np.ndarray]) -> tuple[ServedModel, list[np.ndarray]]:
+        """Probabilities per image, all from the same model version."""
+        assert self.queue is not None
+        if self.queue.qsize() + len(images) > self.opts.max_queue:
+            raise ApiError(
+                "overloaded",
+                f"the server is at its queue limit ({self.opts.max_queue} images waiting); retry shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        model = self.current()
+        if model is None:
+            raise ApiError("not_ready", "no model is loaded yet")
+        loop = asyncio.get_running_loop()
+        items = [_Item(im, loop.create_future(), model) for im in images]
+        for it in items:
+            self.queue.put_nowait(it)
+        return model, list(await asyncio.gather(*(it.future for it in items)))
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            deadline = loop.time() + self.opts.max_wait_ms / 1000.0
+            while len(batch) < self.opts.max_batch and batch[-1].model is first.model:
+                try:
+                    nxt = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self.queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                if nxt.model is not first.model:  # a model switch: that image starts the next batch
+                    await self._classify(batch)
+                    batch = [nxt]
+                    first = nxt
+                    deadline = loop.time() + self.opts.max_wait_ms / 1000.0
+                    continue
+                batch.append(nxt)
+            await self._classify(batch)
+
+    async def _classify(self, batch: list[_Item]) -> None:
+        model = batch[0].model
+        assert model is not None
+        self.on_batch(len(batch))
+        try:
+            probs = await asyncio.get_running_loop().run_in_executor(
+                self._pool, model.clf.probabilities, [it.image for it in batch]
+            )
+        except Exception as e:  # noqa: BLE001 - handed to each waiting request
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(e)
+            return
+        for it, p in zip(batch, probs, strict=True):
+            if not it.future.done():
+                it.future.set_result(p)
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Encoded bytes -> H x W x 3 uint8 RGB by the audit's rules (same pixel limit), or an ApiError."""
+    from edgeclf.data._image import ImageDecodeError, load_rgb
+
+    if not data:
+        raise ApiError("empty_body", f"{name}: no bytes")
+    try:
+        return np.asarray(load_rgb(data))
+    except ImageDecodeError as e:
+        text = str(e)
+        if text.startswith("refused"):
+            raise ApiError("image_too_large", f"{name}: {text}") from None
+        if "truncated" in text:
+            raise ApiError("truncated_image", f"{name}: {text}") from None
+        raise ApiError("not_an_image", f"{name}: {text}") from None
+
+
+# ---- the app --------------------------------------------------------------------------------
+
+
+def create_app(
+    bundle: str | Path | None = None, *, registry: str | Path | None = None, options: ServeOptions | None = None
+) -> Any:
+    """The ASGI app serving ``bundle``, or the ``current`` version of the registry at ``registry``."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    if (bundle is None) == (registry is None):
+        raise ConfigError("serve a bundle directory or a registry (--registry ROOT), not both and not neither")
+    opts = options or ServeOptions()
+    api_key: str | None = None
+    if opts.api_key_env:
+        api_key = os.environ.get(opts.api_key_env)
+        if not api_key:
+            raise ConfigError(f"--api-key-env {opts.api_key_env}: the environment variable is not set (or empty)")
+
+    prom = CollectorRegistry()
+    requests_total = Counter("edgeclf_requests", "HTTP requests", ["route", "status"], registry=prom)
+    latency = Histogram(
+        "edgeclf_request_seconds",
+        "Request latency",
+        ["route"],
+        buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        registry=prom,
+    )
+    batch_sizes = Histogram("edgeclf_batch_size", "Images per inference call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=prom)
+    queue_depth = Gauge("edgeclf_queue_depth", "Images waiting for inference", registry=prom)
+    model_info = Gauge("edgeclf_model_info", "The model being served (1)", ["version", "content_hash"], registry=prom)
+    refused_versions = Counter(
+        "edgeclf_model_refused", "Registry versions refused (failed to verify or load)", ["version"], registry=prom
+    )
+
+    state: dict[str, Any] = {"model": None, "lock": threading.Lock()}
+
+    def current() -> ServedModel | None:
+        return state["model"]
+
+    def install(m: ServedModel) -> None:
+        old = state["model"]
+        with state["lock"]:
+            state["model"] = m  # new requests go to it; requests in flight keep their own reference
+        if old is not None:
+            model_info.remove(old.version, old.content_hash)
+        model_info.labels(m.version, m.content_hash).set(1)
+        log.info("serving %s (%s) from %s", m.version, m.content_hash, m.bundle_dir)
+
+    batcher = MicroBatcher(opts, current, lambda n: batch_sizes.observe(n))
+
+    def load_registry_current(reg: Any) -> None:
+        p = reg.current()
+        if p is None:
+            return
+        m = state["model"]
+        if m is not None and m.version == p.version and m.content_hash == p.content_hash:
+            return
+        try:
+            install(ServedModel.load(reg.root / p.path, p.version, p.content_hash, opts.threads))
+        except Exception as e:  # noqa: BLE001 - a bad version is refused; the old one keeps serving
+            if state.get("refused") != (p.version, p.content_hash):
+                refused_versions.labels(p.version).inc()
+                log.error("refusing registry version %s: %s; still serving %s", p.version, e, m.version if m else "nothing")
+            state["refused"] = (p.version, p.content_hash)
+
+    async def watch_registry(reg: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REGISTRY_POLL_S)
+            try:
+                await loop.run_in_executor(None, load_registry_current, reg)
+            except Exception as e:  # noqa: BLE001 - a damaged pointer: keep serving, say so
+                log.error("registry %s: %s", reg.root, e)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        watcher = None
+        if bundle is not None:
+            install(ServedModel.load(Path(bundle), None, None, opts.threads))
+        else:
+            from edgeclf.registry import Registry
+
+            reg = Registry(Path(registry))  # type: ignore[arg-type]
+            load_registry_current(reg)
+            watcher = asyncio.get_running_loop().create_task(watch_registry(reg))
+        batcher.start()
+        try:
+            yield
+        finally:  # graceful shutdown: uvicorn stops accepting, in-flight requests finish first
+            if watcher is not None:
+                watcher.cancel()
+            await batcher.stop()
+            m = state["model"]
+            if m is not None:
+                m.clf.close()
+
+    app = FastAPI(
+        title="edgeclf",
+        summary="Image classification over the edgeclf C runtime",
+        lifespan=lifespan,
+    )
+
+    def error(code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=ERROR_CODES[code], headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, e: ApiError) -> Any:
+        return error(e.code, e.message, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, e: RequestValidationError) -> Any:
+        first = (e.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error("invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, e: Exception) -> Any:  # never a stack trace to the client
+        log.exception("internal error")
+        return error("internal", f"internal error ({type(e).__name__}); see the server log")
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Any:
+        route = request.url.path if request.url.path in ROUTES else "other"
+        t0 = time.perf_counter()
+        if api_key is not None and route.startswith("/v1/"):
+            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8")):
+                resp = error("unauthorized", "a valid API key is required (X-API-Key or Authorization: Bearer)")
+                requests_total.labels(route, str(resp.status_code)).inc()
+                return resp
+        try:
+            resp = await call_next(request)
+        except Exception as e:  # noqa: BLE001
+            log.exception("internal error")
+            resp = error("internal", f"internal error ({type(e).__name__}); see the server log")
+        requests_total.labels(route, str(resp.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - t0)
+        return resp
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        """Ready: a model is loaded."""
+        m = current()
+        if m is None:
+            return error("not_ready", "no model is loaded yet")
+        return {"status": "ready", "version": m.version, "content_hash": m.content_hash}
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        queue_depth.set(batcher.depth())
+        return PlainTextResponse(generate_latest(prom).decode("utf-8"), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model")
+    async def model() -> Any:
+        """Labels, preprocessing, metrics, version and content hash of the model being served."""
+        m = current()
+        if m is None:
+            raise ApiError("not_ready", "no model is loaded yet")
+        return m.info
+
+    async def read_images(request: Request) -> list[tuple[str, bytes]]:
+        limit = int(opts.max_body_mb * 1024 * 1024)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError("body_too_large", f"the body is {int(declared):,} bytes; the limit is {limit:,} (--max-body-mb)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError("body_too_large", f"the body exceeds {limit:,} bytes (--max-body-mb)")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype.startswith("multipart/form-data"):
+            from starlette.datastructures import UploadFile
+            from starlette.formparsers import MultiPartException, MultiPartParser
+
+            async def once() -> Any:
+                yield bytes(body)
+
+            try:
+                form = await MultiPartParser(
+                    request.headers, once(), max_files=opts.max_images, max_fields=16, max_part_size=limit
+                ).parse()
+            except MultiPartException as e:
+                raise ApiError("not_an_image", f"the multipart body cannot be read: {e}") from None
+            parts = []
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    parts.append((value.filename or key, await value.read()))
+            if not parts:
+                raise ApiError("no_images", "the multipart body holds no file part")
+            return parts
+        if ctype in IMAGE_TYPES or ctype == "application/octet-stream":
+            if not body:
+                raise ApiError("empty_body", "the request body is empty; send an image")
+            return [("body", bytes(body))]
+        raise ApiError(
+            "unsupported_media_type",
+            f"content type {ctype or '(none)'} is not accepted; send multipart/form-data files or an image type "
+            f"({', '.join(IMAGE_TYPES)})",
+        )
+
+    @app.post("/v1/classify")
+    async def classify(request: Request, top_k: str = "5") -> Any:
+        """Calibrated top-k labels per image: multipart files, or one image as the raw body."""
+        t0 = time.perf_counter()
+        try:
+            k = int(top_k)
+        except ValueError:
+            raise ApiError("invalid_top_k", f"top_k must be an integer >= 1, got {top_k!r}") from None
+        if k < 1:
+            raise ApiError("invalid_top_k", f"top_k must be an integer >= 1, got {k}")
+        parts = await read_images(request)
+        if len(parts) > opts.max_images:
+            raise ApiError("too_many_images", f"{len(parts)} images in one request; the limit is {opts.max_images}")
+        images = [decode_image(data, name) for name, data in parts]
+        t1 = time.perf_counter()
+        m, probs = await batcher.submit(images)
+        t2 = time.perf_counter()
+        labels = m.info["labels"]
+        results = []
+        for (name, _), p in zip(parts, probs, strict=True):
+            order = np.argsort(-p, kind="stable")[: min(k, len(labels))]
+            results.append(
+                {
+                    "name": name,
+                    "top_k": [{"label": labels[i], "probability": float(p[i])} for i in order],
+                    "label": labels[order[0]],
+                }
+            )
+        return {
+            "model": {"version": m.version, "content_hash": m.content_hash},
+            "results": results,
+            "timing_ms": {
+                "decode": round((t1 - t0) * 1e3, 3),
+                "inference": round((t2 - t1) * 1e3, 3),
+                "total": round((time.perf_counter() - t0) * 1e3, 3),
+            },
+        }
+
+    ROUTES = {"/healthz", "/readyz", "/metrics", "/v1/model", "/v1/classify", "/docs", "/openapi.json"}
+    return app
