@@ -193,6 +193,16 @@ def test_registry_mode_follows_promotions_and_refuses_a_bad_version(tmp_path: Pa
         assert c.get("/v1/model").json()["content_hash"] == v2.content_hash
         r = c.post("/v1/classify", content=png, headers={"content-type": "image/png"})
         assert r.json()["model"] == {"version": v2.version, "content_hash": v2.content_hash}
+        reg.rollback()  # back to v1, then forward to v2 again: both followed without a restart
+        deadline = time.time() + 10
+        while c.get("/v1/model").json()["version"] != v1.version and time.time() < deadline:
+            time.sleep(0.2)
+        assert c.get("/v1/model").json()["content_hash"] == v1.content_hash
+        reg.promote(v2.version)
+        deadline = time.time() + 10
+        while c.get("/v1/model").json()["version"] != v2.version and time.time() < deadline:
+            time.sleep(0.2)
+        assert c.get("/v1/model").json()["version"] == v2.version
         # a version whose files no longer match: refused, v2 keeps serving
         v3 = reg.add(make_bundle(tmp_path / "b3", seed=3)).entry.version
         reg.promote(v3)
