@@ -173,6 +173,18 @@ def test_concurrent_requests_are_batched_and_a_full_queue_is_429(bundle: Path) -
     assert r429.headers["retry-after"] == "1" and r429.json()["error"]["code"] == "overloaded"
 
 
+def _served_after(c: TestClient, version: str, seconds: float = 10.0) -> dict:
+    """The served model's description once it is ``version`` (or when ``seconds`` have passed)."""
+    import time
+
+    deadline = time.time() + seconds
+    doc = c.get("/v1/model").json()
+    while doc["version"] != version and time.time() < deadline:
+        time.sleep(0.2)
+        doc = c.get("/v1/model").json()
+    return doc
+
+
 def test_registry_mode_follows_promotions_and_refuses_a_bad_version(tmp_path: Path) -> None:
     import time
 
@@ -187,22 +199,13 @@ def test_registry_mode_follows_promotions_and_refuses_a_bad_version(tmp_path: Pa
     with _client(create_app(registry=tmp_path / "reg")) as c:
         assert c.get("/v1/model").json()["version"] == v1.version
         reg.promote(v2.version)
-        deadline = time.time() + 10
-        while c.get("/v1/model").json()["version"] != v2.version and time.time() < deadline:
-            time.sleep(0.2)
-        assert c.get("/v1/model").json()["content_hash"] == v2.content_hash
+        assert _served_after(c, v2.version)["content_hash"] == v2.content_hash
         r = c.post("/v1/classify", content=png, headers={"content-type": "image/png"})
         assert r.json()["model"] == {"version": v2.version, "content_hash": v2.content_hash}
         reg.rollback()  # back to v1, then forward to v2 again: both followed without a restart
-        deadline = time.time() + 10
-        while c.get("/v1/model").json()["version"] != v1.version and time.time() < deadline:
-            time.sleep(0.2)
-        assert c.get("/v1/model").json()["content_hash"] == v1.content_hash
+        assert _served_after(c, v1.version)["content_hash"] == v1.content_hash
         reg.promote(v2.version)
-        deadline = time.time() + 10
-        while c.get("/v1/model").json()["version"] != v2.version and time.time() < deadline:
-            time.sleep(0.2)
-        assert c.get("/v1/model").json()["version"] == v2.version
+        assert _served_after(c, v2.version)["version"] == v2.version
         # a version whose files no longer match: refused, v2 keeps serving
         v3 = reg.add(make_bundle(tmp_path / "b3", seed=3)).entry.version
         reg.promote(v3)
@@ -241,3 +244,54 @@ def test_an_internal_failure_is_a_json_500_without_a_traceback(bundle: Path) -> 
             Classifier.probabilities = orig  # type: ignore[method-assign]
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal"
     assert "Traceback" not in r.text and "/opt/x" not in r.text
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits(bundle: Path) -> None:
+    """`edgeclf serve` in its own process: a request waiting in the batcher when SIGTERM arrives is
+    still answered (uvicorn drains), then the process exits cleanly."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "edgeclf.cli", "serve", str(bundle), "--port", str(port), "--max-wait-ms", "1500"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/classify",
+                content=_png(np.asarray(blob_image(9, 40))),
+                headers={"content-type": "image/png"},
+                timeout=30,
+            )
+            result["status"] = r.status_code
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.5)  # the request now waits for its batch to fill (1.5 s)
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=30)
+        assert result.get("status") == 200
+        # uvicorn shuts down, then re-raises the signal it caught (exit by SIGTERM, as the default would)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.stdout.read() if proc.stdout else ""
+    assert "Traceback" not in out and "Application shutdown complete" in out
