@@ -261,10 +261,12 @@ void verify(const std::string& name, const std::string& sha, uint64_t size, cons
 
 // ---- autotune: the fastest candidate artifact as measured on this host -----------------------------------
 
-//: Timed runs per candidate (after one warm-up) and the time all candidates' timing may take
-//: together; a candidate gets at least one timed run, so a very slow one ends its timing early.
-constexpr int kTuneRuns = 7;
-constexpr double kTuneBudgetSeconds = 1.5;
+//: Timed runs per candidate (after two warm-up runs): at most kTuneRuns, stopping once the
+//: candidate's share of kTuneBudgetSeconds has passed, but never before kTuneMinRounds (a very slow
+//: model still gets a median of three).
+constexpr int kTuneRuns = 50;
+constexpr int kTuneMinRounds = 3;
+constexpr double kTuneBudgetSeconds = 1.0;
 //: Entries a cache file keeps (the most recent; one per host, thread setting and bundle).
 constexpr size_t kTuneMaxEntries = 32;
 
@@ -389,7 +391,10 @@ Tuning autotune(const std::vector<const edgeclf::Artifact*>& cands, const edgecl
         }
     }
   }
-  // measure: one warm-up and up to kTuneRuns timed runs of a black frame's tensor per candidate
+  // measure: one candidate after the other (timing them in turns measured worse: on a small host one
+  // runtime's thread pool, still spinning after its run, slows the other's), each loaded, run twice
+  // untimed, then timed up to kTuneRuns times within its share of kTuneBudgetSeconds (at least
+  // kTuneMinRounds runs); the median per candidate; a candidate slower than the best so far is freed
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const double per = kTuneBudgetSeconds / static_cast<double>(cands.size());
@@ -399,24 +404,24 @@ Tuning autotune(const std::vector<const edgeclf::Artifact*>& cands, const edgecl
   std::unique_ptr<edgeclf::Error> first_error;
   for (const auto* a : cands) {
     std::unique_ptr<edgeclf::BackendModel> model;
-    std::unique_ptr<edgeclf::BackendSession> session;
+    std::vector<double> runs;
     try {  // an artifact this host cannot run is left out of the choice, not a failed load
       model = open_artifact(*a);
-      session = model->create_session();
+      auto session = model->create_session();
       session->run(input.data(), 1, logits.data());  // warm-up: first-run allocations, lazy compilation
+      session->run(input.data(), 1, logits.data());
+      const auto start = clock::now();
+      for (int i = 0; i < kTuneRuns; ++i) {
+        const auto r0 = clock::now();
+        session->run(input.data(), 1, logits.data());
+        runs.push_back(std::chrono::duration<double, std::milli>(clock::now() - r0).count());
+        if (i + 1 >= kTuneMinRounds && std::chrono::duration<double>(clock::now() - start).count() > per) break;
+      }
     } catch (const edgeclf::Error& e) {
       if (e.status() == EDGECLF_ERR_INTEGRITY) throw;  // a damaged file refuses the bundle, as without tuning
       if (!first_error) first_error = std::make_unique<edgeclf::Error>(e);
       ms[a->file] = std::string("failed: ") + e.what();
       continue;
-    }
-    std::vector<double> runs;
-    const auto start = clock::now();
-    for (int i = 0; i < kTuneRuns; ++i) {
-      const auto r0 = clock::now();
-      session->run(input.data(), 1, logits.data());
-      runs.push_back(std::chrono::duration<double, std::milli>(clock::now() - r0).count());
-      if (std::chrono::duration<double>(clock::now() - start).count() > per) break;
     }
     const double m = median_ms(runs);
     ms[a->file] = m;

@@ -115,7 +115,7 @@ class Classifier:
         threads: backend intra-op threads; 0 lets the backend decide.
         verify: check every loaded file against its SHA-256 in the manifest.
         autotune: with ``precision="auto"``, time each candidate artifact on this host at load
-            (about 1.5 s at most, cached per host in ``autotune_cache``) and keep the fastest;
+            (about 1 s of timing, cached per host in ``autotune_cache``) and keep the fastest;
             False: the fastest of the bundle's parity run (timed on the export host).
         autotune_cache: the cache file (default: ``autotune.json`` in the bundle).
     """

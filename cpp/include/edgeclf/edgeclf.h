@@ -205,9 +205,10 @@ EDGECLF_API edgeclf_status edgeclf_options_set_precision(edgeclf_options* option
  *  for trusted storage. Ownership: a plain value. Threads: see the options section. */
 EDGECLF_API edgeclf_status edgeclf_options_set_verify(edgeclf_options* options, int32_t verify);
 /** Autotune (default 1; any non-zero value is 1). With precision "auto" and more than one
- *  artifact the options allow, the load times each candidate on this host (one warm-up, then
- *  up to 7 runs of one image at the options' thread count, about 1.5 s at most in all, besides
- *  loading each artifact once) and keeps the fastest by median. The result is cached per host
+ *  artifact the options allow, the load times each candidate on this host, one after the other
+ *  (two warm-up runs, then up to 50 single-image runs at the options' thread count within its
+ *  share of about 1 s of timing in all, at least 3; besides loading each artifact once) and keeps
+ *  the fastest by median. The result is cached per host
  *  (CPU model, hardware threads), thread count, device, backend filter, library versions and
  *  bundle (its manifest's SHA-256) in the cache file (edgeclf_options_set_autotune_cache), so
  *  later loads on the same host time nothing; `edgeclf bench BUNDLE --tune` fills it ahead of
