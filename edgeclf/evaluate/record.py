@@ -11,13 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edgeclf._io import read_document, write_json
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+from edgeclf.train.record import _Open
 
 
 class ClassFigures(_Open):

@@ -27,7 +27,9 @@ C_BACKENDS = ("onnxruntime", "openvino")
 _RUNTIME_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
 
 
-def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | None = None, autotune: bool = True) -> Any:
+def choose_artifact(
+    bundle_dir: Path, manifest: BundleManifest, runtime: str | None = None, autotune: bool = True, verified: bool = False
+) -> Any:
     """The shipped artifact to run, by the one rule of both faces.
 
     The C runtime's choice where it can make it (the runtime is built and ``runtime`` is None or
@@ -35,6 +37,8 @@ def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | N
     per host in the bundle's ``autotune.json``), else the fastest of the bundle's parity run.
     Otherwise (a Python-only runtime such as TorchScript or TensorRT, or no C runtime here) the
     same parity-run rule in Python, among the artifacts whose runtime is installed.
+    ``verified``: the caller has checked every artifact against its SHA-256 (``read_bundle(verify=True)``),
+    so the C runtime's look at the bundle does not hash them all again.
     """
     parity = read_parity(Path(bundle_dir))  # a damaged report is a BundleError naming the file and field
     candidates = [
@@ -50,7 +54,7 @@ def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | N
             f"no artifact in {bundle_dir} can run here{f' on {runtime}' if runtime else ''} "
             f"(bundle has: {have}); install the runtime or re-export"
         )
-    chosen = _c_runtime_choice(Path(bundle_dir), runtime, autotune)
+    chosen = _c_runtime_choice(Path(bundle_dir), runtime, autotune, verify=not verified)
     if chosen is not None:
         for a in candidates:
             if a.file == chosen:
@@ -59,7 +63,7 @@ def choose_artifact(bundle_dir: Path, manifest: BundleManifest, runtime: str | N
     return min(candidates, key=lambda a: speed.get((a.format, a.precision), float("inf")))
 
 
-def _c_runtime_choice(bundle_dir: Path, runtime: str | None, autotune: bool) -> str | None:
+def _c_runtime_choice(bundle_dir: Path, runtime: str | None, autotune: bool, verify: bool) -> str | None:
     """The artifact file the C runtime loads for precision "auto" (None when it cannot decide here)."""
     if runtime is not None and runtime not in C_BACKENDS:
         return None
@@ -68,7 +72,7 @@ def _c_runtime_choice(bundle_dir: Path, runtime: str | None, autotune: bool) -> 
     except ImportError:
         return None
     try:
-        with Classifier(bundle_dir, backend=runtime or "auto", autotune=autotune) as clf:
+        with Classifier(bundle_dir, backend=runtime or "auto", autotune=autotune, verify=verify) as clf:
             return clf.artifact
     except (RuntimeUnavailableError, RuntimeCallError):  # not built here, or a bundle it refuses: Python's rule
         return None
@@ -84,7 +88,7 @@ class BundleClassifier:
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_bundle(self.bundle_dir, verify=True)
-        self.artifact = choose_artifact(self.bundle_dir, self.manifest, runtime, autotune)
+        self.artifact = choose_artifact(self.bundle_dir, self.manifest, runtime, autotune, verified=True)
         self.spec = self.manifest.spec()
         self.labels = self.manifest.labels
         a = self.artifact

@@ -23,7 +23,6 @@ import asyncio
 import hmac
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -197,7 +196,7 @@ class MicroBatcher:
             first = await self.queue.get()
             batch = [first]
             deadline = loop.time() + self.opts.max_wait_ms / 1000.0
-            while len(batch) < self.opts.max_batch and batch[-1].model is first.model:
+            while len(batch) < self.opts.max_batch:
                 try:
                     nxt = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -290,15 +289,14 @@ def create_app(
         "edgeclf_model_refused", "Registry versions refused (failed to verify or load)", ["version"], registry=prom
     )
 
-    state: dict[str, Any] = {"model": None, "lock": threading.Lock()}
+    state: dict[str, Any] = {"model": None}
 
     def current() -> ServedModel | None:
         return state["model"]
 
     def install(m: ServedModel) -> None:
         old = state["model"]
-        with state["lock"]:
-            state["model"] = m  # new requests go to it; requests in flight keep their own reference
+        state["model"] = m  # one reference swap: new requests go to it; requests in flight keep theirs
         if old is not None:
             model_info.remove(old.version, old.content_hash)
         model_info.labels(m.version, m.content_hash).set(1)
