@@ -1529,8 +1529,20 @@ def serve_cmd(
         str | None, typer.Option(help="Environment variable holding the API key /v1/ routes require (401 without it).")
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="Backend intra-op threads (0: the backend's default).")] = 0,
+    use_ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (pip install 'edgeclf[ray]').")] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="--ray: replicas (the initial count with --autoscale).")] = 1,
+    autoscale: Annotated[bool, typer.Option(help="--ray: scale between --min-replicas and --max-replicas.")] = False,
+    min_replicas: Annotated[int, typer.Option(min=1)] = 1,
+    max_replicas: Annotated[int, typer.Option(min=1)] = 4,
+    ray_cpus: Annotated[float, typer.Option(help="--ray: CPUs each replica reserves.")] = 1.0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="--ray: join this Ray cluster (e.g. auto, ray://head:10001) instead of starting one.")
+    ] = None,
 ) -> None:
     """Serve a bundle over HTTP through the C runtime: POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics, /docs."""
+    ray_flags = replicas != 1 or autoscale or ray_address is not None
+    if ray_flags and not use_ray:
+        raise typer.BadParameter("--replicas, --autoscale and --ray-address need --ray")
     try:
         import uvicorn
 
@@ -1545,9 +1557,45 @@ def serve_cmd(
         api_key_env=api_key_env,
         threads=threads,
     )
+    if use_ray:
+        from edgeclf.serve.ray_serve import RayOptions, run
+
+        ray_opts = RayOptions(replicas, autoscale, min_replicas, max_replicas, cpus_per_replica=ray_cpus)
+        err.print(f"edgeclf serve (Ray Serve, {replicas} replica(s)): http://{host}:{port} (docs: /docs, metrics: /metrics)")
+        run(bundle, registry=registry_root, options=opts, ray=ray_opts, host=host, port=port, address=ray_address)
+        return
     app_ = create_app(bundle, registry=registry_root, options=opts)
     err.print(f"edgeclf serve: http://{host}:{port} (docs: /docs, metrics: /metrics)")
     uvicorn.run(app_, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+@app.command("triton")
+def triton_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", help="The model repository to write.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the bundle's name).")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="max_batch_size and dynamic batching's largest batch.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="Dynamic batching's queue delay.")] = 2.0,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or gpu (instance_group kind; TensorRT engines are always gpu).")] = "cpu",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt, labels, calibrated outputs, client) from a bundle."""
+    from edgeclf.serve.triton import write_repository
+
+    repo = write_repository(
+        bundle, out_dir, name=name, max_batch=max_batch, max_wait_ms=max_wait_ms, instances=instances, device=device, force=force
+    )
+    if as_json:
+        _print_json(repo.to_dict())
+        return
+    for m in repo.models:
+        outs = ", ".join(t["name"] for t in m.outputs)
+        out.print(f"  {m.name}: {m.platform} ({m.precision}) from {m.artifact} -> {outs}", highlight=False, soft_wrap=True)
+    for s in repo.skipped:
+        out.print(f"  [yellow]skipped[/] {s}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_dir} (tritonserver --model-repository {out_dir}; see its README.md)", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
