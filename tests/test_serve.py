@@ -236,12 +236,12 @@ def test_an_internal_failure_is_a_json_500_without_a_traceback(bundle: Path) -> 
         def boom(self: object, images: object, pixel_format: object = None) -> None:
             raise RuntimeError("secret internals at /opt/x")
 
-        orig = Classifier.probabilities
-        Classifier.probabilities = boom  # type: ignore[method-assign]
+        orig = Classifier.infer
+        Classifier.infer = boom  # type: ignore[method-assign]
         try:
             r = c.post("/v1/classify", content=_png(np.asarray(blob_image(8, 40))), headers={"content-type": "image/png"})
         finally:
-            Classifier.probabilities = orig  # type: ignore[method-assign]
+            Classifier.infer = orig  # type: ignore[method-assign]
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal"
     assert "Traceback" not in r.text and "/opt/x" not in r.text
 
@@ -295,3 +295,33 @@ def test_sigterm_drains_the_request_in_flight_then_exits(bundle: Path) -> None:
             proc.kill()
         out = proc.stdout.read() if proc.stdout else ""
     assert "Traceback" not in out and "Application shutdown complete" in out
+
+
+def test_responses_carry_the_bundles_decision(tmp_path: Path) -> None:
+    """A reject policy answers "unknown" (label null) where the C runtime's decision does, and the
+    response says which rule decided."""
+    from edgeclf.evaluate.decision import DecisionPolicy, RejectRule
+
+    imgs = [np.asarray(blob_image(i, 48)) for i in range(6)]
+    plain = make_synthetic_bundle(tmp_path / "plain", crop=32, labels=("a", "b", "c"))
+    with runtime.Classifier(plain) as clf:
+        top = clf.probabilities(imgs).max(axis=1)
+    threshold = float(np.median(top))  # half the images fall below it
+    policy = DecisionPolicy(
+        objectives=["reject"],
+        reject=RejectRule(score="max_probability", threshold=threshold),
+    )
+    b = make_synthetic_bundle(tmp_path / "b", crop=32, labels=("a", "b", "c"), decision=policy)
+    with runtime.Classifier(b) as clf:
+        want = clf.classify_decision(imgs)
+        probs = clf.probabilities(imgs)
+    assert any(d.label is None for d in want) and any(d.label is not None for d in want)
+    with _client(create_app(b)) as c:
+        for im, w, p in zip(imgs, want, probs, strict=True):
+            r = c.post("/v1/classify", content=_png(im), headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            res = r.json()["results"][0]
+            assert res["label"] == w.label and res["decision"]["label"] == w.label
+            assert res["decision"]["unknown"] == (w.label is None) and res["decision"]["rule"] == w.rule
+            assert abs(res["decision"]["probability"] - w.probability) < 1e-5
+            assert abs(res["top_k"][0]["probability"] - float(p.max())) < 1e-5

@@ -154,6 +154,7 @@ class Classifier:
         self.labels: list[str] = list(self._model.labels)
         self._local = threading.local()
         self._closed = False
+        self._temperature: float | None = None
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -276,6 +277,28 @@ class Classifier:
         arrays, formats = self._batch(images, pixel_format)
         s = self._session()
         return self._decisions(self._call(lambda: s.classify_decision(arrays, formats)))
+
+    def infer(
+        self, images: Sequence[ImageInput] | ImageInput, pixel_format: str | Sequence[str] | None = None
+    ) -> tuple[np.ndarray, list[Decision]]:
+        """Calibrated probabilities (N x classes, float32) and the bundle's decision per image, from one
+        inference pass: the C++ preprocessing of each image, one batched backend call, and the C
+        runtime's decision policy on those logits (what a server answers)."""
+        arrays, formats = self._batch(images, pixel_format)
+        s = self._session()
+        fmts = formats or [""] * len(arrays)
+
+        def run() -> np.ndarray:
+            return s.run_tensor(np.stack([s.preprocess(a, f) for a, f in zip(arrays, fmts, strict=True)]))
+
+        logits = np.asarray(self._call(run), dtype=np.float32)
+        decisions = self._decisions(self._call(lambda: self._model.decide(logits)))
+        if self._temperature is None:
+            self._temperature = float(self.manifest_value("/temperature"))
+        z = logits.astype(np.float64) / self._temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32), decisions
 
     def decide(self, logits: np.ndarray) -> list[Decision]:
         """The C runtime's decision policy applied to raw logits (N x classes) computed elsewhere."""

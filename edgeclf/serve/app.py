@@ -171,8 +171,8 @@ class MicroBatcher:
     def depth(self) -> int:
         return self.queue.qsize() if self.queue is not None else 0
 
-    async def submit(self, images: list[np.ndarray]) -> tuple[ServedModel, list[np.ndarray]]:
-        """Probabilities per image, all from the same model version."""
+    async def submit(self, images: list[np.ndarray]) -> tuple[ServedModel, list[tuple[np.ndarray, Any]]]:
+        """(probabilities, decision) per image, all from the same model version."""
         assert self.queue is not None
         if self.queue.qsize() + len(images) > self.opts.max_queue:
             raise ApiError(
@@ -221,17 +221,15 @@ class MicroBatcher:
         assert model is not None
         self.on_batch(len(batch))
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(
-                self._pool, model.clf.probabilities, [it.image for it in batch]
-            )
+            probs = await asyncio.get_running_loop().run_in_executor(self._pool, model.clf.infer, [it.image for it in batch])
         except Exception as e:  # noqa: BLE001 - handed to each waiting request
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(e)
             return
-        for it, p in zip(batch, probs, strict=True):
+        for it, p, d in zip(batch, *probs, strict=True):
             if not it.future.done():
-                it.future.set_result(p)
+                it.future.set_result((p, d))
 
 
 # ---- decoding -------------------------------------------------------------------------------
@@ -479,13 +477,21 @@ def create_app(
         t2 = time.perf_counter()
         labels = m.info["labels"]
         results = []
-        for (name, _), p in zip(parts, probs, strict=True):
+        for (name, _), (p, d) in zip(parts, probs, strict=True):
             order = np.argsort(-p, kind="stable")[: min(k, len(labels))]
             results.append(
                 {
                     "name": name,
                     "top_k": [{"label": labels[i], "probability": float(p[i])} for i in order],
-                    "label": labels[order[0]],
+                    # the bundle's decision policy (argmax, adjusted priors, costs, reject -> null)
+                    "label": d.label,
+                    "decision": {
+                        "label": d.label,
+                        "unknown": d.label is None,
+                        "rule": d.rule,
+                        "probability": d.probability,
+                        "score": d.score,
+                    },
                 }
             )
         return {
