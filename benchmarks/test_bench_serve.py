@@ -74,6 +74,7 @@ async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = Non
     lat: list[float] = []
     errors = 0
     sent = 0
+    versions_seen: dict[str, int] = {}
     t_end = time.perf_counter() + seconds
 
     async def client(c: Any) -> None:
@@ -84,6 +85,9 @@ async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = Non
             try:
                 r = await c.post("/v1/classify?top_k=1", content=body, headers={"content-type": "image/jpeg"})
                 ok = r.status_code == 200
+                if ok and during is not None:
+                    v = r.json().get("model", {}).get("version", "?")
+                    versions_seen[v] = versions_seen.get(v, 0) + 1
             except httpx.HTTPError:
                 ok = False
             lat.append(time.perf_counter() - t0)
@@ -106,6 +110,7 @@ async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = Non
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "seconds": wall,
+        **({"answered_by_version": versions_seen} if during is not None else {}),
     }
 
 
@@ -145,21 +150,55 @@ def _eager_app(bundle: Path) -> Any:
     return app
 
 
-@pytest.mark.parametrize("config", ["edgeclf-batched", "edgeclf-unbatched", "fastapi-eager-timm"])
-def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureRequest, config: str) -> None:
+def _registry_with_two_versions(bundle: Path, root: Path) -> Any:
+    """A registry holding ``bundle`` as 1.0.0 (promoted) and a copy of it (new manifest date) as 1.0.1."""
+    import shutil
+
+    from edgeclf.export.bundle import read_bundle, write_manifest
+    from edgeclf.registry import Registry, RegistryError
+
+    reg = Registry(root)
+    reg.add(bundle, "1.0.0")
+    try:
+        reg.promote("1.0.0")
+    except RegistryError as e:
+        pytest.skip(f"the hot swap needs a bundle the registry promotes: {str(e)[:200]}")
+    copy = root.parent / "bundle-1.0.1"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("autotune.json"))
+    write_manifest(copy, read_bundle(copy, verify=False).model_copy(update={"created": "2030-01-01T00:00:00+00:00"}))
+    reg.add(copy, "1.0.1")
+    return reg
+
+
+@pytest.mark.parametrize("config", ["edgeclf-batched", "edgeclf-unbatched", "fastapi-eager-timm", "edgeclf-hot-swap"])
+def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureRequest, config: str, tmp_path: Path) -> None:
+    """Each configuration under the same load; ``edgeclf-hot-swap`` serves a registry and promotes a
+    new version half a second into the run (every request must still answer 200)."""
     from edgeclf.serve import ServeOptions, create_app
 
     n = int(request.config.getoption("--serve-requests"))
     seconds = float(request.config.getoption("--serve-seconds"))
+    during = None
     if config == "fastapi-eager-timm":
         app = _eager_app(bundle_dir)
     else:
-        opts = ServeOptions(max_batch=8 if config == "edgeclf-batched" else 1, max_wait_ms=2.0, max_queue=256)
-        app = create_app(bundle_dir, options=opts)
+        opts = ServeOptions(max_batch=1 if config == "edgeclf-unbatched" else 8, max_wait_ms=2.0, max_queue=256)
+        if config == "edgeclf-hot-swap":
+            reg = _registry_with_two_versions(bundle_dir, tmp_path / "registry")
+            app = create_app(registry=reg.root, options=opts)
+
+            def during() -> None:
+                reg.promote("1.0.1")
+        else:
+            app = create_app(bundle_dir, options=opts)
     body = _jpeg()
     with _Server(app) as url:
         asyncio.run(_load(url, body, min(64, n), 30))  # warm-up
-        res = asyncio.run(_load(url, body, n, seconds))
+        res = asyncio.run(_load(url, body, n, seconds, during))
+        if config == "edgeclf-hot-swap":
+            with httpx.Client(base_url=url) as c:
+                assert c.get("/v1/model").json()["version"] == "1.0.1", "the promoted version is not served"
+            assert res["answered_by_version"].get("1.0.1"), "no request was answered by the promoted version"
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(kind="serve-load", config=config, clients=CLIENTS, frame="640x480 JPEG", **res, **versions())
     print(f"\n{config}: {res}")
