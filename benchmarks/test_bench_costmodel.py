@@ -106,3 +106,69 @@ def test_costmodel_vs_measured(benchmark, request, tmp_path, this_host, backbone
         f"\n{backbone} {size} px: measured p50 {p50:.2f} ms, estimated {estimate.p50_ms:.2f} ms ({error:+.1f} %) "
         f"with the calibration host's figures, {here.p50_ms:.2f} ms ({error_here:+.1f} %) with this host's"
     )
+
+
+@pytest.fixture(scope="module")
+def measured_native(tmp_path_factory, this_host):
+    """Every registered EfficientNet-Lite at its native resolution, fp32 and int8 (static QDQ), on
+    ONNX Runtime and OpenVINO, timed the way ``edgeclf profiles calibrate-costmodel`` times them
+    (one worker process per model file, the quietest of the passes)."""
+    import importlib.util
+
+    from edgeclf.bench.calibrate import measure_backbones
+    from edgeclf.models import get_backbone
+
+    runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    work = tmp_path_factory.mktemp("native")
+    points = []
+    for name in [b.name for b in list_backbones() if b.name.startswith("tf_efficientnet_lite")]:
+        size = get_backbone(name).input_size
+        points += measure_backbones([name], [], [size], runtimes, this_host.threads, 1.0, work, passes=2)
+    return points
+
+
+def test_estimate_table_on_this_host(benchmark, measured_native, this_host) -> None:
+    """The selection's estimate with this host's probed figures (what ``--profile auto`` uses) vs the
+    measured p50, per backbone x runtime x precision; the int8 / fp32 ratio per runtime; achieved
+    GFLOP/s beside the physical bound (the model's FLOPs at this host's probed peak)."""
+    from edgeclf.select import CostModel, model_counts
+
+    figures = this_host.figures()
+    rows = []
+    for p in measured_native:
+        counts = model_counts(p.backbone, p.resolution)
+        est = CostModel().estimate(counts, figures, (p.runtime, p.backend), p.precision)
+        peak = figures.peak_gops[p.precision]
+        rows.append(
+            {
+                "backbone": p.backbone,
+                "px": p.resolution,
+                "runtime": p.runtime,
+                "precision": p.precision,
+                "measured_p50_ms": p.p50_ms,
+                "estimated_p50_ms": round(est.p50_ms, 3),
+                "error_pct": round(100 * (est.p50_ms / p.p50_ms - 1), 1),
+                "gflops": round(counts.gflops, 3),
+                "achieved_gops_per_s": round(counts.gflops / (p.p50_ms / 1e3), 1),
+                "bound_ms": round(counts.gflops / peak * 1e3, 3),
+                "peak_gops_per_s": round(peak, 1),
+            }
+        )
+    ratios = {}
+    for r in rows:
+        if r["precision"] == "int8":
+            fp32 = next(x for x in rows if (x["backbone"], x["runtime"], x["precision"]) == (r["backbone"], r["runtime"], "fp32"))
+            ratios[f"{r['backbone']}/{r['runtime']}"] = round(fp32["measured_p50_ms"] / r["measured_p50_ms"], 3)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    within = sum(abs(r["error_pct"]) <= 25 for r in rows)
+    benchmark.extra_info.update(
+        versions(), rows=rows, int8_speedup=ratios, within_25_pct=f"{within}/{len(rows)}", host=figures.name
+    )
+    print(f"\n{figures.name}: estimate within +-25 % for {within}/{len(rows)}")
+    print("backbone                 px  runtime      prec  measured  estimate  error  achieved GOP/s  bound ms")
+    for r in rows:
+        print(
+            f"{r['backbone']:<24} {r['px']:>3}  {r['runtime']:<11} {r['precision']:<5} {r['measured_p50_ms']:8.2f}  "
+            f"{r['estimated_p50_ms']:8.2f}  {r['error_pct']:+5.0f}%  {r['achieved_gops_per_s']:14.1f}  {r['bound_ms']:8.2f}"
+        )
+    print("int8 speed-up over fp32 (fp32 p50 / int8 p50):", ratios)

@@ -189,3 +189,32 @@ def test_third_party_output_goes_to_the_log_file_not_the_terminal(tmp_path: Path
         print("to stderr")
     out, err = capfd.readouterr()
     assert "to stderr" in err and "to stderr" not in out
+
+
+def test_a_library_imported_inside_the_redirect_does_not_log_into_a_closed_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """NNCF binds its handler to the stdout it sees at import: imported inside the block, that is the
+    log file, closed when the block ends. The next block and later lines must not fail to log."""
+    import logging
+    import sys
+
+    from edgeclf.export.formats import stdout_to_stderr, third_party_log
+
+    lg = logging.getLogger("nncf")
+    before = lg.handlers[:]
+    log_file = tmp_path / "export.log"
+    try:
+        with third_party_log(log_file), stdout_to_stderr():
+            lg.addHandler(logging.StreamHandler(sys.stdout))  # "import nncf" inside the block
+            lg.warning("first block")
+        with third_party_log(log_file), stdout_to_stderr():
+            lg.warning("second block")
+        lg.warning("after both")
+    finally:
+        lg.handlers = before
+    out, err = capfd.readouterr()
+    text = log_file.read_text(encoding="utf-8")
+    assert "Logging error" not in text + out + err
+    assert "first block" in text and text.count("second block") == 1
+    assert "after both" in err and "after both" not in out

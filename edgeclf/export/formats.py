@@ -374,13 +374,15 @@ def stdout_to_stderr() -> Iterator[None]:
             os.dup2(copy, fd)
             os.close(copy)
         saved = []
-    handlers: list[tuple[logging.Logger, logging.Handler, bool]] = []
+    handlers: list[tuple[logging.Logger, logging.Handler, bool, list[logging.Handler]]] = []
     if sink is not None:
         for name in _CHATTY_LOGGERS:
             lg = logging.getLogger(name)
             h = logging.StreamHandler(sink)
-            handlers.append((lg, h, lg.propagate))
-            lg.addHandler(h)
+            # the library's own handlers (NNCF's writes to the stdout it saw at import) are set
+            # aside for the duration: the sink is the only place its lines go
+            handlers.append((lg, h, lg.propagate, lg.handlers[:]))
+            lg.handlers = [h]
             lg.propagate = False
     try:
         with (
@@ -389,9 +391,15 @@ def stdout_to_stderr() -> Iterator[None]:
         ):
             yield
     finally:
-        for lg, h, propagate in handlers:
-            lg.removeHandler(h)
+        for lg, h, propagate, before in handlers:
+            added = [x for x in lg.handlers if x is not h and x not in before]
+            lg.handlers = before + added
             lg.propagate = propagate
+            for x in lg.handlers:
+                # a handler made while the streams pointed at the sink (a library imported inside
+                # this block) would write to it once it is closed: point it at stderr instead
+                if isinstance(x, logging.StreamHandler) and x.stream is sink:
+                    x.setStream(sys.stderr)
         try:
             sys.stdout.flush()
             target.flush()
