@@ -301,6 +301,9 @@ def create_app(
         log.info("serving %s (%s) from %s", m.version, m.content_hash, m.bundle_dir)
 
     batcher = MicroBatcher(opts, current, lambda n: batch_sizes.observe(n))
+    # decoding off the event loop (PIL releases the GIL): the next request's JPEG decodes while
+    # the inference thread runs the current batch, and the loop keeps parsing HTTP meanwhile
+    pools: dict[str, ThreadPoolExecutor] = {}
 
     def load_registry_current(reg: Any) -> None:
         p = reg.current()
@@ -338,12 +341,14 @@ def create_app(
             load_registry_current(reg)
             watcher = asyncio.get_running_loop().create_task(watch_registry(reg))
         batcher.start()
+        pools["decode"] = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="edgeclf-decode")
         try:
             yield
         finally:  # graceful shutdown: uvicorn stops accepting, in-flight requests finish first
             if watcher is not None:
                 watcher.cancel()
             await batcher.stop()
+            pools.pop("decode").shutdown(wait=True)
             m = state["model"]
             if m is not None:
                 m.clf.close()
@@ -471,7 +476,10 @@ def create_app(
         parts = await read_images(request)
         if len(parts) > opts.max_images:
             raise ApiError("too_many_images", f"{len(parts)} images in one request; the limit is {opts.max_images}")
-        images = [decode_image(data, name) for name, data in parts]
+        loop = asyncio.get_running_loop()
+        images = list(
+            await asyncio.gather(*(loop.run_in_executor(pools["decode"], decode_image, data, name) for name, data in parts))
+        )
         t1 = time.perf_counter()
         m, probs = await batcher.submit(images)
         t2 = time.perf_counter()
