@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_run_ships_its_best_candidate_and_never_reads_test(
         assert (logits.argmax(1) == z[best["name"]]).mean() >= 5 / 6  # fp16 cache vs fp32: at most one flip
     assert "every_class_recalled" in m["quality_gates"] and m["recipe"]["choices"]
     yaml_text = (tmp_path / "run" / "config.yaml").read_text()
-    assert "unfreeze: 2  # auto: data size" in yaml_text
+    assert re.search(r"unfreeze: \d+  # auto: data size", yaml_text)
 
 
 def test_weak_class_gate_fires_and_names_the_class(tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,10 +85,10 @@ def test_resolution_follows_the_images_within_the_budget() -> None:
 def test_data_size_scales_epochs_and_depth() -> None:
     assert epochs_for(100, 32) == 30 and epochs_for(100_000, 32) == 4
     assert epochs_for(2000, 32) < epochs_for(500, 32)
-    assert unfreeze_for(500, 8) == 2 and unfreeze_for(5000, 8) == 3 and unfreeze_for(50_000, 8) == 4
-    assert unfreeze_for(50_000, 3) == 3
+    assert unfreeze_for(500, 8) == 4 and unfreeze_for(5000, 8) == 4 and unfreeze_for(50_000, 8) == 5
+    assert unfreeze_for(50_000, 3) == 3 and unfreeze_for(500, 2) == 2
     cfg, ch = resolve_recipe(load_config(), facts({"a": 3000, "b": 3000}), 224, 8)
-    assert cfg.finetune.unfreeze == 3 and cfg.finetune.epochs == epochs_for(6000, 32)
+    assert cfg.finetune.unfreeze == 4 and cfg.finetune.epochs == epochs_for(6000, 32)
     assert "6000 training images" in choice(ch, "finetune.epochs").reason
 
 

@@ -50,8 +50,14 @@ GRAYSCALE_SHARE = 0.95
 #: Optimizer steps (at batch 32) the epoch rule aims for; epochs are clamped to this range.
 TARGET_STEPS = 640
 EPOCH_RANGE = (4, 30)
-#: Training-image counts above which one more backbone stage is unfrozen.
-UNFREEZE_STEPS = (2000, 20000)
+#: Backbone stages fine-tuned at any data size, and the training-image counts above which one
+#: more is unfrozen. Half of an EfficientNet-Lite's 8 stages: on trashnet-150 (1,769 training
+#: images, lite2 at 160 px) the last 4 stages reached val macro-F1 0.929 against 0.874 with the
+#: last 2 (test 0.871 vs 0.832), at about twice the time per epoch on cached trunk activations.
+#: Early stopping on validation and the candidate selection (the linear probe ships when the
+#: fine-tuned model is not better) bound the risk of a deeper fine-tune on little data.
+UNFREEZE_BASE = 4
+UNFREEZE_STEPS = (20000,)
 #: Images sampled (decoded) to decide the modality.
 GRAY_SAMPLE = 48
 #: The smallest input the resolution rule trains at (below it the last feature map is 2x2).
@@ -179,8 +185,8 @@ def epochs_for(num_train: int, batch_size: int) -> int:
 
 
 def unfreeze_for(num_train: int, n_groups: int) -> int:
-    """Backbone groups (timm stages, counted from the head) to fine-tune: 2, 3, then 4 with more data."""
-    depth = 2 + sum(num_train > s for s in UNFREEZE_STEPS)
+    """Backbone groups (timm stages, counted from the head) to fine-tune: 4, then 5 with more data."""
+    depth = UNFREEZE_BASE + sum(num_train > s for s in UNFREEZE_STEPS)
     return min(depth, n_groups)
 
 
