@@ -83,6 +83,10 @@ def test_auto_vs_best_with_wrong_export_timings(benchmark: Any, bundle_dir: Path
             autotune=tuned,
             **versions(),
         )
+        print(
+            f"\nalone {alone} ms; auto chose {clf.artifact} ({auto_ms:.2f} ms), best alone {best}: "
+            f"auto / best {alone[best] / auto_ms:.3f}; load with timing {load_s:.2f} s"
+        )
     finally:
         clf.close()
     assert tuned["state"] == "measured"
