@@ -1264,7 +1264,7 @@ def demo(
     """The whole build on the embedded elpv data set (from PyPI) for this machine's profile; what `make demo` runs.
 
     The same as `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0`
-    with `finetune.unfreeze: 2` in the recipe (the recipe's 4 stages take 4x the time on elpv for the same quality)."""
+    with `finetune.unfreeze: 2` in the recipe (the recipe's 4 stages take about 3x the time on elpv for the same quality)."""
     from edgeclf.build import demo_options
 
     _run_build(demo_options(out_dir), as_json)

@@ -124,6 +124,9 @@ def test_demo_is_the_make_demo_build(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert res.exit_code == 0, (args, res.output, res.exception)
         assert json.loads(res.stdout) == done.model_dump(mode="json")
     built, demo, elsewhere = calls
+    # the demo adds one recipe setting the command line above has no flag for (README: "finetune.unfreeze 2")
+    assert demo.extra_train == {"finetune.unfreeze": 2}
+    built = dataclasses.replace(built, extra_train=demo.extra_train)
     assert demo == built
     assert (demo.profile, demo.data_dir, demo.out, demo.backbones) == (
         "auto",

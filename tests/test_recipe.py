@@ -161,3 +161,12 @@ def test_choose_resolution_pays_for_a_larger_input_only_beyond_the_noise() -> No
     # the larger size worse: the cheaper one, whatever the order of the dict
     size, _, _ = choose_resolution([224, 288], y, {288: cheap, 224: better}, ["a", "b", "c"])
     assert size == 224
+
+
+def test_the_demo_pins_two_stages_as_a_user_choice() -> None:
+    """`edgeclf demo` fine-tunes the last 2 stages; config.yaml says the user set it and what the rule says."""
+    from edgeclf.build.options import demo_options
+
+    cfg, ch = resolve_recipe(load_config(None, demo_options().extra_train), facts({"a": 1500, "b": 300}), 224, 8)
+    c = choice(ch, "finetune.unfreeze")
+    assert cfg.finetune.unfreeze == 2 and c.source == "user" and "rule would say: 4" in c.reason
