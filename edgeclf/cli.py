@@ -1530,6 +1530,9 @@ def serve_cmd(
         str | None, typer.Option(help="Environment variable holding the API key /v1/ routes require (401 without it).")
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="Backend intra-op threads (0: the backend's default).")] = 0,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each loads the model; --threads divides the cores among them).")
+    ] = 1,
     use_ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (pip install 'edgeclf[ray]').")] = False,
     replicas: Annotated[int, typer.Option(min=1, help="--ray: replicas (the initial count with --autoscale).")] = 1,
     autoscale: Annotated[bool, typer.Option(help="--ray: scale between --min-replicas and --max-replicas.")] = False,
@@ -1564,6 +1567,33 @@ def serve_cmd(
         ray_opts = RayOptions(replicas, autoscale, min_replicas, max_replicas, cpus_per_replica=ray_cpus)
         err.print(f"edgeclf serve (Ray Serve, {replicas} replica(s)): http://{host}:{port} (docs: /docs, metrics: /metrics)")
         run(bundle, registry=registry_root, options=opts, ray=ray_opts, host=host, port=port, address=ray_address)
+        return
+    if workers > 1:
+        import dataclasses
+
+        from edgeclf.serve.app import WORKER_ENV
+
+        if (bundle is None) == (registry_root is None):
+            raise typer.BadParameter("serve a bundle or --registry ROOT, not both (and not neither)")
+        if threads == 0:  # the workers share the cores rather than each taking all of them
+            opts = dataclasses.replace(opts, threads=max(1, (os.cpu_count() or 1) // workers))
+        os.environ[WORKER_ENV] = json.dumps(
+            {
+                "bundle": None if bundle is None else str(Path(bundle).resolve()),
+                "registry": None if registry_root is None else str(Path(registry_root).resolve()),
+                "options": dataclasses.asdict(opts),
+            }
+        )
+        err.print(f"edgeclf serve: http://{host}:{port} ({workers} worker processes; docs: /docs, metrics: /metrics per worker)")
+        uvicorn.run(
+            "edgeclf.serve.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=30,
+        )
         return
     app_ = create_app(bundle, registry=registry_root, options=opts)
     err.print(f"edgeclf serve: http://{host}:{port} (docs: /docs, metrics: /metrics)")

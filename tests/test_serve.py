@@ -325,3 +325,47 @@ def test_responses_carry_the_bundles_decision(tmp_path: Path) -> None:
             assert res["decision"]["unknown"] == (w.label is None) and res["decision"]["rule"] == w.rule
             assert abs(res["decision"]["probability"] - w.probability) < 1e-5
             assert abs(res["top_k"][0]["probability"] - float(p.max())) < 1e-5
+
+
+def test_workers_serve_from_several_processes(bundle: Path) -> None:
+    """`edgeclf serve --workers 2`: two processes, each with its own model, answer the same port; SIGTERM
+    stops them all."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "edgeclf.cli", "serve", str(bundle), "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        with runtime.Classifier(bundle) as clf:
+            want = clf.probabilities([np.asarray(blob_image(3, 40))])[0]
+        for _ in range(6):
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/classify",
+                content=_png(np.asarray(blob_image(3, 40))),
+                headers={"content-type": "image/png"},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            assert abs(r.json()["results"][0]["top_k"][0]["probability"] - float(want.max())) < 1e-5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.stdout.read() if proc.stdout else ""
+    assert "Traceback" not in out and out.count("Started server process") == 2

@@ -514,3 +514,22 @@ def create_app(
 
     ROUTES = {"/healthz", "/readyz", "/metrics", "/v1/model", "/v1/classify", "/docs", "/openapi.json"}
     return app
+
+
+#: ``edgeclf serve --workers N``: each worker process builds its app from this environment variable
+#: (uvicorn starts workers from an import string, so the settings travel as JSON).
+WORKER_ENV = "EDGECLF_SERVE_APP"
+
+
+def app_from_environment() -> Any:
+    """The app of one ``--workers`` process: :func:`create_app` with the settings in :data:`WORKER_ENV`."""
+    import json
+    from dataclasses import fields
+
+    try:
+        doc = json.loads(os.environ[WORKER_ENV])
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{WORKER_ENV} is missing or not JSON ({e}); start workers with `edgeclf serve --workers N`") from None
+    names = {f.name for f in fields(ServeOptions)}
+    opts = ServeOptions(**{k: v for k, v in (doc.get("options") or {}).items() if k in names})
+    return create_app(doc.get("bundle"), registry=doc.get("registry"), options=opts)
