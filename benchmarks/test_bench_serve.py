@@ -5,7 +5,9 @@ against the usual hand-written server (FastAPI + eager timm on the same backbone
 
 16 concurrent clients send a real 640x480 JPEG (``--serve-requests`` in all, default 2,000; the
 run also stops after ``--serve-seconds``); each configuration's figures go to ``extra_info``
-and are printed. The eager baseline decodes with PIL, resizes and normalises with torchvision
+and are printed. Every server runs in its own process (``edgeclf serve``; the baseline via
+``python -m benchmarks.test_bench_serve BUNDLE PORT``), so the load generator's event loop does not
+share a GIL with it. The eager baseline decodes with PIL, resizes and normalises with torchvision
 and runs the timm model in fp32 (random weights: the speed is what is compared).
 """
 
@@ -52,22 +54,38 @@ def _free_port() -> int:
 
 
 class _Server:
-    def __init__(self, app: Any) -> None:
+    """A server in its own process (as it runs in production: the load generator's event loop and GIL
+    stay out of its way), started from ``cmd`` with ``{port}`` filled in; ready when ``/readyz`` answers."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        import subprocess
+        import sys
+
         self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        argv = [sys.executable, *(a.replace("{port}", str(self.port)) for a in cmd)]
+        self.proc = subprocess.Popen(
+            argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "the server did not start"
-        return f"http://127.0.0.1:{self.port}"
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"the server exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("the server did not start")
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
 
 
 async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = None) -> dict[str, Any]:
@@ -139,6 +157,10 @@ def _eager_app(bundle: Path) -> Any:
     app = FastAPI()
     lock = threading.Lock()
 
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict[str, Any]:
         img = Image.open(io.BytesIO(await request.body())).convert("RGB")
@@ -174,25 +196,35 @@ def _registry_with_two_versions(bundle: Path, root: Path) -> Any:
 def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureRequest, config: str, tmp_path: Path) -> None:
     """Each configuration under the same load; ``edgeclf-hot-swap`` serves a registry and promotes a
     new version half a second into the run (every request must still answer 200)."""
-    from edgeclf.serve import ServeOptions, create_app
-
     n = int(request.config.getoption("--serve-requests"))
     seconds = float(request.config.getoption("--serve-seconds"))
     during = None
+    max_batch = "1" if config == "edgeclf-unbatched" else "8"
+    serve = [
+        "-m",
+        "edgeclf.cli",
+        "serve",
+        "--port",
+        "{port}",
+        "--max-batch",
+        max_batch,
+        "--max-wait-ms",
+        "2",
+        "--max-queue",
+        "256",
+    ]
     if config == "fastapi-eager-timm":
-        app = _eager_app(bundle_dir)
-    else:
-        opts = ServeOptions(max_batch=1 if config == "edgeclf-unbatched" else 8, max_wait_ms=2.0, max_queue=256)
-        if config == "edgeclf-hot-swap":
-            reg = _registry_with_two_versions(bundle_dir, tmp_path / "registry")
-            app = create_app(registry=reg.root, options=opts)
+        cmd = ["-m", "benchmarks.test_bench_serve", str(bundle_dir), "{port}"]
+    elif config == "edgeclf-hot-swap":
+        reg = _registry_with_two_versions(bundle_dir, tmp_path / "registry")
+        cmd = [*serve, "--registry", str(reg.root)]
 
-            def during() -> None:
-                reg.promote("1.0.1")
-        else:
-            app = create_app(bundle_dir, options=opts)
+        def during() -> None:
+            reg.promote("1.0.1")
+    else:
+        cmd = [*serve, str(bundle_dir)]
     body = _jpeg()
-    with _Server(app) as url:
+    with _Server(cmd) as url:
         asyncio.run(_load(url, body, min(64, n), 30))  # warm-up
         res = asyncio.run(_load(url, body, n, seconds, during))
         if config == "edgeclf-hot-swap":
@@ -203,3 +235,9 @@ def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureReq
     benchmark.extra_info.update(kind="serve-load", config=config, clients=CLIENTS, frame="640x480 JPEG", **res, **versions())
     print(f"\n{config}: {res}")
     assert res["errors"] == 0
+
+
+if __name__ == "__main__":  # the eager baseline in its own process: python -m benchmarks.test_bench_serve BUNDLE PORT
+    import sys
+
+    uvicorn.run(_eager_app(Path(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
