@@ -60,18 +60,23 @@ class _Server:
     def __init__(self, cmd: list[str]) -> None:
         import subprocess
         import sys
+        import tempfile
 
         self.port = _free_port()
         argv = [sys.executable, *(a.replace("{port}", str(self.port)) for a in cmd)]
+        # its log goes to a file, not a pipe nobody drains (a full pipe would stall the server)
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            argv, cwd=Path(__file__).resolve().parents[1], stdout=self.log, stderr=subprocess.STDOUT, text=True
         )
 
     def __enter__(self) -> str:
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 180
         while time.time() < deadline:
-            assert self.proc.poll() is None, f"the server exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise AssertionError(f"the server exited: {self.log.read()[-2000:]}")
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     return url
@@ -86,6 +91,7 @@ class _Server:
             self.proc.wait(timeout=30)
         except Exception:  # noqa: BLE001
             self.proc.kill()
+        self.log.close()
 
 
 async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Honest uncertainty: stratified bootstrap confidence intervals, shared by training and evaluation."""
+"""Honest uncertainty (stratified bootstrap confidence intervals) and the calibrated softmax."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from typing import Any
 import numpy as np
 
 from edgeclf.errors import EdgeclfError
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise ``softmax(logits / temperature)`` in float64: the bundles' calibrated probabilities."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
 
 #: Resampled items held in memory at once (indices + gathered labels, int64): about 50 MB.
 #: Larger splits are resampled in blocks of rows; results do not depend on the block size.

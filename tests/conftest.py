@@ -21,6 +21,24 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+def png_bytes(img: Image.Image | np.ndarray) -> bytes:
+    """An image (PIL or H x W x C uint8) encoded as PNG."""
+    import io
+
+    buf = io.BytesIO()
+    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def blob_image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
     """A smooth random image: distinct per seed under a perceptual hash, robust to re-encoding."""
     rng = np.random.default_rng(seed)

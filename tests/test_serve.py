@@ -6,12 +6,13 @@ runtime's, requests are micro-batched, every bad input is a JSON error with a st
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -20,13 +21,9 @@ runtime = pytest.importorskip("edgeclf.runtime")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from edgeclf.serve import ERROR_CODES, ServeOptions, create_app  # noqa: E402
-from tests.conftest import blob_image, make_synthetic_bundle  # noqa: E402
+from tests.conftest import blob_image, free_port, make_synthetic_bundle, png_bytes  # noqa: E402
 
-
-def _png(img: Image.Image | np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, format="PNG")
-    return buf.getvalue()
+_png = png_bytes
 
 
 @pytest.fixture()
@@ -246,31 +243,44 @@ def test_an_internal_failure_is_a_json_500_without_a_traceback(bundle: Path) -> 
     assert "Traceback" not in r.text and "/opt/x" not in r.text
 
 
-def test_sigterm_drains_the_request_in_flight_then_exits(bundle: Path) -> None:
-    """`edgeclf serve` in its own process: a request waiting in the batcher when SIGTERM arrives is
-    still answered (uvicorn drains), then the process exits cleanly."""
-    import signal
-    import socket
-    import subprocess
+@contextlib.contextmanager
+def _serve_process(bundle: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
+    """`edgeclf serve BUNDLE ARGS` in its own process, ready (``/readyz``) on a free port; killed if still
+    running at the end. Yields the process, the port, and a list that holds its output once it ended."""
     import sys
-    import threading
     import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "edgeclf.cli", "serve", str(bundle), "--port", str(port), "--max-wait-ms", "1500"]
+    port = free_port()
+    cmd = [sys.executable, "-m", "edgeclf.cli", "serve", str(bundle), "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while time.time() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        yield proc, port, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output.append(proc.stdout.read() if proc.stdout else "")
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits(bundle: Path) -> None:
+    """`edgeclf serve` in its own process: a request waiting in the batcher when SIGTERM arrives is
+    still answered (uvicorn drains), then the process exits cleanly."""
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    with _serve_process(bundle, "--max-wait-ms", "1500") as (proc, port, output):
         result: dict[str, object] = {}
 
         def call() -> None:
@@ -290,11 +300,7 @@ def test_sigterm_drains_the_request_in_flight_then_exits(bundle: Path) -> None:
         assert result.get("status") == 200
         # uvicorn shuts down, then re-raises the signal it caught (exit by SIGTERM, as the default would)
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out = proc.stdout.read() if proc.stdout else ""
-    assert "Traceback" not in out and "Application shutdown complete" in out
+    assert "Traceback" not in output[0] and "Application shutdown complete" in output[0]
 
 
 def test_responses_carry_the_bundles_decision(tmp_path: Path) -> None:
@@ -331,28 +337,12 @@ def test_workers_serve_from_several_processes(bundle: Path) -> None:
     """`edgeclf serve --workers 2`: two processes, each with its own model, answer the same port; SIGTERM
     stops them all."""
     import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "edgeclf.cli", "serve", str(bundle), "--port", str(port), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        with runtime.Classifier(bundle) as clf:
-            want = clf.probabilities([np.asarray(blob_image(3, 40))])[0]
+    with runtime.Classifier(bundle) as clf:
+        want = clf.probabilities([np.asarray(blob_image(3, 40))])[0]
+    with _serve_process(bundle, "--workers", "2") as (proc, port, output):
         for _ in range(6):
             r = httpx.post(
                 f"http://127.0.0.1:{port}/v1/classify",
@@ -364,8 +354,4 @@ def test_workers_serve_from_several_processes(bundle: Path) -> None:
             assert abs(r.json()["results"][0]["top_k"][0]["probability"] - float(want.max())) < 1e-5
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        out = proc.stdout.read() if proc.stdout else ""
-    assert "Traceback" not in out and out.count("Started server process") == 2
+    assert "Traceback" not in output[0] and output[0].count("Started server process") == 2

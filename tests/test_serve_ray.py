@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgeclf.errors import ConfigError
-from tests.conftest import blob_image, make_synthetic_bundle
+from tests.conftest import blob_image, free_port, make_synthetic_bundle, png_bytes
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -41,18 +38,6 @@ def test_cli_refuses_ray_flags_without_ray(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "need --ray" in r.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.mark.slow
 def test_ray_serve_serves_real_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
@@ -66,7 +51,7 @@ def test_ray_serve_serves_real_requests(tmp_path: Path, monkeypatch: pytest.Monk
     imgs = [blob_image(i, 48) for i in range(4)]
     with runtime.Classifier(b) as clf:
         want = clf.probabilities([np.asarray(im) for im in imgs])
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run(b, ray=RayOptions(replicas=2, cpus_per_replica=0.5), port=port, blocking=False)
@@ -75,7 +60,7 @@ def test_ray_serve_serves_real_requests(tmp_path: Path, monkeypatch: pytest.Monk
             assert c.get("/readyz").status_code == 200
             assert c.get("/v1/model").json()["labels"] == ["a", "b", "c"]
             for im, w in zip(imgs * 3, np.concatenate([want] * 3), strict=True):
-                r = c.post("/v1/classify", content=_png(im), headers={"content-type": "image/png"})
+                r = c.post("/v1/classify", content=png_bytes(im), headers={"content-type": "image/png"})
                 assert r.status_code == 200, r.text
                 top = r.json()["results"][0]["top_k"][0]
                 assert top["label"] == ["a", "b", "c"][int(np.argmax(w))]

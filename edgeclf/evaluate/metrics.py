@@ -19,13 +19,6 @@ from sklearn.metrics import (
 OVERFIT_GAP = 0.10
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def full_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_ks: tuple[int, ...] = (2, 3, 5)
 ) -> dict[str, Any]:
@@ -70,11 +63,12 @@ def confused_pairs(cm: list[list[int]], classes: list[str], top: int = 10) -> li
     return sorted(pairs, key=lambda d: (-d["count"], d["true"], d["predicted"]))[:top]
 
 
-# The bootstrap lives in edgeclf.stats (training uses it too); re-exported here.
+# The bootstrap and the softmax live in edgeclf.stats (training and serving use them too); re-exported here.
 from edgeclf.stats import (  # noqa: E402,F401
     BOOTSTRAP_METHOD,
     MetricInputError,
     bootstrap_ci,
     paired_bootstrap_diff,
+    softmax,
     stratified_resamples,
 )

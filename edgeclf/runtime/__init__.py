@@ -295,10 +295,9 @@ class Classifier:
         decisions = self._decisions(self._call(lambda: self._model.decide(logits)))
         if self._temperature is None:
             self._temperature = float(self.manifest_value("/temperature"))
-        z = logits.astype(np.float64) / self._temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32), decisions
+        from edgeclf.stats import softmax
+
+        return softmax(logits, self._temperature).astype(np.float32), decisions
 
     def decide(self, logits: np.ndarray) -> list[Decision]:
         """The C runtime's decision policy applied to raw logits (N x classes) computed elsewhere."""

@@ -19,11 +19,10 @@ reproduces bit for bit on uint8 pixels).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from edgeclf._io import sha256_file, write_json
 from edgeclf.errors import ConfigError
+from edgeclf.stats import softmax
 
 #: the output appended to ONNX / OpenVINO models: calibrated probabilities
 PROBABILITIES = "probabilities"
@@ -56,16 +56,7 @@ class TritonModel:
     max_prob_diff: float | None = None  # probabilities vs softmax(logits / T) of the bundle's model
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "platform": self.platform,
-            "artifact": self.artifact,
-            "precision": self.precision,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "files": self.files,
-            "max_prob_diff": self.max_prob_diff,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -77,26 +68,13 @@ class TritonRepository:
     skipped: list[str]  # artifacts without a Triton backend, with the reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
-            "bundle": self.bundle,
-            "default_model": self.default_model,
-            "models": [m.to_dict() for m in self.models],
-            "skipped": self.skipped,
-        }
+        return {**asdict(self), "root": str(self.root)}
 
 
 def model_name(text: str) -> str:
     """A Triton model (folder) name from a bundle name: letters, digits, ``_ . -``."""
     name = _NAME.sub("_", text).strip("._-")
     return name or "model"
-
-
-def _softmax(logits: np.ndarray, t: float) -> np.ndarray:
-    z = logits.astype(np.float64) / t
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _onnx_io(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -163,7 +141,7 @@ def _compare(what: str, ref: np.ndarray, logits: np.ndarray, probs: np.ndarray, 
         raise ConfigError(
             f"{what}: the Triton model's logits differ from the bundle's model (max {np.abs(ref - logits).max():.2e})"
         )
-    diff = float(np.abs(probs - _softmax(ref, temperature)).max())
+    diff = float(np.abs(probs - softmax(ref, temperature)).max())
     if diff > PROB_ATOL:
         raise ConfigError(f"{what}: the Triton model's probabilities differ from softmax(logits / T) by {diff:.2e}")
     return diff
@@ -490,7 +468,3 @@ def write_repository(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def read_repository_info(repo: Path) -> dict[str, Any]:
-    return json.loads((Path(repo) / "edgeclf-triton.json").read_text(encoding="utf-8"))
