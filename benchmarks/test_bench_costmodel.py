@@ -131,13 +131,18 @@ def test_estimate_table_on_this_host(benchmark, measured_native, this_host) -> N
     """The selection's estimate with this host's probed figures (what ``--profile auto`` uses) vs the
     measured p50, per backbone x runtime x precision; the int8 / fp32 ratio per runtime; achieved
     GFLOP/s beside the physical bound (the model's FLOPs at this host's probed peak)."""
+    from edgeclf.profiles import load_profile
     from edgeclf.select import CostModel, model_counts
 
     figures = this_host.figures()
+    model = CostModel()
+    if this_host.matched_profile:  # what `--profile auto` selects with: the calibration of this host's class
+        model = model.for_profile(load_profile(this_host.matched_profile))
+    calibrated_on = model.calibration.host.cpu_model if model.calibration else "priors"
     rows = []
     for p in measured_native:
         counts = model_counts(p.backbone, p.resolution)
-        est = CostModel().estimate(counts, figures, (p.runtime, p.backend), p.precision)
+        est = model.estimate(counts, figures, (p.runtime, p.backend), p.precision)
         peak = figures.peak_gops[p.precision]
         rows.append(
             {
@@ -162,9 +167,14 @@ def test_estimate_table_on_this_host(benchmark, measured_native, this_host) -> N
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     within = sum(abs(r["error_pct"]) <= 25 for r in rows)
     benchmark.extra_info.update(
-        versions(), rows=rows, int8_speedup=ratios, within_25_pct=f"{within}/{len(rows)}", host=figures.name
+        versions(),
+        rows=rows,
+        int8_speedup=ratios,
+        within_25_pct=f"{within}/{len(rows)}",
+        host=figures.name,
+        factors_from=calibrated_on,
     )
-    print(f"\n{figures.name}: estimate within +-25 % for {within}/{len(rows)}")
+    print(f"\n{figures.name}: estimate within +-25 % for {within}/{len(rows)} (factors fitted on {calibrated_on})")
     print("backbone                 px  runtime      prec  measured  estimate  error  achieved GOP/s  bound ms")
     for r in rows:
         print(

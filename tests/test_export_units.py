@@ -166,6 +166,21 @@ def test_int8_gates_are_decided_for_the_number_of_images() -> None:
     assert big.status == "passed" and big.rules["agreement"].startswith("point estimate")
 
 
+def test_int8_retries_only_where_an_artifact_could_pass() -> None:
+    """Below 183 validation images a 2 % agreement budget cannot be shown by an interval even with no
+    disagreement at all: a retry cannot pass there, so the export does not spend one (point evidence can)."""
+    from edgeclf.export.parity import _clopper_pearson
+
+    assert not P.int8_can_pass(0) and not P.int8_can_pass(6) and not P.int8_can_pass(182)
+    assert P.int8_can_pass(183) and P.int8_can_pass(1200)
+    assert _clopper_pearson(0, 182)[1] > 0.02 >= _clopper_pearson(0, 183)[1]  # the boundary is the interval's
+    assert P.int8_can_pass(6, "point") and not P.int8_can_pass(0, "point")
+    # a perfect artifact on 183 images passes the agreement gate by its interval, as int8_can_pass says
+    y = np.repeat([0, 1, 2], 61)
+    eager = _logits(y, margin=6.0)
+    assert "within the budget" in P.compare("onnx", "int8", eager + 0.01, eager, y, CLASSES, 1.0, 0.1).rules["agreement"]
+
+
 def test_third_party_output_goes_to_the_log_file_not_the_terminal(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     import logging
     import os

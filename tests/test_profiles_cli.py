@@ -118,6 +118,22 @@ def test_the_estimates_come_from_the_profile_figures_and_factors(fast_probe: Non
     assert {c.precision for c in rows if c.fits} == {"fp32"}
 
 
+def test_copied_factors_are_those_of_this_hosts_class(fast_probe: None, tmp_path: Path) -> None:
+    """Without --measure-backbones the profile carries the factors `--profile auto` would use here:
+    the calibration of this host's class where one ships (an AVX2 host's own int8 factors)."""
+    from edgeclf.select import CostModel, detect_host
+
+    out, _ = _calibrate(tmp_path, "--runtimes", "onnxruntime")
+    doc = yaml.safe_load(out.read_text(encoding="utf-8"))
+    matched = detect_host(1).matched_profile
+    model = CostModel().for_profile(load_profile(matched)) if matched else CostModel()
+    int8 = next(f for f in doc["cost_model"]["latency"] if f["precision"] == "int8")
+    want = model.latency_factors("cpu", "onnxruntime", "CPUExecutionProvider", "int8")
+    assert int8["compute_efficiency"] == pytest.approx(want.compute_efficiency)
+    assert int8["node_overhead_ms"] == pytest.approx(want.node_overhead_ms)
+    assert model.calibration is not None and f"an {model.calibration.host.matched_profile} host" in doc["cost_model"]["origin"]
+
+
 def test_build_selection_stage_runs_on_the_profile_file(fast_probe: None, tmp_path: Path) -> None:
     from edgeclf.build import BuildOptions
     from edgeclf.build.host import host_is_target

@@ -42,7 +42,7 @@ from edgeclf.select import (
     validate_cost_model,
 )
 from edgeclf.select.calibration import VALIDATION_PATH
-from edgeclf.select.costmodel import CALIBRATION_PATH, FileFactors, HostInfo
+from edgeclf.select.costmodel import CALIBRATION_PATH, CLASS_CALIBRATIONS, FileFactors, HostInfo
 from edgeclf.select.selection import INT8_PENALTY, TOP1_RESOLUTION
 
 LITE0, LITE2, RESNET50, MNV3 = "tf_efficientnet_lite0", "tf_efficientnet_lite2", "resnet50", "tf_mobilenetv3_small_100"
@@ -261,6 +261,53 @@ def test_calibrated_model_is_within_its_stated_error_on_the_stored_measurements(
     shipped = json.loads(VALIDATION_PATH.read_text())
     assert shipped["max_abs_error_pct"] == pytest.approx(report.max_abs_error_pct, abs=0.15)
     assert len(shipped["rows"]) == len(report.rows)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(CLASS_CALIBRATIONS.glob("*.json")) if not p.name.endswith(".validation.json")],
+    ids=lambda p: p.stem,
+)
+def test_each_class_calibration_describes_a_host_of_its_class_and_fits(path: Path) -> None:
+    cal = load_calibration(path)
+    assert cal is not None and cal.host.matched_profile == path.stem and path.stem in list_profiles()
+    fitted = {(f.runtime, f.precision): f for f in cal.latency if f.source == "fitted"}
+    assert {("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= set(fitted)
+    report = validate_cost_model(cal, leave_one_out=False)
+    assert max(abs(r.error_pct) for r in report.rows) <= cal.stated_error_pct
+    shipped = json.loads(path.with_name(f"{path.stem}.validation.json").read_text())
+    assert shipped["max_abs_error_pct"] == pytest.approx(report.max_abs_error_pct, abs=0.15)
+    # what `--profile auto` on a host of that class estimates with
+    assert CostModel().for_profile(load_profile(path.stem)).calibration.host.cpu_model == cal.host.cpu_model
+
+
+def test_a_profile_of_a_class_with_its_own_calibration_is_estimated_with_it(
+    calibration: Calibration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeclf.select import costmodel
+
+    other = next(n for n in ("x86-64-avx2", "x86-64-avx512") if n != calibration.host.matched_profile)
+    slow = [f.model_copy(update={"compute_efficiency": f.compute_efficiency / 4}) for f in calibration.latency]
+    own = calibration.model_copy(update={"host": calibration.host.model_copy(update={"matched_profile": other}), "latency": slow})
+    monkeypatch.setattr(costmodel, "CLASS_CALIBRATIONS", tmp_path)
+    counts = model_counts(LITE0, 224)
+    key = ("onnxruntime", "CPUExecutionProvider")
+    device = DeviceFigures.from_profile(load_profile(other))
+
+    def p50(model: CostModel) -> float:
+        return model.estimate(counts, device, key, "int8").p50_ms
+
+    default = CostModel().for_profile(load_profile(other))
+    assert default.calibration is calibration  # none of that class ships here: the default
+    (tmp_path / f"{other}.json").write_text(own.model_dump_json())
+    chosen = CostModel().for_profile(load_profile(other))
+    assert chosen.calibration is not None and chosen.calibration.host.matched_profile == other
+    assert p50(chosen) > 1.5 * p50(default)  # its factors, not the default's
+    # the default calibration's own class keeps it; a calibration given explicitly is kept
+    assert CostModel().for_profile(load_profile(calibration.host.matched_profile)).calibration is calibration
+    assert CostModel(calibration).for_profile(load_profile(other)).calibration is calibration
+    # a name that is not a plain profile name never becomes a path
+    assert costmodel.calibration_for_profile("../calibration") is calibration
 
 
 def _host() -> HostInfo:

@@ -189,8 +189,13 @@ def measure_backbones(
     seconds: float,
     work_dir: Path,
     passes: int = PASSES,
+    int8_native: bool = False,
 ) -> list[CalibrationPoint]:
-    """Export and quantise every model file, then time them all (see the module docstring)."""
+    """Export and quantise every model file, then time them all (see the module docstring).
+
+    ``int8_native``: each backbone's native resolution is measured at int8 too (besides
+    ``int8_resolutions``).
+    """
     import timm
 
     from edgeclf.export.onnx_export import export_onnx_fp32
@@ -207,14 +212,15 @@ def measure_backbones(
             weights = "pretrained"
         extra = resolutions if resolutions is not None else _DEFAULT_FP32_SIZES
         sizes = {info.input_size, *(int(r) for r in extra)}
-        for size in sorted({*sizes, *int8_resolutions}, reverse=True):
+        int8_sizes = {*(int(r) for r in int8_resolutions), *([info.input_size] if int8_native else [])}
+        for size in sorted({*sizes, *int8_sizes}, reverse=True):
             log.info("exporting %s at %d px (%s weights)", name, size, weights)
             spec = preprocess_spec(info, size)  # the export reads only the input size from it
             fp32 = work_dir / f"{name}.{size}.{weights}.fp32.onnx"
             if not fp32.exists():  # a work_dir kept from an earlier run is reused
                 export_onnx_fp32(model, spec, fp32, "{}")
             files = {"fp32": fp32} if size in sizes else {}
-            if size in int8_resolutions:
+            if size in int8_sizes:
                 int8 = work_dir / f"{name}.{size}.{weights}.int8.onnx"
                 calib = np.random.default_rng(size).standard_normal((8, 3, size, size)).astype(np.float32)
                 scratch = work_dir / f"q-{name}-{size}"
@@ -255,7 +261,10 @@ def calibrate(
         backbones: Registry names (default: all registered).
         resolutions: fp32 resolutions besides each backbone's native one
             (default 192 and 128 px).
-        int8_resolutions: Resolutions measured at int8 as well (empty: no int8).
+        int8_resolutions: Resolutions measured at int8 as well, besides each backbone's native
+            one (empty: no int8). An int8 graph can be much slower at a size that is not a
+            multiple of 32 than the fp32 trend says (lite1 at 240 px and lite2 at 260 px
+            took 1.4-2.1x their 224 px int8 time on an AVX2 host), so the native size is always measured.
         runtimes: ``onnxruntime`` and/or ``openvino`` (default: both where installed).
         threads: Intra-op threads (default: every CPU this process may use).
         seconds_per_point: Timed seconds per model file and pass (after warm-up).
@@ -301,6 +310,7 @@ def calibrate(
             seconds_per_point,
             work,
             passes=passes,
+            int8_native=bool(int8_resolutions),
         )
     calibration = fit_calibration(points, host)
     log.info("calibration took %.0f s", time.monotonic() - started)

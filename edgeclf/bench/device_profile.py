@@ -170,13 +170,14 @@ def _budgets(
 
 
 def _factors(
-    runtimes: list[dict[str, Any]], calibration: Calibration | None
+    runtimes: list[dict[str, Any]], calibration: Calibration | None, matched: str | None = None
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """The factor records for the profile's runtimes: fitted here first, else the stored model's.
+    """The factor records for the profile's runtimes: fitted here first, else the stored model's
+    (the calibration of this device's class, ``matched``, where one ships).
 
     Returns the records by section, and the latency factors taken from the stored model.
     """
-    stored = CostModel()
+    stored = CostModel().for_profile(load_profile(matched)) if matched else CostModel()
     lat = {f.key: f for f in calibration.latency} if calibration is not None else {}
     mem = {f.key: f for f in calibration.memory} if calibration is not None else {}
     fil = {f.key: f for f in calibration.files} if calibration is not None else {}
@@ -297,9 +298,14 @@ def calibrate_profile(
         host = detect_host(threads)
 
     rts = [_RUNTIMES[r] for r in wanted]
-    factors, copied = _factors(rts, calibration)
-    stored = CostModel().calibration
-    stored_from = f"the stored calibration ({stored.host.cpu_model}, {stored.created}) and the priors" if stored else "the priors"
+    factors, copied = _factors(rts, calibration, host.matched_profile)
+    stored = (CostModel().for_profile(load_profile(host.matched_profile)) if host.matched_profile else CostModel()).calibration
+    stored_from = (
+        f"the stored calibration ({stored.host.cpu_model}, an {stored.host.matched_profile} host, {stored.created}) "
+        "and the priors"
+        if stored
+        else "the priors"
+    )
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     if calibration is not None:
         origin = f"fitted on this device on {today} ({len(calibration.points)} measurements of {', '.join(backbones or [])})"

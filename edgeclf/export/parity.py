@@ -110,6 +110,20 @@ def check_gates(precision: str, r: ParityResult) -> list[str]:
     return fails
 
 
+def int8_can_pass(n: int, evidence: str = "interval") -> bool:
+    """Whether any int8 artifact could pass the agreement gate on ``n`` validation images.
+
+    With interval evidence and a budget worth fewer than :data:`MIN_BUDGET_IMAGES` images, even an
+    artifact that agrees with the eager model on every image passes only when the 95 % interval of
+    0 disagreements in ``n`` stays within the budget (``n`` >= 183 for a 2 % budget). Below that no
+    retry (layers kept in float, another calibration) can pass: more validation images would decide.
+    """
+    budget = 1 - INT8_MIN_AGREEMENT
+    if evidence == "point" or n * budget >= MIN_BUDGET_IMAGES:
+        return n > 0
+    return n > 0 and _clopper_pearson(0, n)[1] <= budget
+
+
 def _clopper_pearson(k: int, n: int, level: float = EVIDENCE_LEVEL) -> tuple[float, float]:
     from scipy.stats import beta
 

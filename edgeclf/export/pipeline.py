@@ -30,7 +30,7 @@ from edgeclf.export.bundle import (
     write_manifest,
     write_parity,
 )
-from edgeclf.export.parity import ParityResult, decision_check, row_status, run_parity
+from edgeclf.export.parity import ParityResult, decision_check, int8_can_pass, row_status, run_parity
 from edgeclf.export.parity_schema import (
     ArtifactRecord,
     Attempt,
@@ -362,6 +362,13 @@ def _export_run(
                     )
                 )
                 if res.passed or prec != "int8":
+                    break
+                if len(attempts) == 1 and not int8_can_pass(len(val.y), int8_evidence):
+                    log(
+                        f"  {key} did not pass its gate ({'; '.join(res.failures)}); not retried: on {len(val.y)} "
+                        "validation images no int8 artifact can pass (even one that agrees on every image), "
+                        "more validation images would decide it"
+                    )
                     break
                 if len(attempts) == 1:
                     # int8 failed its gate: retry with the sensitive layers kept in float, then (ONNX Runtime)

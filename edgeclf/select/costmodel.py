@@ -68,6 +68,7 @@ from edgeclf.select.counts import ModelCounts
 
 __all__ = [
     "CALIBRATION_PATH",
+    "CLASS_CALIBRATIONS",
     "Calibration",
     "CalibrationPoint",
     "CostEstimate",
@@ -81,10 +82,16 @@ __all__ = [
     "estimate_file_mib",
     "estimate_latency_ms",
     "estimate_memory_mib",
+    "calibration_for_profile",
     "load_calibration",
 ]
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
+#: Calibrations of other CPU classes, one file per built-in profile of that class
+#: (``x86-64-avx2.json``: fitted on a host that matches ``x86-64-avx2``). The efficiency an
+#: int8 model reaches depends on the ISA (VNNI or not) beyond what the int8/fp32 peak ratio
+#: says, so a profile of a class with its own calibration is estimated with that one's factors.
+CLASS_CALIBRATIONS = Path(__file__).with_name("calibrations")
 CALIBRATION_SCHEMA = "1.0"
 MIB = float(1 << 20)
 Target = Literal["cpu", "gpu"]
@@ -215,12 +222,29 @@ class Calibration(_Frozen):
 
 
 def load_calibration(path: Path | str = CALIBRATION_PATH) -> Calibration | None:
-    """The stored calibration, or None when the file is absent."""
-    return _load_calibration(str(path))
+    """The stored calibration, or None when the file is absent (read once per version of the file)."""
+    try:
+        stamp = Path(path).stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    return _load_calibration(str(path), stamp)
+
+
+def calibration_for_profile(name: str) -> Calibration | None:
+    """The stored calibration fitted on a host of profile ``name``'s class, else the default one.
+
+    The default calibration (``calibration.json``) when its host matches ``name``; otherwise
+    ``calibrations/<name>.json`` when it ships; otherwise the default (or None without one).
+    """
+    default = load_calibration()
+    if default is not None and default.host.matched_profile == name:
+        return default
+    own = load_calibration(CLASS_CALIBRATIONS / f"{name}.json") if name.replace("-", "").isalnum() else None
+    return own if own is not None else default
 
 
 @functools.cache
-def _load_calibration(path: str) -> Calibration | None:
+def _load_calibration(path: str, stamp: int | None = None) -> Calibration | None:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -421,6 +445,8 @@ class CostModel:
     """
 
     def __init__(self, calibration: Calibration | None | Literal[False] = None) -> None:
+        #: the default calibration was taken (not one given): a profile of a class with its own may replace it
+        self._stored = calibration is None
         if calibration is None:
             calibration = load_calibration()
         self.calibration: Calibration | None = calibration or None
@@ -435,10 +461,16 @@ class CostModel:
     def for_profile(self, profile: HardwareProfile) -> CostModel:
         """This model with ``profile``'s own factors (its ``cost_model`` section) over its own.
 
-        A profile without that section gets this model itself.
+        A profile without that section gets this model itself, or, when this model took the
+        default calibration and a calibration of the profile's class ships
+        (:func:`calibration_for_profile`), a model with that one.
         """
         own = profile.cost_model
         if own is None:
+            if self._stored:
+                cal = calibration_for_profile(profile.name)
+                if cal is not None and cal is not self.calibration:
+                    return CostModel(cal)
             return self
         model = copy.copy(self)
         model._latency = {**self._latency, **{f.key: f for f in own.latency}}
