@@ -168,9 +168,9 @@ def build(
             lambda: _stage_split(data_dir, out, opts.seed),
             SplitResult,
         )
-        from edgeclf.select import load_calibration
+        from edgeclf.select import CostModel
 
-        cal = load_calibration()
+        cal = CostModel().for_profile(profile).calibration  # the one this profile is estimated with
         sel = stages.run(
             "select",
             {
