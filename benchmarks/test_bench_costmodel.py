@@ -131,13 +131,10 @@ def test_estimate_table_on_this_host(benchmark, measured_native, this_host) -> N
     """The selection's estimate with this host's probed figures (what ``--profile auto`` uses) vs the
     measured p50, per backbone x runtime x precision; the int8 / fp32 ratio per runtime; achieved
     GFLOP/s beside the physical bound (the model's FLOPs at this host's probed peak)."""
-    from edgeclf.profiles import load_profile
-    from edgeclf.select import CostModel, model_counts
+    from edgeclf.select import CostModel, calibration_for_profile, model_counts
 
     figures = this_host.figures()
-    model = CostModel()
-    if this_host.matched_profile:  # what `--profile auto` selects with: the calibration of this host's class
-        model = model.for_profile(load_profile(this_host.matched_profile))
+    model = CostModel(calibration_for_profile(this_host.matched_profile))  # what `--profile auto` selects with here
     calibrated_on = model.calibration.host.cpu_model if model.calibration else "priors"
     rows = []
     for p in measured_native:

@@ -308,6 +308,7 @@ def test_a_profile_of_a_class_with_its_own_calibration_is_estimated_with_it(
     assert CostModel(calibration).for_profile(load_profile(other)).calibration is calibration
     # a name that is not a plain profile name never becomes a path
     assert costmodel.calibration_for_profile("../calibration") is calibration
+    assert costmodel.calibration_for_profile(None) is calibration  # a host of no built-in class: the default
 
 
 def _host() -> HostInfo:

@@ -41,7 +41,7 @@ import yaml
 from edgeclf._io import atomic_write_text
 from edgeclf.errors import ConfigError, EdgeclfError, ProfileError
 from edgeclf.profiles import ISA_FEATURES, HardwareProfile, load_profile, parse_profile
-from edgeclf.select.costmodel import Calibration, CostModel, HostInfo
+from edgeclf.select.costmodel import Calibration, CostModel, HostInfo, calibration_for_profile
 
 __all__ = [
     "DEFAULT_BUDGETS",
@@ -170,14 +170,13 @@ def _budgets(
 
 
 def _factors(
-    runtimes: list[dict[str, Any]], calibration: Calibration | None, matched: str | None = None
+    runtimes: list[dict[str, Any]], calibration: Calibration | None, stored: CostModel
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """The factor records for the profile's runtimes: fitted here first, else the stored model's
-    (the calibration of this device's class, ``matched``, where one ships).
+    """The factor records for the profile's runtimes: fitted here first, else ``stored``'s (the
+    cost model of this device's class).
 
     Returns the records by section, and the latency factors taken from the stored model.
     """
-    stored = CostModel().for_profile(load_profile(matched)) if matched else CostModel()
     lat = {f.key: f for f in calibration.latency} if calibration is not None else {}
     mem = {f.key: f for f in calibration.memory} if calibration is not None else {}
     fil = {f.key: f for f in calibration.files} if calibration is not None else {}
@@ -298,8 +297,9 @@ def calibrate_profile(
         host = detect_host(threads)
 
     rts = [_RUNTIMES[r] for r in wanted]
-    factors, copied = _factors(rts, calibration, host.matched_profile)
-    stored = (CostModel().for_profile(load_profile(host.matched_profile)) if host.matched_profile else CostModel()).calibration
+    class_model = CostModel(calibration_for_profile(host.matched_profile))  # what --profile auto estimates with here
+    factors, copied = _factors(rts, calibration, class_model)
+    stored = class_model.calibration
     stored_from = (
         f"the stored calibration ({stored.host.cpu_model}, an {stored.host.matched_profile} host, {stored.created}) "
         "and the priors"

@@ -230,14 +230,15 @@ def load_calibration(path: Path | str = CALIBRATION_PATH) -> Calibration | None:
     return _load_calibration(str(path), stamp)
 
 
-def calibration_for_profile(name: str) -> Calibration | None:
+def calibration_for_profile(name: str | None) -> Calibration | None:
     """The stored calibration fitted on a host of profile ``name``'s class, else the default one.
 
-    The default calibration (``calibration.json``) when its host matches ``name``; otherwise
-    ``calibrations/<name>.json`` when it ships; otherwise the default (or None without one).
+    The default calibration (``calibration.json``) when its host matches ``name`` (or no name is
+    given); otherwise ``calibrations/<name>.json`` when it ships; otherwise the default (or None
+    without one).
     """
     default = load_calibration()
-    if default is not None and default.host.matched_profile == name:
+    if name is None or (default is not None and default.host.matched_profile == name):
         return default
     own = load_calibration(CLASS_CALIBRATIONS / f"{name}.json") if name.replace("-", "").isalnum() else None
     return own if own is not None else default
