@@ -233,3 +233,40 @@ def test_a_library_imported_inside_the_redirect_does_not_log_into_a_closed_file(
     assert "Logging error" not in text + out + err
     assert "first block" in text and text.count("second block") == 1
     assert "after both" in err and "after both" not in out
+
+
+def test_histogram_calibrations_read_an_evenly_spaced_subset(tmp_path: Path) -> None:
+    """Percentile and entropy build a histogram per tensor in Python (their time grows with the images):
+    they read HISTOGRAM_CALIBRATION_IMAGES evenly spaced images, minmax reads every one, and the
+    artifact's details say how many were read."""
+    from edgeclf.export.quantize import HISTOGRAM_CALIBRATION_IMAGES as K
+    from edgeclf.export.quantize import histogram_subset, quantize_onnx_int8
+    from tests.conftest import make_synthetic_bundle
+
+    calib = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1) * np.ones((1, 3, 4, 4), np.float32)
+    assert len(histogram_subset(calib, "minmax")) == 100
+    sub = histogram_subset(calib, "percentile")
+    firsts = sub[:, 0, 0, 0]
+    assert len(sub) == K and firsts[0] == 0 and firsts[-1] == 99 and np.all(np.diff(firsts) > 0)
+    assert len(histogram_subset(calib[:K], "entropy")) == K  # few enough: all of them
+    b = make_synthetic_bundle(tmp_path / "b")
+    images = np.random.default_rng(0).random((K + 8, 3, 32, 32), dtype=np.float32)
+    d = quantize_onnx_int8(b / "model.onnx", tmp_path / "q.onnx", images, tmp_path, method="percentile")
+    assert d["calibration_images"] == K and f"histograms of {K} of the {K + 8} images" in d["calibration"]
+    d = quantize_onnx_int8(b / "model.onnx", tmp_path / "q2.onnx", images, tmp_path, method="minmax")
+    assert d["calibration_images"] == K + 8
+
+
+def test_export_robustness_compares_a_reduced_precision_artifact_or_says_why_not() -> None:
+    """The corruption suite is worth running on an artifact whose figures can differ from eager's: int8,
+    else fp16. With only fp32 shipped it is skipped (each equals eager within the fp32 tolerance)."""
+    from edgeclf.export.parity_schema import ParityReport
+    from edgeclf.export.pipeline import ROBUSTNESS_FP32_ONLY, _robustness_artifact
+
+    assert _robustness_artifact({"onnx/fp32": 1, "openvino/fp16": 2, "openvino/int8": 3}) == "openvino/int8"
+    assert _robustness_artifact({"onnx/fp32": 1, "openvino/fp16": 2}) == "openvino/fp16"
+    assert _robustness_artifact({"onnx/fp32": 1, "openvino/fp32": 2}) is None
+    doc = {"split": "val", "images": 3, "temperature": 1.0, "artifacts": [], "table": []}
+    assert ParityReport.model_validate(doc).robustness_skipped is None  # a 1.0.0 report reads
+    r = ParityReport.model_validate({**doc, "robustness_skipped": ROBUSTNESS_FP32_ONLY})
+    assert "fp32 parity tolerance" in r.robustness_skipped

@@ -179,7 +179,8 @@ def test_round_trip(tmp_path: Path) -> None:
     path = write_parity(tmp_path, r)
     raw = path.read_bytes()
     doc = json.loads(raw)
-    assert doc["schema_version"] == SCHEMA_VERSION == "1.0.0"
+    assert doc["schema_version"] == SCHEMA_VERSION == "1.1.0"
+    assert doc["robustness_skipped"] is None  # written even when null, like every field
     back = read_parity(tmp_path)
     assert back == r and back.migrated_from is None
     write_parity(tmp_path, back)

@@ -15,7 +15,8 @@ What it holds:
 * ``artifacts``: one :class:`ArtifactRecord` per (format, precision) exported, with every
   :class:`Attempt` (an int8 artifact that fails its gate is rebuilt) and its
   :class:`GateResult`;
-* ``robustness``: the corruption suite on eager vs one shipped artifact, when it ran.
+* ``robustness``: the corruption suite on eager vs one shipped reduced-precision artifact, when
+  it ran (``robustness_skipped`` says why it did not, when only fp32 artifacts shipped).
 
 Schema history:
 
@@ -27,6 +28,9 @@ Schema history:
 * ``1.0.0``: ``schema_version``; statuses from fixed vocabularies. The writer writes every
   field (null where it does not apply); the reader requires each one but those only some rows
   have (a row's ``error``, ``ece``, ``gate_rules`` and decision figures, ``robustness``).
+* ``1.1.0``: ``robustness_skipped``, why the suite did not run although asked for (only fp32
+  artifacts shipped). A 1.0.0 reader drops it (a newer minor version's unknown fields are
+  ignored); a 1.0.0 document reads with it null.
 
 The C runtime (``cpp/src/c_api.cpp``, ``read_parity``) reads only the ``table`` rows'
 ``format``, ``precision`` and ``ms_per_image``, and ignores the rest, so a report this schema
@@ -73,7 +77,7 @@ __all__ = [
 ]
 
 PARITY = "parity.json"
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 #: The version a document without ``schema_version`` is read as (see the module's schema history).
 MIGRATED = "0"
 
@@ -363,7 +367,7 @@ class RobustnessRow(_Doc):
 
 
 class RobustnessSummary(_Doc):
-    """The corruption suite on the eager model and on one shipped artifact (the best int8, else fp32)."""
+    """The corruption suite on the eager model and on one shipped reduced-precision artifact (int8, else fp16)."""
 
     #: ``<format>/<precision>`` of the artifact compared with eager
     artifact: str
@@ -390,8 +394,10 @@ class ParityReport(_Doc):
     temperature: float | None
     artifacts: list[ArtifactRecord]
     table: list[ParityRow]
-    #: null when the suite did not run (``--no-robustness``, nothing shipped)
+    #: null when the suite did not run (``--no-robustness``, nothing shipped, fp32 only)
     robustness: RobustnessSummary | None = None
+    #: why the suite did not run although asked for (only fp32 artifacts shipped), else null
+    robustness_skipped: str | None = None
 
     _migrated_from: str | None = PrivateAttr(None)
 

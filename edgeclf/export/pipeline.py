@@ -315,6 +315,7 @@ def _export_run(
     ]
     records: list[ArtifactRecord] = []
     robustness_summary: RobustnessSummary | None = None
+    robustness_skipped: str | None = None
     entries: list[ArtifactEntry] = []
     failed: list[str] = []
     fp32_onnx: Path | None = None
@@ -433,7 +434,12 @@ def _export_run(
             records.append(ArtifactRecord(format=fmt, precision=prec, status=row.status, details=art.details, attempts=attempts))
             rows.append(row)
         if robustness and runners:
-            robustness_summary = _robustness_compare(ev, runners, val, robustness_images, work, log)
+            pick = _robustness_artifact(runners)
+            if pick is None:
+                robustness_skipped = ROBUSTNESS_FP32_ONLY
+                log(f"robustness suite: not run here: {ROBUSTNESS_FP32_ONLY}")
+            else:
+                robustness_summary = _robustness_compare(ev, runners, pick, val, robustness_images, work, log)
         manifest.artifacts = entries
         write_manifest(work, manifest)  # the C runtime's gates below load the bundle as a device would
         for row in (
@@ -452,6 +458,7 @@ def _export_run(
             artifacts=records,
             table=rows,
             robustness=robustness_summary,
+            robustness_skipped=robustness_skipped,
         )
         write_parity(work, report)
         write_manifest(work, manifest)
@@ -524,12 +531,29 @@ def _summary(r: ParityRow) -> dict[str, Any]:
     return out
 
 
-def _robustness_compare(ev: Any, runners: dict[str, Any], val: Any, max_images: int, work: Path, log: Log) -> RobustnessSummary:
-    """Corruption suite on eager and on the best int8 artifact (or best fp32 when no int8 shipped)."""
+#: Why the export's corruption suite does not run when only fp32 artifacts ship.
+ROBUSTNESS_FP32_ONLY = (
+    "only fp32 artifacts shipped; each equals the eager model within the fp32 parity tolerance on every "
+    "input, so their corruption figures are the eager model's (the evaluation's robustness suite)"
+)
+
+
+def _robustness_artifact(runners: dict[str, Any]) -> str | None:
+    """The shipped artifact whose corruption figures can differ from eager's: int8 first, then fp16; None if fp32 only."""
+    for prec in ("int8", "fp16"):
+        key = next((k for k in runners if k.endswith(f"/{prec}")), None)
+        if key is not None:
+            return key
+    return None
+
+
+def _robustness_compare(
+    ev: Any, runners: dict[str, Any], pick_key: str, val: Any, max_images: int, work: Path, log: Log
+) -> RobustnessSummary:
+    """Corruption suite on eager and on ``pick_key``, a shipped reduced-precision artifact."""
     from edgeclf.evaluate.predictor import load_images
     from edgeclf.evaluate.robustness import compare_robustness, plot_robustness, run_robustness
 
-    pick_key = next((k for k in runners if k.endswith("/int8")), next(iter(runners)))
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(val.paths), min(max_images, len(val.paths)), replace=False))
     imgs = load_images(ev.run.data_root, [val.paths[i] for i in idx])

@@ -68,6 +68,22 @@ SENSITIVE_KINDS = ("first_conv", "classifier", "depthwise")
 # time in ONNX Runtime's Python search (30 s vs 5 s for efficientnet-lite0's 95 tensors).
 ENTROPY_NUM_BINS = 512
 ENTROPY_QUANTIZED_BINS = 128
+# Images the histogram calibrations (percentile, entropy) read: ONNX Runtime builds every
+# tensor's histogram in Python, so their time grows with the images (efficientnet-lite0 at
+# 224 px, percentile: 83 s on 128 images, 15 s on 32), while the statistic settles early —
+# 32 images give every tensor tens of thousands of values (millions for the early layers),
+# far more than a 99.999th percentile or a 512-bin histogram needs. MinMax reads them all.
+HISTOGRAM_CALIBRATION_IMAGES = 32
+
+
+def histogram_subset(calibration: np.ndarray, method: str) -> np.ndarray:
+    """The calibration images a method reads: all for minmax, an evenly spaced subset for the histogram ones."""
+    n = len(calibration)
+    if method == "minmax" or n <= HISTOGRAM_CALIBRATION_IMAGES:
+        return calibration
+    return calibration[np.linspace(0, n - 1, HISTOGRAM_CALIBRATION_IMAGES).round().astype(int)]
+
+
 _SHAPE_SOURCES = ("Shape", "Size", "Constant", "ConstantOfShape")
 
 
@@ -316,6 +332,7 @@ def _quantize(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     input_name = _input_name(onnx.load(str(src), load_external_data=False))
+    calib = histogram_subset(calib, method)
     kwargs: dict[str, Any] = {}
     note = f"onnxruntime {method}"
     if _supports_calibration_cache():
@@ -384,7 +401,10 @@ def quantize_onnx_int8(
     src, shape_nodes, unshared = _protect_shape_arithmetic(src, work_dir)
     exclude = list(dict.fromkeys([*keep_float, *shape_nodes]))
     tmp_out = work_dir / "int8.raw.onnx"
-    calibration_note = _quantize(src, tmp_out, calibration, method, exclude, reduce_range)
+    used = histogram_subset(calibration, method)
+    calibration_note = _quantize(src, tmp_out, used, method, exclude, reduce_range)
+    if len(used) < len(calibration):
+        calibration_note += f" (histograms of {len(used)} of the {len(calibration)} images, evenly spaced)"
     q = onnx.load(str(tmp_out))
     meta = metadata_json if metadata_json is not None else read_onnx_metadata(Path(fp32_onnx))
     if meta is not None:
@@ -402,7 +422,7 @@ def quantize_onnx_int8(
         "reduce_range": reduce_range,
         "calibration_method": method,
         "calibration": calibration_note,
-        "calibration_images": int(len(calibration)),
+        "calibration_images": int(len(used)),
         "kept_float": list(keep_float),
         "excluded_shape_nodes": len(shape_nodes),
         "unshared_shape_constants": unshared,
