@@ -270,3 +270,16 @@ def test_export_robustness_compares_a_reduced_precision_artifact_or_says_why_not
     assert ParityReport.model_validate(doc).robustness_skipped is None  # a 1.0.0 report reads
     r = ParityReport.model_validate({**doc, "robustness_skipped": ROBUSTNESS_FP32_ONLY})
     assert "fp32 parity tolerance" in r.robustness_skipped
+
+
+def test_int8_is_retried_only_when_a_retry_could_reach_the_gate() -> None:
+    """A retry divides the disagreement by at most ~3 (measured); one that starts far below the gate is
+    not spent. The bound is the low end of the disagreement's 95 % interval, so few images retry more."""
+    from edgeclf.export.parity import INT8_MIN_AGREEMENT, INT8_RETRY_REACH, _clopper_pearson, int8_retry_can_reach
+
+    assert INT8_RETRY_REACH * (1 - INT8_MIN_AGREEMENT) < 0.1
+    assert not int8_retry_can_reach(0.70, 394) and not int8_retry_can_reach(0.881, 648)  # elpv, flowers: hopeless
+    assert int8_retry_can_reach(0.937, 379) and int8_retry_can_reach(0.974, 379)  # trashnet: worth a retry
+    assert int8_retry_can_reach(0.85, 20)  # 3 of 20: the interval reaches down into the retry's reach
+    assert _clopper_pearson(3, 20)[0] <= INT8_RETRY_REACH * (1 - INT8_MIN_AGREEMENT)
+    assert not int8_retry_can_reach(0.5, 20) and int8_retry_can_reach(None, 394)

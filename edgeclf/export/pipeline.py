@@ -30,7 +30,15 @@ from edgeclf.export.bundle import (
     write_manifest,
     write_parity,
 )
-from edgeclf.export.parity import ParityResult, decision_check, int8_can_pass, row_status, run_parity
+from edgeclf.export.parity import (
+    INT8_RETRY_REACH,
+    ParityResult,
+    decision_check,
+    int8_can_pass,
+    int8_retry_can_reach,
+    row_status,
+    run_parity,
+)
 from edgeclf.export.parity_schema import (
     ArtifactRecord,
     Attempt,
@@ -369,6 +377,13 @@ def _export_run(
                         f"  {key} did not pass its gate ({'; '.join(res.failures)}); not retried: on {len(val.y)} "
                         "validation images no int8 artifact can pass (even one that agrees on every image), "
                         "more validation images would decide it"
+                    )
+                    break
+                if len(attempts) == 1 and not int8_retry_can_reach(res.agreement, len(val.y)):
+                    log(
+                        f"  {key} did not pass its gate ({'; '.join(res.failures)}); not retried: its top-1 agreement "
+                        f"{res.agreement:.4f} on {len(val.y)} images is too far below the gate for a retry to reach "
+                        f"(the best retries measured divide the disagreement by < {INT8_RETRY_REACH:g})"
                     )
                     break
                 if len(attempts) == 1:
