@@ -455,3 +455,23 @@ def test_report_without_predictions_shows_margins_without_intervals(tmp_path: Pa
     html = write_report(run).read_text(encoding="utf-8")
     assert "Model selection" in html and "margins come without intervals" in html
     assert "within the noise" not in html and "Automatic recipe choices" not in html
+
+
+def test_the_training_split_is_sampled_for_the_overfitting_gap(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train-vs-held-out gap needs the training split's level, not every image: a class-stratified,
+    seeded sample (the same images each time, cached on its own) keeps the evaluation's cost flat."""
+    import edgeclf.evaluate.run as run_mod
+    from edgeclf.evaluate.run import Evaluation
+
+    ev = Evaluation(tiny_run)
+    full = ev.split_data("train")
+    a, b = ev.split_data("train", sample=6), Evaluation(tiny_run).split_data("train", sample=6)
+    assert len(full.paths) > 6 and a.paths == b.paths and 6 <= len(a.paths) < len(full.paths)
+    assert set(a.y.tolist()) == set(full.y.tolist())  # every class kept
+    at = {p: i for i, p in enumerate(full.paths)}
+    assert np.allclose(a.logits, full.logits[[at[p] for p in a.paths]], atol=1e-5)  # the same model's figures
+    monkeypatch.setattr(run_mod, "TRAIN_GAP_SAMPLE", 6)
+    m = ev.evaluate("val", robustness=False, explain=False).to_json()
+    train = m["train_vs_heldout"]["splits"]["train"]
+    assert train["n"] == len(a.paths) and train["sampled_from"] == len(full.paths)
+    assert "sampled_from" not in m["train_vs_heldout"]["splits"]["val"]

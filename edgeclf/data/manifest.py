@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from edgeclf._io import atomic_write_bytes, sha256_bytes
@@ -98,6 +99,20 @@ def write_manifest(path: Path, rows: list[ManifestRow], extra_columns: list[str]
     data = render_manifest(rows, extra_columns)
     atomic_write_bytes(path, data)
     return fingerprint_bytes(data)
+
+
+def stratified_rows(rows: list[ManifestRow], n: int, rng: np.random.Generator) -> list[ManifestRow]:
+    """At most ``n`` rows, every class in proportion (and at least one image of each), in manifest order."""
+    if len(rows) <= n:
+        return list(rows)
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault(r.label, []).append(i)
+    keep: list[int] = []
+    for idx in by.values():
+        k = max(1, round(n * len(idx) / len(rows)))
+        keep += rng.choice(idx, size=min(k, len(idx)), replace=False).tolist()
+    return [rows[i] for i in sorted(keep)]
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from edgeclf._io import atomic_open, atomic_write_bytes, atomic_write_text, sha256_bytes
 from edgeclf._provenance import library_versions
-from edgeclf.data.manifest import Manifest, read_manifest
+from edgeclf.data.manifest import Manifest, read_manifest, stratified_rows
 from edgeclf.errors import ConfigError, DataError, EdgeclfError
 from edgeclf.preprocess import PreprocessSpec, PretrainedInput, normalize_batch
 from edgeclf.train.config import TrainConfig
@@ -780,8 +780,8 @@ class Trainer:
         """The linear probe at each candidate input size on a class-stratified sample of train,
         scored on (a sample of) validation; :func:`choose_resolution` decides."""
         rng = np.random.default_rng(mix_seed(self.cfg.seed, 5151))
-        tr = _stratified_sample(train_rows, RES_CHECK_TRAIN, rng)
-        va = _stratified_sample(val_rows, RES_CHECK_VAL, rng)
+        tr = stratified_rows(train_rows, RES_CHECK_TRAIN, rng)
+        va = stratified_rows(val_rows, RES_CHECK_VAL, rng)
         counts = Counter(r.label for r in tr)
         weight = class_weights(
             [max(1, counts.get(c, 0)) for c in classes], self.cfg.loss.class_weights, self.cfg.loss.effective_beta
@@ -1392,17 +1392,3 @@ def train(
     build's selection); the resolution rule of :mod:`edgeclf.train.recipe` stays within it.
     """
     return Trainer(cfg, run_dir, resume, log, progress, max_image_size).run()
-
-
-def _stratified_sample(rows: list, n: int, rng: np.random.Generator) -> list:
-    """At most ``n`` rows, every class in proportion (and at least one image of each), in manifest order."""
-    if len(rows) <= n:
-        return list(rows)
-    by: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by.setdefault(r.label, []).append(i)
-    keep: list[int] = []
-    for idx in by.values():
-        k = max(1, round(n * len(idx) / len(rows)))
-        keep += rng.choice(idx, size=min(k, len(idx)), replace=False).tolist()
-    return [rows[i] for i in sorted(keep)]
