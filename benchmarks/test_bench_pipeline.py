@@ -1,0 +1,147 @@
+"""The pipeline's own heavy steps, each against what it replaced, in the same run.
+
+Run: pytest benchmarks/test_bench_pipeline.py --benchmark-only -s
+
+* ``ort-copy``: the ONNX Runtime copy of the eager model that training (the cached trunk) and
+  evaluation (every split, the corruption suite) run on: the onnxslim graph the product uses vs
+  the graph as exported (a TF-"same"-padding backbone then computes its pads at run time).
+  tf_efficientnet_lite0 at 224 px, random initialisation (the cost does not depend on the
+  weights), batch 64; ``extra_info`` has ms per image for both and the ratio.
+* ``histogram-calibration``: ONNX Runtime's percentile calibration of the same model on the 32
+  evenly spaced images the export uses vs on all 128 calibration images, with the agreement of
+  the two int8 models' top-1 on 64 other images. One round each (tens of seconds).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import versions
+
+BATCH = 64
+SIZE = 224
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=4).eval()
+
+
+def _per_image_ms(session: Any, x: np.ndarray, seconds: float = 4.0) -> float:
+    session.run(None, {"x": x})
+    times = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 3:
+        t = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / len(x) * 1e3
+
+
+def test_ort_copy_slimmed_vs_as_exported(benchmark: Any, model: Any) -> None:
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    from edgeclf._onnx_match import _slimmed, matching_session
+
+    x = torch.randn(BATCH, 3, SIZE, SIZE)
+    m = matching_session(model, x[:8], rtol=1e-4)
+    assert m.session is not None and m.slimmed
+    buf = io.BytesIO()
+    torch.onnx.export(
+        model,
+        (x[:1],),
+        buf,
+        input_names=["x"],
+        output_names=["y0"],
+        dynamic_axes={"x": {0: "n"}, "y0": {0: "n"}},
+        dynamo=False,
+        opset_version=17,
+    )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    raw = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    assert _slimmed(buf.getvalue()) is not None
+    xn = x.numpy()
+    as_exported = _per_image_ms(raw, xn)
+    slimmed = benchmark.pedantic(lambda: _per_image_ms(m.session, xn), rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        model=f"tf_efficientnet_lite0 @ {SIZE} px",
+        batch=BATCH,
+        threads=torch.get_num_threads(),
+        ms_per_image_slimmed=round(slimmed, 3),
+        ms_per_image_as_exported=round(as_exported, 3),
+        speedup=round(as_exported / slimmed, 2),
+        **versions(),
+    )
+    ratio = as_exported / slimmed
+    print(f"\nORT copy, ms per image at batch {BATCH}: slimmed {slimmed:.2f}, as exported {as_exported:.2f} ({ratio:.2f}x)")
+
+
+@pytest.mark.heavy
+def test_percentile_calibration_on_a_subset(benchmark: Any, model: Any) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from edgeclf.export.quantize import HISTOGRAM_CALIBRATION_IMAGES, quantize_onnx_int8
+
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((128, 3, SIZE, SIZE)).astype(np.float32)
+    probe = rng.standard_normal((64, 3, SIZE, SIZE)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = work / "m.onnx"
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(calib[:1]),),
+            str(fp32),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            dynamo=False,
+            opset_version=17,
+        )
+
+        def once(n: int) -> tuple[float, np.ndarray]:
+            import edgeclf.export.quantize as q
+
+            old = q.HISTOGRAM_CALIBRATION_IMAGES
+            q.HISTOGRAM_CALIBRATION_IMAGES = n
+            try:
+                t = time.perf_counter()
+                quantize_onnx_int8(fp32, work / f"q{n}.onnx", calib, work, method="percentile")
+                took = time.perf_counter() - t
+            finally:
+                q.HISTOGRAM_CALIBRATION_IMAGES = old
+            s = ort.InferenceSession(str(work / f"q{n}.onnx"), providers=["CPUExecutionProvider"])
+            return took, s.run(None, {"x": probe})[0].argmax(1)
+
+        full_s, full_top1 = once(len(calib))
+        sub_s, sub_top1 = benchmark.pedantic(lambda: once(HISTOGRAM_CALIBRATION_IMAGES), rounds=1, iterations=1)
+    agree = float((full_top1 == sub_top1).mean())
+    benchmark.extra_info.update(
+        model=f"tf_efficientnet_lite0 @ {SIZE} px",
+        seconds_subset=round(sub_s, 1),
+        seconds_all=round(full_s, 1),
+        subset_images=HISTOGRAM_CALIBRATION_IMAGES,
+        all_images=len(calib),
+        speedup=round(full_s / sub_s, 2),
+        top1_agreement_subset_vs_all=agree,
+        **versions(),
+    )
+    print(
+        f"\npercentile calibration: {HISTOGRAM_CALIBRATION_IMAGES} images {sub_s:.1f} s, {len(calib)} images "
+        f"{full_s:.1f} s ({full_s / sub_s:.2f}x); top-1 agreement of the two int8 models {agree:.3f}"
+    )
