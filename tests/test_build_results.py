@@ -256,6 +256,8 @@ def test_the_report_and_build_json_come_from_the_models(tmp_path: Path) -> None:
         "Test (touched once): accuracy 0.8000, macro-F1 n/a.",
         "| linear_probe | 0.8812 | **yes** |",
         "Quality gate every_class_recalled FAILED:** the shipped model never predicts c",
+        "Note: thin evidence on validation: a (2 images), b (2 images), c (2 images); under 10 images",
+        "Note: thin evidence on test: a (1 image), b (1 image), c (1 image);",
         "- `model.image_size: 224` — auto: small objects",
         "Policy **argmax with recall(c) >= 0.9**",
         "| recall b | 0.8000 | 0.8000 |",

@@ -475,3 +475,22 @@ def test_the_training_split_is_sampled_for_the_overfitting_gap(tiny_run: Path, m
     train = m["train_vs_heldout"]["splits"]["train"]
     assert train["n"] == len(a.paths) and train["sampled_from"] == len(full.paths)
     assert "sampled_from" not in m["train_vs_heldout"]["splits"]["val"]
+
+
+def test_a_class_with_too_few_images_is_named_as_thin_evidence(tmp_path: Path) -> None:
+    """A class with 1 validation image has a recall of 0 or 1: the verdict says so in a note (it fails
+    nothing), and the build report names it from the split's counts."""
+    from edgeclf.evaluate.metrics import THIN_EVIDENCE_IMAGES, thin_evidence
+    from edgeclf.evaluate.run import compute_verdict
+
+    assert thin_evidence({"a": 40, "b": THIN_EVIDENCE_IMAGES, "c": 1}) == {"c": 1}
+    m = {
+        "macro_f1": 0.9,
+        "per_class": {"a": {"recall": 0.9, "support": 40}, "c": {"recall": 1.0, "support": 1}},
+        "train_vs_heldout": {"train_minus_val_macro_f1": 0.0, "overfitting": False},
+        "calibration": {"ece_after": 0.01},
+    }
+    v = compute_verdict(m, {}, {"val": {"macro_f1": 0.9}}, False, 0, "validation")
+    assert len(v["notes"]) == 1 and "c (1 image)" in v["notes"][0] and "validation" in v["notes"][0]
+    m["per_class"]["c"]["support"] = 25
+    assert compute_verdict(m, {}, {"val": {"macro_f1": 0.9}}, False, 0)["notes"] == []

@@ -115,6 +115,12 @@ def _stage_report(opts: BuildOptions, out: Path, results: BuildResults) -> Repor
         lines += [f"| {name} | {_fmt(f1)} | {'**yes**' if name == t.candidate else ''} |" for name, f1 in cands.items()]
         picked = t.selection or {}
         lines += ["", f"Rule: {picked.get('rule', '')}. {picked.get('reason', '')}.", ""]
+    from edgeclf.evaluate.metrics import thin_evidence, thin_evidence_note
+
+    for split, where in (("val", "validation"), ("test", "test")):
+        thin = thin_evidence(results.split.counts.get(split, {}))
+        if thin:
+            lines += [f"Note: {thin_evidence_note(thin, where)}.", ""]
     weak = weak_classes(t)
     if weak:
         lines += [

@@ -17,6 +17,24 @@ from sklearn.metrics import (
 #: Train macro-F1 above validation macro-F1 by more than this is flagged as overfitting:
 #: on small data sets a gap of a few points is normal, ten points means memorisation.
 OVERFIT_GAP = 0.10
+#: Below this many images of a class in a split, one image moves the class's recall by more than 10
+#: points and even a perfect recall's 95 % interval reaches below 0.7 (Clopper-Pearson, 9 of 9:
+#: [0.66, 1]): the class's figures on that split are named as thin evidence.
+THIN_EVIDENCE_IMAGES = 10
+
+
+def thin_evidence(counts: dict[str, int]) -> dict[str, int]:
+    """The classes with fewer than :data:`THIN_EVIDENCE_IMAGES` images among ``counts`` (class -> images)."""
+    return {c: int(n) for c, n in counts.items() if int(n) < THIN_EVIDENCE_IMAGES}
+
+
+def thin_evidence_note(classes: dict[str, int], where: str) -> str:
+    """One sentence naming the classes of :func:`thin_evidence` on ``where`` (e.g. "validation")."""
+    listed = ", ".join(f"{c} ({n} image{'s' if n != 1 else ''})" for c, n in classes.items())
+    return (
+        f"thin evidence on {where}: {listed}; under {THIN_EVIDENCE_IMAGES} images one image moves a class's recall by "
+        "more than 10 points, so its figures there are not evidence either way (more images of it would be)"
+    )
 
 
 def full_metrics(

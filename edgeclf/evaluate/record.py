@@ -42,6 +42,8 @@ class GateVerdict(_Open):
 class Verdict(_Open):
     passed: bool
     gates: dict[str, GateVerdict] = Field(default_factory=dict)
+    #: what the figures cannot show (never fails the verdict): classes with too few images on the split
+    notes: list[str] = Field(default_factory=list)
 
 
 class SplitEvaluation(_Open):

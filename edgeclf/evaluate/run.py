@@ -377,7 +377,7 @@ class Evaluation:
         if explain:
             metrics["figures_extra"] = self._explain(data, probs, fig_dir, tag, seed)
 
-        verdict = compute_verdict(metrics, train_metrics, side, reused, len(read_ledger(self.run_dir)))
+        verdict = compute_verdict(metrics, train_metrics, side, reused, len(read_ledger(self.run_dir)), split)
         metrics.update(
             {
                 "split": split,
@@ -558,9 +558,17 @@ def every_class_recalled_gate(per_class: dict[str, dict[str, Any]]) -> dict[str,
 
 
 def compute_verdict(
-    m: dict[str, Any], train_metrics: dict[str, Any], side: dict[str, Any], reused: bool, ledger_entries: int
+    m: dict[str, Any],
+    train_metrics: dict[str, Any],
+    side: dict[str, Any],
+    reused: bool,
+    ledger_entries: int,
+    split: str = "this split",
 ) -> dict[str, Any]:
-    """Every gate of GATES on one evaluated split: ``{"gates": {name: {passed, rule, detail, ...}}, "passed"}``.
+    """Every gate of GATES on one evaluated split: ``{"gates": {name: {passed, rule, detail, ...}}, "passed", "notes"}``.
+
+    ``notes`` never fail the verdict: they name what the figures cannot show (classes with too few
+    images on the split, :func:`edgeclf.evaluate.metrics.thin_evidence`).
 
     ``m`` is the split's metrics (with ``calibration`` and ``train_vs_heldout``), ``train_metrics``
     the run's metrics.json, ``side`` the train / val summaries, ``ledger_entries`` the number
@@ -596,7 +604,11 @@ def compute_verdict(
     }
     for g in gates.values():
         g["passed"] = bool(g["passed"])
-    return {"gates": gates, "passed": all(g["passed"] for g in gates.values())}
+    from edgeclf.evaluate.metrics import thin_evidence, thin_evidence_note
+
+    thin = thin_evidence({c: v["support"] for c, v in m["per_class"].items() if "support" in v})
+    notes = [thin_evidence_note(thin, split)] if thin else []
+    return {"gates": gates, "passed": all(g["passed"] for g in gates.values()), "notes": notes}
 
 
 def candidate_comparison(
