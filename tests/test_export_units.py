@@ -283,3 +283,8 @@ def test_int8_is_retried_only_when_a_retry_could_reach_the_gate() -> None:
     assert int8_retry_can_reach(0.85, 20)  # 3 of 20: the interval reaches down into the retry's reach
     assert _clopper_pearson(3, 20)[0] <= INT8_RETRY_REACH * (1 - INT8_MIN_AGREEMENT)
     assert not int8_retry_can_reach(0.5, 20) and int8_retry_can_reach(None, 394)
+    from edgeclf.export.parity import int8_no_retry_reason
+
+    assert "no int8 artifact can pass" in int8_no_retry_reason(1.0, 100)  # the smaller-set rule comes first
+    assert "too far below the gate" in int8_no_retry_reason(0.70, 394)
+    assert int8_no_retry_reason(0.937, 379) is None

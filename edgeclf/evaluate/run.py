@@ -26,6 +26,8 @@ from edgeclf.evaluate.metrics import (
     full_metrics,
     paired_bootstrap_diff,
     softmax,
+    thin_evidence,
+    thin_evidence_note,
 )
 from edgeclf.evaluate.predictor import LoadedRun, load_images, load_run
 from edgeclf.evaluate.record import SplitEvaluation, write_split_evaluation
@@ -72,6 +74,8 @@ class SplitData:
     logits: np.ndarray
     features: np.ndarray
     rows: list[Any]
+    #: the split's size when these rows are a sample of it, else None
+    sampled_from: int | None = None
 
 
 class Evaluation:
@@ -93,10 +97,11 @@ class Evaluation:
         rows = self.run.manifest.split_rows(split)
         if not rows:
             raise ConfigError(f"the manifest has no '{split}' images")
-        tag = split
+        tag, sampled_from = split, None
         if sample is not None and len(rows) > sample:
             from edgeclf.data.manifest import stratified_rows
 
+            sampled_from = len(rows)
             rows = stratified_rows(rows, sample, np.random.default_rng(0))
             tag = f"{split}-sample{sample}"
         idx = {c: i for i, c in enumerate(self.run.classes)}
@@ -111,11 +116,11 @@ class Evaluation:
                 if list(z["paths"]) == paths:
                     if "engine" in z.files:
                         self.engine = str(z["engine"])
-                    return SplitData(paths, y, z["logits"], z["features"], rows)
+                    return SplitData(paths, y, z["logits"], z["features"], rows, sampled_from)
         step = 64
         pred = self.run.fast_predictor(load_images(self.run.data_root, paths[:8]))
         self.engine = pred.engine
-        of = f" (a stratified sample of the {len(self.run.manifest.split_rows(split))})" if tag != split else ""
+        of = f" (a stratified sample of the {sampled_from})" if sampled_from is not None else ""
         self.log(f"predicting {len(paths)} {split} images{of}: {pred.engine}")
         feats, logits = [], []
         for i in range(0, len(paths), step):
@@ -124,7 +129,7 @@ class Evaluation:
             logits.append(lg)
             if self.progress:
                 self.progress(f"predict {split}", min(i + step, len(paths)), len(paths))
-        data = SplitData(paths, y, np.concatenate(logits), np.concatenate(feats), rows)
+        data = SplitData(paths, y, np.concatenate(logits), np.concatenate(feats), rows, sampled_from)
         from edgeclf._io import atomic_open
 
         with atomic_open(cache, "wb") as fobj:
@@ -363,8 +368,8 @@ class Evaluation:
             d = data if s == split else self.split_data(s, TRAIN_GAP_SAMPLE if s == "train" else None)
             m = full_metrics(d.y, softmax(d.logits, temp), classes, top_ks=())
             side[s] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
-            if m["n"] < len(self.run.manifest.split_rows(s)):
-                side[s]["sampled_from"] = len(self.run.manifest.split_rows(s))
+            if d.sampled_from is not None:
+                side[s]["sampled_from"] = d.sampled_from
         gap = side["train"]["macro_f1"] - side["val"]["macro_f1"]
         metrics["train_vs_heldout"] = {"splits": side, "train_minus_val_macro_f1": gap, "overfitting": gap > OVERFIT_GAP}
 
@@ -604,8 +609,6 @@ def compute_verdict(
     }
     for g in gates.values():
         g["passed"] = bool(g["passed"])
-    from edgeclf.evaluate.metrics import thin_evidence, thin_evidence_note
-
     thin = thin_evidence({c: v["support"] for c, v in m["per_class"].items() if "support" in v})
     notes = [thin_evidence_note(thin, split)] if thin else []
     return {"gates": gates, "passed": all(g["passed"] for g in gates.values()), "notes": notes}

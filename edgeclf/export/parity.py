@@ -147,6 +147,22 @@ def int8_retry_can_reach(agreement: float | None, n: int) -> bool:
     return _clopper_pearson(k, n)[0] <= INT8_RETRY_REACH * budget
 
 
+def int8_no_retry_reason(agreement: float | None, n: int, evidence: str = "interval") -> str | None:
+    """Why an int8 artifact that failed its gate is not rebuilt (:func:`int8_can_pass`,
+    :func:`int8_retry_can_reach`), or None when a rebuild could pass."""
+    if not int8_can_pass(n, evidence):
+        return (
+            f"on {n} validation images no int8 artifact can pass (even one that agrees on every image), "
+            "more validation images would decide it"
+        )
+    if not int8_retry_can_reach(agreement, n):
+        return (
+            f"its top-1 agreement {agreement:.4f} on {n} images is too far below the gate for a retry to reach "
+            f"(the best retries measured divide the disagreement by < {INT8_RETRY_REACH:g})"
+        )
+    return None
+
+
 def _clopper_pearson(k: int, n: int, level: float = EVIDENCE_LEVEL) -> tuple[float, float]:
     from scipy.stats import beta
 

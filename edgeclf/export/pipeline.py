@@ -30,15 +30,7 @@ from edgeclf.export.bundle import (
     write_manifest,
     write_parity,
 )
-from edgeclf.export.parity import (
-    INT8_RETRY_REACH,
-    ParityResult,
-    decision_check,
-    int8_can_pass,
-    int8_retry_can_reach,
-    row_status,
-    run_parity,
-)
+from edgeclf.export.parity import ParityResult, decision_check, int8_no_retry_reason, row_status, run_parity
 from edgeclf.export.parity_schema import (
     ArtifactRecord,
     Attempt,
@@ -372,19 +364,9 @@ def _export_run(
                 )
                 if res.passed or prec != "int8":
                     break
-                if len(attempts) == 1 and not int8_can_pass(len(val.y), int8_evidence):
-                    log(
-                        f"  {key} did not pass its gate ({'; '.join(res.failures)}); not retried: on {len(val.y)} "
-                        "validation images no int8 artifact can pass (even one that agrees on every image), "
-                        "more validation images would decide it"
-                    )
-                    break
-                if len(attempts) == 1 and not int8_retry_can_reach(res.agreement, len(val.y)):
-                    log(
-                        f"  {key} did not pass its gate ({'; '.join(res.failures)}); not retried: its top-1 agreement "
-                        f"{res.agreement:.4f} on {len(val.y)} images is too far below the gate for a retry to reach "
-                        f"(the best retries measured divide the disagreement by < {INT8_RETRY_REACH:g})"
-                    )
+                why_not = int8_no_retry_reason(res.agreement, len(val.y), int8_evidence) if len(attempts) == 1 else None
+                if why_not is not None:
+                    log(f"  {key} did not pass its gate ({'; '.join(res.failures)}); not retried: {why_not}")
                     break
                 if len(attempts) == 1:
                     # int8 failed its gate: retry with the sensitive layers kept in float, then (ONNX Runtime)

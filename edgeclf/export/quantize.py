@@ -76,12 +76,16 @@ ENTROPY_QUANTIZED_BINS = 128
 HISTOGRAM_CALIBRATION_IMAGES = 32
 
 
+def histogram_images(n: int, method: str) -> int:
+    """How many of ``n`` calibration images a method reads: all for minmax, at most 32 for the histogram ones."""
+    return n if method == "minmax" else min(n, HISTOGRAM_CALIBRATION_IMAGES)
+
+
 def histogram_subset(calibration: np.ndarray, method: str) -> np.ndarray:
-    """The calibration images a method reads: all for minmax, an evenly spaced subset for the histogram ones."""
+    """The calibration images a method reads (:func:`histogram_images` of them, evenly spaced)."""
     n = len(calibration)
-    if method == "minmax" or n <= HISTOGRAM_CALIBRATION_IMAGES:
-        return calibration
-    return calibration[np.linspace(0, n - 1, HISTOGRAM_CALIBRATION_IMAGES).round().astype(int)]
+    k = histogram_images(n, method)
+    return calibration if k == n else calibration[np.linspace(0, n - 1, k).round().astype(int)]
 
 
 _SHAPE_SOURCES = ("Shape", "Size", "Constant", "ConstantOfShape")
@@ -326,13 +330,16 @@ def _quantize(
     """Run ``quantize_static``; return a note on how the ranges were calibrated.
 
     With ``cache``, ranges are computed on the first call and reused after (ONNX
-    Runtime skips calibration on a cache hit and ignores the reader).
+    Runtime skips calibration on a cache hit and ignores the reader). The histogram methods read
+    :func:`histogram_subset` of ``calib``, and the note says so.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     input_name = _input_name(onnx.load(str(src), load_external_data=False))
-    calib = histogram_subset(calib, method)
+    used = histogram_subset(calib, method)
+    subset = f" (histograms of {len(used)} of the {len(calib)} images, evenly spaced)" if len(used) < len(calib) else ""
+    calib = used
     kwargs: dict[str, Any] = {}
     note = f"onnxruntime {method}"
     if _supports_calibration_cache():
@@ -358,7 +365,7 @@ def _quantize(
         calibrate_method=_method(method),
         **kwargs,
     )
-    return note
+    return note + subset
 
 
 def quantize_onnx_int8(
@@ -401,10 +408,7 @@ def quantize_onnx_int8(
     src, shape_nodes, unshared = _protect_shape_arithmetic(src, work_dir)
     exclude = list(dict.fromkeys([*keep_float, *shape_nodes]))
     tmp_out = work_dir / "int8.raw.onnx"
-    used = histogram_subset(calibration, method)
-    calibration_note = _quantize(src, tmp_out, used, method, exclude, reduce_range)
-    if len(used) < len(calibration):
-        calibration_note += f" (histograms of {len(used)} of the {len(calibration)} images, evenly spaced)"
+    calibration_note = _quantize(src, tmp_out, calibration, method, exclude, reduce_range)
     q = onnx.load(str(tmp_out))
     meta = metadata_json if metadata_json is not None else read_onnx_metadata(Path(fp32_onnx))
     if meta is not None:
@@ -422,7 +426,7 @@ def quantize_onnx_int8(
         "reduce_range": reduce_range,
         "calibration_method": method,
         "calibration": calibration_note,
-        "calibration_images": int(len(used)),
+        "calibration_images": histogram_images(len(calibration), method),
         "kept_float": list(keep_float),
         "excluded_shape_nodes": len(shape_nodes),
         "unshared_shape_constants": unshared,
