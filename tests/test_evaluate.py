@@ -494,3 +494,14 @@ def test_a_class_with_too_few_images_is_named_as_thin_evidence(tmp_path: Path) -
     assert len(v["notes"]) == 1 and "c (1 image)" in v["notes"][0] and "validation" in v["notes"][0]
     m["per_class"]["c"]["support"] = 25
     assert compute_verdict(m, {}, {"val": {"macro_f1": 0.9}}, False, 0)["notes"] == []
+    # the HTML report shows the note beside the verdict: a crafted run with 4 validation images of "fox"
+    import html
+
+    from edgeclf.evaluate.report import write_report
+
+    train, y, preds = _selection_case()
+    keep = np.flatnonzero((y != 2) | (np.arange(len(y)) % 15 == 0))
+    run, crafted = _crafted_run(tmp_path, train, y[keep], preds["finetune"][keep])
+    assert crafted["verdict"]["notes"] and "fox (4 images)" in crafted["verdict"]["notes"][0]
+    page = html.unescape(write_report(run).read_text(encoding="utf-8"))
+    assert f'<p class="warn">{crafted["verdict"]["notes"][0]}</p>' in page
