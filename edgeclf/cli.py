@@ -1529,7 +1529,15 @@ def serve_cmd(
     api_key_env: Annotated[
         str | None, typer.Option(help="Environment variable holding the API key /v1/ routes require (401 without it).")
     ] = None,
-    threads: Annotated[int, typer.Option(min=0, help="Backend intra-op threads (0: the backend's default).")] = 0,
+    threads: Annotated[
+        int, typer.Option(min=0, help="Backend intra-op threads per lane (0: the cores divided among the lanes).")
+    ] = 0,
+    lanes: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Batches classified at once, each on its own inference thread (0: 2, or 1 with --threads = the cores)."
+        ),
+    ] = 0,
     workers: Annotated[
         int, typer.Option(min=1, help="Server processes (each loads the model; --threads divides the cores among them).")
     ] = 1,
@@ -1560,6 +1568,7 @@ def serve_cmd(
         max_body_mb=max_body_mb,
         api_key_env=api_key_env,
         threads=threads,
+        lanes=lanes,
     )
     if use_ray:
         from edgeclf.serve.ray_serve import RayOptions, run
@@ -1577,6 +1586,8 @@ def serve_cmd(
             raise typer.BadParameter("serve a bundle or --registry ROOT, not both (and not neither)")
         if threads == 0:  # the workers share the cores rather than each taking all of them
             opts = dataclasses.replace(opts, threads=max(1, (os.cpu_count() or 1) // workers))
+        if lanes == 0:  # the processes are the parallel lanes
+            opts = dataclasses.replace(opts, lanes=1)
         os.environ[WORKER_ENV] = json.dumps(
             {
                 "bundle": None if bundle is None else str(Path(bundle).resolve()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,15 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     p = tmp_path / "rotated.jpg"
     im.save(p, exif=exif.tobytes())
     assert load_rgb(p).size == (20, 40)
+
+
+def test_to_rgb_leaves_a_callers_image_alone_unless_owned() -> None:
+    from edgeclf.data._image import to_rgb
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 0, 0)).save(buf, format="JPEG", exif=exif.tobytes())
+    im = Image.open(io.BytesIO(buf.getvalue()))
+    assert to_rgb(im).size == (20, 40) and im.size == (40, 20)  # the caller's image unchanged
+    assert to_rgb(im, owned=True) is im and im.size == (20, 40)  # owned: oriented in place, no copy

@@ -355,3 +355,55 @@ def test_workers_serve_from_several_processes(bundle: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     assert "Traceback" not in output[0] and output[0].count("Started server process") == 2
+
+
+def test_inference_lanes_rule_and_flags() -> None:
+    from edgeclf.serve.app import inference_lanes
+
+    assert inference_lanes(ServeOptions(), cores=1) == (1, 1)
+    assert inference_lanes(ServeOptions(), cores=2) == (2, 1)
+    assert inference_lanes(ServeOptions(), cores=8) == (2, 4)
+    assert inference_lanes(ServeOptions(threads=2), cores=2) == (1, 2)  # --threads alone: the cores it leaves
+    assert inference_lanes(ServeOptions(threads=1), cores=8) == (2, 1)
+    assert inference_lanes(ServeOptions(lanes=3), cores=8) == (3, 2)
+    assert inference_lanes(ServeOptions(lanes=4, threads=3), cores=2) == (4, 3)  # both given: as given
+    with pytest.raises(Exception, match="lanes"):
+        ServeOptions(lanes=-1)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lanes_classify_batches_at_the_same_time_and_answer_each_image(lanes: int) -> None:
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from edgeclf.serve.app import MicroBatcher
+
+    busy = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def infer(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+        with lock:
+            busy["now"] += 1
+            busy["most"] = max(busy["most"], busy["now"])
+        time.sleep(0.15)
+        with lock:
+            busy["now"] -= 1
+        return [im * 2 for im in images], [f"d{int(im[0])}" for im in images]
+
+    model = SimpleNamespace(clf=SimpleNamespace(infer=infer))
+    sizes: list[int] = []
+
+    async def run() -> list[tuple[object, list]]:
+        b = MicroBatcher(ServeOptions(max_batch=4, max_wait_ms=5, max_queue=64), lambda: model, sizes.append, lanes)
+        b.start()
+        try:
+            return list(await asyncio.gather(*(b.submit([np.array([float(i)])]) for i in range(16))))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(run())
+    assert [float(res[0][0][0]) for _, res in out] == [2.0 * i for i in range(16)]  # each its own answer
+    assert [res[0][1] for _, res in out] == [f"d{i}" for i in range(16)]
+    assert sum(sizes) == 16 and max(sizes) <= 4
+    assert busy["most"] == lanes  # two lanes: two batches in the engine at once; one lane: never

@@ -115,9 +115,15 @@ def open_image(path: Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[Image.
     return im, ImageInfo(format=fmt, mode=mode, width=w, height=h, extension_mismatch=mismatch)
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any decoded PIL image to 8-bit RGB by the rules in the module docstring."""
-    im = ImageOps.exif_transpose(im)
+def to_rgb(im: Image.Image, *, owned: bool = False) -> Image.Image:
+    """Convert any decoded PIL image to 8-bit RGB by the rules in the module docstring.
+
+    ``owned``: the caller's ``im`` may be changed (its EXIF orientation applied in place), which
+    saves a copy of every image that needs no conversion; otherwise ``im`` is left as it is."""
+    if owned:
+        ImageOps.exif_transpose(im, in_place=True)
+    else:
+        im = ImageOps.exif_transpose(im)
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         arr = np.asarray(im, dtype=np.uint16)
@@ -137,7 +143,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def load_rgb(path: Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``path`` to an 8-bit RGB image (raises :class:`ImageDecodeError`)."""
     im, _ = open_image(path, max_pixels)
-    rgb = to_rgb(im)
+    rgb = to_rgb(im, owned=True)
     if rgb is not im:
         im.close()  # a converted copy exists; release the source's pixel memory now
     return rgb

@@ -222,7 +222,7 @@ def _hash_one(args: tuple[str, str]) -> tuple[str, object]:
     try:
         im, info = open_image(path)
         try:
-            rgb = to_rgb(im)
+            rgb = to_rgb(im, owned=True)
             ph = int(str(imagehash.phash(rgb, hash_size=PHASH_SIZE)), 16)
         finally:
             im.close()

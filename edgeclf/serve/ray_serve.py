@@ -63,6 +63,13 @@ def deployment(
     ray = ray or RayOptions()
     ray.check()
     opts = options or ServeOptions()
+    if opts.lanes == 0 and opts.threads == 0:  # a replica's share is its reserved CPUs, not the node's cores
+        from dataclasses import replace
+
+        from edgeclf.serve.app import inference_lanes
+
+        lanes, threads = inference_lanes(opts, cores=max(1, int(ray.cpus_per_replica)))
+        opts = replace(opts, lanes=lanes, threads=threads)
     bundle_s = None if bundle is None else str(Path(bundle).resolve())
     registry_s = None if registry is None else str(Path(registry).resolve())
 
