@@ -2,6 +2,9 @@
 .PHONY: demo test lint bootstrap
 
 PYTEST_ARGS ?=
+# The default suite on up to 4 pytest-xdist workers (one per core), each test file on one worker so a
+# module's fixtures (a tiny trained run, an export) are built once; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= auto
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -17,4 +20,4 @@ lint: bootstrap
 	.venv/bin/ruff format --check .
 
 test: lint
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)

@@ -94,7 +94,7 @@ class _Server:
         self.log.close()
 
 
-async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = None) -> dict[str, Any]:
+async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = None, clients: int = CLIENTS) -> dict[str, Any]:
     lat: list[float] = []
     errors = 0
     sent = 0
@@ -117,10 +117,10 @@ async def _load(url: str, body: bytes, n: int, seconds: float, during: Any = Non
             lat.append(time.perf_counter() - t0)
             errors += 0 if ok else 1
 
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(client(c)) for _ in range(CLIENTS)]
+        tasks = [asyncio.create_task(client(c)) for _ in range(clients)]
         if during is not None:
             await asyncio.sleep(0.5)
             await asyncio.get_running_loop().run_in_executor(None, during)
@@ -198,11 +198,25 @@ def _registry_with_two_versions(bundle: Path, root: Path) -> Any:
     return reg
 
 
-@pytest.mark.parametrize("config", ["edgeclf-batched", "edgeclf-unbatched", "fastapi-eager-timm", "edgeclf-hot-swap"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        "edgeclf-batched",
+        "edgeclf-unbatched",
+        "fastapi-eager-timm",
+        "edgeclf-hot-swap",
+        "edgeclf-one-client",
+        "fastapi-eager-timm-one-client",
+    ],
+)
 def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureRequest, config: str, tmp_path: Path) -> None:
     """Each configuration under the same load; ``edgeclf-hot-swap`` serves a registry and promotes a
-    new version half a second into the run (every request must still answer 200)."""
+    new version half a second into the run (every request must still answer 200). The ``-one-client``
+    runs send one request at a time (a quarter of the count): the latency of a lone request."""
     n = int(request.config.getoption("--serve-requests"))
+    clients = CLIENTS
+    if config.endswith("-one-client"):
+        clients, n = 1, max(50, n // 4)
     seconds = float(request.config.getoption("--serve-seconds"))
     during = None
     max_batch = "1" if config == "edgeclf-unbatched" else "8"
@@ -219,7 +233,7 @@ def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureReq
         "--max-queue",
         "256",
     ]
-    if config == "fastapi-eager-timm":
+    if config.startswith("fastapi-eager-timm"):
         cmd = ["-m", "benchmarks.test_bench_serve", str(bundle_dir), "{port}"]
     elif config == "edgeclf-hot-swap":
         reg = _registry_with_two_versions(bundle_dir, tmp_path / "registry")
@@ -232,13 +246,13 @@ def test_serve_load(benchmark: Any, bundle_dir: Path, request: pytest.FixtureReq
     body = _jpeg()
     with _Server(cmd) as url:
         asyncio.run(_load(url, body, min(64, n), 30))  # warm-up
-        res = asyncio.run(_load(url, body, n, seconds, during))
+        res = asyncio.run(_load(url, body, n, seconds, during, clients))
         if config == "edgeclf-hot-swap":
             with httpx.Client(base_url=url) as c:
                 assert c.get("/v1/model").json()["version"] == "1.0.1", "the promoted version is not served"
             assert res["answered_by_version"].get("1.0.1"), "no request was answered by the promoted version"
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    benchmark.extra_info.update(kind="serve-load", config=config, clients=CLIENTS, frame="640x480 JPEG", **res, **versions())
+    benchmark.extra_info.update(kind="serve-load", config=config, clients=clients, frame="640x480 JPEG", **res, **versions())
     print(f"\n{config}: {res}")
     assert res["errors"] == 0
 

@@ -504,8 +504,17 @@ def test_cli_user_errors_are_one_line(tiny_bundle: Path, tmp_path: Path, capsys:
 
 
 def run_suite(*args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    # a suite of its own, not a worker of this run's pytest-xdist (which would turn benchmarks off)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT_TEST"))}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
 
 

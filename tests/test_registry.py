@@ -383,6 +383,9 @@ def test_cli_add_list_promote_rollback_path(tmp_path: Path, monkeypatch: pytest.
         ("1.0.0", False, 0.81, "passed"),
         ("1.1.0", True, 0.87, "passed"),
     ]
+    from edgeclf import cli
+
+    monkeypatch.setattr(cli.out, "_width", 200)  # wide enough for every column, whatever COLUMNS was at import
     table = runner.invoke(app, ["registry", "list"], env={"COLUMNS": "200"})
     assert table.exit_code == 0
     row = next(line for line in table.stdout.splitlines() if "1.1.0" in line)
