@@ -28,6 +28,11 @@ def _runtime_files() -> Path:
     return Path(_runtime.__file__).resolve().parent
 
 
+#: gzip level of the device package: gzip's own default. Measured on a lite0 package (170 MB of
+#: runtime libraries and model files, 2-core AMD EPYC): level 9 (Python's tarfile default) 16.2 s
+#: for 83.0 MB, level 6 8.7 s for 84.0 MB, level 1 4.1 s for 89.0 MB: 6 halves the time for 1 % more.
+PACKAGE_GZIP_LEVEL = 6
+
 DEVICE_README = """# {name}: edgeclf device package for {device}
 
 Built {created} by `edgeclf build --profile {profile}`.
@@ -260,7 +265,7 @@ def _stage_package(opts: BuildOptions, out: Path, sel: SelectResult, ev: Evaluat
         ),
     )
     tar_tmp = out / f".{name}.tar.gz.tmp"
-    with tarfile.open(tar_tmp, "w:gz") as tar:
+    with tarfile.open(tar_tmp, "w:gz", compresslevel=PACKAGE_GZIP_LEVEL) as tar:
         tar.add(root, arcname=name)
     final = out / f"{name}.tar.gz"
     os.replace(tar_tmp, final)
