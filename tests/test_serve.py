@@ -407,3 +407,28 @@ def test_lanes_classify_batches_at_the_same_time_and_answer_each_image(lanes: in
     assert [res[0][1] for _, res in out] == [f"d{i}" for i in range(16)]
     assert sum(sizes) == 16 and max(sizes) <= 4
     assert busy["most"] == lanes  # two lanes: two batches in the engine at once; one lane: never
+
+
+def test_warm_classifies_once_on_every_lane_and_raises_for_a_model_that_cannot() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from edgeclf.serve.app import MicroBatcher
+
+    seen: list[str] = []
+
+    def infer(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+        seen.append(threading.current_thread().name)
+        return [images[0]], ["d"]
+
+    b = MicroBatcher(ServeOptions(), lambda: None, lambda n: None, 2)
+    img = np.zeros((8, 8, 3), np.uint8)
+    b.warm(SimpleNamespace(clf=SimpleNamespace(infer=infer)), img)
+    assert len(seen) == 2 and len(set(seen)) == 2  # one call on each lane's own thread
+
+    def broken(images: list[np.ndarray]) -> None:
+        raise RuntimeError("cannot classify")
+
+    with pytest.raises(RuntimeError, match="cannot classify"):
+        b.warm(SimpleNamespace(clf=SimpleNamespace(infer=broken)), img)
+    asyncio.run(b.stop())

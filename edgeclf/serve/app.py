@@ -62,6 +62,8 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/tiff", "image/webp
 RETRY_AFTER_S = 1
 #: how often registry mode looks at the ``current`` pointer
 REGISTRY_POLL_S = 1.0
+#: side of the grey image a new model classifies on every lane before it takes traffic
+WARM_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -189,14 +191,26 @@ class MicroBatcher:
     lanes: int = 1
     queue: asyncio.Queue[_Item] | None = None
     _task: asyncio.Task[None] | None = None
-    _pool: ThreadPoolExecutor | None = None
     _free: asyncio.Semaphore | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
+    #: one single-thread executor per lane (so each lane's thread keeps its own backend session)
+    _executors: list[ThreadPoolExecutor] = field(default_factory=list)
+    _idle: list[ThreadPoolExecutor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"edgeclf-infer-{i}") for i in range(self.lanes)]
+        self._idle = list(self._executors)
+
+    def warm(self, model: ServedModel, image: np.ndarray) -> None:
+        """Classify ``image`` once on every lane's thread (from any thread; it waits for batches in
+        flight): each lane's backend session for ``model`` exists before real traffic reaches it, and a
+        model that cannot classify raises here, before it is installed."""
+        for f in [ex.submit(model.clf.infer, [image]) for ex in self._executors]:
+            f.result()
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
         self._free = asyncio.Semaphore(self.lanes)
-        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="edgeclf-infer")
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -208,8 +222,8 @@ class MicroBatcher:
                 pass
         if self._running:  # batches already handed to a lane finish (their requests are waiting)
             await asyncio.gather(*self._running, return_exceptions=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for ex in self._executors:
+            ex.shutdown(wait=True)
 
     def depth(self) -> int:
         return self.queue.qsize() if self.queue is not None else 0
@@ -283,13 +297,16 @@ class MicroBatcher:
         model = batch[0].model
         assert model is not None
         self.on_batch(len(batch))
+        lane = self._idle.pop()  # the caller holds a free slot, so a lane is idle
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(self._pool, model.clf.infer, [it.image for it in batch])
+            probs = await asyncio.get_running_loop().run_in_executor(lane, model.clf.infer, [it.image for it in batch])
         except Exception as e:  # noqa: BLE001 - handed to each waiting request
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(e)
             return
+        finally:
+            self._idle.append(lane)
         for it, p, d in zip(batch, *probs, strict=True):
             if not it.future.done():
                 it.future.set_result((p, d))
@@ -379,6 +396,13 @@ def create_app(
     # the inference thread runs the current batch, and the loop keeps parsing HTTP meanwhile
     pools: dict[str, ThreadPoolExecutor] = {}
 
+    def load(bundle_dir: Path, version: str | None, expected_hash: str | None) -> ServedModel:
+        """Load, verify and warm a model: it classifies a grey image once on every lane before it is
+        installed, so no request pays for a lane's session and a model that cannot classify is refused."""
+        m = ServedModel.load(bundle_dir, version, expected_hash, threads)
+        batcher.warm(m, np.full((WARM_SIZE, WARM_SIZE, 3), 128, np.uint8))
+        return m
+
     def load_registry_current(reg: Any) -> None:
         p = reg.current()
         if p is None:
@@ -387,7 +411,7 @@ def create_app(
         if m is not None and m.version == p.version and m.content_hash == p.content_hash:
             return
         try:
-            install(ServedModel.load(reg.root / p.path, p.version, p.content_hash, threads))
+            install(load(reg.root / p.path, p.version, p.content_hash))
         except Exception as e:  # noqa: BLE001 - a bad version is refused; the old one keeps serving
             if state.get("refused") != (p.version, p.content_hash):
                 refused_versions.labels(p.version).inc()
@@ -407,7 +431,7 @@ def create_app(
     async def lifespan(_app: Any) -> Any:
         watcher = None
         if bundle is not None:
-            install(ServedModel.load(Path(bundle), None, None, threads))
+            install(load(Path(bundle), None, None))
         else:
             from edgeclf.registry import Registry
 
