@@ -342,6 +342,17 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         raise ApiError("not_an_image", f"{name}: {text}") from None
 
 
+def _warm_decoding() -> None:
+    import io
+
+    from PIL import Image
+
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (WARM_SIZE, WARM_SIZE), (128, 128, 128)).save(buf, format=fmt)
+        decode_image(buf.getvalue(), f"warm-up {fmt}")
+
+
 # ---- the app --------------------------------------------------------------------------------
 
 
@@ -440,6 +451,8 @@ def create_app(
             watcher = asyncio.get_running_loop().create_task(watch_registry(reg))
         batcher.start()
         pools["decode"] = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="edgeclf-decode")
+        # the decoders' imports and first PNG/JPEG decode happen here, not in the first request (~0.2 s)
+        await asyncio.get_running_loop().run_in_executor(pools["decode"], _warm_decoding)
         try:
             yield
         finally:  # graceful shutdown: uvicorn stops accepting, in-flight requests finish first
