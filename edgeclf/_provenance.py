@@ -8,10 +8,19 @@ Every stage that writes a record of how something was made (a training run, a bu
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
 from collections.abc import Iterable
 
-__all__ = ["library_versions"]
+__all__ = ["library_versions", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else every CPU)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def library_versions(packages: Iterable[str]) -> dict[str, str]:

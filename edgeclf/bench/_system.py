@@ -10,7 +10,6 @@ includes every artifact measured before; the method used is recorded with the fi
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import sys
@@ -20,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeclf._provenance import library_versions as _library_versions
+from edgeclf._provenance import usable_cpus
 
 __all__ = ["Environment", "MemoryProbe", "RssMethod", "cpu_model", "environment", "library_versions"]
 
@@ -84,20 +84,13 @@ class Environment(BaseModel):
     versions: dict[str, str] = Field(description="python and library versions.")
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def environment() -> Environment:
     """The :class:`Environment` of this process."""
     return Environment(
         cpu_model=cpu_model(),
         machine=platform.machine(),
         system=platform.platform(),
-        cpu_count=_usable_cpus(),
+        cpu_count=usable_cpus(),
         versions=library_versions(),
     )
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeclf._io import write_json
-from edgeclf._provenance import library_versions
+from edgeclf._provenance import library_versions, usable_cpus
 from edgeclf.errors import ConfigError, EdgeclfError
 from edgeclf.select.costmodel import (
     ACTIVATION_BYTES,
@@ -196,19 +195,12 @@ def _copy_bandwidth_gb_per_s(mib: int = 256, repeats: int = 5) -> float:
     return 2.0 * src.nbytes / float(np.median(times)) / 1e9
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def detect_host(threads: int | None = None) -> HostInfo:
     """Measure this host's figures (about 5 s): GEMM rate, copy bandwidth; read its ISA."""
     info = _cpuinfo()
     arch = platform.machine()
     flags = set(info.get("flags", info.get("Features", "")).split())
-    logical = _available_cpus()
+    logical = usable_cpus()
     threads = int(threads or logical)
     if threads < 1:
         raise ConfigError(f"threads must be at least 1, got {threads}")

@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from edgeclf._provenance import usable_cpus
 from edgeclf.errors import ConfigError
 
 log = logging.getLogger("edgeclf.serve")
@@ -149,13 +150,6 @@ class _Item:
     model: ServedModel | None = None
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def inference_lanes(opts: ServeOptions, cores: int | None = None) -> tuple[int, int]:
     """(lanes, intra-op threads per lane) for ``opts`` on ``cores`` cores.
 
@@ -168,7 +162,7 @@ def inference_lanes(opts: ServeOptions, cores: int | None = None) -> tuple[int, 
     through Python. ``--threads T`` alone gives ``min(2, cores // T)`` lanes; ``--lanes L`` alone gives
     each lane ``cores // L`` threads.
     """
-    n = cores or _cores()
+    n = cores or usable_cpus()
     if opts.lanes and opts.threads:
         return opts.lanes, opts.threads
     if opts.lanes:
@@ -191,15 +185,14 @@ class MicroBatcher:
     lanes: int = 1
     queue: asyncio.Queue[_Item] | None = None
     _task: asyncio.Task[None] | None = None
-    _free: asyncio.Semaphore | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     #: one single-thread executor per lane (so each lane's thread keeps its own backend session)
     _executors: list[ThreadPoolExecutor] = field(default_factory=list)
-    _idle: list[ThreadPoolExecutor] = field(default_factory=list)
+    #: the lanes with no batch in flight
+    _idle: asyncio.Queue[ThreadPoolExecutor] | None = None
 
     def __post_init__(self) -> None:
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"edgeclf-infer-{i}") for i in range(self.lanes)]
-        self._idle = list(self._executors)
 
     def warm(self, model: ServedModel, image: np.ndarray) -> None:
         """Classify ``image`` once on every lane's thread (from any thread; it waits for batches in
@@ -210,7 +203,9 @@ class MicroBatcher:
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
-        self._free = asyncio.Semaphore(self.lanes)
+        self._idle = asyncio.Queue()
+        for ex in self._executors:
+            self._idle.put_nowait(ex)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -246,29 +241,28 @@ class MicroBatcher:
             self.queue.put_nowait(it)
         return model, list(await asyncio.gather(*(it.future for it in items)))
 
-    def _dispatch(self, batch: list[_Item]) -> None:
-        """Hands ``batch`` to a lane (whose slot the caller holds) and frees the slot when it is done."""
-        assert self._free is not None
-        task = asyncio.get_running_loop().create_task(self._classify(batch))
+    def _dispatch(self, batch: list[_Item], lane: ThreadPoolExecutor) -> None:
+        """Classifies ``batch`` on ``lane`` (an idle one the caller took) and puts the lane back when done."""
+        task = asyncio.get_running_loop().create_task(self._classify(batch, lane))
         self._running.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._running.discard(t)
-            self._free.release()  # type: ignore[union-attr]
+            self._idle.put_nowait(lane)  # type: ignore[union-attr]
 
         task.add_done_callback(done)
 
     async def _run(self) -> None:
-        assert self.queue is not None and self._free is not None
+        assert self.queue is not None and self._idle is not None
         loop = asyncio.get_running_loop()
         while True:
-            # a free lane first: while every lane is busy the images wait in the queue, so the next
+            # an idle lane first: while every lane is busy the images wait in the queue, so the next
             # batch is as full as the queue allows when a lane frees
-            await self._free.acquire()
+            lane = await self._idle.get()
             try:
                 first = await self.queue.get()
             except asyncio.CancelledError:
-                self._free.release()
+                self._idle.put_nowait(lane)
                 raise
             batch = [first]
             deadline = loop.time() + self.opts.max_wait_ms / 1000.0
@@ -284,20 +278,19 @@ class MicroBatcher:
                     except asyncio.TimeoutError:
                         break
                 if nxt.model is not first.model:  # a model switch: that image starts the next batch
-                    self._dispatch(batch)
-                    await self._free.acquire()
+                    self._dispatch(batch, lane)
+                    lane = await self._idle.get()
                     batch = [nxt]
                     first = nxt
                     deadline = loop.time() + self.opts.max_wait_ms / 1000.0
                     continue
                 batch.append(nxt)
-            self._dispatch(batch)
+            self._dispatch(batch, lane)
 
-    async def _classify(self, batch: list[_Item]) -> None:
+    async def _classify(self, batch: list[_Item], lane: ThreadPoolExecutor) -> None:
         model = batch[0].model
         assert model is not None
         self.on_batch(len(batch))
-        lane = self._idle.pop()  # the caller holds a free slot, so a lane is idle
         try:
             probs = await asyncio.get_running_loop().run_in_executor(lane, model.clf.infer, [it.image for it in batch])
         except Exception as e:  # noqa: BLE001 - handed to each waiting request
@@ -305,8 +298,6 @@ class MicroBatcher:
                 if not it.future.done():
                     it.future.set_exception(e)
             return
-        finally:
-            self._idle.append(lane)
         for it, p, d in zip(batch, *probs, strict=True):
             if not it.future.done():
                 it.future.set_result((p, d))
