@@ -140,6 +140,7 @@ def search(
             "params": dict(trial.params),
             "state": state,
             "seconds": round(seconds, 1),
+            "ended_s": round(time.perf_counter() - t_start, 1),  # since the search began
             "run": str(tdir.relative_to(run_dir)),
         }
         if (tdir / "config.yaml").is_file():
