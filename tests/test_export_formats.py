@@ -180,6 +180,19 @@ def test_onnx_fp32_export(bundle: tuple[Path, Artifact], model: nn.Module) -> No
     _no_staging_left(out)
 
 
+@pytest.mark.parametrize("size", [64, 100])  # 100 px: a stride-2 layer meets odd sizes (25 -> 13)
+def test_onnx_fp32_same_padding_is_constant_and_slimmed(tmp_path: Path, model: nn.Module, size: int) -> None:
+    """TF-"same" pads are traced as constants of the fixed input size: no shape arithmetic in the
+    graph, the slimmed model kept, at even and odd feature-map sizes (onnxslim folded the runtime
+    arithmetic wrongly at odd sizes, and every lite1/lite2 export at native size stayed unslimmed)."""
+    spec = PreprocessSpec(resize_size=size, crop_size=size, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    art = export_artifact("onnx", "fp32", model, spec, tmp_path, None, META)
+    assert art.status == "ok" and art.details["slim"].startswith("onnxslim"), art.details
+    graph = onnx.load(str(tmp_path / art.file)).graph
+    assert not {"Shape", "Ceil"} & {n.op_type for n in graph.node}
+    assert art.details["random_input_max_abs_diff"] <= FP32_ATOL
+
+
 class _TinySame(nn.Module):
     """timm's Conv2dSame (TF "same" padding, computed at run time) + a linear head."""
 
@@ -380,11 +393,16 @@ def test_ort_int8_unknown_keep_float_fails_cleanly(
 
 
 def test_int8_never_quantises_shape_arithmetic(
-    tmp_path: Path, model: nn.Module, images: list[np.ndarray], reference: np.ndarray
+    tmp_path: Path, model: nn.Module, images: list[np.ndarray], reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unslimmed legacy export computes Conv2dSame pads at run time; those nodes stay float."""
+    """A legacy graph that computes Conv2dSame pads at run time (traced without constant pads, as
+    older exports were): those nodes stay float."""
+    import contextlib
+
+    import edgeclf.export.onnx_export as onnx_export
     from edgeclf.export.quantize import shape_subgraph_nodes
 
+    monkeypatch.setattr(onnx_export, "static_same_padding", contextlib.nullcontext)
     fp32 = export_artifact("onnx", "fp32", model, SPEC, tmp_path, None, META, {"slim": False})
     assert fp32.status == "ok" and fp32.details["nodes_after"] == fp32.details["nodes_before"]
     src = onnx.load(str(tmp_path / fp32.file))

@@ -13,10 +13,14 @@ a fallback (``options["exporter"]``: ``auto`` | ``torchscript`` | ``dynamo``). R
   its down-conversion fails ("No Adapter To Version 17 for Pad"), so its models are
   opset 18, which TensorRT 8.5/8.6 (JetPack 5) cannot parse.
 * Both are numerically exact on timm's ``Conv2dSame`` (TF "same" padding,
-  tf_efficientnet_lite*): the legacy exporter writes the padding as runtime shape
-  arithmetic (Shape/Gather/Ceil/Sub/Max + Pad, 629 nodes for lite0), which
-  onnxslim folds into static Conv ``pads`` because H and W are fixed (94 nodes, the
-  same as the dynamo graph). Only the batch axis is dynamic.
+  tf_efficientnet_lite*). Traced as it is, the legacy exporter writes that padding as
+  runtime shape arithmetic (Shape/Gather/Ceil/Sub/Max + Pad, 629 nodes for lite0), and
+  onnxslim folded it wrongly wherever a stride-2 layer meets an odd size (lite2 at its
+  native 260 px: a 32 x 32 map where eager has 33 x 33), so every lite1/lite2 export at
+  native size kept the slow unslimmed graph. The trace therefore runs under
+  :func:`edgeclf._onnx_match.static_same_padding`: H and W are fixed, so the pads are
+  constants, and onnxslim folds them into the Conv ``pads`` (94 nodes for lite0, the same
+  as the dynamo graph). Only the batch axis is dynamic.
 
 onnxslim runs after export (node counts before/after are recorded); if it fails, or
 its model disagrees with the eager model on a random batch, the unslimmed model is
@@ -37,6 +41,7 @@ import torch
 from torch import nn
 
 from edgeclf._io import atomic_write_bytes
+from edgeclf._onnx_match import static_same_padding
 from edgeclf.errors import ConfigError
 from edgeclf.export.formats import MIN_ONNX_OPSET, Produced, one_line
 from edgeclf.preprocess import PreprocessSpec
@@ -107,7 +112,7 @@ def _export_torchscript_based(model: nn.Module, x: torch.Tensor, opset: int) -> 
     import onnx
 
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), static_same_padding():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
         torch.onnx.export(
             model,
