@@ -52,6 +52,8 @@ def static_same_padding() -> Iterator[None]:
         yield
         return
 
+    padding_pad_same = padding.pad_same
+
     def pad_same(x: torch.Tensor, kernel_size: Any, stride: Any, dilation: Any = (1, 1), value: float = 0) -> torch.Tensor:
         if not torch.jit.is_tracing():
             return padding_pad_same(x, kernel_size, stride, dilation, value)
@@ -60,9 +62,7 @@ def static_same_padding() -> Iterator[None]:
         pad_w = padding.get_same_padding(iw, kernel_size[1], stride[1], dilation[1])
         return torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=value)
 
-    padding_pad_same = padding.pad_same
-    with ExitStack() as stack, warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+    with ExitStack() as stack:  # the callers silence the tracer's warnings around the export
         for module in users:
             if getattr(module, "pad_same", None) is padding_pad_same:
                 stack.enter_context(mock.patch.object(module, "pad_same", pad_same))
