@@ -11,7 +11,7 @@ _CI = {"macro_f1": {"low": 0.71, "high": 0.95, "point": 0.8812}, "level": 0.95}
 _SIDE = {"macro_f1": 0.85, "accuracy": 0.86, "coverage": 0.92, "selective_accuracy": 0.93, "recall": {"a": 0.9, "b": 0.8}}
 
 STAGE_RESULTS: dict[str, dict[str, Any]] = {
-    "audit": {"num_images": 30, "num_classes": 3, "imbalance_ratio": 1.0, "audit": "audit/audit.json"},
+    "audit": {"num_images": 30, "num_classes": 3, "imbalance_ratio": 1.0, "median_short_side": 64, "audit": "audit/audit.json"},
     "split": {
         "fingerprint": "3f2a9c0d1e4b5a6978c0d1e2f3a4b5c6",
         "counts": {"train": {"a": 7, "b": 7, "c": 7}, "val": {"a": 2, "b": 2, "c": 2}, "test": {"a": 1, "b": 1, "c": 1}},

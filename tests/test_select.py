@@ -492,6 +492,23 @@ def test_selection_trades_resolution_when_native_does_not_fit() -> None:
         select_backbone("x86-64-avx512", latency_ms=budget, candidates=[LITE2], trade_resolution=False, **ORT_FP32)
 
 
+def test_selection_prices_the_images_own_size_above_native_but_never_chooses_it_by_accuracy() -> None:
+    free = select_backbone("x86-64-avx512", latency_ms=1e6, candidates=[LITE0], data_size=300, **ORT_FP32)
+    assert [c.resolution for c in free.candidates] == [288, 224, 192, 160, 128]
+    big, native = _row(free, LITE0, 288), _row(free, LITE0, 224)
+    assert big.fits and big.accuracy == native.accuracy  # no credit for up-scaling the network
+    assert big.latency_ms_p95 > native.latency_ms_p95 and big.gflops > native.gflops
+    assert free.choice.resolution == 224  # the same accuracy for less: training decides on 288
+    # smaller than native (or not a size up to the next multiple of 32): nothing extra
+    for side in (200, 250):
+        small = select_backbone("x86-64-avx512", latency_ms=1e6, candidates=[LITE0], data_size=side, **ORT_FP32)
+        assert max(c.resolution for c in small.candidates) == 224
+    tight = select_backbone(
+        "x86-64-avx512", latency_ms=(big.latency_ms_p95 + native.latency_ms_p95) / 2, candidates=[LITE0], data_size=300, **ORT_FP32
+    )
+    assert not _row(tight, LITE0, 288).fits and tight.choice.resolution == 224
+
+
 def test_no_candidate_fits_names_the_closest_and_the_miss() -> None:
     free = select_backbone("jetson-orin", latency_ms=1e6, candidates=[LITE0, MNV3, RESNET50])
     fastest = min(free.candidates, key=lambda c: c.latency_ms_p95)

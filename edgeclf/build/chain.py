@@ -179,9 +179,10 @@ def build(
                 "backbones": opts.backbones,
                 "measure": bool(opts.measure),
                 "calibration": cal.model_dump(mode="json") if cal is not None else None,
+                "data_size": audit.median_short_side,
             },
             [out / "selection.json"],
-            lambda: _stage_select(opts, out, log),
+            lambda: _stage_select(opts, out, log, audit.median_short_side),
             SelectResult,
         )
         train_key = {

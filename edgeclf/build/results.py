@@ -54,6 +54,8 @@ class AuditResult(StageResult):
     num_classes: int
     #: largest / smallest non-empty class; None when no class has images
     imbalance_ratio: float | None
+    #: the smaller of the images' median width and height (px); None without images or in builds that predate it
+    median_short_side: int | None = None
     #: the audit report, relative to OUT
     audit: str
 

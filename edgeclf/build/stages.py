@@ -56,10 +56,12 @@ def _stage_audit(data_dir: Path, out: Path) -> AuditResult:
     report = audit_index(index, tmp)
     _replace_dir(tmp, out / "audit")
     d = report.model_dump(mode="json")
+    sizes = report.sizes
     return AuditResult(
         num_images=d["num_images"],
         num_classes=len(d["classes"]),
         imbalance_ratio=d["imbalance_ratio"],
+        median_short_side=None if sizes is None else int(min(sizes.width_median, sizes.height_median)),
         audit="audit/audit.json",
     )
 
@@ -130,7 +132,9 @@ def _measure_candidate(c: Any, out: Path, log: Log) -> list[Any]:
     return out_rows
 
 
-def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> SelectResult:
+def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None, data_size: int | None = None) -> SelectResult:
+    """The selection's choice; ``data_size`` (the audit's median short side) is priced too, so
+    training knows whether the budget allows the images' own resolution."""
     from edgeclf.profiles import load_profile
     from edgeclf.select import select_backbone
     from edgeclf.select.document import SelectionDocument, SelectionRow, write_selection
@@ -144,7 +148,9 @@ def _stage_select(opts: BuildOptions, out: Path, log: Log | None = None) -> Sele
         if not measure:
             log(f"select: estimating, not measuring: {why}")
     while True:
-        res = select_backbone(opts.profile, latency_ms=opts.budget_ms, candidates=opts.backbones, measured=measured)
+        res = select_backbone(
+            opts.profile, latency_ms=opts.budget_ms, candidates=opts.backbones, measured=measured, data_size=data_size
+        )
         fitting = sorted((c for c in res.candidates if c.fits), key=lambda c: (-(c.accuracy or 0.0), c.latency_ms_p95))
         usable = [c for c in fitting if _weights_here(c.backbone)]
         # --measure: the choice's latency is timed here instead of estimated; a choice

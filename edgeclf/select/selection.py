@@ -224,16 +224,17 @@ def _check_user_accuracy(user: AccuracyTable | None) -> None:
 # ---------------------------------------------------------------------------- selection
 
 
-def _resolutions(info: BackboneInfo, resolutions: Sequence[int] | None, trade: bool) -> list[int]:
+def _resolutions(info: BackboneInfo, resolutions: Sequence[int] | None, trade: bool, data_size: int | None) -> list[int]:
     if resolutions is not None:
         sizes = sorted({int(r) for r in resolutions}, reverse=True)
         bad = [r for r in sizes if r < 32]
         if bad:
             raise ConfigError(f"input resolutions must be at least 32 px, got {bad}")
         return sizes
+    above = [] if data_size is None or data_size // 32 * 32 <= info.input_size else [data_size // 32 * 32]
     if not trade:
-        return [info.input_size]
-    return sorted({info.input_size, *(r for r in RESOLUTION_LADDER if r < info.input_size)}, reverse=True)
+        return sorted({info.input_size, *above}, reverse=True)
+    return sorted({info.input_size, *above, *(r for r in RESOLUTION_LADDER if r < info.input_size)}, reverse=True)
 
 
 def _budget(value: float | None, default: float, name: str, overridden: list[str]) -> float:
@@ -274,6 +275,7 @@ def select_backbone(
     accuracy: AccuracyTable | None = None,
     measured: Sequence[Measurement] = (),
     cost_model: CostModel | None = None,
+    data_size: int | None = None,
 ) -> SelectionResult:
     """Choose the most accurate (backbone, resolution, runtime, precision) within budget.
 
@@ -294,6 +296,11 @@ def select_backbone(
         measured: Costs measured on the target; they replace the estimates they match.
         cost_model: Default: the shipped calibration over the stated priors. Factors the
             profile carries (its ``cost_model`` section) take precedence over either.
+        data_size: The images' own size (median short side, px). When it exceeds a
+            backbone's native size, that size rounded down to a multiple of 32 is priced too
+            (ignored when ``resolutions`` is given): it costs more and is never the choice by
+            accuracy, but training may take it when the budget allows it and the data gains
+            from it (``edgeclf.train.recipe.resolution_candidates``).
 
     Returns:
         The choice, a one-line justification, and the table of all candidates.
@@ -333,7 +340,7 @@ def select_backbone(
 
     rows: list[Candidate] = []
     for info in infos:
-        for size in _resolutions(info, resolutions, trade_resolution):
+        for size in _resolutions(info, resolutions, trade_resolution, data_size):
             counts = model_counts(info.name, size)
             for rt, precision in pairs:
                 est = model.estimate(counts, device, rt, precision)
