@@ -503,9 +503,8 @@ def test_selection_prices_the_images_own_size_above_native_but_never_chooses_it_
     for side in (200, 250):
         small = select_backbone("x86-64-avx512", latency_ms=1e6, candidates=[LITE0], data_size=side, **ORT_FP32)
         assert max(c.resolution for c in small.candidates) == 224
-    tight = select_backbone(
-        "x86-64-avx512", latency_ms=(big.latency_ms_p95 + native.latency_ms_p95) / 2, candidates=[LITE0], data_size=300, **ORT_FP32
-    )
+    between = (big.latency_ms_p95 + native.latency_ms_p95) / 2
+    tight = select_backbone("x86-64-avx512", latency_ms=between, candidates=[LITE0], data_size=300, **ORT_FP32)
     assert not _row(tight, LITE0, 288).fits and tight.choice.resolution == 224
 
 
