@@ -10,7 +10,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 # The SDK's one command on the embedded elpv data set, for this machine's profile:
-# `edgeclf demo` is `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0` (finetune.unfreeze 2).
+# `edgeclf demo` is `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0 --image-size 224` (finetune.unfreeze 2).
 demo: bootstrap
 	.venv/bin/edgeclf demo
 

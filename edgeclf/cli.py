@@ -1263,7 +1263,7 @@ def demo(
 ) -> None:
     """The whole build on the embedded elpv data set (from PyPI) for this machine's profile; what `make demo` runs.
 
-    The same as `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0`
+    The same as `edgeclf build --profile auto --data elpv --out demo-out --backbones tf_efficientnet_lite0 --image-size 224`
     with `finetune.unfreeze: 2` in the recipe (the recipe's 4 stages take about 3x the time on elpv for the same quality)."""
     from edgeclf.build import demo_options
 

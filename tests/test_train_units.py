@@ -14,7 +14,7 @@ from edgeclf.errors import ConfigError, DataError
 from edgeclf.preprocess import PreprocessSpec
 from edgeclf.train.config import load_config
 from edgeclf.train.data import DecodeCache, EpochSampler, ManifestDataset
-from edgeclf.train.losses import FocalLoss, class_weights
+from edgeclf.train.losses import FocalLoss, LogitAdjustedLoss, build_loss, class_weights
 from edgeclf.train.schedule import lr_factor
 from tests.conftest import blob_image, save
 
@@ -110,3 +110,35 @@ def test_config_overrides_and_errors(tmp_path: Path) -> None:
         load_config(recipe)
     with pytest.raises(ConfigError, match="batch_size"):
         load_config(None, {"batch_size": 0})
+
+
+def test_logit_adjusted_loss_learns_balanced_logits_where_cross_entropy_learns_the_prior() -> None:
+    # a bias-only model on a 9:1 data set: CE's optimum is the log prior (always the majority);
+    # the logit-adjusted optimum is flat (the balanced posterior of an uninformative input)
+    y = torch.tensor([0] * 90 + [1] * 10)
+    counts = [90, 10]
+
+    def fit(loss: torch.nn.Module) -> torch.Tensor:
+        bias = torch.zeros(2, requires_grad=True)
+        opt = torch.optim.LBFGS([bias], max_iter=200)
+
+        def step() -> torch.Tensor:
+            opt.zero_grad()
+            value = loss(bias.expand(len(y), 2), y)
+            value.backward()
+            return value
+
+        opt.step(step)
+        return bias.detach()
+
+    ce = fit(build_loss("ce", None, 0.0, 2.0))
+    la = fit(build_loss("logit_adjusted", None, 0.0, 2.0, counts, 1.0))
+    assert float(ce[0] - ce[1]) == pytest.approx(math.log(9), abs=1e-3)
+    assert float(la[0] - la[1]) == pytest.approx(0.0, abs=1e-3)
+    # tau scales the adjustment; tau 0 is plain cross-entropy
+    logits, target = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    assert torch.allclose(LogitAdjustedLoss(counts, 0.0)(logits, target), F.cross_entropy(logits, target))
+    with pytest.raises(DataError, match="every class needs training images"):
+        LogitAdjustedLoss([5, 0])
+    with pytest.raises(ValueError, match="class counts"):
+        build_loss("logit_adjusted", None, 0.0, 2.0)

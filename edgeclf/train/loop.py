@@ -613,7 +613,9 @@ class Trainer:
         val_ds = ManifestDataset(val_rows, root, classes, spec, cache, None, cfg.seed)
         counts = [Counter(train_ds.targets)[i] for i in range(len(classes))]
         weight = class_weights(counts, cfg.loss.class_weights, cfg.loss.effective_beta)
-        loss_fn = build_loss(cfg.loss.type, weight, cfg.loss.label_smoothing, cfg.loss.focal_gamma).to(self.device)
+        loss_fn = build_loss(
+            cfg.loss.type, weight, cfg.loss.label_smoothing, cfg.loss.focal_gamma, counts, cfg.loss.logit_tau
+        ).to(self.device)
         model.to(self.device)
         if self.device.type == "cpu":  # oneDNN's fast path for depthwise convs: ~1.5x here
             model = model.to(memory_format=torch.channels_last)
@@ -976,7 +978,9 @@ class Trainer:
         head = model.get_classifier()
         fit: ProbeFit | None = None
         if cfg.method == "logistic" and cfg.epochs > 0:
-            weight = getattr(loss_fn, "weight", None)
+            # the probe balances the classes as loss.class_weights says, whatever the fine-tuning loss
+            counts = [int(np.sum(ytr == i)) for i in range(len(classes))]
+            weight = class_weights([max(1, n) for n in counts], self.cfg.loss.class_weights, self.cfg.loss.effective_beta)
             fit = fit_probe(ftr, ytr, fva, yva, len(classes), None if weight is None else weight.detach().cpu().numpy())
             with torch.no_grad():
                 head.weight.copy_(torch.from_numpy(fit.weight))
