@@ -119,6 +119,7 @@ def test_demo_is_the_make_demo_build(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(edgeclf.build, "build", fake_build)
     described = ["--profile", "auto", "--data", "elpv", "--out", "demo-out", "--backbones", "tf_efficientnet_lite0"]
+    described += ["--image-size", "224"]
     for args in (["build", *described], ["demo"], ["demo", "--out", str(tmp_path / "elsewhere")]):
         res = runner.invoke(app, [*args, "--json"])
         assert res.exit_code == 0, (args, res.output, res.exception)
