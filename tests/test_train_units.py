@@ -142,3 +142,26 @@ def test_logit_adjusted_loss_learns_balanced_logits_where_cross_entropy_learns_t
         LogitAdjustedLoss([5, 0])
     with pytest.raises(ValueError, match="class counts"):
         build_loss("logit_adjusted", None, 0.0, 2.0)
+
+
+def test_weighted_smoothed_loss_weights_each_image_by_its_own_class() -> None:
+    # a majority-class image, uniform logits, class-balanced weights: the smoothing must pull
+    # it towards every other class equally, not towards the rare ones (torch's weighted
+    # smoothing weights the uniform term by each class's weight)
+    w = torch.tensor([0.2, 1.0, 2.8])
+    logits = torch.zeros(1, 3, requires_grad=True)
+    loss = build_loss("ce", w, 0.1, 2.0)
+    loss(logits, torch.tensor([0])).backward()
+    g = logits.grad[0]
+    assert float(g[1]) == pytest.approx(float(g[2]), abs=1e-7)
+    torch_style = torch.zeros(1, 3, requires_grad=True)
+    F.cross_entropy(torch_style, torch.tensor([0]), weight=w, label_smoothing=0.1).backward()
+    assert float(torch_style.grad[0, 2]) < float(torch_style.grad[0, 1]) - 1e-3  # the skew it avoids
+    # a batch: each image's smoothed CE times its class weight, normalised by the weights
+    logits, target = torch.randn(6, 3), torch.tensor([0, 0, 1, 2, 0, 1])
+    per = F.cross_entropy(logits, target, label_smoothing=0.1, reduction="none")
+    expected = (per * w[target]).sum() / w[target].sum()
+    assert torch.allclose(build_loss("ce", w, 0.1, 2.0)(logits, target), expected, atol=1e-6)
+    # without weights or without smoothing it is torch's own loss
+    assert isinstance(build_loss("ce", w, 0.0, 2.0), torch.nn.CrossEntropyLoss)
+    assert isinstance(build_loss("ce", None, 0.1, 2.0), torch.nn.CrossEntropyLoss)
