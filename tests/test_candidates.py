@@ -219,14 +219,44 @@ def test_augmentation_that_destroys_the_label_is_softened(
     c = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03})
     m = train(c, tmp_path / "run").metrics.to_json()
     soft = [ch for ch in m["recipe"]["choices"] if ch["reason"].startswith("probe check")]
-    assert [ch["key"] for ch in soft] == ["augment.crop_scale", "augment.rotation_deg"]
+    # every step of the ladder is measured and none survives a blank image: no crop, turn or flip is left
+    assert [ch["key"] for ch in soft] == ["augment.crop_scale", "augment.rotation_deg", "augment.hflip"]
+    assert "a softer crop and turn" in soft[0]["reason"] and "no flips either" in soft[0]["reason"]
     stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert stored["config"]["augment"]["crop_scale"] == [0.8, 1.0] and stored["config"]["augment"]["rotation_deg"] == 5.0
+    a = stored["config"]["augment"]
+    assert a["crop_scale"] == [1.0, 1.0] and a["rotation_deg"] == 0.0 and a["hflip"] == 0.0
     assert "crop_scale:" in (tmp_path / "run" / "config.yaml").read_text()
     # the user's own crop wins: no check
     c2 = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.crop_scale": [0.5, 1.0]})
     m2 = train(c2, tmp_path / "run2").metrics.to_json()
     assert not [ch for ch in m2["recipe"]["choices"] if ch["reason"].startswith("probe check")]
+
+
+def test_augmentation_check_stops_at_the_first_step_that_keeps_the_label(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchvision.transforms import v2
+
+    from edgeclf.train.data import ManifestDataset
+
+    class Blank:
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros((x.shape[0], 64, 64), dtype=x.dtype)
+
+    # only a turn above 5 degrees destroys the label: the softer crop and turn is enough
+    monkeypatch.setattr(
+        ManifestDataset,
+        "_build_augment",
+        lambda self: Blank() if self.augment.rotation_deg > 5.0 else v2.CenterCrop(self.spec.crop_size),
+    )
+    m = train(cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03}), tmp_path / "run").metrics.to_json()
+    soft = {ch["key"]: ch["value"] for ch in m["recipe"]["choices"] if ch["reason"].startswith("probe check")}
+    assert soft == {"augment.crop_scale": [0.8, 1.0], "augment.rotation_deg": 5.0}
+    # a turn the user set is theirs: the ladder changes only the crop, then goes on to no crop, then no flips
+    c2 = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.rotation_deg": 30.0})
+    m2 = train(c2, tmp_path / "run2").metrics.to_json()
+    soft2 = {ch["key"]: ch["value"] for ch in m2["recipe"]["choices"] if ch["reason"].startswith("probe check")}
+    assert soft2 == {"augment.crop_scale": [1.0, 1.0], "augment.hflip": 0.0}
 
 
 def test_resolution_check_measures_both_sizes_and_the_users_size_wins(tiny_manifest: Path, tmp_path: Path) -> None:

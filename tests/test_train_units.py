@@ -165,3 +165,57 @@ def test_weighted_smoothed_loss_weights_each_image_by_its_own_class() -> None:
     # without weights or without smoothing it is torch's own loss
     assert isinstance(build_loss("ce", w, 0.0, 2.0), torch.nn.CrossEntropyLoss)
     assert isinstance(build_loss("ce", None, 0.1, 2.0), torch.nn.CrossEntropyLoss)
+
+
+def test_no_crop_augmentation_is_the_deployed_centre_crop(tmp_path: Path) -> None:
+    """crop_scale (1, 1) means no crop: the training view is the deployed centre crop, not the whole
+    (resized) image squeezed to the input size."""
+    from edgeclf.data.manifest import ManifestRow
+    from edgeclf.train.config import AugmentConfig
+
+    save(blob_image(1, 50), tmp_path / "d" / "a" / "x.png")
+    row = ManifestRow(path="a/x.png", label="a", sha256="0" * 64, group="g", split="train")
+    cache = DecodeCache(tmp_path / "c", SPEC)
+    aug = AugmentConfig(crop_scale=(1.0, 1.0), hflip=0.0, rotation_deg=0.0, color_jitter=0.0)
+    ds = ManifestDataset([row], tmp_path / "d", ["a"], SPEC, cache, aug, seed=0)
+    deployed, _ = ds[0]
+    for epoch in range(3):
+        x, _ = ds[(epoch, 0)]
+        assert torch.equal(x, deployed)
+
+
+def test_trunk_views_equal_to_an_image_already_run_are_reused(tmp_path: Path) -> None:
+    """Flips-only views hold just two distinct inputs per image: the memo runs each input once, and
+    the activations are those of running every view."""
+    from types import SimpleNamespace
+
+    from edgeclf.data.manifest import ManifestRow
+    from edgeclf.train.config import AugmentConfig
+    from edgeclf.train.loop import Trainer
+
+    rows = []
+    for i in range(6):
+        save(blob_image(i, 50), tmp_path / "d" / "a" / f"x{i}.png")
+        rows.append(ManifestRow(path=f"a/x{i}.png", label="a", sha256=f"{i}" * 64, group=f"g{i}", split="train"))
+    cache = DecodeCache(tmp_path / "c", SPEC)
+    aug = AugmentConfig(crop_scale=(1.0, 1.0), hflip=0.5, rotation_deg=0.0, color_jitter=0.0)
+    ds = ManifestDataset(rows, tmp_path / "d", ["a"], SPEC, cache, aug, seed=0)
+    seen = []
+
+    def runner(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return x[:, :, ::4, ::4] * 2.0 + 1.0
+
+    host = SimpleNamespace(cfg=load_config(None, {"data.workers": 0, "batch_size": 2}), progress=None)
+    run = Trainer._run_trunk
+    memo: dict = {}
+    clean = run(host, runner, ds, list(range(6)), SPEC, "train", torch.float32, memo)
+    assert sum(seen) == 6 and len(memo) == 6
+    views = [run(host, runner, ds, [(v, i) for i in range(6)], SPEC, "view", torch.float32, memo) for v in range(4)]
+    assert 0 < sum(seen) - 6 <= 6  # at most one flipped input per image was new
+    seen.clear()
+    plain = [run(host, runner, ds, [(v, i) for i in range(6)], SPEC, "view", torch.float32) for v in range(4)]
+    assert sum(seen) == 24
+    for a, b in zip(views, plain, strict=True):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(v, clean) for v in views)  # some images were flipped

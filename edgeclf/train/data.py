@@ -110,7 +110,13 @@ class ManifestDataset(Dataset):
 
         a = self.augment
         assert a is not None
-        tfs: list = [v2.RandomResizedCrop(self.spec.crop_size, scale=a.crop_scale, antialias=False)]
+        # no crop at all is the deployed view (the centre crop), not the whole image squeezed to size
+        crop = (
+            v2.CenterCrop(self.spec.crop_size)
+            if a.crop_scale[0] >= 1.0
+            else v2.RandomResizedCrop(self.spec.crop_size, scale=a.crop_scale, antialias=False)
+        )
+        tfs: list = [crop]
         if a.hflip:
             tfs.append(v2.RandomHorizontalFlip(a.hflip))
         if a.vflip:
