@@ -530,15 +530,23 @@ def _summary(r: ParityRow) -> dict[str, Any]:
 
 #: Why the export's corruption suite does not run when only fp32 artifacts ship.
 ROBUSTNESS_FP32_ONLY = (
-    "only fp32 artifacts shipped; each equals the eager model within the fp32 parity tolerance on every "
-    "input, so their corruption figures are the eager model's (the evaluation's robustness suite)"
+    "every shipped artifact computes in fp32 (fp32, or fp16 weights decompressed to f32 on this engine); each "
+    "equals the eager model within the parity tolerance on every input, so their corruption figures are the "
+    "eager model's (the evaluation's robustness suite)"
 )
 
 
+def _computes_in_fp32(runner: Any) -> bool:
+    """An fp16 artifact whose engine decompresses its weights and computes in f32 (OpenVINO on CPU
+    with the f32 hint): its only difference from fp32 is weight rounding, within the parity gate."""
+    return str(getattr(runner, "inference_precision", "")).lower() == "f32"
+
+
 def _robustness_artifact(runners: dict[str, Any]) -> str | None:
-    """The shipped artifact whose corruption figures can differ from eager's: int8 first, then fp16; None if fp32 only."""
+    """The shipped artifact whose corruption figures can differ from eager's: int8 first, then an
+    fp16 one that computes in fp16; None if the rest compute in fp32 (fp32, or fp16 weights only)."""
     for prec in ("int8", "fp16"):
-        key = next((k for k in runners if k.endswith(f"/{prec}")), None)
+        key = next((k for k in runners if k.endswith(f"/{prec}") and not _computes_in_fp32(runners[k])), None)
         if key is not None:
             return key
     return None
