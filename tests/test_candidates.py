@@ -249,11 +249,15 @@ def test_augmentation_check_stops_at_the_first_step_that_keeps_the_label(
         "_build_augment",
         lambda self: Blank() if self.augment.rotation_deg > 5.0 else v2.CenterCrop(self.spec.crop_size),
     )
-    m = train(cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03}), tmp_path / "run").metrics.to_json()
+    m = train(
+        cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "finetune.epochs": 0}), tmp_path / "run"
+    ).metrics.to_json()
     soft = {ch["key"]: ch["value"] for ch in m["recipe"]["choices"] if ch["reason"].startswith("probe check")}
     assert soft == {"augment.crop_scale": [0.8, 1.0], "augment.rotation_deg": 5.0}
     # a turn the user set is theirs: the ladder changes only the crop, then goes on to no crop, then no flips
-    c2 = cfg(tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.rotation_deg": 30.0})
+    c2 = cfg(
+        tiny_manifest, tmp_path, **{"probe.epochs": 40, "probe.lr": 0.03, "augment.rotation_deg": 30.0, "finetune.epochs": 0}
+    )
     m2 = train(c2, tmp_path / "run2").metrics.to_json()
     soft2 = {ch["key"]: ch["value"] for ch in m2["recipe"]["choices"] if ch["reason"].startswith("probe check")}
     assert soft2 == {"augment.crop_scale": [1.0, 1.0], "augment.hflip": 0.0}
