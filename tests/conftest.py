@@ -14,6 +14,22 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Parallel workers share the cores: each worker's torch (and the pipeline's ONNX Runtime copy of
+    a model, which follows torch's thread count) gets cores // workers threads, so two workers on two
+    cores do not run four threads that wait on each other. Subprocesses inherit it (OMP_NUM_THREADS)."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def shared_dataset(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.is_dir():
