@@ -22,8 +22,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // workers)
+        from edgeclf._provenance import usable_cpus
+
+        threads = max(1, usable_cpus() // workers)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         import torch
 
