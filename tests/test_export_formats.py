@@ -119,6 +119,8 @@ def test_formats_table() -> None:
         ("onnx", "fp32", {"calibration_method": "minmax"}, False, "not supported for onnx fp32"),
         ("onnx", "int8", {"calibration_method": "kl"}, True, "must be one of minmax, entropy, percentile"),
         ("onnx", "int8", {"keep_float": "conv"}, True, "list of node names"),
+        ("openvino", "int8", {"bias_correction": "slow"}, True, "must be one of full, fast"),
+        ("openvino", "fp32", {"bias_correction": "full"}, False, "not supported for openvino fp32"),
         ("onnx", "fp32", {"opset": 13}, False, "opset must be an integer 17"),
         ("onnx", "int8", {}, False, "needs calibration images"),
         ("tensorrt", "fp16", {"opt_batch": 64, "max_batch": 8}, False, "must not exceed max_batch"),
@@ -496,6 +498,7 @@ def test_openvino_int8(
     )
     assert art.status == "ok", art.error
     assert art.details["fake_quantize_nodes"] > 0 and art.details["ignored_ops"]
+    assert art.details["bias_correction"] == "full"  # the default: NNCF's layer-by-layer BiasCorrection
     assert read_openvino_metadata(tmp_path / art.file) == META
     ir = ov.Core().read_model(str(tmp_path / art.file))
     assert any(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())

@@ -62,6 +62,9 @@ _MAX_ERROR_CHARS = 400
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 OPENVINO_PRESETS = ("performance", "mixed")
+#: NNCF bias correction after int8 calibration: ``full`` (BiasCorrection, layer by layer on the
+#: calibration images; the default) or ``fast`` (FastBiasCorrection, NNCF's own default).
+OPENVINO_BIAS_CORRECTION = ("full", "fast")
 ONNX_EXPORTERS = ("auto", "torchscript", "dynamo")
 TORCHSCRIPT_METHODS = ("trace", "script")
 # ONNX opset floor: 17 is the first opset with LayerNormalization and the newest that
@@ -177,7 +180,7 @@ FORMATS: dict[str, FormatSpec] = {
             suffix=".xml",
             precisions=("fp32", "fp16", "int8"),
             options=("opset", "exporter", "slim"),
-            int8_options=("preset", "keep_float"),
+            int8_options=("preset", "keep_float", "bias_correction"),
             requires=("openvino", "onnx", "onnxruntime"),
             int8_requires=("nncf",),
         ),
@@ -280,6 +283,8 @@ def _validate_option_values(fmt: str, options: Mapping[str, Any]) -> None:
             _check_choice(key, value, TORCHSCRIPT_METHODS)
         elif key == "preset":
             _check_choice(key, value, OPENVINO_PRESETS)
+        elif key == "bias_correction":
+            _check_choice(key, value, OPENVINO_BIAS_CORRECTION)
         elif key in ("max_batch", "opt_batch"):
             _check_int(key, value, 1, 4096)
         elif key == "workspace_mb":

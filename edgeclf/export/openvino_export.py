@@ -13,7 +13,14 @@ output ``logits``.
   ``mixed`` (asymmetric activations), ``subset_size`` = number of images,
   ``options["keep_float"]`` (ONNX node names) as ``nncf.IgnoredScope(names=...)``
   over the OpenVINO operations they became (a biased Conv ``X`` becomes
-  ``X/WithoutBiases`` + ``X``). Saved uncompressed.
+  ``X/WithoutBiases`` + ``X``), and ``options["bias_correction"]``: ``full`` (default:
+  ``fast_bias_correction=False``, NNCF's layer-by-layer BiasCorrection, which re-fits each
+  quantized layer's bias on the calibration images so the shift int8 rounding adds to its
+  mean output is undone downstream) or ``fast`` (NNCF's own default, one statistics pass).
+  Full correction costs about 10 s more on a small CNN and is what lets a depthwise
+  network (EfficientNet-lite) keep every layer in int8 and still pass its agreement gate:
+  on a trashnet-150 lite2 model, 0.989 top-1 agreement with fp32 against 0.976 with ``fast``.
+  Saved uncompressed.
 
 The bundle manifest JSON is stored in the model's ``rt_info`` under the key
 :data:`RT_INFO_KEY` = ``"edgeclf.meta"`` (the same key as ONNX ``metadata_props``):
@@ -78,6 +85,7 @@ def export_openvino(
     calibration: np.ndarray | None = None,
     preset: str = "performance",
     keep_float: Sequence[str] = (),
+    bias_correction: str = "full",
 ) -> dict[str, Any]:
     """Convert ``fp32_onnx`` to an IR at ``xml_path`` (+ ``.bin``) at ``precision``; return the details.
 
@@ -98,12 +106,20 @@ def export_openvino(
         if keep_float:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
         dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
-        model = nncf.quantize(model, dataset, preset=presets[preset], subset_size=len(calibration), **kwargs)
+        model = nncf.quantize(
+            model,
+            dataset,
+            preset=presets[preset],
+            subset_size=len(calibration),
+            fast_bias_correction=bias_correction == "fast",
+            **kwargs,
+        )
         ops = [op.get_type_name() for op in model.get_ops()]
         details.update(
             {
                 "nncf_version": nncf.__version__,
                 "preset": preset,
+                "bias_correction": bias_correction,
                 "calibration_images": int(len(calibration)),
                 "kept_float": list(keep_float),
                 "ignored_ops": ignored,
@@ -146,6 +162,7 @@ def export(
         calibration=calibration,
         preset=str(options.get("preset", "performance")),
         keep_float=list(options.get("keep_float", ())),
+        bias_correction=str(options.get("bias_correction", "full")),
     )
     bin_name = os.path.splitext(xml)[0] + ".bin"
     return Produced(file=xml, extra_files=[bin_name], details={**details, **src_details})
