@@ -164,6 +164,16 @@ def test_int8_gates_are_decided_for_the_number_of_images() -> None:
     a_big[:5] = np.roll(a_big[:5], 1, axis=1)  # 5 of 1200 flipped: 99.6 % agreement
     big = P.compare("onnx", "int8", a_big, e_big, y_big, CLASSES, 1.0, 0.1)
     assert big.status == "passed" and big.rules["agreement"].startswith("point estimate")
+    # held back by the interval alone: the hint names the point estimates and the way to ship on them
+    hint = P.point_estimate_hint("int8", same)
+    assert hint is not None and "--int8-gates point" in hint and "agreement 1.0000" in hint
+    assert P.point_estimate_hint("int8", same.record()) == hint  # from parity.json's record too
+    assert P.point_estimate_hint("int8", bad) is None  # failed, not short of evidence
+    assert P.point_estimate_hint("int8", big) is None  # passed
+    few_flipped = eager.copy()
+    few_flipped[:1] = np.roll(few_flipped[:1], 1, axis=1)  # 1 of 20: 95 % agreement, a failing point estimate
+    unsure = P.compare("onnx", "int8", few_flipped, eager, y, CLASSES, 1.0, 0.1)
+    assert unsure.status == "insufficient_evidence" and P.point_estimate_hint("int8", unsure) is None
 
 
 def test_int8_retries_only_where_an_artifact_could_pass() -> None:

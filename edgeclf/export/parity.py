@@ -280,6 +280,18 @@ def int8_gates(
     return status, fails + unsure, rules
 
 
+def point_estimate_hint(precision: str, r: Any) -> str | None:
+    """What to tell the user of an int8 artifact held back only by the interval rule: every point
+    estimate (``r``: a :class:`ParityResult` or its record) is within its budget, so the validation
+    set is too small to confirm it, and ``--int8-gates point`` would ship it. None otherwise."""
+    if precision != "int8" or r is None or r.status != "insufficient_evidence" or check_gates(precision, r):
+        return None
+    return (
+        f"every point estimate is within its budget (agreement {r.agreement:.4f}, macro-F1 {r.macro_f1_delta:+.4f}); "
+        "more validation images would confirm it, or `--int8-gates point` ships it on the point estimates"
+    )
+
+
 def compare(
     fmt: str,
     precision: str,

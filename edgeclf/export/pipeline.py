@@ -30,7 +30,14 @@ from edgeclf.export.bundle import (
     write_manifest,
     write_parity,
 )
-from edgeclf.export.parity import ParityResult, decision_check, int8_no_retry_reason, row_status, run_parity
+from edgeclf.export.parity import (
+    ParityResult,
+    decision_check,
+    int8_no_retry_reason,
+    point_estimate_hint,
+    row_status,
+    run_parity,
+)
 from edgeclf.export.parity_schema import (
     ArtifactRecord,
     Attempt,
@@ -421,7 +428,12 @@ def _export_run(
                 )
                 runners[key] = load_runner(work, art, run.spec, run.classes)
             else:
-                failed.append(f"{key}: {row.error}")
+                # the first build the point estimates pass is the one `--int8-gates point` would stop at
+                hints = [(i, point_estimate_hint(prec, a.parity)) for i, a in enumerate(attempts)]
+                hint = next((f"build {i + 1} of {len(attempts)}: {h}" if len(attempts) > 1 else h for i, h in hints if h), None)
+                failed.append(f"{key}: {row.error}" + (f" ({hint})" if hint else ""))
+                if hint:
+                    log(f"  {key}: {hint}")
                 if art.status == "ok" and not (fmt == "onnx" and prec == "fp32"):
                     for f in [art.file, *art.extra_files]:  # not shipped
                         (work / f).unlink(missing_ok=True)
