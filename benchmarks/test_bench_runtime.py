@@ -39,8 +39,11 @@ def _frame() -> np.ndarray:
     return (base + rng.integers(0, 30, (480, 640, 3))).clip(0, 255).astype(np.uint8)
 
 
+WARMUP_ROUNDS = 10
+
+
 def _pedantic(benchmark: Any, fn: Any, rounds: int = 60) -> None:
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=10)
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=WARMUP_ROUNDS)
 
 
 def _median(benchmark: Any) -> float | None:
@@ -165,8 +168,8 @@ def test_c_end_to_end_over_bare_interleaved(benchmark: Any, clf: Any) -> None:
 
     _pedantic(benchmark, one_round, rounds=100)
     _info(benchmark, c, "end-to-end-over-bare-interleaved", precision)
-    warm = 10  # the pedantic warm-up rounds also land in ``times``
-    med = {name: float(np.median(v[warm:])) * 1e3 for name, v in times.items()}
+    # the warm-up rounds also land in ``times``
+    med = {name: float(np.median(v[WARMUP_ROUNDS:])) * 1e3 for name, v in times.items()}
     benchmark.extra_info.update(
         {f"{name}_ms": round(v, 3) for name, v in med.items()},
         end_to_end_over_bare_backend=round(med["end_to_end"] / med["bare"], 3),

@@ -429,8 +429,11 @@ def _export_run(
                 runners[key] = load_runner(work, art, run.spec, run.classes)
             else:
                 # the first build the point estimates pass is the one `--int8-gates point` would stop at
-                hints = [(i, point_estimate_hint(prec, a.parity)) for i, a in enumerate(attempts)]
-                hint = next((f"build {i + 1} of {len(attempts)}: {h}" if len(attempts) > 1 else h for i, h in hints if h), None)
+                hint = None
+                for i, a in enumerate(attempts):
+                    if h := point_estimate_hint(prec, a.parity):
+                        hint = f"build {i + 1} of {len(attempts)}: {h}" if len(attempts) > 1 else h
+                        break
                 failed.append(f"{key}: {row.error}" + (f" ({hint})" if hint else ""))
                 if hint:
                     log(f"  {key}: {hint}")
