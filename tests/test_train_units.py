@@ -219,3 +219,27 @@ def test_trunk_views_equal_to_an_image_already_run_are_reused(tmp_path: Path) ->
     for a, b in zip(views, plain, strict=True):
         assert torch.equal(a, b)
     assert not all(torch.equal(v, clean) for v in views)  # some images were flipped
+
+
+def test_mixup_blends_inputs_and_losses_reproducibly() -> None:
+    from edgeclf.train.loop import _mixed_loss, mixup_batch
+
+    x = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    # off: the batch untouched
+    same, mix = mixup_batch(x, y, 0.0, np.random.default_rng(1))
+    assert mix is None and same is x
+    a, (partner, lam) = mixup_batch(x, y, 0.4, np.random.default_rng(1))
+    b, (partner_b, lam_b) = mixup_batch(x, y, 0.4, np.random.default_rng(1))
+    assert torch.equal(a, b) and torch.equal(partner, partner_b) and lam == lam_b  # seeded
+    assert 0.0 <= lam <= 1.0
+    # every row is lam * itself + (1 - lam) * one partner row, whose label is the partner target
+    for i in range(8):
+        j = [k for k in range(8) if torch.allclose(a[i], lam * x[i] + (1 - lam) * x[k])]
+        assert j and int(y[j[0]]) == int(partner[i]) or lam == 1.0
+    assert sorted(partner.tolist()) == sorted(y.tolist())  # a permutation of the batch
+    logits = torch.randn(8, 3)
+    ce = torch.nn.CrossEntropyLoss()
+    want = lam * ce(logits, y) + (1 - lam) * ce(logits, partner)
+    assert torch.allclose(_mixed_loss(ce, logits, y, (partner, lam)), want)
+    assert torch.allclose(_mixed_loss(ce, logits, y, None), ce(logits, y))

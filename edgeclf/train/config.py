@@ -93,6 +93,11 @@ class AugmentConfig(_Section):
     vflip: float = Field(0.0, ge=0, le=1)
     rotation_deg: float = Field(10.0, ge=0, le=180)
     color_jitter: float = Field(0.2, ge=0, le=1)
+    #: Mixup (Zhang et al., ICLR 2018) on the model's input — the image, or the cached trunk
+    #: activations in partial fine-tuning (manifold mixup): each batch is blended with a
+    #: shuffled copy of itself by lambda ~ Beta(mixup, mixup), and the loss by the same lambda.
+    #: 0 turns it off.
+    mixup: float = Field(0.0, ge=0, le=4)
 
     @model_validator(mode="after")
     def _scale_order(self) -> AugmentConfig:

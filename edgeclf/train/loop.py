@@ -470,13 +470,15 @@ class Trainer:
         torch.manual_seed(_epoch_seed(self.cfg.seed, epoch, self.dist.rank))  # dropout / drop-path
         acc = [0.0, 0.0]
         n_batches = len(loader)
+        mix_rng = np.random.default_rng(_epoch_seed(mix_seed(self.cfg.seed, MIXUP_STREAM), epoch, self.dist.rank))
         for b, (x, y) in enumerate(loader):
             x = normalize_batch(x.to(self.device, non_blocking=True), spec)
             y = y.to(self.device, non_blocking=True)
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
+            x, mix = mixup_batch(x, y, self.cfg.augment.mixup if self.cfg.augment.enabled else 0.0, mix_rng)
             with _autocast(self.amp, self.device):
-                loss = loss_fn(model(x).float(), y)
+                loss = _mixed_loss(loss_fn, model(x).float(), y, mix)
             global_step = self._step(loss, len(y), opt, sched, scaler, tb, global_step, acc, epoch, b, n_batches)
         return acc[0] / max(1, acc[1]), int(acc[1]), global_step
 
@@ -1098,12 +1100,14 @@ class Trainer:
         bs = self.cfg.batch_size
         acc = [0.0, 0.0]
         n_batches = math.ceil(len(order) / bs)
+        mix_rng = np.random.default_rng(_epoch_seed(mix_seed(self.cfg.seed, MIXUP_STREAM), epoch, 0))
         for b in range(n_batches):
             idx = torch.from_numpy(order[b * bs : (b + 1) * bs])
             x = feats[idx].float().contiguous(memory_format=torch.channels_last)
             y = targets[idx]
+            x, mix = mixup_batch(x, y, self.cfg.augment.mixup if self.cfg.augment.enabled else 0.0, mix_rng)
             with _autocast(self.amp, self.device):
-                loss = loss_fn(split.top(x).float(), y)
+                loss = _mixed_loss(loss_fn, split.top(x).float(), y, mix)
             global_step = self._step(loss, len(y), opt, sched, None, tb, global_step, acc, epoch, b, n_batches)
         return acc[0] / max(1, acc[1]), int(acc[1]), global_step
 
@@ -1435,6 +1439,33 @@ class _Candidates:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_open(out / "val_predictions.npz", "wb") as f:
             np.savez(f, y_true=self.y.astype(np.int64), **self.preds)
+
+
+#: The random stream mixup draws its weights and partners from (per seed and epoch).
+MIXUP_STREAM = 6161
+
+
+def mixup_batch(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, tuple[torch.Tensor, float] | None]:
+    """Mixup: the batch blended with a shuffled copy of itself by lambda ~ Beta(alpha, alpha);
+    returns the blend and (partner targets, lambda), or the batch untouched and ``None`` when
+    ``alpha`` is 0 or the batch has one item."""
+    if alpha <= 0 or len(y) < 2:
+        return x, None
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+    return lam * x + (1.0 - lam) * x[perm], (y[perm], lam)
+
+
+def _mixed_loss(
+    loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor, mix: tuple[torch.Tensor, float] | None
+) -> torch.Tensor:
+    """``loss_fn`` on the targets, or, after mixup, the same blend of the losses on both targets."""
+    if mix is None:
+        return loss_fn(logits, y)
+    partner, lam = mix
+    return lam * loss_fn(logits, y) + (1.0 - lam) * loss_fn(logits, partner)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
