@@ -146,11 +146,13 @@ def test_two_bands_on_two_threads_are_bit_identical(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
-def test_avx512_window_path_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interp: str) -> None:
-    """The AVX-512 horizontal pass (where the CPU has it and the taps fit its window) gives
-    exactly the gather path's tensor, for down- and up-scaling and crops not a multiple of 16."""
+def test_simd_horizontal_paths_are_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interp: str) -> None:
+    """The AVX-512 horizontal pass (where the CPU has it and the taps fit its window), else the AVX2
+    one (groups of 8 outputs with consecutive taps; the groups at a border, where taps are clamped,
+    take the gather loop) gives exactly the gather path's tensor, for down- and up-scaling, crops
+    that reach the border, and crops not a multiple of 16 or 8."""
     frames = [img for img in IMAGES if min(img.shape[:2]) >= 8]
-    for crop, resize in [(224, 256), (72, 80), (40, 40), (50, 61)]:
+    for crop, resize in [(224, 256), (72, 80), (40, 40), (50, 61), (60, 60), (21, 100)]:
         d = make_synthetic_bundle(tmp_path / f"b{crop}-{resize}", crop=crop, resize=resize, interpolation=interp)
         out = {}
         for wide in ("0", "1"):

@@ -105,6 +105,7 @@ struct HorizontalPlan {
   const float* wT;
   const int32_t* start;  // wide path: each group's first column
   const int32_t* rel;    // wide path: taps relative to it, [group][tap][16]
+  const uint8_t* consec; // AVX2 path: whether each group of 8 outputs reads consecutive columns (null: off)
   int taps, crop;
   bool wide;
 };
@@ -113,8 +114,9 @@ struct HorizontalPlan {
 struct PreprocessScratch {
   int parts = 1;                   // bands per image: 1, or 2 when the session may use two threads
   bool wide = false;               // this image takes the AVX-512 window path
-  bool wide_disabled = false;      // never (preprocess_wide 0 / EDGECLF_PREPROCESS_WIDE=0: for comparisons)
+  bool wide_disabled = false;      // never, nor the AVX2 path (preprocess_wide 0 / EDGECLF_PREPROCESS_WIDE=0: for comparisons)
   std::vector<int32_t> wstart, wrel;
+  std::vector<uint8_t> consec;     // AVX2 path: per group of 8 outputs, consecutive taps (empty: off)
   int plan_w = -1, plan_h = -1;    // the image size the taps below were computed for
   int plan_x0 = 0, plan_x1 = 0;    // first and last source column any tap reads
   std::vector<int32_t> xidx, yidx; // tap indices
