@@ -108,6 +108,7 @@ struct HorizontalPlan {
   const uint8_t* consec; // AVX2 path: whether each group of 8 outputs reads consecutive columns (null: off)
   int taps, crop;
   bool wide;
+  bool simd;             // AVX2 conversion of packed 3-byte rows to float planes
 };
 
 // Scratch reused across calls of one session.

@@ -236,6 +236,50 @@ bool cpu_has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
 }
+
+// pshufb masks that pick byte `ch` of each of 16 packed 3-byte pixels out of the k-th of the
+// three 16-byte registers holding them (0x80: none from this register).
+struct Deinterleave3 {
+  alignas(16) uint8_t m[3][3][16];
+  Deinterleave3() {
+    for (int ch = 0; ch < 3; ++ch)
+      for (int k = 0; k < 3; ++k)
+        for (int i = 0; i < 16; ++i) {
+          const int at = 3 * i + ch - 16 * k;
+          m[ch][k][i] = (at >= 0 && at < 16) ? static_cast<uint8_t>(at) : 0x80;
+        }
+  }
+};
+
+// to_planes for 3-byte pixels with AVX2: 16 pixels per step as three loads, nine byte shuffles
+// and widening conversions (uint8 -> float is exact, so the same floats as the scalar loop).
+template <int R, int G, int B>
+__attribute__((target("avx2"))) void to_planes3_avx2(const uint8_t* __restrict src, int n, float* __restrict pr,
+                                                      float* __restrict pg, float* __restrict pb) {
+  static const Deinterleave3 d;
+  const __m128i* mk = reinterpret_cast<const __m128i*>(d.m);
+  float* planes[3] = {pr, pg, pb};
+  const int chan[3] = {R, G, B};
+  int x = 0;
+  for (; x + 16 <= n; x += 16) {
+    const uint8_t* s3 = src + static_cast<ptrdiff_t>(x) * 3;
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + 32));
+    for (int q = 0; q < 3; ++q) {
+      const __m128i* m = mk + chan[q] * 3;
+      const __m128i v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, _mm_load_si128(m)), _mm_shuffle_epi8(b, _mm_load_si128(m + 1))),
+                                     _mm_shuffle_epi8(c, _mm_load_si128(m + 2)));
+      _mm256_storeu_ps(planes[q] + x, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)));
+      _mm256_storeu_ps(planes[q] + x + 8, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))));
+    }
+  }
+  for (; x < n; ++x) {
+    pr[x] = static_cast<float>(src[x * 3 + R]);
+    pg[x] = static_cast<float>(src[x * 3 + G]);
+    pb[x] = static_cast<float>(src[x * 3 + B]);
+  }
+}
 #endif
 
 template <int BPP, int R, int G, int B>
@@ -244,7 +288,19 @@ void horizontal_rows(const HorizontalPlan& h, const uint8_t* row, int x0, int n,
   float* pr = planes;
   float* pg = planes + stride;
   float* pb = planes + 2 * stride;
+#ifdef EDGECLF_WIDE_PATH
+  if constexpr (BPP == 3) {
+    if (h.simd) {
+      to_planes3_avx2<R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
+    } else {
+      to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
+    }
+  } else {
+    to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
+  }
+#else
   to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
+#endif
   const float* ps[3] = {pr, pg, pb};
   const int crop = h.crop;
   for (int c = 0; c < 3; ++c) {
@@ -346,6 +402,16 @@ void plan_wide(PreprocessScratch& s, int taps, int crop) {
 #endif
 }
 
+// Whether the AVX2 row conversion may run (the CPU has it; the SIMD paths are not turned off).
+bool simd_rows(const PreprocessScratch& s) {
+#ifdef EDGECLF_WIDE_PATH
+  return !s.wide_disabled && cpu_has_avx2();
+#else
+  (void)s;
+  return false;
+#endif
+}
+
 // Which groups of 8 outputs read consecutive columns (the AVX2 path, where the CPU has it and
 // the AVX-512 window path is not taken).
 void plan_consecutive(PreprocessScratch& s, int taps, int crop) {
@@ -398,7 +464,7 @@ void band(const RowGeometry& g, const PreprocessScratch& s, PreprocessBand& b, i
   const int uv_stride = image.uv_data ? image.uv_stride_bytes : image.stride_bytes;
   if (nv12) b.rgb_row.resize(static_cast<size_t>(x1 - x0 + 1) * 3);
   const HorizontalPlan hp{s.xidxT.data(), s.xwT.data(), s.wstart.data(), s.wrel.data(),
-                          s.consec.empty() ? nullptr : s.consec.data(), taps, crop, s.wide};
+                          s.consec.empty() ? nullptr : s.consec.data(), taps, crop, s.wide, simd_rows(s)};
   float* planes = b.planes.data();
   for (int r = 0; r < nrows; ++r) {
     const int y = y0 + r;
