@@ -500,6 +500,16 @@ void band(const RowGeometry& g, const PreprocessScratch& s, PreprocessBand& b, i
   }
 }
 
+// Output rows [i0, i1) in chunks of kChunkRows: each chunk's horizontally resized source rows
+// (3 x crop floats each) stay in the core's cache between the two passes instead of a whole
+// image's worth (1 MB for 640x480 -> 160) going out to memory and back. A chunk repeats at
+// most `taps` source rows of the one before; the values do not depend on the chunking.
+constexpr int kChunkRows = 32;
+
+void rows(const RowGeometry& g, const PreprocessScratch& s, PreprocessBand& b, int i0, int i1, float* out) {
+  for (int i = i0; i < i1; i += kChunkRows) band(g, s, b, i, std::min(i + kChunkRows, i1), out);
+}
+
 }  // namespace
 
 void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, float* out, PreprocessScratch& s) {
@@ -549,7 +559,7 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
   const int parts = std::max(1, std::min(s.parts, kMaxParts));
   const size_t total = static_cast<size_t>(crop) * crop * 3;
   if (parts == 1 || total < kParallelMinValues) {
-    band(g, s, s.band[0], 0, crop, out);
+    rows(g, s, s.band[0], 0, crop, out);
     return;
   }
   std::exception_ptr error;
@@ -557,17 +567,17 @@ void preprocess_image(const PreprocessSpec& spec, const edgeclf_image& image, fl
   try {
     helper = std::thread([&] {
       try {
-        band(g, s, s.band[1], crop / 2, crop, out);
+        rows(g, s, s.band[1], crop / 2, crop, out);
       } catch (...) {
         error = std::current_exception();
       }
     });
   } catch (const std::system_error&) {  // no thread to be had: the same bands, one after the other
-    band(g, s, s.band[0], 0, crop, out);
+    rows(g, s, s.band[0], 0, crop, out);
     return;
   }
   try {
-    band(g, s, s.band[0], 0, crop / 2, out);
+    rows(g, s, s.band[0], 0, crop / 2, out);
   } catch (...) {
     helper.join();
     throw;
