@@ -337,6 +337,9 @@ def test_resume_after_kill_9_with_workers(tiny_manifest: Path, tmp_path: Path) -
     a, b = json.loads(full.stdout), json.loads(resumed.stdout)
     assert done < 3 or "resumed" in resumed.stderr
     assert strip(b["history"]) == strip(a["history"]) and b["finetuned"] == a["finetuned"]
+    # the weight average of epochs 2-3 (finetune.average_from 0.5) is a candidate, the same after the resume
+    avg_a, avg_b = ({c["name"]: c for c in m["candidates"]}["finetune_average"] for m in (a, b))
+    assert "epochs 2-3" in avg_a["description"] and avg_a["val"] == avg_b["val"]
 
 
 @pytest.mark.slow

@@ -243,3 +243,21 @@ def test_mixup_blends_inputs_and_losses_reproducibly() -> None:
     want = lam * ce(logits, y) + (1 - lam) * ce(logits, partner)
     assert torch.allclose(_mixed_loss(ce, logits, y, (partner, lam)), want)
     assert torch.allclose(_mixed_loss(ce, logits, y, None), ce(logits, y))
+
+
+def test_weight_average_is_the_running_mean_of_float_tensors_and_latest_counter() -> None:
+    from edgeclf.train.loop import average_start_epoch, running_average
+
+    states = [
+        {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)},
+        {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)},
+        {"w": torch.tensor([5.0, 1.0]), "n": torch.tensor(9)},
+    ]
+    avg = None
+    for epoch, st in enumerate(states, start=4):
+        avg = running_average(avg, st, epoch)
+    assert avg is not None and avg["n"] == 3 and (avg["first"], avg["last"]) == (4, 6)
+    assert torch.allclose(avg["state"]["w"], torch.tensor([3.0, 3.0]))
+    assert int(avg["state"]["n"]) == 9  # a counter is not averaged
+    assert torch.equal(states[0]["w"], torch.tensor([1.0, 2.0]))  # the inputs are not modified
+    assert average_start_epoch(11, 0.5) == 5 and average_start_epoch(11, 1.0) == 11 and average_start_epoch(4, 0.0) == 0

@@ -71,6 +71,10 @@ class FinetuneConfig(_Section):
     cache_max_gb: float = Field(4.0, gt=0)
     #: auto: the trunk's cached pass on ONNX Runtime when it matches eager on the first batch.
     trunk_engine: Literal["auto", "eager"] = "auto"
+    #: One more candidate: the running mean of the weights at the end of each epoch from this
+    #: fraction of ``epochs`` on (stochastic weight averaging, Izmailov et al., UAI 2018), scored
+    #: on validation like the others. 1 turns it off.
+    average_from: float = Field(0.5, ge=0, le=1)
 
 
 class LossConfig(_Section):

@@ -20,7 +20,7 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,6 +360,8 @@ class Trainer:
         self.cfg = cfg
         self.max_image_size = max_image_size
         self.resolution_table: list[dict[str, Any]] | None = None
+        #: the running mean of the end-of-epoch weights (finetune.average_from), filled by _finetune
+        self.weight_average: dict[str, Any] | None = None
         #: trunk activations shared between runs with the same trunk and views (the search's trials)
         self.shared_cache = shared_cache
         #: called after every fine-tuning epoch with (epoch, val macro-F1): the search's pruner
@@ -758,6 +760,22 @@ class Trainer:
                 save=False,
                 path=ft_path,
             )
+
+        avg = self.weight_average
+        if best_epoch >= 0 and avg is not None and avg["n"] >= 2:
+            t_avg = time.perf_counter()
+            shipped_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(avg["state"])
+            cands.add(
+                "finetune_average",
+                f"the mean of the fine-tuned weights at the end of epochs {avg['first']}-{avg['last']} "
+                f"({avg['n']} epochs; stochastic weight averaging)",
+                self._val_logits(model, val_ds, split, acts),
+                model,
+                avg["last"],
+                time.perf_counter() - t_avg,
+            )
+            model.load_state_dict(shipped_state)
 
         selected = cands.select()
         metrics = TrainMetrics.model_validate(
@@ -1169,6 +1187,10 @@ class Trainer:
 
         stopped_early = bad_epochs >= ft.early_stopping_patience
         best_state: dict[str, Any] | None = None  # None after a resume: the best epoch's file has it
+        average_start = average_start_epoch(ft.epochs, ft.average_from)
+        self.weight_average = None
+        if self.resume and last_path.is_file():
+            self.weight_average = load_checkpoint(last_path).get("weight_average")
         for epoch in range(start_epoch, ft.epochs):
             if stopped_early:
                 break
@@ -1216,6 +1238,8 @@ class Trainer:
             else:
                 bad_epochs += 1
             stopped_early = bad_epochs >= ft.early_stopping_patience
+            if epoch >= average_start:
+                self.weight_average = running_average(self.weight_average, model.state_dict(), epoch + 1)
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1, vm["macro_f1"])
             self.log(
@@ -1247,6 +1271,7 @@ class Trainer:
                         "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else {},
+                        "weight_average": self.weight_average,
                     },
                 )
         if stopped_early:
@@ -1439,6 +1464,27 @@ class _Candidates:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_open(out / "val_predictions.npz", "wb") as f:
             np.savez(f, y_true=self.y.astype(np.int64), **self.preds)
+
+
+def average_start_epoch(epochs: int, average_from: float) -> int:
+    """The first epoch (0-based) whose end-of-epoch weights enter the weight average; ``epochs``
+    (none) when ``average_from`` is 1."""
+    return epochs if average_from >= 1 else int(math.floor(epochs * average_from))
+
+
+def running_average(avg: dict[str, Any] | None, state: Mapping[str, torch.Tensor], epoch: int) -> dict[str, Any]:
+    """``avg`` (``{"state", "n", "first", "last"}``, or None) with ``state`` folded into its running
+    mean; integer tensors (BatchNorm's batch counters) take the latest value."""
+    if avg is None:
+        return {"state": {k: v.detach().clone() for k, v in state.items()}, "n": 1, "first": epoch, "last": epoch}
+    n = avg["n"] + 1
+    for k, v in state.items():
+        a = avg["state"][k]
+        if a.is_floating_point():
+            a.add_((v.detach().to(a.dtype) - a) / n)
+        else:
+            a.copy_(v.detach())
+    return {"state": avg["state"], "n": n, "first": avg["first"], "last": epoch}
 
 
 #: The random stream mixup draws its weights and partners from (per seed and epoch).
