@@ -132,11 +132,12 @@ EDGECLF_SIMD_CLONES void to_planes(const uint8_t* __restrict src, int n, float* 
 // One channel's horizontal pass with tap-major indices and weights (idx[k * crop + j]):
 // out[j] = p[idx0[j]] * w0[j] + p[idx1[j]] * w1[j] + ..., accumulated from the first tap —
 // the spec's order — with j contiguous across lanes, which vectorises (as gathers). Outputs
-// from j0 on (the wide path leaves it the last crop % 16).
+// [j0, j1) (j1 < 0: to crop; the SIMD paths leave it their remainder and border groups).
 template <int TAPS>
 EDGECLF_SIMD_CLONES void horizontal_planar(const float* __restrict p, const int32_t* __restrict idx,
-                                           const float* __restrict w, int crop, float* __restrict out, int j0 = 0) {
-  for (int j = j0; j < crop; ++j) {
+                                           const float* __restrict w, int crop, float* __restrict out, int j0 = 0,
+                                           int j1 = -1) {
+  for (int j = j0; j < (j1 < 0 ? crop : j1); ++j) {
     float v = p[idx[j]] * w[j];
     for (int k = 1; k < TAPS; ++k) v += p[idx[k * crop + j]] * w[k * crop + j];
     out[j] = v;
@@ -194,11 +195,7 @@ __attribute__((target("avx2"))) void horizontal_consecutive(const float* __restr
   for (int g = 0; g < groups; ++g) {
     const int j = g * 8;
     if (!consec[g]) {
-      for (int l = j; l < j + 8; ++l) {
-        float v = p[idx[l]] * w[l];
-        for (int k = 1; k < TAPS; ++k) v += p[idx[k * crop + l]] * w[k * crop + l];
-        out[l] = v;
-      }
+      horizontal_planar<TAPS>(p, idx, w, crop, out, j, j + 8);
       continue;
     }
     const int32_t* f = idx + j;  // tap 0 of outputs j..j+7
@@ -282,25 +279,30 @@ __attribute__((target("avx2"))) void to_planes3_avx2(const uint8_t* __restrict s
 }
 #endif
 
+// Columns [0, n) of a packed row to float planes: with byte shuffles for 3-byte pixels where
+// `simd` says the CPU has AVX2, else the compiler-vectorised loop.
+template <int BPP, int R, int G, int B>
+void row_to_planes(bool simd, const uint8_t* src, int n, float* pr, float* pg, float* pb) {
+#ifdef EDGECLF_WIDE_PATH
+  if constexpr (BPP == 3) {
+    if (simd) {
+      to_planes3_avx2<R, G, B>(src, n, pr, pg, pb);
+      return;
+    }
+  }
+#else
+  (void)simd;
+#endif
+  to_planes<BPP, R, G, B>(src, n, pr, pg, pb);
+}
+
 template <int BPP, int R, int G, int B>
 void horizontal_rows(const HorizontalPlan& h, const uint8_t* row, int x0, int n, float* planes, float* dst) {
   const int stride = n + kWideWindow;  // each plane padded so a window load never leaves it
   float* pr = planes;
   float* pg = planes + stride;
   float* pb = planes + 2 * stride;
-#ifdef EDGECLF_WIDE_PATH
-  if constexpr (BPP == 3) {
-    if (h.simd) {
-      to_planes3_avx2<R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
-    } else {
-      to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
-    }
-  } else {
-    to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
-  }
-#else
-  to_planes<BPP, R, G, B>(row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
-#endif
+  row_to_planes<BPP, R, G, B>(h.simd, row + static_cast<ptrdiff_t>(x0) * BPP, n, pr, pg, pb);
   const float* ps[3] = {pr, pg, pb};
   const int crop = h.crop;
   for (int c = 0; c < 3; ++c) {

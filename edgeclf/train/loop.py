@@ -452,6 +452,10 @@ class Trainer:
         assert full is not None
         return full, np.asarray(ds.targets)
 
+    @property
+    def _mixup_alpha(self) -> float:
+        return self.cfg.augment.mixup if self.cfg.augment.enabled else 0.0
+
     def _train_epoch(
         self,
         model: nn.Module,
@@ -478,7 +482,7 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            x, mix = mixup_batch(x, y, self.cfg.augment.mixup if self.cfg.augment.enabled else 0.0, mix_rng)
+            x, mix = mixup_batch(x, y, self._mixup_alpha, mix_rng)
             with _autocast(self.amp, self.device):
                 loss = _mixed_loss(loss_fn, model(x).float(), y, mix)
             global_step = self._step(loss, len(y), opt, sched, scaler, tb, global_step, acc, epoch, b, n_batches)
@@ -1123,7 +1127,7 @@ class Trainer:
             idx = torch.from_numpy(order[b * bs : (b + 1) * bs])
             x = feats[idx].float().contiguous(memory_format=torch.channels_last)
             y = targets[idx]
-            x, mix = mixup_batch(x, y, self.cfg.augment.mixup if self.cfg.augment.enabled else 0.0, mix_rng)
+            x, mix = mixup_batch(x, y, self._mixup_alpha, mix_rng)
             with _autocast(self.amp, self.device):
                 loss = _mixed_loss(loss_fn, split.top(x).float(), y, mix)
             global_step = self._step(loss, len(y), opt, sched, None, tb, global_step, acc, epoch, b, n_batches)
@@ -1168,9 +1172,11 @@ class Trainer:
         start_epoch, best_f1, best_nll, best_epoch, bad_epochs, history, global_step = 0, -1.0, math.inf, -1, 0, [], 0
         last_path = ckpt_dir / "last.pt"
         ft_path = ckpt_dir / "candidates" / "finetune.pt"
+        self.weight_average = None
         if self.resume and last_path.is_file():
             ck = load_checkpoint(last_path)
             model.load_state_dict(ck["model"])
+            self.weight_average = ck.get("weight_average")
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             if scaler is not None and ck.get("scaler"):
@@ -1188,9 +1194,6 @@ class Trainer:
         stopped_early = bad_epochs >= ft.early_stopping_patience
         best_state: dict[str, Any] | None = None  # None after a resume: the best epoch's file has it
         average_start = average_start_epoch(ft.epochs, ft.average_from)
-        self.weight_average = None
-        if self.resume and last_path.is_file():
-            self.weight_average = load_checkpoint(last_path).get("weight_average")
         for epoch in range(start_epoch, ft.epochs):
             if stopped_early:
                 break
